@@ -1,0 +1,33 @@
+"""reftx: representation finetuning on frozen language models.
+
+    import reftx
+    model = reftx.attach(base, [{"kind": "loreft", "rank": 4, "layers": [2, 5],
+                                 "positions": {"first": 3, "last": 3}, "tie": "positions"}])
+"""
+__version__ = "0.1.0"
+
+from .errors import ConfigError, DataError, ReftError  # noqa: E402
+from .intervention import (  # noqa: E402
+    Context,
+    Intervention,
+    available_interventions,
+    register_intervention,
+)
+from .model import ReftModel, attach  # noqa: E402
+from .schedule import plan  # noqa: E402
+
+from . import methods  # noqa: E402,F401  (registers the built-in primitives)
+
+__all__ = [
+    "ConfigError",
+    "Context",
+    "DataError",
+    "Intervention",
+    "ReftError",
+    "ReftModel",
+    "__version__",
+    "attach",
+    "available_interventions",
+    "plan",
+    "register_intervention",
+]

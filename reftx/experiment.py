@@ -1,0 +1,140 @@
+"""The experiment schema: what an experiment YAML file may contain.
+
+Each field's trailing comment is its reference documentation (the README's table of YAML keys
+is generated from them). Types are checked by :func:`reftx.config.from_dict`; value ranges by
+the ``__post_init__`` methods below.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .config import apply_overrides, from_dict, load_yaml, require, to_dict
+
+SCHEMA_VERSION = 1
+
+
+def _at_least(obj: object, minimum: int, *names: str) -> None:
+    """Require ``obj.<name> >= minimum`` for each name whose value is not None."""
+    for name in names:
+        value = getattr(obj, name)
+        require(value is None or value >= minimum, name, f"must be >= {minimum}, got {value}")
+
+
+@dataclass
+class ModelConfig:
+    """The frozen base model the interventions are trained on."""
+
+    name: str = "default"  # "default" (embedded SmolLM2-135M-Instruct), an HF model id or a local path
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"  # dtype of the loaded weights
+    task: Literal["causal-lm", "sequence-classification"] = "causal-lm"  # model head
+    num_labels: int | None = None  # number of classes for sequence-classification (null: the task decides)
+
+    def __post_init__(self) -> None:
+        require(self.name != "", "name", "must not be empty")
+        _at_least(self, 1, "num_labels")
+
+
+@dataclass
+class TaskConfig:
+    """Which registered task supplies the data, prompts and metrics."""
+
+    name: str  # registered task name (required)
+    data_dir: str | None = None  # data folder; null: $REFTX_DATA, else ../shared/data by the repo if present
+    n_train: int | None = None  # train examples: a deterministic subset (given seed); null = all
+    n_eval: int | None = None  # eval examples: a deterministic subset (given seed); null = all
+    options: dict[str, Any] = field(default_factory=dict)  # task-specific keys, validated by the task itself
+
+    def __post_init__(self) -> None:
+        require(self.name != "", "name", "must not be empty")
+        _at_least(self, 1, "n_train", "n_eval")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of the intervention parameters (the base model stays frozen)."""
+
+    epochs: int = 1  # passes over the training set
+    max_steps: int | None = None  # total optimiser steps; overrides epochs when set
+    batch_size: int = 8  # examples per forward pass
+    grad_accum: int = 1  # forward passes per optimiser step (effective batch = batch_size * grad_accum)
+    lr: float = 1.0e-3  # peak learning rate (> 0)
+    weight_decay: float = 0.0  # AdamW weight decay (>= 0)
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"  # learning-rate schedule after warmup
+    warmup: float = 0.0  # warmup length as a fraction of total steps (0 <= warmup < 1)
+    max_grad_norm: float | None = 1.0  # gradient-norm clipping threshold (> 0); null disables clipping
+    precision: Literal["fp32", "bf16"] = "fp32"  # fp32, or bf16 autocast where the device supports it
+    max_length: int = 512  # tokens per example after truncation
+    checkpoint_every: int = 100  # save a checkpoint every this many steps; 0 = only at the end
+    keep_checkpoints: int = 2  # most recent checkpoints kept on disk (older ones are deleted)
+    log_every: int = 10  # log training metrics every this many steps
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "epochs", "max_steps", "batch_size", "grad_accum", "max_length")
+        _at_least(self, 1, "keep_checkpoints", "log_every")
+        _at_least(self, 0, "checkpoint_every")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(0 <= self.warmup < 1, "warmup", f"must satisfy 0 <= warmup < 1, got {self.warmup}")
+        ok = self.max_grad_norm is None or self.max_grad_norm > 0
+        require(ok, "max_grad_norm", f"must be > 0 (or null to disable), got {self.max_grad_norm}")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation and generation settings."""
+
+    batch_size: int = 16  # examples per evaluation batch
+    max_new_tokens: int = 64  # generation length limit for causal-lm tasks
+    do_sample: bool = False  # sample instead of greedy/beam decoding
+    num_beams: int = 1  # beam-search width (1 = no beam search)
+    show_examples: int = 5  # greedy answers printed before/after training (0 = none)
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "batch_size", "max_new_tokens", "num_beams")
+        _at_least(self, 0, "show_examples")
+
+
+@dataclass(kw_only=True)
+class Experiment:
+    """One experiment: a model, a task, interventions and how to train and evaluate them."""
+
+    schema: int  # config schema version (required); only 1 is valid
+    name: str | None = None  # run name; default: the config file's stem
+    seed: int = 0  # seed for data subsets, initialisation and training order
+    output_dir: str = "runs"  # parent folder of run folders; the run folder is {output_dir}/{name}
+    model: ModelConfig = field(default_factory=ModelConfig)  # the base model
+    task: TaskConfig  # the task (task.name is required)
+    interventions: list[dict[str, Any]] = field(default_factory=list)  # intervention specs, checked by the engine
+    train: TrainConfig = field(default_factory=TrainConfig)  # training settings
+    eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation settings
+    method: dict[str, Any] = field(default_factory=dict)  # method-level options
+
+    def __post_init__(self) -> None:
+        require(
+            self.schema == SCHEMA_VERSION,
+            "schema",
+            f"unsupported schema version {self.schema}; this reftx reads schema {SCHEMA_VERSION}",
+        )
+        if self.name is not None:
+            ok = self.name not in ("", ".", "..") and "/" not in self.name and "\\" not in self.name
+            require(ok, "name", f"must be a plain folder name, got {self.name!r}")
+
+    @property
+    def run_dir(self) -> Path:
+        """The run folder, ``{output_dir}/{name}``."""
+        return Path(self.output_dir) / (self.name or "run")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The experiment as a plain, YAML-safe dict (keys in schema order)."""
+        return to_dict(self)
+
+
+def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> Experiment:
+    """Load an experiment YAML (with ``extends:``), apply ``key.path=value`` overrides, validate."""
+    data = apply_overrides(load_yaml(path), list(overrides))
+    if data.get("name") is None:
+        data["name"] = Path(path).stem
+    return from_dict(Experiment, data)

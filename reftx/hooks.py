@@ -1,0 +1,192 @@
+"""The only place in reftx that registers forward hooks.
+
+Two kinds of hooks are installed on the base model:
+
+* a top-level pre-hook / post-hook pair on the base model itself. The pre-hook
+  reads the call's ``input_ids``/``attention_mask``/``labels`` and opens a
+  ``ForwardState``: position indices are built lazily, once per forward and per
+  position selector, and shared by every layer; rotations are orthonormalised
+  in one batched QR. The post-hook (``always_call``, so it also runs when the
+  forward raises) closes the state. Nothing survives between calls.
+* one hook per edited module (site), serving every group at that site: it
+  gathers only the scheduled rows ``h[b, p]``, runs the primitive on them and
+  writes them back in place with ``index_put_``: no copy of the full hidden
+  state, no Python loop over examples.
+
+Only the handles created here are ever removed.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from . import positions as P
+from . import sites
+from .intervention import Context, Intervention, cast_call
+from .parts import OrthoBasis, shared_rotations
+from .schedule import Group, PositionSpec
+
+
+@dataclass
+class Overrides:
+    """Per-call inputs that are not arguments of the base model."""
+
+    prompt_lengths: Tensor | None = None
+    intervention_positions: Tensor | None = None
+    example_info: dict[str, Tensor] = field(default_factory=dict)
+    state: ForwardState | None = None  # filled in by the pre-hook, read back by the caller
+
+
+@dataclass
+class Generation:
+    """Set for the duration of one ``generate`` call."""
+
+    prompt_len: int | None = None  # padded prompt length, learned at the prefill forward
+
+
+@dataclass
+class ForwardState:
+    batch_size: int
+    seq_len: int
+    device: torch.device
+    bounds: P.Bounds | None  # None during cached decoding
+    decode_step: int | None
+    explicit: tuple[Tensor, Tensor] | None
+    ctx: Context
+    stack: ExitStack
+    _rows: dict[tuple, tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+    def rows(self, spec: PositionSpec, parts: tuple[str, ...]) -> tuple[Tensor, Tensor]:
+        key = (spec, parts)
+        if key not in self._rows:
+            if self.decode_step is not None:
+                r = P.decode_rows(self.batch_size, self.decode_step, spec, self.device)
+            elif self.explicit is not None and spec.mode != "generated":
+                r = self.explicit
+            else:
+                pieces = [P.part_rows(self.bounds, spec, part) for part in parts]
+                r = pieces[0] if len(pieces) == 1 else tuple(torch.cat(x) for x in zip(*pieces))
+            self._rows[key] = r
+        return self._rows[key]
+
+
+def _hidden(x: Any) -> Tensor:
+    """The hidden-state tensor inside a module's output or input."""
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, (tuple, list)) and x and isinstance(x[0], Tensor):
+        return x[0]
+    if hasattr(x, "last_hidden_state"):
+        return x.last_hidden_state
+    raise TypeError(f"cannot find a hidden-state tensor in {type(x).__name__}")
+
+
+class HookManager:
+    """Installs and removes reftx's hooks on one base model."""
+
+    def __init__(self, base: nn.Module, groups: list[Group], modules: dict[str, Intervention]):
+        self.base = base
+        self.groups = groups
+        self.modules = modules
+        self.enabled = True
+        self.pending: Overrides | None = None
+        self.generation: Generation | None = None
+        self._state: ForwardState | None = None
+        self._handles: list[RemovableHandle] = []
+        self._bases = [m for mod in modules.values() for m in mod.modules() if isinstance(m, OrthoBasis)]
+        by_site: dict[tuple[int, bool], list] = defaultdict(list)
+        targets: dict[int, nn.Module] = {}
+        for g in groups:
+            for layer in g.layers:
+                target = sites.resolve(base, g.component, layer)
+                pre = sites.uses_pre_hook(g.component)
+                targets[id(target)] = target
+                by_site[(id(target), pre)].append((modules[g.key], g, layer))
+        try:
+            self._handles.append(base.register_forward_pre_hook(self._open, with_kwargs=True))
+            self._handles.append(base.register_forward_hook(self._close, always_call=True))
+            for (tid, pre), entries in by_site.items():
+                if pre:
+                    h = targets[tid].register_forward_pre_hook(self._pre_site(entries), with_kwargs=True)
+                else:
+                    h = targets[tid].register_forward_hook(self._post_site(entries))
+                self._handles.append(h)
+        except Exception:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    # -- top level -------------------------------------------------------------------------
+    def _open(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        pending, self.pending = self.pending, None
+        pending = pending or Overrides()
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        x = ids if ids is not None else kwargs.get("inputs_embeds")
+        if x is None:
+            raise ValueError("reftx needs input_ids or inputs_embeds to place interventions")
+        batch, seq = x.shape[0], x.shape[1]
+        mask = kwargs.get("attention_mask")
+        total = mask.shape[1] if mask is not None and mask.dim() == 2 else seq
+        decode_step, prompt_end, gen = None, None, self.generation
+        if gen is not None and gen.prompt_len is None:
+            gen.prompt_len = seq
+        if seq < total:  # cached decoding: the input is the token(s) after `total - seq` cached ones
+            past = total - seq
+            decode_step = past - gen.prompt_len if gen is not None else past
+            mask = None
+        elif gen is not None:
+            prompt_end = gen.prompt_len
+        bd = None
+        if decode_step is None:
+            bd = P.bounds(mask, batch, seq, x.device, kwargs.get("labels"), pending.prompt_lengths, prompt_end)
+        explicit = None
+        if pending.intervention_positions is not None:
+            explicit = P.explicit_rows(pending.intervention_positions.to(x.device), mask, seq)
+        ctx = Context(torch.empty(0, dtype=torch.long), batch, example_info=pending.example_info)
+        state = ForwardState(batch, seq, x.device, bd, decode_step, explicit, ctx, ExitStack())
+        if self.enabled and self._bases and (decode_step is None or self._any_decode_edit()):
+            state.stack.enter_context(shared_rotations(self._bases))
+        pending.state = state
+        self._state = state
+
+    def _any_decode_edit(self) -> bool:
+        return any(g.positions.mode in ("all", "generated") for g in self.groups)
+
+    def _close(self, module: nn.Module, args: tuple, output: Any) -> None:
+        state, self._state = self._state, None
+        if state is not None:
+            state.stack.close()
+
+    # -- sites -------------------------------------------------------------------------------
+    def _edit(self, h: Tensor, entries: list) -> None:
+        state = self._state
+        if state is None or not self.enabled:
+            return
+        for module, group, layer in entries:
+            b, p = state.rows(group.positions, group.parts)
+            if b.numel() == 0:
+                continue
+            new = cast_call(module, h[b, p], state.ctx.at(group.key, layer, b))
+            h.index_put_((b, p), new)
+
+    def _post_site(self, entries: list):
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            self._edit(_hidden(output), entries)
+
+        return hook
+
+    def _pre_site(self, entries: list):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            self._edit(_hidden(args if args else kwargs.get("hidden_states")), entries)
+
+        return hook

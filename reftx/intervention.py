@@ -1,0 +1,206 @@
+"""The intervention contract.
+
+An intervention primitive is an ``nn.Module`` registered under a name with
+``@register_intervention("name")``. It declares a nested frozen dataclass
+``Config`` holding only YAML-safe fields (numbers, strings, booleans, tuples),
+is built as ``Cls(config, dim)`` where ``dim`` is the width of the hidden state
+at its site, and implements
+
+    forward(h: Tensor[n, dim], ctx: Context) -> Tensor[n, dim]
+
+``h`` holds only the gathered, scheduled positions of one forward pass (rows
+of different examples stacked together); the primitive never sees padding or
+position indices. It must return a tensor of the same shape and dtype.
+``ctx.batch_index[i]`` tells which example row ``i`` came from, for primitives
+that need per-example information (gate losses); ``ctx.record`` and
+``ctx.add_loss`` publish values and auxiliary losses for the training loop.
+
+Nothing else needs editing anywhere to add a primitive.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from .errors import ConfigError, did_you_mean
+from .registry import Registry
+
+INTERVENTIONS: Registry[type[Intervention]] = Registry("intervention")
+
+
+def register_intervention(name: str) -> Callable[[type[Intervention]], type[Intervention]]:
+    """Class decorator: register an ``Intervention`` subclass under ``name``."""
+
+    def wrap(cls: type[Intervention]) -> type[Intervention]:
+        if not (isinstance(cls, type) and issubclass(cls, Intervention)):
+            raise TypeError(f"@register_intervention({name!r}) needs an Intervention subclass, got {cls!r}")
+        cfg = getattr(cls, "Config", None)
+        if cfg is None or not dataclasses.is_dataclass(cfg) or not cfg.__dataclass_params__.frozen:
+            raise TypeError(f"{cls.__name__}.Config must be a frozen dataclass")
+        cls.kind = name
+        return INTERVENTIONS.register(name)(cls)
+
+    return wrap
+
+
+def available_interventions() -> list[str]:
+    """Sorted names of every registered intervention primitive."""
+    return INTERVENTIONS.names()
+
+
+def get_intervention(kind: str, field: str = "kind") -> type[Intervention]:
+    return INTERVENTIONS.get(kind, field)
+
+
+@dataclass
+class Context:
+    """What a primitive may know about the current forward pass besides ``h``.
+
+    batch_index: (n,) long tensor, the example each gathered row belongs to.
+    batch_size:  number of examples in the batch.
+    key:         the group key (e.g. ``L5.block_output.last``) the call is for.
+    layer:       the layer index of this site (-1 for embeddings).
+    """
+
+    batch_index: Tensor
+    batch_size: int
+    key: str = ""
+    layer: int = -1
+    example_info: dict[str, Tensor] = field(default_factory=dict)
+    records: dict[str, list[Tensor]] = field(default_factory=dict)
+    losses: dict[str, list[Tensor]] = field(default_factory=dict)
+
+    def record(self, name: str, value: Tensor) -> None:
+        """Publish a detached value (e.g. gate activations) for logging under ``key/name``."""
+        self.records.setdefault(f"{self.key}/{name}", []).append(value.detach())
+
+    def add_loss(self, name: str, value: Tensor) -> None:
+        """Add an (already weighted) auxiliary loss; the model adds the sum to ``out.loss``."""
+        self.losses.setdefault(name, []).append(value)
+
+    def at(self, key: str, layer: int, batch_index: Tensor) -> Context:
+        """The same forward-pass context, seen from another site."""
+        return Context(batch_index, self.batch_size, key, layer, self.example_info, self.records, self.losses)
+
+
+def _check_type(name: str, value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_check_type(name, value, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is tuple:
+        return isinstance(value, (tuple, list))
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def build_config(cls: type[Intervention], options: dict[str, Any], prefix: str = "") -> Any:
+    """Build ``cls.Config`` from a plain dict, strictly: unknown keys and wrong types raise."""
+    cfg_cls = cls.Config
+    hints = typing.get_type_hints(cfg_cls)
+    names = [f.name for f in dataclasses.fields(cfg_cls)]
+    kwargs = {}
+    for key, value in options.items():
+        if key not in hints:
+            raise ConfigError(
+                f"{prefix}{key}",
+                f"unknown option {key!r} for intervention {cls.kind!r}{did_you_mean(key, names)}; "
+                f"valid: {', '.join(names)}",
+            )
+        if not _check_type(key, value, hints[key]):
+            raise ConfigError(f"{prefix}{key}", f"expected {_type_name(hints[key])}, got {value!r}")
+        if typing.get_origin(hints[key]) is tuple and isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    missing = [f.name for f in dataclasses.fields(cfg_cls)
+               if f.name not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{prefix}{missing[0]}", f"required option of intervention {cls.kind!r} is missing")
+    try:
+        return cfg_cls(**kwargs)
+    except ConfigError as e:  # re-root the field under the caller's prefix
+        raise ConfigError(f"{prefix}{e.field}", str(e).split(": ", 1)[-1]) from None
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
+class Intervention(nn.Module):
+    """Base class of every primitive. Subclasses set ``Config`` and implement ``forward``.
+
+    Optional extension points, all with harmless defaults:
+      * ``after_optimizer_step()``: called by the training loop after each optimizer
+        step (e.g. to project a bias back onto a norm ball);
+      * ``no_decay_parameters()``: names of parameters to keep out of weight decay.
+    """
+
+    kind: ClassVar[str] = ""
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any, dim: int):
+        super().__init__()
+        self.config = config
+        self.dim = int(dim)
+
+    def forward(self, h: Tensor, ctx: Context) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def after_optimizer_step(self) -> None:
+        for m in self.modules():
+            if m is not self and hasattr(m, "after_optimizer_step"):
+                m.after_optimizer_step()
+
+    def no_decay_parameters(self) -> set[str]:
+        """Names (relative to this module) of parameters excluded from weight decay."""
+        out = set()
+        for mod_name, mod in self.named_modules():
+            for p in getattr(mod, "no_decay", ()):
+                out.add(f"{mod_name}.{p}" if mod_name else p)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, dim={self.dim}, config={self.config}"
+
+
+def make_intervention(kind: str, options: dict[str, Any], dim: int, prefix: str = "") -> Intervention:
+    cls = get_intervention(kind, f"{prefix}kind")
+    config = build_config(cls, options, prefix)
+    return cls(config, dim)
+
+
+def cast_call(module: Intervention, h: Tensor, ctx: Context) -> Tensor:
+    """Run ``module`` in its parameter dtype and return in ``h``'s dtype."""
+    p = next(module.parameters(), None)
+    if p is None or p.dtype == h.dtype:
+        return module(h, ctx)
+    return module(h.to(p.dtype), ctx).to(h.dtype)
+
+
+__all__ = [
+    "Context",
+    "Intervention",
+    "INTERVENTIONS",
+    "available_interventions",
+    "build_config",
+    "cast_call",
+    "get_intervention",
+    "make_intervention",
+    "register_intervention",
+]

@@ -1,0 +1,237 @@
+"""ReftModel: a frozen base model plus scheduled interventions.
+
+    model = reftx.attach(base, [{"kind": "loreft", "rank": 4, "layers": [2, 5],
+                                 "positions": {"first": 3, "last": 3}}])
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=20)
+    model.save_pretrained(d); again = ReftModel.from_pretrained(base, d)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from . import __version__, sites
+from .errors import ConfigError, ReftError
+from .hooks import Generation, HookManager, Overrides
+from .intervention import Intervention, make_intervention
+from .schedule import DTYPES, Group, InterventionSpec, plan
+
+CONFIG_NAME = "reft_config.json"
+WEIGHTS_NAME = "interventions.safetensors"
+FORMAT = "reftx.interventions"
+FORMAT_VERSION = 1
+
+_ATTACHED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+def _slot(key: str) -> str:
+    return key.replace(".", "|")  # nn.Module names cannot contain dots
+
+
+class ReftModel(nn.Module):
+    """A base model (frozen) with interventions applied through forward hooks."""
+
+    def __init__(self, base: nn.Module, interventions: list[dict[str, Any]]):
+        super().__init__()
+        if base in _ATTACHED:
+            raise ReftError("this base model already has reftx interventions attached; detach() them first")
+        if getattr(base, "is_activation_checkpointing", getattr(base, "is_gradient_checkpointing", False)):
+            raise ReftError("gradient checkpointing re-runs layers outside the hooked forward; disable it")
+        config = getattr(base, "config", None)
+        if config is None:
+            raise ReftError("reftx.attach needs a transformers model (with a .config)")
+        specs, groups = plan(interventions, config)
+        param = next(base.parameters())
+        modules: dict[str, Intervention] = {}
+        for g in groups:
+            spec = specs[g.spec_index]
+            mod = make_intervention(spec.kind, spec.options, g.dim, f"interventions.{g.spec_index}.")
+            modules[g.key] = mod.to(device=param.device, dtype=DTYPES[spec.dtype] or param.dtype)
+        self.base = base
+        self.specs: list[InterventionSpec] = specs
+        self.groups: list[Group] = groups
+        self.interventions = nn.ModuleDict({_slot(k): m for k, m in modules.items()})
+        self._frozen = {n: p.requires_grad for n, p in base.named_parameters()}
+        base.requires_grad_(False)
+        self._hooks = HookManager(base, groups, modules)
+        _ATTACHED.add(base)
+
+    # -- introspection -------------------------------------------------------------------------
+    @property
+    def config(self) -> Any:
+        return self.base.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.base.parameters()).device
+
+    def intervention(self, key: str) -> Intervention:
+        return self.interventions[_slot(key)]
+
+    def named_interventions(self) -> Iterator[tuple[str, Intervention]]:
+        for g in self.groups:
+            yield g.key, self.intervention(g.key)
+
+    def plan(self) -> list[Group]:
+        """Every group: key, kind, component, layers, position parts, parameter count."""
+        return list(self.groups)
+
+    def num_parameters(self, trainable_only: bool = True) -> int:  # noqa: D401 - HF-style name
+        params = self.interventions.parameters() if trainable_only else self.parameters()
+        return sum(p.numel() for p in params if p.requires_grad or not trainable_only)
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer groups: orthonormal bases (and anything a primitive lists) skip weight decay."""
+        decay, no_decay = [], []
+        for _, mod in self.named_interventions():
+            skip = mod.no_decay_parameters()
+            for name, p in mod.named_parameters():
+                (no_decay if name in skip else decay).append(p)
+        return [g for g in ({"params": decay, "weight_decay": weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+
+    def after_optimizer_step(self) -> None:
+        for _, mod in self.named_interventions():
+            mod.after_optimizer_step()
+
+    # -- running -------------------------------------------------------------------------------
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                labels: Tensor | None = None, *, prompt_lengths: Tensor | None = None,
+                intervention_positions: Tensor | None = None,
+                example_info: dict[str, Tensor] | None = None, **kwargs: Any) -> Any:
+        """The base model's forward with interventions applied.
+
+        prompt_lengths: (B,) prompt length of each row, overriding the label-derived prompt.
+        intervention_positions: (B, K) explicit positions for every prompt group (-1 = none).
+        example_info: per-example tensors passed to primitives through ``ctx.example_info``.
+        Auxiliary losses published by primitives are added to ``out.loss`` (when labels are
+        given) and returned in ``out["aux_losses"]``; records in ``out["records"]``.
+        """
+        pending = Overrides(prompt_lengths, intervention_positions, example_info or {})
+        self._hooks.pending = pending
+        try:
+            out = self.base(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+        finally:
+            self._hooks.pending = None
+        ctx = pending.state.ctx if pending.state is not None else None
+        if ctx is not None and (ctx.losses or ctx.records):
+            aux = {k: torch.stack(v).sum() for k, v in ctx.losses.items()}
+            out["aux_losses"] = aux
+            out["records"] = ctx.records
+            if aux and getattr(out, "loss", None) is not None:
+                out["task_loss"] = out.loss
+                out["loss"] = out.loss + sum(aux.values())
+        return out
+
+    @torch.no_grad()
+    def generate(self, *args: Any, prompt_lengths: Tensor | None = None, **kwargs: Any) -> Tensor:
+        """``base.generate`` with interventions: prompt positions at prefill, and
+        ``{generated: n}`` groups on exactly the first n decode steps (KV cache or not)."""
+        self._hooks.generation = Generation()
+        if prompt_lengths is not None:
+            self._hooks.pending = Overrides(prompt_lengths=prompt_lengths)
+        try:
+            return self.base.generate(*args, **kwargs)
+        finally:
+            self._hooks.generation = None
+            self._hooks.pending = None
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Run the base model with every intervention switched off (e.g. a reference model)."""
+        before, self._hooks.enabled = self._hooks.enabled, False
+        try:
+            yield
+        finally:
+            self._hooks.enabled = before
+
+    def detach(self) -> nn.Module:
+        """Remove reftx's hooks and return the base model exactly as it was."""
+        self._hooks.remove()
+        for n, p in self.base.named_parameters():
+            p.requires_grad_(self._frozen.get(n, p.requires_grad))
+        _ATTACHED.discard(self.base)
+        return self.base
+
+    # -- saving --------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``interventions.safetensors`` and ``reft_config.json`` atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {f"{key}.{n}": t.detach().contiguous().cpu()
+                   for key, mod in self.named_interventions() for n, t in mod.state_dict().items()}
+        entries = []
+        for i, spec in enumerate(self.specs):
+            mod = next(self.intervention(g.key) for g in self.groups if g.spec_index == i)
+            entries.append({**spec.to_yaml(), **dataclasses.asdict(mod.config)})
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "reftx_version": __version__,
+            "model": {"model_type": self.config.model_type,
+                      "name_or_path": getattr(self.config, "_name_or_path", ""),
+                      "num_layers": sites.num_layers(self.config)},
+            "interventions": entries,
+            "groups": {g.key: {"kind": g.kind, "params": g.params} for g in self.groups},
+        }
+        _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
+        _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, base: nn.Module, directory: str | os.PathLike) -> ReftModel:
+        """Rebuild the interventions saved in ``directory`` on ``base`` (its device and dtype)."""
+        directory = Path(directory)
+        cfg_path = directory / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise ReftError(f"{cfg_path} not found: not a reftx intervention directory")
+        meta = json.loads(cfg_path.read_text())
+        if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
+            raise ReftError(f"{cfg_path}: unsupported format {meta.get('format')!r} "
+                            f"version {meta.get('format_version')!r} (this reftx reads {FORMAT} <= {FORMAT_VERSION})")
+        saved_type = meta["model"]["model_type"]
+        if saved_type != base.config.model_type:
+            raise ConfigError("model", f"interventions were trained on model_type {saved_type!r}, "
+                                       f"not {base.config.model_type!r}")
+        model = cls(base, meta["interventions"])
+        tensors = load_file(directory / WEIGHTS_NAME, device=str(model.device))
+        expected = {f"{k}.{n}" for k, m in model.named_interventions() for n in m.state_dict()}
+        if set(tensors) != expected:
+            model.detach()
+            missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+            raise ReftError(f"{directory / WEIGHTS_NAME} does not match its config: missing {missing}, "
+                            f"unexpected {extra}")
+        for key, mod in model.named_interventions():
+            mod.load_state_dict({n: tensors[f"{key}.{n}"] for n in mod.state_dict()})
+        return model
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def attach(base: nn.Module, interventions: list[dict[str, Any]]) -> ReftModel:
+    """Freeze ``base`` and attach the scheduled interventions. Returns a ``ReftModel``."""
+    return ReftModel(base, interventions)
+
+
+__all__ = ["ReftModel", "attach", "CONFIG_NAME", "WEIGHTS_NAME"]

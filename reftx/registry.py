@@ -1,0 +1,47 @@
+"""A small generic registry: one decorator to add, helpful errors to look up."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from .errors import unknown
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps names to objects. Duplicate names are an error; unknown names get a did-you-mean."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        if not name or not name.replace("_", "").isalnum() or name.lower() != name:
+            raise ValueError(f"{self.what} names are lowercase identifiers, got {name!r}")
+
+        def add(obj: T) -> T:
+            if name in self._items and self._items[name] is not obj:
+                raise ValueError(f"{self.what} {name!r} is already registered by {self._items[name]!r}")
+            self._items[name] = obj
+            return obj
+
+        return add
+
+    def get(self, name: str, field: str = "kind") -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise unknown(field, name, self._items, self.what) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._items)
