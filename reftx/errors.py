@@ -31,10 +31,10 @@ def did_you_mean(name: str, options: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def unknown(field: str, name: str, options: Iterable[str], what: str = "value") -> ConfigError:
-    """The standard error for a name that is not one of ``options``."""
+def unknown(field: str, name: str, options: Iterable[str], what: str = "value", hint: str = "") -> ConfigError:
+    """The standard error for a name that is not one of ``options`` (``hint`` is appended)."""
     options = sorted(str(o) for o in options)
     return ConfigError(
         field,
-        f"unknown {what} {name!r}{did_you_mean(name, options)}; valid: {', '.join(options)}",
+        f"unknown {what} {name!r}{did_you_mean(name, options)}; valid: {', '.join(options)}{hint}",
     )

@@ -99,6 +99,7 @@ class HookManager:
         self.generation: Generation | None = None
         self._state: ForwardState | None = None
         self._handles: list[RemovableHandle] = []
+        self._prompt_groups = any(g.positions.mode not in ("all", "generated") for g in groups)
         self._bases = [m for mod in modules.values() for m in mod.modules() if isinstance(m, OrthoBasis)]
         by_site: dict[tuple[int, bool], list] = defaultdict(list)
         targets: dict[int, nn.Module] = {}
@@ -149,6 +150,10 @@ class HookManager:
         bd = None
         if decode_step is None:
             bd = P.bounds(mask, batch, seq, x.device, kwargs.get("labels"), pending.prompt_lengths, prompt_end)
+            if self._prompt_groups and pending.intervention_positions is None and not bool((bd.prompt_end > bd.start).any()):
+                raise ValueError("every row has an empty prompt: the labels are not -100 on any token before the "
+                                 "response, so prompt positions select nothing. Mask the prompt in the labels with "
+                                 "-100 or pass prompt_lengths=")
         explicit = None
         if pending.intervention_positions is not None:
             explicit = P.explicit_rows(pending.intervention_positions.to(x.device), mask, seq)

@@ -182,7 +182,10 @@ class Intervention(nn.Module):
 def make_intervention(kind: str, options: dict[str, Any], dim: int, prefix: str = "") -> Intervention:
     cls = get_intervention(kind, f"{prefix}kind")
     config = build_config(cls, options, prefix)
-    return cls(config, dim)
+    try:
+        return cls(config, dim)
+    except ConfigError as e:  # e.g. rank > width: re-root the field under the entry
+        raise ConfigError(f"{prefix}{e.field}", str(e).split(": ", 1)[-1]) from None
 
 
 def cast_call(module: Intervention, h: Tensor, ctx: Context) -> Tensor:

@@ -47,7 +47,7 @@ class ReftModel(nn.Module):
         super().__init__()
         if base in _ATTACHED:
             raise ReftError("this base model already has reftx interventions attached; detach() them first")
-        if getattr(base, "is_activation_checkpointing", getattr(base, "is_gradient_checkpointing", False)):
+        if _checkpointing(base):
             raise ReftError("gradient checkpointing re-runs layers outside the hooked forward; disable it")
         config = getattr(base, "config", None)
         if config is None:
@@ -216,6 +216,13 @@ class ReftModel(nn.Module):
         for key, mod in model.named_interventions():
             mod.load_state_dict({n: tensors[f"{key}.{n}"] for n in mod.state_dict()})
         return model
+
+
+def _checkpointing(base: nn.Module) -> bool:
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(base), name) or name in vars(base):
+            return bool(getattr(base, name))
+    return False
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -24,6 +24,7 @@ from torch import nn
 
 from .errors import ConfigError, unknown
 
+_RAW_HINT = "; or a raw module path containing '.' such as 'model.layers.{layer}.mlp'"
 COMPONENTS = ("block_input", "block_output", "attention_output", "mlp_output", "mlp_up", "embeddings")
 
 # Paths relative to the backbone; "{layer}" is substituted. block_input uses a pre-hook.
@@ -80,7 +81,8 @@ def is_raw_path(component: str) -> bool:
 def architecture(config: Any) -> Architecture:
     mt = getattr(config, "model_type", None)
     if mt not in ARCHITECTURES:
-        raise unknown("model_type", str(mt), ARCHITECTURES, "model type (use a raw module path as component)")
+        raise unknown("model_type", str(mt), ARCHITECTURES, "model type",
+                      "; or give a raw module path such as 'model.layers.{layer}.mlp' as the component")
     return ARCHITECTURES[mt]
 
 
@@ -107,12 +109,12 @@ def component_width(config: Any, component: str, field: str = "component") -> in
         return int(inner) if inner is not None else 4 * hidden
     if component in COMPONENTS or is_raw_path(component):
         return hidden
-    raise unknown(field, component, COMPONENTS, "component (or a raw module path with '.')")
+    raise unknown(field, component, COMPONENTS, "component", _RAW_HINT)
 
 
 def check_component(component: str, field: str = "component") -> None:
     if component not in COMPONENTS and not is_raw_path(component):
-        raise unknown(field, component, COMPONENTS, "component (or a raw module path with '.')")
+        raise unknown(field, component, COMPONENTS, "component", _RAW_HINT)
 
 
 def _get(root: nn.Module, path: str) -> nn.Module | None:

