@@ -87,6 +87,19 @@ def _hidden(x: Any) -> Tensor:
     raise TypeError(f"cannot find a hidden-state tensor in {type(x).__name__}")
 
 
+def _cached_length(kwargs: dict, mask: Tensor | None, seq: int) -> int:
+    """How many tokens the KV cache already holds before this forward (0 for a full forward)."""
+    cache = kwargs.get("past_key_values")
+    if cache is not None and hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
+    cache_position = kwargs.get("cache_position")
+    if cache_position is not None and cache_position.numel():
+        return int(cache_position.reshape(-1)[0])
+    if mask is not None and mask.dim() == 2 and mask.shape[1] > seq:
+        return mask.shape[1] - seq
+    return 0
+
+
 class HookManager:
     """Installs and removes reftx's hooks on one base model."""
 
@@ -137,12 +150,11 @@ class HookManager:
             raise ValueError("reftx needs input_ids or inputs_embeds to place interventions")
         batch, seq = x.shape[0], x.shape[1]
         mask = kwargs.get("attention_mask")
-        total = mask.shape[1] if mask is not None and mask.dim() == 2 else seq
+        past = _cached_length(kwargs, mask, seq)
         decode_step, prompt_end, gen = None, None, self.generation
         if gen is not None and gen.prompt_len is None:
             gen.prompt_len = seq
-        if seq < total:  # cached decoding: the input is the token(s) after `total - seq` cached ones
-            past = total - seq
+        if past:  # cached decoding: the input is the token(s) after `past` cached ones
             decode_step = past - gen.prompt_len if gen is not None else past
             mask = None
         elif gen is not None:

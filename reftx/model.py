@@ -88,7 +88,8 @@ class ReftModel(nn.Module):
         """Every group: key, kind, component, layers, position parts, parameter count."""
         return list(self.groups)
 
-    def num_parameters(self, trainable_only: bool = True) -> int:  # noqa: D401 - HF-style name
+    def count_parameters(self, trainable_only: bool = True) -> int:
+        """Parameters of the interventions (trainable_only) or of everything."""
         params = self.interventions.parameters() if trainable_only else self.parameters()
         return sum(p.numel() for p in params if p.requires_grad or not trainable_only)
 

@@ -1,0 +1,206 @@
+"""ReftModel behaviour on tiny random models: generation, hooks hygiene, save/load, training loops."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import reftx
+from tests.conftest import VOCAB, batch, tiny_model
+
+
+def perturb(model, scale=0.5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.interventions.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g).to(p.dtype))
+    return model
+
+
+PROMPT = [{"kind": "loreft", "rank": 4, "layers": [0, 2], "positions": {"first": 2, "last": 2}}]
+
+
+def gen_spec(n):
+    return [{"kind": "lobireft", "rank": 4, "layers": [1, 3], "positions": {"generated": n}}]
+
+
+def greedy(model, ids, mask, n=8, **kw):
+    return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
+                          pad_token_id=0, eos_token_id=None, **kw)
+
+
+@pytest.mark.parametrize("n", [1, 3, -1])
+def test_generated_positions_exact_with_kv_cache(n):
+    """Cached decoding edits exactly the decode steps whose input is generated token i < n:
+    it matches generation without a cache and a teacher-forced full forward."""
+    model = perturb(reftx.attach(tiny_model("llama"), gen_spec(n) + [{**PROMPT[0], "name": "p"}]), 2.0)
+    ids, mask = batch(t=6, b=1)
+    cached = greedy(model, ids, mask)
+    uncached = greedy(model, ids, mask, use_cache=False)
+    assert torch.equal(cached, uncached)
+    full = model(input_ids=cached, prompt_lengths=torch.tensor([6])).logits
+    assert torch.equal(full[0, 5:-1].argmax(-1), cached[0, 6:])
+    with model.disabled():
+        plain = greedy(model, ids, mask)
+    assert not torch.equal(plain, cached)  # the edit matters for this model
+
+
+def test_generated_n_counts_decode_steps():
+    """Record which decode steps are edited through the context's batch index."""
+    seen = []
+    model = reftx.attach(tiny_model("llama"), gen_spec(3))
+    mod = model.intervention("L1.block_output.gen3")
+    mod.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0]))
+    ids, mask = batch(t=6, b=2, left_pad=True)
+    greedy(model, ids, mask, n=6)
+    assert seen == [2, 2, 2]  # decode steps 0, 1, 2 only; nothing at prefill (no token generated yet)
+
+
+@pytest.mark.parametrize("spec", [PROMPT, gen_spec(2)])
+def test_batched_left_padding_matches_rows_alone(spec):
+    model = perturb(reftx.attach(tiny_model("llama"), spec), 1.0)
+    ids, mask = batch(t=9, b=3, left_pad=True)
+    together = greedy(model, ids, mask)
+    for i in range(3):
+        keep = mask[i].bool()
+        alone = greedy(model, ids[i:i + 1, keep], mask[i:i + 1, keep])
+        assert torch.equal(together[i, 9:], alone[0, keep.sum():])
+
+
+def test_beam_search_runs_and_matches_uncached():
+    model = perturb(reftx.attach(tiny_model("llama"), PROMPT + [{**gen_spec(2)[0], "name": "g"}]), 1.0)
+    ids, mask = batch(t=6, b=2, left_pad=True)
+    a = greedy(model, ids, mask, num_beams=3)
+    b = greedy(model, ids, mask, num_beams=3, use_cache=False)
+    assert a.shape == (2, 14) and torch.equal(a, b)
+
+
+def test_prompt_edit_changes_prefill_only():
+    model = perturb(reftx.attach(tiny_model("llama"), PROMPT), 2.0)
+    ids, mask = batch(t=6, b=1)
+    out = greedy(model, ids, mask)
+    # teacher-forced: prompt positions edited, generated ones not
+    full = model(input_ids=out, prompt_lengths=torch.tensor([6])).logits
+    assert torch.equal(full[0, 5:-1].argmax(-1), out[0, 6:])
+
+
+def test_detach_and_foreign_hooks():
+    base = tiny_model("llama")
+    calls, explode = [], []
+
+    def foreign_hook(*args):
+        calls.append(1)
+        if explode:
+            explode.pop()
+            raise RuntimeError("boom inside layer 1")
+
+    foreign = base.model.layers[1].register_forward_hook(foreign_hook)
+    before = {n: (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for n, m in base.named_modules()}
+    ids, mask = batch()
+    ref = base(input_ids=ids, attention_mask=mask).logits
+    model = perturb(reftx.attach(base, PROMPT))
+    edited = model(input_ids=ids, attention_mask=mask).logits
+    with pytest.raises(ValueError, match="attention_mask has shape"):
+        model(input_ids=ids, attention_mask=mask[:, :5])  # bad input, rejected before any layer runs
+    explode.append(1)
+    with pytest.raises(RuntimeError, match="boom"):
+        model(input_ids=ids, attention_mask=mask)  # an exception in the middle of the forward
+    assert model._hooks._state is None  # neither failure left state behind
+    assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, edited)
+    assert model.detach() is base
+    after = {n: (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for n, m in base.named_modules()}
+    assert after == before  # the foreign hook survived; ours are gone
+    assert torch.equal(base(input_ids=ids, attention_mask=mask).logits, ref)
+    assert all(p.requires_grad for p in base.parameters())
+    assert len(calls) == 5
+    foreign.remove()
+
+
+def test_attach_twice_is_an_error():
+    base = tiny_model("llama")
+    reftx.attach(base, PROMPT)
+    with pytest.raises(reftx.ReftError, match="already has reftx interventions"):
+        reftx.attach(base, PROMPT)
+
+
+@pytest.mark.parametrize("dtype, spec_dtype", [(torch.float32, "float32"), (torch.bfloat16, "float32"),
+                                              (torch.bfloat16, "auto")])
+def test_save_load_bit_for_bit(tmp_path, dtype, spec_dtype):
+    base = tiny_model("llama").to(dtype)
+    model = perturb(reftx.attach(base, [{**PROMPT[0], "dtype": spec_dtype, "activation": "tanh", "dropout": 0.1}]))
+    model.eval()
+    ids, mask = batch()
+    ref = model(input_ids=ids, attention_mask=mask).logits
+    model.save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "reft_config.json").read_text())
+    assert meta["format_version"] == 1
+    assert meta["interventions"][0]["activation"] == "tanh" and meta["interventions"][0]["dropout"] == 0.1
+    assert meta["interventions"][0]["rank"] == 4 and meta["interventions"][0]["dtype"] == spec_dtype
+    model.detach()
+    again = reftx.ReftModel.from_pretrained(base, tmp_path).eval()
+    p = next(again.interventions.parameters())
+    assert p.dtype == (dtype if spec_dtype == "auto" else torch.float32)
+    assert torch.equal(again(input_ids=ids, attention_mask=mask).logits, ref)
+
+
+def test_from_pretrained_checks_model_type(tmp_path):
+    model = reftx.attach(tiny_model("llama"), PROMPT)
+    model.save_pretrained(tmp_path)
+    with pytest.raises(reftx.ConfigError, match="trained on model_type 'llama', not 'gpt2'"):
+        reftx.ReftModel.from_pretrained(tiny_model("gpt2"), tmp_path)
+
+
+def test_save_writes_no_pickle(tmp_path):
+    reftx.attach(tiny_model("llama"), PROMPT).save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["interventions.safetensors", "reft_config.json"]
+
+
+def _data(n=16, t=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    prompts = torch.randint(3, VOCAB, (n, t - 2), generator=g)
+    answer = torch.full((n, 2), 7)  # always answer "7 7"
+    ids = torch.cat([prompts, answer], 1)
+    labels = ids.clone()
+    labels[:, : t - 2] = -100
+    return ids, torch.ones_like(ids), labels
+
+
+def learnable_model():
+    """A random tiny llama's lm_head (std 0.02) caps logits near 0.6: scale it so a target is learnable."""
+    base = tiny_model("llama")
+    with torch.no_grad():
+        base.lm_head.weight.mul_(25)
+    return base
+
+
+def test_plain_torch_loop_learns():
+    model = reftx.attach(learnable_model(), [{"kind": "loreft", "rank": 4, "layers": "all", "positions": "all"}])
+    ids, mask, labels = _data()
+    opt = torch.optim.AdamW(model.param_groups(0.0), lr=2e-2)
+    model.train()
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0]
+
+
+def test_hf_trainer_learns(tmp_path):
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    model = reftx.attach(learnable_model(), [{"kind": "loreft", "rank": 4, "layers": "all", "positions": "all"}])
+    ids, mask, labels = _data()
+    ds = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": mask.tolist(), "labels": labels.tolist()})
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=16, num_train_epochs=30,
+                             learning_rate=2e-2, logging_steps=1, save_strategy="no", report_to=[],
+                             use_cpu=True, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=ds)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[-1] < 0.1 * losses[0]
+    assert all(not p.requires_grad for p in model.base.parameters())
