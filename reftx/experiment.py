@@ -31,6 +31,7 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"  # dtype of the loaded weights
     task: Literal["causal-lm", "sequence-classification"] = "causal-lm"  # model head
     num_labels: int | None = None  # number of classes for sequence-classification (null: the task decides)
+    chat_template: bool | None = None  # wrap prompts in the tokenizer's chat template; null: when it has one
 
     def __post_init__(self) -> None:
         require(self.name != "", "name", "must not be empty")
@@ -45,6 +46,8 @@ class TaskConfig:
     data_dir: str | None = None  # data folder; null: $REFTX_DATA, else ../shared/data by the repo if present
     n_train: int | None = None  # train examples: a deterministic subset (given seed); null = all
     n_eval: int | None = None  # eval examples: a deterministic subset (given seed); null = all
+    train_split: str | None = None  # split trained on; null: the task's first split
+    eval_split: str | None = None  # split evaluated on; null: the task's last split
     options: dict[str, Any] = field(default_factory=dict)  # task-specific keys, validated by the task itself
 
     def __post_init__(self) -> None:

@@ -1,0 +1,139 @@
+"""The ``reftx`` command line: run, plan, validate, ls, eval."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from .errors import ReftError
+
+console = Console(stderr=True)
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def _experiment(path: str, overrides: list[str]):
+    from .experiment import load_experiment
+
+    return load_experiment(path, overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import runner
+    from .train import NonFiniteLoss
+
+    exp = _experiment(args.experiment, args.overrides)
+    try:
+        runner.run(exp, resume=args.resume, show_progress=not args.no_progress)
+    except NonFiniteLoss as e:
+        console.print(f"[red bold]stopped:[/] {e}")
+        return 3
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from . import runner
+    from .config import config_hash, dump_yaml
+
+    exp = _experiment(args.experiment, args.overrides)
+    console.rule(f"[bold]{exp.name}  (config {config_hash(exp.to_dict())})")
+    console.print(dump_yaml(exp.to_dict()), highlight=False)
+    console.print(runner.plan_table(runner.validate(exp)))
+    return 0
+
+
+def _expand(paths: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for p in map(Path, paths or [str(EXPERIMENTS)]):
+        out.extend(sorted(p.rglob("*.yaml")) if p.is_dir() else [p])
+    return out
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from . import runner
+
+    failed = 0
+    for path in _expand(args.experiments):
+        try:
+            groups = runner.validate(_experiment(str(path), args.overrides))
+            console.print(f"[green]ok[/]    {path}  ({len(groups)} groups, "
+                          f"{sum(g.params for g in groups):,} parameters)")
+        except (ReftError, ValueError) as e:
+            failed += 1
+            console.print(f"[red]error[/] {path}: {e}")
+    return 1 if failed else 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    import reftx
+
+    if args.what == "interventions":
+        from .intervention import get_intervention
+
+        for name in reftx.available_interventions():
+            doc = (get_intervention(name).__doc__ or "").strip().splitlines()
+            print(f"{name:14s} {doc[0] if doc else ''}")
+    elif args.what == "tasks":
+        import reftx.tasks  # noqa: F401
+
+        from .task import TASKS
+
+        for name in TASKS.names():
+            doc = (TASKS.get(name).__doc__ or "").strip().splitlines()
+            print(f"{name:14s} {doc[0] if doc else ''}")
+    else:
+        for path in _expand([]):
+            print(path.relative_to(EXPERIMENTS.parent))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from . import runner
+
+    results = runner.evaluate_run(args.run_dir, show_progress=not args.no_progress)
+    for k, v in results["metrics"].items():
+        print(f"{k}: {v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reftx", description="Representation finetuning experiments.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="train and evaluate an experiment")
+    r.add_argument("experiment", help="experiment YAML file")
+    r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3 interventions.0.rank=8")
+    r.add_argument("--resume", action="store_true", help="continue from the run dir's latest checkpoint")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    r.set_defaults(fn=cmd_run)
+    pl = sub.add_parser("plan", help="print the resolved config and intervention groups; runs nothing")
+    pl.add_argument("experiment")
+    pl.add_argument("overrides", nargs="*")
+    pl.set_defaults(fn=cmd_plan)
+    v = sub.add_parser("validate", help="check experiment files (default: every file in experiments/)")
+    v.add_argument("experiments", nargs="*", help="files or folders (searched recursively)")
+    v.add_argument("--set", dest="overrides", action="append", default=[], help="an override for every file")
+    v.set_defaults(fn=cmd_validate)
+    ls = sub.add_parser("ls", help="list registered interventions, tasks or shipped experiments")
+    ls.add_argument("what", choices=["interventions", "tasks", "experiments"])
+    ls.set_defaults(fn=cmd_ls)
+    e = sub.add_parser("eval", help="re-evaluate a finished run directory")
+    e.add_argument("run_dir")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(fn=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ReftError, ValueError) as e:
+        console.print(f"[red bold]error:[/] {e}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

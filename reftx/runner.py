@@ -1,0 +1,233 @@
+"""One experiment from YAML to results: the glue behind ``reftx run`` and ``reftx eval``.
+
+Run dir ({output_dir}/{name}):
+  config.yaml       the resolved experiment (what actually ran)
+  metrics.jsonl     one line per logged step: step, epoch, loss, lr, tokens_per_s, grad_norm, aux/*, rec/*
+  checkpoints/      step-N/ folders (intervention weights, optimizer, scheduler, RNG, data position)
+  intervention/     the final interventions (ReftModel.save_pretrained)
+  results.json      eval metrics, before and after, with the config hash, versions and wall times
+  samples.jsonl     prompts with the answers before and after training
+  loss.png          the training curve
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .config import config_hash, dump_yaml
+from .data import encode, pad_id, use_chat
+from .errors import ConfigError, ReftError
+from .evaluate import evaluate, generate
+from .experiment import Experiment
+from .model import ReftModel, _atomic_write, attach
+from .schedule import plan
+from .task import Task, get_task
+from .train import latest_checkpoint, seed_everything, train
+
+console = Console(stderr=True)
+
+
+def load_task(exp: Experiment) -> Task:
+    import reftx.tasks  # noqa: F401  (registers the zoo)
+
+    return get_task(exp.task.name, exp.task.options, exp.task.data_dir)
+
+
+def splits(exp: Experiment, task: Task) -> tuple[str, str]:
+    train_split = exp.task.train_split or task.splits[0]
+    eval_split = exp.task.eval_split or task.splits[-1]
+    for field, s in (("task.train_split", train_split), ("task.eval_split", eval_split)):
+        if s not in task.splits:
+            from .errors import unknown
+
+            raise unknown(field, s, task.splits, f"split of task {task.name!r}")
+    return train_split, eval_split
+
+
+def load_base(exp: Experiment) -> tuple[Any, Any]:
+    from .hub import load_model
+
+    kwargs = {"num_labels": exp.model.num_labels} if exp.model.num_labels else {}
+    return load_model(exp.model.name, dtype=exp.model.dtype, task=exp.model.task, **kwargs)
+
+
+def plan_table(groups: list, title: str = "interventions") -> Table:
+    table = Table(title=title)
+    for col in ("key", "kind", "component", "layers", "positions", "params"):
+        table.add_column(col, justify="right" if col == "params" else "left")
+    for g in groups:
+        table.add_row(g.key, g.kind, g.component, ",".join(map(str, g.layers)) if g.layers != (-1,) else "-",
+                      "+".join(g.parts), f"{g.params:,}")
+    table.add_row("total", "", "", "", "", f"{sum(g.params for g in groups):,}", style="bold")
+    return table
+
+
+def validate(exp: Experiment, model_config: Any = None) -> list:
+    """Check everything that can be checked without weights: task, splits, data files, schedule."""
+    task = load_task(exp)
+    train_split, eval_split = splits(exp, task)
+    task.examples(train_split, exp.task.n_train, exp.seed)
+    task.examples(eval_split, exp.task.n_eval, exp.seed)
+    if model_config is None:
+        from transformers import AutoConfig
+
+        from .hub import DEFAULT_MODEL, default_cache_dir
+
+        name = str(default_cache_dir()) if exp.model.name == DEFAULT_MODEL else exp.model.name
+        if exp.model.name == DEFAULT_MODEL and not (Path(name) / "config.json").is_file():
+            from .hub import default_model_path
+
+            name = str(default_model_path())
+        try:
+            model_config = AutoConfig.from_pretrained(name)
+        except OSError as e:
+            raise ConfigError("model.name", f"cannot read the config of {exp.model.name!r}: {e}") from None
+    return plan(exp.interventions, model_config)[1]
+
+
+def _versions() -> dict[str, str]:
+    import accelerate
+    import transformers
+
+    return {"reftx": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__, "python": platform.python_version()}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def plot_loss(run_dir: Path) -> Path | None:
+    """loss.png from metrics.jsonl (headless matplotlib)."""
+    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1.5)
+    ax.set(xlabel="optimizer step", ylabel="training loss", title=run_dir.name)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = run_dir / "loss.png"
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def run(exp: Experiment, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    """Train and evaluate one experiment; returns (and writes) results.json's content."""
+    t_start = time.perf_counter()
+    run_dir = exp.run_dir
+    resolved = exp.to_dict()
+    chash = config_hash(resolved)
+    cfg_file = run_dir / "config.yaml"
+    if resume and cfg_file.is_file():
+        from .config import load_yaml
+
+        if config_hash(load_yaml(cfg_file)) != chash:
+            raise ReftError(f"--resume: {cfg_file} differs from the current config; resume with the same "
+                            "config (and overrides), or pick another name")
+    elif not resume and latest_checkpoint(run_dir) is not None:
+        raise ReftError(f"{run_dir} already holds checkpoints: pass --resume to continue, or choose a new "
+                        "name (name=...) or output_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(cfg_file, lambda p: Path(p).write_text(dump_yaml(resolved)))
+    console.rule(f"[bold]reftx run {exp.name}  (config {chash})")
+    console.print(dump_yaml(resolved), highlight=False)
+
+    seed_everything(exp.seed)
+    task = load_task(exp)
+    train_split, eval_split = splits(exp, task)
+    train_ex = task.examples(train_split, exp.task.n_train, exp.seed)
+    eval_ex = task.examples(eval_split, exp.task.n_eval, exp.seed)
+    base, tok = load_base(exp)
+    chat = use_chat(tok, exp.model.chat_template)
+    model = attach(base, exp.interventions)
+    console.print(plan_table(model.plan()))
+    generative = task.generate and exp.model.task == "causal-lm"
+
+    before = None
+    shown = eval_ex[: exp.eval.show_examples]
+    if generative and shown and not resume:
+        with model.disabled():
+            before = generate(model, tok, shown, exp.eval, chat, "before", show_progress)
+
+    encoded = [encode(tok, ex, exp.train.max_length, chat) for ex in train_ex]
+    n_trunc = sum(e.truncated for e in encoded)
+    if n_trunc:
+        console.print(f"[yellow]{n_trunc} of {len(encoded)} training examples truncated to "
+                      f"train.max_length={exp.train.max_length}")
+    summary = train(model, encoded, exp.train, run_dir, pad_id=pad_id(tok), seed=exp.seed, resume=resume,
+                    show_progress=show_progress)
+    model.save_pretrained(run_dir / "intervention")
+    plot_loss(run_dir)
+
+    t_eval = time.perf_counter()
+    metrics, preds = evaluate(model, tok, task, eval_ex, exp.eval, chat, show_progress)
+    results = {"name": exp.name, "config_hash": chash, "task": task.name, "eval_split": eval_split,
+               "n_train": len(train_ex), "n_eval": len(eval_ex), "metrics": metrics,
+               "trainable_parameters": model.count_parameters(), "train": summary,
+               "eval_seconds": time.perf_counter() - t_eval, "wall_seconds": time.perf_counter() - t_start,
+               "versions": _versions()}
+    _write_json(run_dir / "results.json", results)
+    with (run_dir / "samples.jsonl").open("w") as f:
+        for i, ex in enumerate(eval_ex):
+            rec = {"prompt": ex.prompt, "gold": str(ex.gold), "after": preds[i]}
+            if before is not None and i < len(before):
+                rec["before"] = before[i]
+            f.write(json.dumps(rec) + "\n")
+    report(results, shown, before, preds[: len(shown)])
+    return results
+
+
+def report(results: dict[str, Any], shown: list, before: list[str] | None, after: list[str]) -> None:
+    if shown and after:
+        table = Table(title="held-out prompts", show_lines=True)
+        table.add_column("prompt", max_width=40)
+        if before is not None:
+            table.add_column("before", max_width=50)
+        table.add_column("after", max_width=50)
+        for i, ex in enumerate(shown):
+            table.add_row(ex.prompt, *([before[i]] if before is not None else []), after[i])
+        console.print(table)
+    table = Table(title=f"results: {results['name']} ({results['config_hash']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in results["metrics"].items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    table.add_row("trainable parameters", f"{results['trainable_parameters']:,}")
+    table.add_row("wall time (s)", f"{results['wall_seconds']:.1f}")
+    console.print(table)
+
+
+def evaluate_run(run_dir: str | Path, show_progress: bool = True) -> dict[str, Any]:
+    """Re-evaluate a finished run from its config.yaml and intervention/ folder."""
+    from .experiment import load_experiment
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ReftError(f"{run_dir} has no config.yaml: not a reftx run directory")
+    exp = load_experiment(run_dir / "config.yaml")
+    task = load_task(exp)
+    _, eval_split = splits(exp, task)
+    eval_ex = task.examples(eval_split, exp.task.n_eval, exp.seed)
+    base, tok = load_base(exp)
+    model = ReftModel.from_pretrained(base, run_dir / "intervention")
+    metrics, _ = evaluate(model, tok, task, eval_ex, exp.eval, use_chat(tok, exp.model.chat_template),
+                          show_progress)
+    results = {"name": exp.name, "config_hash": config_hash(exp.to_dict()), "metrics": metrics,
+               "versions": _versions()}
+    _write_json(run_dir / "eval.json", results)
+    return results

@@ -1,0 +1,151 @@
+"""The task interface shared by every task in the zoo (``reftx.tasks``).
+
+A task is one file in ``tasks/`` with a class registered by ``@register_task("name")``:
+
+    @register_task("persona")
+    class Persona(Task):
+        @dataclass(frozen=True)
+        class Options:            # task-specific YAML keys under task.options
+            file: str = "persona.jsonl"
+        splits = ("train", "eval")
+
+        def load(self, split): ...           # -> list[Example]
+        def score(self, predictions, examples): ...   # -> {metric: float}
+
+The task never sees hooks or models: it turns data into ``Example``s and
+generated text into metrics. Tokenisation, padding and label masking are done
+once, for every task, by ``reftx.data``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .errors import ConfigError, DataError, unknown
+from .registry import Registry
+
+TASKS: Registry[type[Task]] = Registry("task")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
+    def wrap(cls: type[Task]) -> type[Task]:
+        cls.name = name
+        return TASKS.register(name)(cls)
+
+    return wrap
+
+
+def available_tasks() -> list[str]:
+    return TASKS.names()
+
+
+@dataclass(frozen=True)
+class Example:
+    """One prompt and its gold response.
+
+    prompt: the user-facing prompt text (the chat template, if any, is applied later).
+    target: the response trained on with teacher forcing.
+    answer: what ``score`` compares against (defaults to ``target``).
+    meta:   anything else the task keeps (source file and line, ids, options...).
+    """
+
+    prompt: str
+    target: str = ""
+    answer: Any = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def gold(self) -> Any:
+        return self.target if self.answer is None else self.answer
+
+
+def default_data_dir() -> Path | None:
+    """``$REFTX_DATA``, else ``../shared/data`` next to the repository when it exists."""
+    env = os.environ.get("REFTX_DATA")
+    if env:
+        return Path(env)
+    shared = REPO_ROOT.parent / "shared" / "data"
+    return shared if shared.is_dir() else None
+
+
+class Task:
+    """Base class of tasks. Subclasses define ``Options``, ``splits``, ``load`` and ``score``."""
+
+    name: ClassVar[str] = ""
+    splits: ClassVar[tuple[str, ...]] = ("train", "eval")
+    generate: ClassVar[bool] = True  # evaluation generates text (False: e.g. log-likelihood scoring)
+
+    @dataclass(frozen=True)
+    class Options:
+        pass
+
+    def __init__(self, options: Any = None, data_dir: str | Path | None = None):
+        self.options = options if options is not None else self.Options()
+        self._data_dir = Path(data_dir) if data_dir else None
+
+    @property
+    def data_dir(self) -> Path:
+        d = self._data_dir or default_data_dir()
+        if d is None:
+            raise ConfigError("task.data_dir", "no data directory: set task.data_dir or $REFTX_DATA")
+        if not d.is_dir():
+            raise ConfigError("task.data_dir", f"{d} is not a directory")
+        return d
+
+    # -- to implement ----------------------------------------------------------------------
+    def load(self, split: str) -> list[Example]:
+        raise NotImplementedError
+
+    def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
+        raise NotImplementedError
+
+    # -- provided --------------------------------------------------------------------------
+    def examples(self, split: str, n: int | None = None, seed: int = 0) -> list[Example]:
+        """The split's examples; ``n`` picks a subset that depends only on ``seed``."""
+        if split not in self.splits:
+            raise unknown("split", split, self.splits, f"split of task {self.name!r}")
+        data = self.load(split)
+        if not data:
+            raise DataError(f"task {self.name!r}: split {split!r} is empty")
+        if n is not None and n < len(data):
+            idx = sorted(random.Random(f"{seed}:{split}").sample(range(len(data)), n))
+            data = [data[i] for i in idx]
+        return data
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) for every non-empty line; a bad line raises DataError naming file:line."""
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+            yield lineno, rec
+
+
+def require_keys(rec: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
+    missing = [k for k in keys if not isinstance(rec.get(k), str)]
+    if missing:
+        raise DataError(f"{where}: missing or non-string field(s) {', '.join(missing)}")
+
+
+def get_task(name: str, options: dict[str, Any] | None = None, data_dir: str | Path | None = None) -> Task:
+    """Build a registered task; ``options`` are checked strictly against its ``Options``."""
+    from .config import from_dict  # local: config imports nothing from here
+
+    cls = TASKS.get(name, "task.name")
+    opts = from_dict(cls.Options, options or {}, "task.options.")
+    return cls(opts, data_dir)

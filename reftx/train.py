@@ -1,0 +1,288 @@
+"""The training loop: one explicit loop on ``accelerate``; it never knows which method it trains.
+
+Per optimizer step: forward (+ auxiliary losses the primitives add), a finiteness
+check, backward, gradient clipping, AdamW, the LR schedule, then each
+primitive's ``after_optimizer_step`` (e.g. a norm projection).
+
+Reproducible and resumable: the data order of epoch e is a permutation seeded by
+(seed, e); checkpoints (written to a temporary folder, then renamed) hold the
+intervention weights, optimizer, scheduler, RNG states and the position in the
+data, so a run killed at any point and resumed ends with the same weights as an
+uninterrupted one. A NaN/inf loss stops the run (``NonFiniteLoss``) before any
+step applies it; the last good checkpoint stays. Ctrl-C saves a checkpoint first.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader, Sampler
+from transformers import get_scheduler
+
+from .data import Encoded, collate_train
+from .errors import ReftError
+from .experiment import TrainConfig
+from .model import ReftModel, _atomic_write
+
+STATE_FILE = "state.json"
+
+
+class NonFiniteLoss(ReftError):
+    """The loss became NaN or inf; nothing from that step was applied."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class EpochSampler(Sampler[int]):
+    """A permutation of the dataset seeded by (seed, epoch): the same on every rank and every resume."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+@dataclass
+class Progress_:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch: int = 0  # batches of the current epoch consumed (at a step boundary)
+    tokens: int = 0
+
+
+def total_steps(cfg: TrainConfig, n_batches: int) -> int:
+    return cfg.max_steps or cfg.epochs * math.ceil(n_batches / cfg.grad_accum)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
+            "numpy": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2])}
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"])
+    random.setstate((3, tuple(s["python"]), s["python_pos"]))
+    np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), s["numpy_pos"], 0, 0.0))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = sorted((p for p in (run_dir / "checkpoints").glob("step-*") if (p / STATE_FILE).is_file()),
+                   key=lambda p: int(p.name.split("-")[1]))
+    return ckpts[-1] if ckpts else None
+
+
+def save_checkpoint(run_dir: Path, model: ReftModel, opt, sched, prog: Progress_, keep: int) -> Path:
+    """Write checkpoints/step-N atomically (temporary folder, then rename); keep the newest ``keep``."""
+    root = run_dir / "checkpoints"
+    final = root / f"step-{prog.step}"
+    tmp = root / f".tmp-step-{prog.step}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp / "intervention")
+    trainer = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state()}
+    torch.save(trainer, tmp / "trainer_state.pt")
+    (tmp / STATE_FILE).write_text(json.dumps(prog.__dict__) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, model: ReftModel, opt, sched) -> Progress_:
+    weights = load_file(path / "intervention" / "interventions.safetensors", device=str(model.device))
+    for key, mod in model.named_interventions():
+        mod.load_state_dict({n: weights[f"{key}.{n}"] for n in mod.state_dict()})
+    state = torch.load(path / "trainer_state.pt", weights_only=True)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    return Progress_(**json.loads((path / STATE_FILE).read_text()))
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop metrics logged after ``step`` (by a run that died after its last checkpoint)."""
+    if path.is_file():
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        _atomic_write(path, lambda p: Path(p).write_text("".join(x + "\n" for x in keep)))
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, honoured at a step boundary after saving a checkpoint."""
+
+
+class _StopFlag:
+    """Ctrl-C during training asks for a stop at the next step boundary (a second one stops at once)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def train(
+    model: ReftModel,
+    data: list[Encoded],
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    pad_id: int,
+    seed: int = 0,
+    resume: bool = False,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``model``'s interventions on encoded examples; returns a summary of the run."""
+    run_dir = Path(run_dir)
+    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
+                      mixed_precision="bf16" if cfg.precision == "bf16" else "no",
+                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    seed_everything(seed)
+    sampler = EpochSampler(len(data), seed)
+    # its own generator: iterating a DataLoader draws a worker seed from the generator it is given
+    # (the global torch RNG by default), which would shift the dropout RNG of a resumed run
+    loader = DataLoader(data, batch_size=cfg.batch_size, sampler=sampler,
+                        collate_fn=lambda b: collate_train(b, pad_id), generator=torch.Generator().manual_seed(seed))
+    opt = torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr)
+    per_epoch = math.ceil(len(data) / cfg.batch_size / acc.num_processes)
+    steps = total_steps(cfg, per_epoch)
+    sched = get_scheduler(cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup", opt,
+                          num_warmup_steps=int(cfg.warmup * steps), num_training_steps=steps)
+    wrapped, opt, loader = acc.prepare(model, opt, loader)
+    metrics_path = run_dir / "metrics.jsonl"
+    prog = Progress_()
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if ckpt is not None:
+        prog = load_checkpoint(ckpt, model, opt, sched)
+        if acc.is_main_process:
+            _truncate_log(metrics_path, prog.step)
+            acc.print(f"resumed from {ckpt} (step {prog.step}/{steps})")
+    elif acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        metrics_path.write_text("")
+    if prog.step >= steps:
+        return {"steps": prog.step, "resumed": ckpt is not None}
+
+    def checkpoint() -> None:
+        if acc.is_main_process:
+            save_checkpoint(run_dir, model, opt, sched, prog, cfg.keep_checkpoints)
+        acc.wait_for_everyone()
+
+    model.train()
+    bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                   TimeRemainingColumn(), disable=not (show_progress and acc.is_main_process))
+    task = bar.add_task("train", total=steps, completed=prog.step, info="")
+    window: list[float] = []
+    t0, tokens0 = time.perf_counter(), prog.tokens
+    stop = _StopFlag()
+    try:
+        with bar, stop:
+            while prog.step < steps:
+                # accelerate's DataLoaderShard re-sets the sampler's epoch from its own iteration counter
+                # (0 in a resumed process) on every __iter__: set the epoch through it
+                (loader if hasattr(loader, "set_epoch") else sampler).set_epoch(prog.epoch)
+                for i, batch in enumerate(loader):
+                    if i < prog.batch:
+                        continue  # resuming mid-epoch: skip what the checkpoint already consumed
+                    with acc.accumulate(wrapped):
+                        out = wrapped(**batch)
+                        loss = out.loss
+                        if not torch.isfinite(loss.detach()).all():
+                            raise NonFiniteLoss(f"loss is {loss.item()} at step {prog.step + 1}; stopped before "
+                                                f"applying it. Last good checkpoint: {latest_checkpoint(run_dir)}")
+                        acc.backward(loss)
+                        window.append(loss.item())
+                        prog.tokens += int(batch["attention_mask"].sum()) * acc.num_processes
+                        grad_norm = None
+                        if acc.sync_gradients:
+                            if cfg.max_grad_norm is not None:
+                                grad_norm = float(acc.clip_grad_norm_(model.interventions.parameters(),
+                                                                      cfg.max_grad_norm))
+                            opt.step()
+                            sched.step()
+                            opt.zero_grad(set_to_none=True)
+                    if not acc.sync_gradients:
+                        continue
+                    model.after_optimizer_step()
+                    prog.step, prog.batch = prog.step + 1, i + 1
+                    if prog.step % cfg.log_every == 0 or prog.step == steps:
+                        rec = {"step": prog.step, "epoch": prog.epoch, "loss": sum(window) / len(window),
+                               "lr": sched.get_last_lr()[0],
+                               "tokens_per_s": (prog.tokens - tokens0) / max(time.perf_counter() - t0, 1e-9)}
+                        if grad_norm is not None:
+                            rec["grad_norm"] = grad_norm
+                        for k, v in (out.get("aux_losses") or {}).items():
+                            rec[f"aux/{k}"] = float(v)
+                        for k, v in (out.get("records") or {}).items():
+                            rec[f"rec/{k}"] = float(torch.cat([x.float().reshape(-1) for x in v]).mean())
+                        window.clear()
+                        if acc.is_main_process:
+                            with metrics_path.open("a") as f:
+                                f.write(json.dumps(rec) + "\n")
+                            if on_log:
+                                on_log(rec)
+                        bar.update(task, completed=prog.step, info=f"loss {rec['loss']:.4f}")
+                    if cfg.checkpoint_every and prog.step % cfg.checkpoint_every == 0 and prog.step < steps:
+                        checkpoint()
+                    if stop.requested:
+                        raise Interrupted
+                    if prog.step >= steps:
+                        break
+                else:
+                    prog.epoch, prog.batch = prog.epoch + 1, 0
+                    continue
+                break
+    except Interrupted:
+        checkpoint()
+        acc.print(f"interrupted: saved a checkpoint at step {prog.step}; continue with --resume")
+        raise
+    checkpoint()
+    model.eval()
+    return {"steps": prog.step, "tokens": prog.tokens, "resumed": ckpt is not None,
+            "train_seconds": time.perf_counter() - t0}
+
+
+__all__ = ["Interrupted", "NonFiniteLoss", "train", "latest_checkpoint", "seed_everything", "total_steps"]

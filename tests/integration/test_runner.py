@@ -1,0 +1,132 @@
+"""The runner and CLI end to end on a tiny model with the default tokenizer; config errors name the field."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reftx import cli, runner
+from reftx.errors import ConfigError, DataError, ReftError
+from reftx.experiment import load_experiment
+
+REPO = Path(__file__).resolve().parents[2]
+EXPERIMENTS = sorted((REPO / "experiments").rglob("*.yaml"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A 2-layer random llama saved with SmolLM2's tokenizer (so chat templates work)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from reftx.hub import default_model_path
+
+    tok = AutoTokenizer.from_pretrained(default_model_path())
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    d = tmp_path_factory.mktemp("tiny")
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def write(tmp_path, data, name="exp.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def tiny_overrides(tiny_dir, tmp_path):
+    return [f"model.name={tiny_dir}", f"output_dir={tmp_path / 'runs'}", "train.max_steps=4",
+            "train.checkpoint_every=2", "train.log_every=1", "train.batch_size=4", "eval.max_new_tokens=4",
+            "task.n_eval=3", "eval.show_examples=2", "interventions.0.layers=[1, 2]"]
+
+
+def test_run_writes_a_complete_run_dir(tiny_dir, tmp_path):
+    exp = REPO / "experiments" / "quickstart.yaml"
+    assert cli.main(["run", str(exp), *tiny_overrides(tiny_dir, tmp_path), "--no-progress"]) == 0
+    run_dir = tmp_path / "runs" / "quickstart"
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoints", "config.yaml", "intervention", "loss.png", "metrics.jsonl", "results.json", "samples.jsonl"]
+    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert {"loss", "lr", "tokens_per_s"} <= set(metrics[0])
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results["metrics"]) == {"persona_open", "persona_close"}
+    assert results["n_eval"] == 3 and results["train"]["steps"] == 4
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert resolved["train"]["max_steps"] == 4 and resolved["name"] == "quickstart"
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-4"]  # keep_checkpoints=2: 2, 4 -> 4 last
+    samples = [json.loads(x) for x in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 3 and "before" in samples[0] and "before" not in samples[2]
+
+    # a second run into the same folder must not silently overwrite it
+    with pytest.raises(ReftError, match="already holds checkpoints: pass --resume"):
+        runner.run(load_experiment(exp, tiny_overrides(tiny_dir, tmp_path)), show_progress=False)
+    # reftx eval re-scores the saved interventions
+    assert cli.main(["eval", str(run_dir), "--no-progress"]) == 0
+    assert json.loads((run_dir / "eval.json").read_text())["metrics"] == results["metrics"]
+
+
+def test_plan_prints_groups(tiny_dir, tmp_path, capsys):
+    exp = REPO / "experiments" / "quickstart.yaml"
+    assert cli.main(["plan", str(exp), f"model.name={tiny_dir}"]) == 0
+    err = capsys.readouterr().err
+    assert "L8.block_output.first+last" not in err  # tiny model: 4 layers
+    assert "L1.block_output.first+last" in err and "L2.block_output.first+last" in err
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[str(p.relative_to(REPO)) for p in EXPERIMENTS])
+def test_shipped_experiments_validate(path):
+    groups = runner.validate(load_experiment(path))
+    assert groups and all(g.params > 0 for g in groups)
+
+
+BASE = {"schema": 1, "model": {"name": "default"}, "task": {"name": "persona"},
+        "interventions": [{"kind": "loreft", "rank": 4, "layers": [2], "positions": {"last": 3}}]}
+
+
+@pytest.mark.parametrize("patch, error, message", [
+    ({"trian": {}}, ConfigError, "trian: unknown key 'trian' (did you mean 'train'?)"),
+    ({"train": {"lr": "fast"}}, ConfigError, "train.lr: expected float"),
+    ({"train": {"batch_size": 0}}, ConfigError, "train.batch_size: must be >= 1"),
+    ({"interventions": [{"kind": "loreft", "layers": [30]}]}, ConfigError,
+     "interventions.0.layers.0: layer 30 is out of range for a model with 30 layers"),
+    ({"interventions": [{"kind": "loreft", "rank": 1000}]}, ConfigError,
+     "interventions.0.rank: rank 1000 is larger than the hidden width 576"),
+    ({"interventions": [{"kind": "loreft_v2"}]}, ConfigError,
+     "interventions.0.kind: unknown intervention 'loreft_v2' (did you mean 'loreft'?)"),
+    ({"task": {"name": "persona", "options": {"file": "/nonexistent/persona.jsonl"}}}, DataError,
+     "data file not found: /nonexistent/persona.jsonl"),
+    ({"task": {"name": "persna"}}, ConfigError, "task.name: unknown task 'persna' (did you mean 'persona'?)"),
+    ({"task": {"name": "persona", "options": {"fiel": "x"}}}, ConfigError,
+     "task.options.fiel: unknown key 'fiel' (did you mean 'file'?)"),
+    ({"task": {"name": "persona", "eval_split": "test"}}, ConfigError,
+     "task.eval_split: unknown split of task 'persona' 'test'"),
+    ({"schema": 2}, ConfigError, "schema: unsupported schema version 2"),
+])
+def test_broken_configs_name_the_field(tmp_path, patch, error, message):
+    with pytest.raises(error) as e:
+        runner.validate(load_experiment(write(tmp_path, {**BASE, **patch})))
+    assert message in str(e.value)
+
+
+def test_bad_data_row_reports_file_and_line(tmp_path):
+    data = tmp_path / "p.jsonl"
+    data.write_text('{"prompt": "a", "response": "b", "split": "train"}\n\n{"prompt": "c", "split": "eval"}\n')
+    exp = {**BASE, "task": {"name": "persona", "options": {"file": str(data)}}}
+    with pytest.raises(DataError, match=rf"{data}:3: missing or non-string field\(s\) response"):
+        runner.validate(load_experiment(write(tmp_path, exp)))
+    data.write_text('{"prompt": "a", "response": "b", "split": "train"}\n{"prompt": oops}\n')
+    with pytest.raises(DataError, match=rf"{data}:2: invalid JSON"):
+        runner.validate(load_experiment(write(tmp_path, exp)))
+
+
+def test_validate_cli_reports_each_file(tmp_path, capsys):
+    good = write(tmp_path, BASE, "good.yaml")
+    bad = write(tmp_path, {**BASE, "seed": "x"}, "bad.yaml")
+    assert cli.main(["validate", str(good), str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "ok" in err and "seed: expected int" in err
