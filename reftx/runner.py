@@ -61,7 +61,8 @@ def load_base(exp: Experiment) -> tuple[Any, Any]:
 
 def plan_table(groups: list, title: str = "interventions") -> Table:
     table = Table(title=title)
-    for col in ("key", "kind", "component", "layers", "positions", "params"):
+    table.add_column("key", no_wrap=True, min_width=max(len(g.key) for g in groups))
+    for col in ("kind", "component", "layers", "positions", "params"):
         table.add_column(col, justify="right" if col == "params" else "left")
     for g in groups:
         table.add_row(g.key, g.kind, g.component, ",".join(map(str, g.layers)) if g.layers != (-1,) else "-",

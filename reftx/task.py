@@ -147,5 +147,5 @@ def get_task(name: str, options: dict[str, Any] | None = None, data_dir: str | P
     from .config import from_dict  # local: config imports nothing from here
 
     cls = TASKS.get(name, "task.name")
-    opts = from_dict(cls.Options, options or {}, "task.options.")
+    opts = from_dict(cls.Options, options or {}, "task.options")
     return cls(opts, data_dir)

@@ -58,7 +58,7 @@ def test_run_writes_a_complete_run_dir(tiny_dir, tmp_path):
     assert results["n_eval"] == 3 and results["train"]["steps"] == 4
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert resolved["train"]["max_steps"] == 4 and resolved["name"] == "quickstart"
-    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-4"]  # keep_checkpoints=2: 2, 4 -> 4 last
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-2", "step-4"]  # keep 2
     samples = [json.loads(x) for x in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 3 and "before" in samples[0] and "before" not in samples[2]
 
