@@ -7,7 +7,7 @@ the tokenizer's chat template when asked. ``collate_train`` pads on the right;
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,6 +23,7 @@ class Encoded:
     labels: list[int]
     prompt_len: int
     truncated: bool = False
+    info: dict[str, float] = field(default_factory=dict)
 
 
 def format_prompt(tokenizer: Any, prompt: str, chat: bool) -> str:
@@ -60,7 +61,7 @@ def encode(tokenizer: Any, ex: Example, max_length: int, chat: bool, end_token: 
         keep_target = max(1, max_length - len(prompt)) if target else 0
         target = target[:keep_target]
         prompt = prompt[len(prompt) - (max_length - len(target)):]
-    return Encoded(prompt + target, [IGNORE] * len(prompt) + target, len(prompt), truncated)
+    return Encoded(prompt + target, [IGNORE] * len(prompt) + target, len(prompt), truncated, dict(ex.info))
 
 
 def pad_id(tokenizer: Any) -> int:
@@ -70,7 +71,8 @@ def pad_id(tokenizer: Any) -> int:
 
 
 def collate_train(batch: list[Encoded], pad_id: int) -> dict[str, Tensor]:
-    """Right-padded input_ids, attention_mask and labels (-100 on prompt and padding)."""
+    """Right-padded input_ids, attention_mask and labels (-100 on prompt and padding), plus
+    ``example_info`` (one tensor per info key) when the examples carry any."""
     t = max(len(e.input_ids) for e in batch)
     ids = torch.full((len(batch), t), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), t), IGNORE, dtype=torch.long)
@@ -80,7 +82,13 @@ def collate_train(batch: list[Encoded], pad_id: int) -> dict[str, Tensor]:
         ids[i, :n] = torch.tensor(e.input_ids)
         labels[i, :n] = torch.tensor(e.labels)
         mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    out: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    keys = sorted(batch[0].info)
+    if keys:
+        if any(sorted(e.info) != keys for e in batch):
+            raise ValueError(f"examples in one batch carry different info keys (expected {keys})")
+        out["example_info"] = {k: torch.tensor([e.info[k] for e in batch]) for k in keys}
+    return out
 
 
 def collate_prompts(prompts: list[list[int]], pad_id: int) -> dict[str, Tensor]:

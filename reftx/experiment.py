@@ -73,6 +73,8 @@ class TrainConfig:
     checkpoint_every: int = 100  # save a checkpoint every this many steps; 0 = only at the end
     keep_checkpoints: int = 2  # most recent checkpoints kept on disk (older ones are deleted)
     log_every: int = 10  # log training metrics every this many steps
+    objective: str = "nll"  # training objective (reftx.objectives): nll, or e.g. an unlearning objective
+    objective_options: dict[str, Any] = field(default_factory=dict)  # options of the objective
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "epochs", "max_steps", "batch_size", "grad_accum", "max_length")

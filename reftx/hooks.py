@@ -66,12 +66,12 @@ class ForwardState:
         key = (spec, parts)
         if key not in self._rows:
             if self.decode_step is not None:
-                r = P.decode_rows(self.batch_size, self.decode_step, spec, self.device)
+                pieces = [P.decode_rows(self.batch_size, self.decode_step, spec, part, self.device) for part in parts]
             elif self.explicit is not None and spec.mode != "generated":
-                r = self.explicit
+                pieces = [self.explicit]
             else:
                 pieces = [P.part_rows(self.bounds, spec, part) for part in parts]
-                r = pieces[0] if len(pieces) == 1 else tuple(torch.cat(x) for x in zip(*pieces))
+            r = pieces[0] if len(pieces) == 1 else tuple(torch.cat(x) for x in zip(*pieces))
             self._rows[key] = r
         return self._rows[key]
 
@@ -112,7 +112,8 @@ class HookManager:
         self.generation: Generation | None = None
         self._state: ForwardState | None = None
         self._handles: list[RemovableHandle] = []
-        self._prompt_groups = any(g.positions.mode not in ("all", "generated") for g in groups)
+        self._prompt_groups = any(g.positions.mode not in ("all", "generated") or "all_prompt" in g.parts
+                                  for g in groups)
         self._bases = [m for mod in modules.values() for m in mod.modules() if isinstance(m, OrthoBasis)]
         by_site: dict[tuple[int, bool], list] = defaultdict(list)
         targets: dict[int, nn.Module] = {}

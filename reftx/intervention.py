@@ -148,6 +148,9 @@ class Intervention(nn.Module):
     Optional extension points, all with harmless defaults:
       * ``after_optimizer_step()``: called by the training loop after each optimizer
         step (e.g. to project a bias back onto a norm ball);
+      * ``parameter_losses()``: losses that depend only on parameters (e.g. a norm penalty),
+        added once per forward that has labels;
+      * ``loss_scale()``: a multiplier for the whole loss (BREP's PID weight), or None;
       * ``no_decay_parameters()``: names of parameters to keep out of weight decay.
     """
 
@@ -163,9 +166,13 @@ class Intervention(nn.Module):
         raise NotImplementedError
 
     def after_optimizer_step(self) -> None:
-        for m in self.modules():
-            if m is not self and hasattr(m, "after_optimizer_step"):
-                m.after_optimizer_step()
+        pass
+
+    def parameter_losses(self) -> dict[str, Tensor]:
+        return {}
+
+    def loss_scale(self) -> Tensor | None:
+        return None
 
     def no_decay_parameters(self) -> set[str]:
         """Names (relative to this module) of parameters excluded from weight decay."""

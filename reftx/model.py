@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 import weakref
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,8 +105,28 @@ class ReftModel(nn.Module):
                             {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
 
     def after_optimizer_step(self) -> None:
+        """Each primitive's post-step work, then group-level updates of shared modifiers
+        (a bound class with ``after_step_all`` sees every (bound, bias) pair at once, e.g. PID)."""
+        shared: dict[type, list] = defaultdict(list)
         for _, mod in self.named_interventions():
             mod.after_optimizer_step()
+            bound = getattr(mod, "bound", None)
+            if bound is not None and hasattr(type(bound), "after_step_all"):
+                shared[type(bound)].append((bound, mod.bias()))
+        for cls, pairs in shared.items():
+            cls.after_step_all(pairs)
+
+    def _extra_losses(self) -> tuple[dict[str, Tensor], Tensor | None]:
+        losses: dict[str, list[Tensor]] = defaultdict(list)
+        scales = []
+        for _, mod in self.named_interventions():
+            for k, v in mod.parameter_losses().items():
+                losses[k].append(v)
+            s = mod.loss_scale()
+            if s is not None:
+                scales.append(s)
+        scale = torch.stack(scales).mean() if scales else None
+        return {k: torch.stack(v).sum() for k, v in losses.items()}, scale
 
     # -- running -------------------------------------------------------------------------------
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
@@ -127,13 +148,18 @@ class ReftModel(nn.Module):
         finally:
             self._hooks.pending = None
         ctx = pending.state.ctx if pending.state is not None else None
-        if ctx is not None and (ctx.losses or ctx.records):
-            aux = {k: torch.stack(v).sum() for k, v in ctx.losses.items()}
-            out["aux_losses"] = aux
+        aux = {k: torch.stack(v).sum() for k, v in ctx.losses.items()} if ctx is not None else {}
+        if ctx is not None and ctx.records:
             out["records"] = ctx.records
-            if aux and getattr(out, "loss", None) is not None:
+        if getattr(out, "loss", None) is not None and self._hooks.enabled:
+            params, scale = self._extra_losses()
+            aux.update(params)
+            if aux or scale is not None:
                 out["task_loss"] = out.loss
-                out["loss"] = out.loss + sum(aux.values())
+                total = out.loss + sum(aux.values()) if aux else out.loss
+                out["loss"] = total * scale if scale is not None else total
+        if aux:
+            out["aux_losses"] = aux
         return out
 
     @torch.no_grad()

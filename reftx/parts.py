@@ -3,8 +3,11 @@
 * ``OrthoBasis``: a rank-r basis R (r x d) with orthonormal rows.
 * ``FreeBasis``: an unconstrained r x d projection.
 * ``BiasSource`` / ``nn.Linear``: the "target" inside the subspace (b, or W h + b).
-* ``SubspaceIntervention``: ``h + dropout(Rᵀ (gate(h) ⊙ (act(source(h)) − [R h])))``,
-  the whole ReFT family (LoReFT, DiReFT, NoReFT, ...) as one recipe with flags.
+* ``EditIntervention``: ``h + dropout(σ(g(h)) · Δ(h))``, an edit Δ with the shared modifiers
+  (input gate, dropout, magnitude bound on the edit's bias), configured by ``EditConfig``.
+* ``SubspaceIntervention``: Δ(h) = Rᵀ (s(h) ⊙ (act(source(h)) − [R h])), the whole ReFT
+  family (LoReFT, DiReFT, NoReFT, ...) as one recipe with flags, s a per-basis gate (BaFT).
+* ``ScaleBiasIntervention``: Δ(h) = (a − 1) ⊙ h + c, elementwise scale and bias (RED, BREP).
 
 Orthonormality is kept by a QR parametrization: the parameter is a free d x r
 matrix A, and R = Qᵀ where A = QU is its reduced QR with diag(U) > 0 (the sign
@@ -18,10 +21,10 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +32,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 from .intervention import Context, Intervention
+from .registry import Registry
 
 ACTIVATIONS = {
     "identity": nn.Identity,
@@ -112,35 +116,123 @@ def shared_rotations(bases: Iterable[OrthoBasis]) -> Iterator[None]:
                 b._cached = None
 
 
+# -- modifiers: registries filled by reftx/basis_gates.py, reftx/input_gates.py, reftx/bounds.py ----------
+BASIS_GATES: Registry[Callable[..., nn.Module]] = Registry("basis gate")
+INPUT_GATES: Registry[Callable[..., nn.Module]] = Registry("input gate")
+BOUNDS: Registry[Callable[..., nn.Module]] = Registry("bound")
+
+
+def _modifier(registry: Registry, name: str, field: str, *args: Any) -> nn.Module | None:
+    return None if name == "none" else registry.get(name, field)(*args)
+
+
 @dataclass(frozen=True)
-class SubspaceConfig:
-    """Options shared by the subspace family.
+class EditConfig:
+    """Modifiers every edit accepts (all off by default).
+
+    dropout: dropout probability on the edit Δ(h); never on h itself.
+    input_gate: scale the edit by σ(g(h)), one scalar per row (GRUN): none | linear | mlp.
+    gate_loss_weight: λ of the BCE loss pulling σ(g(h)) to each example's ``gate_label``
+      (1 forget, 0 retain), summed over the sites; needs ``example_info["gate_label"]``.
+    bound: restrain the edit's bias c: none | pid (loss multiplier, BREP's reference code) |
+      project (onto ||c|| <= bound_tau after each step) | hinge (λ·max(0, ||c|| − τ)²).
+    bound_tau: τ, the norm bound. bound_lambda: λ of the hinge penalty.
+    """
+
+    dropout: float = 0.0
+    input_gate: Literal["none", "linear", "mlp"] = "none"
+    gate_loss_weight: float = 0.0
+    bound: Literal["none", "pid", "project", "hinge"] = "none"
+    bound_tau: float = 1.0
+    bound_lambda: float = 1.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("dropout", f"must be in [0, 1), got {self.dropout}")
+        if self.gate_loss_weight < 0:
+            raise ConfigError("gate_loss_weight", f"must be >= 0, got {self.gate_loss_weight}")
+        if self.gate_loss_weight > 0 and self.input_gate == "none":
+            raise ConfigError("gate_loss_weight", "needs an input_gate (linear or mlp)")
+        if self.bound_tau <= 0:
+            raise ConfigError("bound_tau", f"must be > 0, got {self.bound_tau}")
+
+
+class EditIntervention(Intervention):
+    """``h' = h + dropout(σ(g(h)) · Δ(h))``: an edit Δ plus the shared modifiers.
+
+    Subclasses implement ``delta(h, ctx) -> (n, d)`` and ``bias()`` (the parameter a bound
+    restrains, or None). The gate, dropout and bound come from ``EditConfig``.
+    """
+
+    Config = EditConfig
+
+    def __init__(self, config: EditConfig, dim: int):
+        super().__init__(config, dim)
+        self.input_gate = _modifier(INPUT_GATES, config.input_gate, "input_gate", dim)
+        self.bound: nn.Module | None = None  # set by _init_bound once the bias exists
+
+    def _init_bound(self) -> None:
+        if self.config.bound != "none":
+            if self.bias() is None:
+                raise ConfigError("bound", f"{self.kind!r} has no bias to bound")
+            self.bound = _modifier(BOUNDS, self.config.bound, "bound", self.config)
+
+    def delta(self, h: Tensor, ctx: Context) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def bias(self) -> nn.Parameter | None:
+        return None
+
+    def forward(self, h: Tensor, ctx: Context) -> Tensor:
+        d = self.delta(h, ctx)
+        if self.input_gate is not None:
+            d = self.input_gate(h, ctx) * d
+        if self.config.dropout > 0:
+            d = F.dropout(d, self.config.dropout, self.training)
+        return h + d
+
+    def parameter_losses(self) -> dict[str, Tensor]:
+        return self.bound.loss(self.bias()) if self.bound is not None else {}
+
+    def loss_scale(self) -> Tensor | None:
+        return self.bound.loss_scale() if self.bound is not None else None
+
+    def after_optimizer_step(self) -> None:
+        if self.bound is not None:
+            self.bound.after_step(self.bias())
+
+
+@dataclass(frozen=True)
+class SubspaceConfig(EditConfig):
+    """The subspace family: every EditConfig modifier, plus
 
     rank: r, the subspace dimension (1 <= r <= hidden width).
     activation: applied to the target ``W h + b`` (identity in the ReFT paper).
-    dropout: dropout probability on the edit ``Rᵀ(...)``; never on h itself.
+    basis_gate: per-basis weights s(h) in the subspace (BaFT): none | sigmoid | softmax | topk.
+    basis_topk: k for the topk gate (0: rank // 2).
     """
 
     rank: int = 4
     activation: Activation = "identity"
-    dropout: float = 0.0
+    basis_gate: Literal["none", "sigmoid", "softmax", "topk"] = "none"
+    basis_topk: int = 0
 
     def __post_init__(self):
+        super().__post_init__()
         if self.rank < 1:
             raise ConfigError("rank", f"must be >= 1, got {self.rank}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError("dropout", f"must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.basis_topk <= self.rank:
+            raise ConfigError("basis_topk", f"must be in [0, rank={self.rank}], got {self.basis_topk}")
 
 
-class SubspaceIntervention(Intervention):
-    """``h' = h + dropout(Bᵀ (s(h) ⊙ (act(T(h)) − [B h])))``.
+class SubspaceIntervention(EditIntervention):
+    """``Δ(h) = Bᵀ (s(h) ⊙ (act(T(h)) − [B h]))``.
 
     Class flags select the family member:
       orthogonal: B has orthonormal rows (``OrthoBasis``) or is free (``FreeBasis``);
       source:     T(h) = W h + b ("linear") or the constant b ("bias");
       subtract:   whether the current coordinates B h are subtracted.
-    ``basis_gate`` (None here) is a module mapping h (n, d) to per-basis weights
-    s(h) in [0, 1]^r; BaFT sets it. With no gate, s ≡ 1.
+    ``basis_gate`` maps h (n, d) to per-basis weights s(h) in [0, 1]^r (BaFT); none: s ≡ 1.
     """
 
     Config = SubspaceConfig
@@ -155,7 +247,11 @@ class SubspaceIntervention(Intervention):
         self.basis = (OrthoBasis if self.orthogonal else FreeBasis)(dim, config.rank)
         self.source = nn.Linear(dim, config.rank) if self.source_kind == "linear" else BiasSource(config.rank)
         self.act = ACTIVATIONS[config.activation]()
-        self.basis_gate: nn.Module | None = None
+        self.basis_gate = _modifier(BASIS_GATES, config.basis_gate, "basis_gate", dim, config)
+        self._init_bound()
+
+    def bias(self) -> nn.Parameter:
+        return self.source.bias
 
     def coordinates(self, h: Tensor, basis: Tensor, ctx: Context) -> Tensor:
         """The edit in subspace coordinates, shape (n, r)."""
@@ -167,19 +263,39 @@ class SubspaceIntervention(Intervention):
         return z
 
     def delta(self, h: Tensor, ctx: Context) -> Tensor:
-        """The edit added to h, shape (n, d), before dropout."""
         basis = self.basis.matrix()
         return self.coordinates(h, basis, ctx) @ basis
 
-    def forward(self, h: Tensor, ctx: Context) -> Tensor:
-        d = self.delta(h, ctx)
-        if self.config.dropout > 0:
-            d = F.dropout(d, self.config.dropout, self.training)
-        return h + d
+
+class ScaleBiasIntervention(EditIntervention):
+    """Elementwise scale and bias (RED, BREP): ``h' = a ⊙ h + c``, i.e. ``Δ(h) = (a − 1) ⊙ h + c``.
+
+    a starts at 1 and c at 0, so the edit starts as the identity. Width = the site's width.
+    """
+
+    Config = EditConfig
+
+    def __init__(self, config: EditConfig, dim: int):
+        super().__init__(config, dim)
+        self.scale = nn.Parameter(torch.ones(dim))
+        self.shift = nn.Parameter(torch.zeros(dim))
+        self._init_bound()
+
+    def bias(self) -> nn.Parameter:
+        return self.shift
+
+    def delta(self, h: Tensor, ctx: Context) -> Tensor:
+        return (self.scale - 1) * h + self.shift
 
 
 __all__ = [
     "ACTIVATIONS",
+    "BASIS_GATES",
+    "BOUNDS",
+    "EditConfig",
+    "EditIntervention",
+    "INPUT_GATES",
+    "ScaleBiasIntervention",
     "BiasSource",
     "FreeBasis",
     "OrthoBasis",

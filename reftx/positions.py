@@ -103,16 +103,18 @@ def part_rows(bd: Bounds, spec: PositionSpec, part: str) -> tuple[Tensor, Tensor
         return _grid(bd.start, length, bd.seq_len)
     if part == "all":
         return _grid(bd.start, bd.end - bd.start, bd.seq_len)
-    # generated: the first n tokens after the prompt
+    # a generated part: the first n tokens after the prompt
     rest = bd.end - bd.prompt_end
     count = rest if spec.generated < 0 else torch.clamp(rest, max=spec.generated)
     return _grid(bd.prompt_end, count, bd.seq_len if spec.generated < 0 else spec.generated)
 
 
-def decode_rows(batch_size: int, step: int, spec: PositionSpec, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Rows during cached decoding, where the input is generated token ``step`` of every row."""
-    on = spec.mode == "all" or (spec.mode == "generated" and (spec.generated < 0 or step < spec.generated))
-    b = torch.arange(batch_size if on else 0, device=device)
+def decode_rows(batch_size: int, step: int, spec: PositionSpec, part: str,
+                device: torch.device) -> tuple[Tensor, Tensor]:
+    """Rows of one part during cached decoding, where the input is generated token ``step`` of every row:
+    every row for ``all`` and for a generated part while step < n; nothing for prompt parts."""
+    gen = part.startswith("gen") and (spec.generated < 0 or step < spec.generated)
+    b = torch.arange(batch_size if part == "all" or gen else 0, device=device)
     return b, torch.zeros_like(b)
 
 

@@ -73,6 +73,9 @@ def plan_table(groups: list, title: str = "interventions") -> Table:
 
 def validate(exp: Experiment, model_config: Any = None) -> list:
     """Check everything that can be checked without weights: task, splits, data files, schedule."""
+    from .objectives import OBJECTIVES
+
+    OBJECTIVES.get(exp.train.objective, "train.objective")
     task = load_task(exp)
     train_split, eval_split = splits(exp, task)
     task.examples(train_split, exp.task.n_train, exp.seed)

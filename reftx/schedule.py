@@ -44,27 +44,30 @@ class PositionSpec:
       its single token as "last" and nothing as "first"), and the sides never overlap.
     "last_prompt": the last prompt token. "all_prompt": every prompt token.
     "all": every non-padding token. "generated": the first ``generated`` tokens
-      after the prompt (at generation, the first n decode steps; -1 = all of them).
+      after the prompt (at generation, the first n decode steps; -1 = all of them);
+      with ``prompt: true`` also every prompt token (BREP's early-inference schedule).
     """
 
     mode: Literal["first_last", "last_prompt", "all_prompt", "all", "generated"]
     first: int = 0
     last: int = 0
     generated: int = 0
+    with_prompt: bool = False
 
     @property
     def parts(self) -> tuple[str, ...]:
         if self.mode == "first_last":
             return tuple(p for p, n in (("first", self.first), ("last", self.last)) if n > 0)
         if self.mode == "generated":
-            return (f"gen{self.generated}" if self.generated >= 0 else "gen_all",)
+            gen = f"gen{self.generated}" if self.generated >= 0 else "gen_all"
+            return ("all_prompt", gen) if self.with_prompt else (gen,)
         return (self.mode,)
 
     def to_yaml(self) -> Any:
         if self.mode == "first_last":
             return {k: v for k, v in (("first", self.first), ("last", self.last)) if v}
         if self.mode == "generated":
-            return {"generated": self.generated}
+            return {"generated": self.generated, **({"prompt": True} if self.with_prompt else {})}
         return self.mode
 
 
@@ -85,16 +88,18 @@ def parse_positions(value: Any, field: str = "positions") -> PositionSpec:
             if p + s == 0:
                 raise ConfigError(field, "first + last must be at least 1")
             return PositionSpec("first_last", first=p, last=s)
-        if keys == {"generated"}:
-            n = value["generated"]
+        if "generated" in keys and keys <= {"generated", "prompt"}:
+            n, with_prompt = value["generated"], value.get("prompt", False)
             if not isinstance(n, int) or isinstance(n, bool) or n < -1 or n == 0:
                 raise ConfigError(f"{field}.generated", f"must be an integer >= 1, or -1 for always; got {n!r}")
-            return PositionSpec("generated", generated=n)
-        bad = sorted(keys - {"first", "last", "generated"}) or sorted(keys)
+            if not isinstance(with_prompt, bool):
+                raise ConfigError(f"{field}.prompt", f"must be true or false, got {with_prompt!r}")
+            return PositionSpec("generated", generated=n, with_prompt=with_prompt)
+        valid = ["first", "last", "generated", "prompt"]
+        bad = sorted(keys - set(valid)) or sorted(keys)
         raise ConfigError(
             f"{field}.{bad[0]}",
-            f"unexpected key{did_you_mean(bad[0], ['first', 'last', 'generated'])}; "
-            "use {first: p, last: s} or {generated: n}",
+            f"unexpected key{did_you_mean(bad[0], valid)}; use {{first: p, last: s}} or {{generated: n, prompt: bool}}",
         )
     raise ConfigError(field, f"expected one of {', '.join(POSITION_WORDS)} or a mapping, got {value!r}")
 

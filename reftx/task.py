@@ -52,12 +52,16 @@ class Example:
     prompt: the user-facing prompt text (the chat template, if any, is applied later).
     target: the response trained on with teacher forcing.
     answer: what ``score`` compares against (defaults to ``target``).
+    info:   per-example numbers passed to primitives and objectives as ``example_info``
+            (e.g. ``gate_label`` 1 forget / 0 retain for GRUN); every example of a batch
+            must have the same keys.
     meta:   anything else the task keeps (source file and line, ids, options...).
     """
 
     prompt: str
     target: str = ""
     answer: Any = None
+    info: dict[str, float] = field(default_factory=dict, compare=False)
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property

@@ -39,6 +39,7 @@ from .data import Encoded, collate_train
 from .errors import ReftError
 from .experiment import TrainConfig
 from .model import ReftModel, _atomic_write
+from .objectives import OBJECTIVES
 
 STATE_FILE = "state.json"
 
@@ -177,6 +178,7 @@ def train(
 ) -> dict[str, Any]:
     """Train ``model``'s interventions on encoded examples; returns a summary of the run."""
     run_dir = Path(run_dir)
+    objective = OBJECTIVES.get(cfg.objective, "train.objective")
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
                       mixed_precision="bf16" if cfg.precision == "bf16" else "no",
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
@@ -228,8 +230,7 @@ def train(
                     if i < prog.batch:
                         continue  # resuming mid-epoch: skip what the checkpoint already consumed
                     with acc.accumulate(wrapped):
-                        out = wrapped(**batch)
-                        loss = out.loss
+                        loss, obj_logs, out = objective(wrapped, batch, cfg.objective_options)
                         if not torch.isfinite(loss.detach()).all():
                             raise NonFiniteLoss(f"loss is {loss.item()} at step {prog.step + 1}; stopped before "
                                                 f"applying it. Last good checkpoint: {latest_checkpoint(run_dir)}")
@@ -254,6 +255,7 @@ def train(
                                "tokens_per_s": (prog.tokens - tokens0) / max(time.perf_counter() - t0, 1e-9)}
                         if grad_norm is not None:
                             rec["grad_norm"] = grad_norm
+                        rec.update({f"obj/{k}": float(v) for k, v in obj_logs.items()})
                         for k, v in (out.get("aux_losses") or {}).items():
                             rec[f"aux/{k}"] = float(v)
                         for k, v in (out.get("records") or {}).items():

@@ -65,6 +65,8 @@ def test_other_modes():
     assert rows("all")["all"] == [[0, 1, 2, 3, 4, 5, 6, 7], [3, 4, 5, 6, 7], [0, 1, 2, 3]]
     assert rows({"generated": 2})["gen2"] == [[5, 6], [6, 7], [2, 3]]
     assert rows({"generated": -1})["gen_all"] == [[5, 6, 7], [6, 7], [2, 3]]
+    assert rows({"generated": 1, "prompt": True}) == {"all_prompt": [[0, 1, 2, 3, 4], [3, 4, 5], [0, 1]],
+                                                     "gen1": [[5], [6], [2]]}
 
 
 def test_prompt_lengths_override():
@@ -75,11 +77,15 @@ def test_prompt_lengths_override():
 
 
 def test_decode_rows():
-    spec = parse_positions({"generated": 3})
-    b, p = P.decode_rows(4, 2, spec, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    spec = parse_positions({"generated": 3, "prompt": True})
+    assert spec.parts == ("all_prompt", "gen3")
+    b, p = P.decode_rows(4, 2, spec, "gen3", cpu)
     assert b.tolist() == [0, 1, 2, 3] and p.tolist() == [0, 0, 0, 0]
-    assert P.decode_rows(4, 3, spec, torch.device("cpu"))[0].numel() == 0
-    assert P.decode_rows(4, 0, parse_positions("last_prompt"), torch.device("cpu"))[0].numel() == 0
+    assert P.decode_rows(4, 3, spec, "gen3", cpu)[0].numel() == 0
+    assert P.decode_rows(4, 0, spec, "all_prompt", cpu)[0].numel() == 0
+    assert P.decode_rows(4, 0, parse_positions("last_prompt"), "last_prompt", cpu)[0].numel() == 0
+    assert P.decode_rows(2, 9, parse_positions("all"), "all", cpu)[0].tolist() == [0, 1]
 
 
 def test_explicit_rows_validated():
