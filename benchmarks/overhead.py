@@ -1,15 +1,10 @@
 #!/usr/bin/env python
 """Cost of one LoReFT training step (forward + backward + AdamW step) on a frozen base.
 
-Contestants, each on its own copy of the same randomly initialised base model:
-  F0      the frozen base alone: a scalar parameter scales the embedding output so that
-          backward runs through every layer (the "no intervention" reference);
-  floor   a minimal hand-written forward hook per decoder layer doing the same LoReFT math
-          (one batched QR of all rotations per step, one gather + one index_put_ per layer);
-  reftx   reftx.attach(...) with LoReFT rank 8 on every layer, first 7 + last 7 prompt tokens;
-  pyreft  pyreft 0.1.0 with the same schedule (only if importable; otherwise "n/a (reason)").
-Timings are paired: every round runs k steps of each contestant back to back (rotating the
-order), and the ratios reported are medians of the per-round ratios. See benchmarks/README.md.
+Contestants, each on its own copy of one randomly initialised base: F0 (the base alone, backward
+through every layer), floor (minimal hand-written hooks, same math), reftx, and pyreft 0.1.0 if
+importable. Paired timing: each round runs k steps of every contestant back to back, and ratios
+are medians of the per-round ratios. See benchmarks/README.md.
 """
 from __future__ import annotations
 
@@ -37,11 +32,11 @@ MODELS = {
     "tiny": dict(hidden_size=64, num_hidden_layers=32, num_attention_heads=4, num_key_value_heads=4,
                  intermediate_size=128, vocab_size=1000),
 }
-# steps = k steps per contestant per round; rounds/steps are defaults that --rounds/--steps override.
+# k = steps per contestant per round; warmup/rounds/steps are defaults that the CLI overrides.
 SETTINGS = {
-    "a": dict(label="SmolLM2-135M 8x128", model="smollm2", batch=8, seq=128, steps=1, rounds=5),
-    "b": dict(label="SmolLM2-135M 1x64", model="smollm2", batch=1, seq=64, steps=3, rounds=9),
-    "c": dict(label="tiny 32-layer 1x32", model="tiny", batch=1, seq=32, steps=20, rounds=9),
+    "a": dict(label="SmolLM2-135M 8x128", model="smollm2", batch=8, seq=128, warmup=1, steps=1, rounds=5),
+    "b": dict(label="SmolLM2-135M 1x64", model="smollm2", batch=1, seq=64, warmup=2, steps=2, rounds=9),
+    "c": dict(label="tiny 32-layer 1x32", model="tiny", batch=1, seq=32, warmup=5, steps=5, rounds=15),
 }
 SPEC = {"kind": "loreft", "rank": RANK, "component": "block_output", "layers": "all",
         "positions": {"first": FIRST, "last": LAST}, "tie": "none"}
@@ -84,7 +79,7 @@ def orthonormal_rows(a: torch.Tensor) -> torch.Tensor:
 class Floor:
     """Hand-written LoReFT, h' = h + Rᵀ((W − R) h + b), on the first/last prompt positions of every layer.
 
-    Parameters are stacked (layers, 2 parts, ...); index tensors are built once for the fixed batch.
+    Parameters stacked as (layer, part, ...); index tensors built once for the fixed batch.
     """
 
     def __init__(self, base: LlamaForCausalLM, batch: int, prompt_len: int):
@@ -177,8 +172,7 @@ def copy_to_pyreft(rm, m: reftx.ReftModel, L: int) -> float:
 
 
 def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    torch.cuda.synchronize() if device.startswith("cuda") else None
 
 
 def check(cs: dict, batch: dict, L: int, notes: dict) -> dict:
@@ -199,60 +193,54 @@ def check(cs: dict, batch: dict, L: int, notes: dict) -> dict:
     return out
 
 
+def clock(args):
+    """Wall time (synchronised on CUDA), or with --clock cpu this process's CPU time, which a
+    busy machine disturbs far less than wall time (meaningful with --threads 1 only)."""
+    if args.clock == "cpu":
+        return time.process_time
+    return lambda: (sync(args.device), time.perf_counter())[1]
+
+
 def run_setting(key: str, args) -> dict:
-    s = {**SETTINGS[key], **{k: v for k, v in (("steps", args.steps), ("rounds", args.rounds)) if v}}
+    s = {**SETTINGS[key], **{k: getattr(args, k) for k in ("warmup", "steps", "rounds") if getattr(args, k)}}
     base0 = build_base(s["model"], args.device)
     batch, L = make_batch(s, base0.config.vocab_size, args.device), base0.config.num_hidden_layers
-    cs, notes = {}, {}
-    for name in NAMES:
-        if name == "pyreft" and args.no_pyreft:
-            notes[name] = "n/a (--no-pyreft)"
-            continue
-        try:
+    cs, notes = {}, {"pyreft": "n/a (--no-pyreft)"} if args.no_pyreft else {}
+    for name in NAMES[: 3 if args.no_pyreft else 4]:
+        try:  # build and warm up; pyreft, missing or broken on this stack, is dropped with its reason
             cs[name] = make(name, copy.deepcopy(base0), s)
-        except Exception as e:  # noqa: BLE001  (pyreft missing or broken on this stack)
-            if name != "pyreft":
-                raise
-            notes[name] = f"n/a ({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})"
-    del base0
-    result = {"setting": key, **s, "notes": notes, "check": check(cs, batch, L, notes)}
-    for name, c in list(cs.items()):  # warm-up; a contestant that cannot train is dropped with its reason
-        try:
-            for _ in range(args.warmup):
-                c.step(batch)
+            for _ in range(max(s["warmup"], 1)):
+                cs[name].step(batch)
         except Exception as e:  # noqa: BLE001
             if name != "pyreft":
                 raise
-            notes[name] = f"n/a ({type(e).__name__}: {str(e).splitlines()[0][:100]})"
-            del cs[name]
-    times = {n: [] for n in cs}
+            cs.pop(name, None)
+            notes[name] = f"n/a ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:100]})"
+    del base0
+    result = {"setting": key, **s, "notes": notes, "check": check(cs, batch, L, notes)}
+    times, now = {n: [] for n in cs}, clock(args)
     for r in range(s["rounds"]):
-        order = list(cs)[r % len(cs):] + list(cs)[: r % len(cs)]
-        for n in order:
+        for n in list(cs)[r % len(cs):] + list(cs)[: r % len(cs)]:  # the order rotates
             gc.collect()
-            sync(args.device)
-            t = time.perf_counter()
+            t = now()
             for _ in range(s["steps"]):
                 cs[n].step(batch)
-            sync(args.device)
-            times[n].append((time.perf_counter() - t) / s["steps"])
-    med = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))  # noqa: E731
+            times[n].append((now() - t) / s["steps"])
+    ratios = lambda a, b: [x / y for x, y in zip(times[a], times[b])]  # noqa: E731
     result["ms_per_step"] = {n: 1e3 * statistics.median(t) for n, t in times.items()}
-    result["x_F0"] = {n: med(n, "F0") for n in cs}
-    result["x_floor"] = {n: med(n, "floor") for n in cs}
+    result["x_F0"] = {n: statistics.median(ratios(n, "F0")) for n in cs}
+    result["x_floor"] = {n: statistics.median(ratios(n, "floor")) for n in cs}
+    result["reftx_x_floor_quartiles"] = statistics.quantiles(ratios("reftx", "floor"), n=4)
     if "pyreft" in cs:
-        result["reftx_over_pyreft"] = med("reftx", "pyreft")
+        result["reftx_over_pyreft"] = statistics.median(ratios("reftx", "pyreft"))
     result["raw_s"] = times
     if args.memory:
         result["peak_mib"] = {n: memory(n, key, args) for n in NAMES if n in cs or n != "pyreft"}
     return result
 
 
-def _status(field: str) -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith(field):
-            return int(line.split()[1]) * 1024
-    raise KeyError(field)
+def _status(field: str) -> int:  # bytes, from /proc/self/status (VmRSS, VmHWM)
+    return next(int(x.split()[1]) * 1024 for x in open("/proc/self/status") if x.startswith(field))
 
 
 def memory(name: str, key: str, args) -> float | str:
@@ -273,8 +261,7 @@ def child(args) -> None:
     batch, c = make_batch(s, base.config.vocab_size, args.device), make(args.child, base, s)
     gc.collect()
     if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize(), torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
         with open("/proc/self/clear_refs", "w") as f:
@@ -292,16 +279,17 @@ def fmt(x, spec: str = ".3f") -> str:
 
 
 def report(results: list[dict]) -> list[str]:
-    lines = ["| setting | ms/step F0 | floor xF0 | reftx xF0 | pyreft xF0 | reftx xfloor | pyreft xfloor "
-             "| reftx/pyreft | loss check |", "|" + "---|" * 9]
+    lines = ["| setting | ms/step F0 | floor xF0 | reftx xF0 | pyreft xF0 | reftx xfloor (quartiles) "
+             "| pyreft xfloor | reftx/pyreft | loss check |", "|" + "---|" * 9]
     for r in results:
-        x, xf = r["x_F0"], r["x_floor"]
-        ok = "ok" if r["check"]["floor_matches_reftx"] and r["check"]["edit_changes_loss"] else "MISMATCH"
-        if "pyreft_matches_reftx" in r["check"]:
-            ok += ", pyreft " + ("same" if r["check"]["pyreft_matches_reftx"] else "differs")
-        lines.append(f"| {r['label']} | {r['ms_per_step']['F0']:.1f} | {fmt(x.get('floor'))} | {fmt(x.get('reftx'))} "
-                     f"| {fmt(x.get('pyreft'))} | {fmt(xf.get('reftx'))} | {fmt(xf.get('pyreft'))} "
-                     f"| {fmt(r.get('reftx_over_pyreft'))} | {ok} |")
+        x, xf, ck = r["x_F0"], r["x_floor"], r["check"]
+        ok = "ok" if ck["floor_matches_reftx"] and ck["edit_changes_loss"] else "MISMATCH"
+        if "pyreft_matches_reftx" in ck:
+            ok += ", pyreft " + ("same" if ck["pyreft_matches_reftx"] else "differs")
+        q1, _, q3 = r["reftx_x_floor_quartiles"]
+        cells = [r["label"], fmt(r["ms_per_step"]["F0"], ".1f"), *(fmt(x.get(n)) for n in NAMES[1:]),
+                 f"{fmt(xf['reftx'])} ({fmt(q1)}–{fmt(q3)})", fmt(xf.get("pyreft")), fmt(r.get("reftx_over_pyreft")), ok]
+        lines.append("| " + " | ".join(cells) + " |")
     if any("peak_mib" in r for r in results):
         lines += ["", "| setting | peak MiB F0 | floor | reftx | pyreft |", "|---|---|---|---|---|"]
         for r in results:
@@ -310,15 +298,14 @@ def report(results: list[dict]) -> list[str]:
     for r in results:
         for n, note in r["notes"].items():
             lines.append(f"note [{r['setting']}] {n}: {note}")
-    by = {r["setting"]: r for r in results}
-    if "a" in by:
-        v = by["a"]["x_floor"]["reftx"]
-        lines.append(f"target reftx <= 1.05x floor at 8x128: {v:.3f} -> {'MET' if v <= 1.05 else 'NOT MET'}")
-    for k in ("b", "c"):
-        if k in by:
-            v = by[k].get("reftx_over_pyreft")
+    for r in results:
+        if r["setting"] == "a":
+            v = r["x_floor"]["reftx"]
+            lines.append(f"target reftx <= 1.05x floor at 8x128: {v:.3f} -> {'MET' if v <= 1.05 else 'NOT MET'}")
+        else:
+            v = r.get("reftx_over_pyreft")
             met = "n/a (no pyreft)" if v is None else ("MET" if v < 1 else "NOT MET")
-            lines.append(f"target reftx faster than pyreft on ({k}): reftx/pyreft = {fmt(v)} -> {met}")
+            lines.append(f"target reftx faster than pyreft on ({r['setting']}): reftx/pyreft = {fmt(v)} -> {met}")
     return lines
 
 
@@ -329,7 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     ap.add_argument("--rounds", type=int, default=0, help="paired rounds per setting (0: the setting's default)")
     ap.add_argument("--steps", type=int, default=0, help="steps per contestant per round (0: the setting's default)")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per contestant first")
+    ap.add_argument("--warmup", type=int, default=0, help="untimed steps per contestant first (0: setting's default)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="what to time (cpu: process CPU time)")
     ap.add_argument("--adamw", choices=("default", "foreach", "fused"), default="default",
                     help="AdamW implementation for every contestant (default: torch's choice, a for-loop on CPU)")
     ap.add_argument("--memory", action="store_true", help="also measure peak memory, one subprocess per contestant")
@@ -342,17 +330,17 @@ def main(argv: list[str] | None = None) -> None:
         ADAMW[args.adamw] = True
     if args.child:
         return child(args)
-    results = []
+    if args.device.startswith("cuda"):
+        args.clock = "wall"
+    results, meta = [], {"torch": torch.__version__, "argv": sys.argv[1:], "python": sys.version}
     for key in args.settings.split(","):
         t = time.perf_counter()
         results.append(run_setting(key, args))
-        print(f"[{key}] {SETTINGS[key]['label']}: {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
+        print(f"[{key}] {time.perf_counter() - t:.0f}s: " + report(results[-1:])[2], file=sys.stderr, flush=True)
+        if args.out:  # rewritten after every setting, so a long run keeps what it has measured
+            with open(args.out, "w") as f:
+                json.dump({"meta": meta, "results": results}, f, indent=2)
     print("\n".join(report(results)))
-    if args.out:
-        meta = {"torch": torch.__version__, "threads": args.threads, "device": args.device, "adamw": args.adamw,
-                "python": sys.version, "argv": sys.argv[1:]}
-        with open(args.out, "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -1,1 +1,98 @@
-"""(being written)"""
+"""Basis gates: per-basis weights s(h) in [0, 1]^r inside a subspace edit (BaFT, METHODS.md §2).
+
+``SubspaceIntervention`` builds one as ``BASIS_GATES.get(config.basis_gate)(dim, config)`` and
+multiplies the subspace coordinates by ``gate(h, ctx)``: h (n, d) -> s (n, r). Every gate reads
+the same router logits ℓ(h) = A h + c (``nn.Linear(d, r)``, kept as ``router``):
+
+| name      | s_k(h)                                                       |
+|-----------|--------------------------------------------------------------|
+| `sigmoid` | σ(ℓ_k): BaFT's default, each basis on or off independently   |
+| `softmax` | exp(ℓ_k) / Σ_j exp(ℓ_j): the weights sum to 1 (scale below)  |
+| `topk`    | σ(ℓ_k) for the k largest ℓ_k of the row, 0 for the others    |
+
+Every gate records its weights as ``basis_weights`` (logged as ``rec/<group key>/basis_weights``,
+the mean usage of the bases at that site).
+
+Initialisation (A = 0, so a fresh gate ignores its input):
+* sigmoid, topk: c = log 9, so every weight starts at σ(log 9) = 0.9: a fresh BaFT is LoReFT with
+  its edit scaled by 0.9, close to LoReFT but not saturated (σ' = 0.09 there, so the gate can
+  still learn; c = +∞ would be LoReFT exactly and never learn).
+* softmax: c = 0, so s_k = 1/r. The weights always sum to 1 over the r bases, so the edit starts
+  at 1/r of LoReFT's and a softmax-gated edit mixes bases rather than switching each one on.
+* topk: k = ``basis_topk`` (0: max(1, rank // 2)). The k bases are the k largest logits, ties
+  broken by basis index (a stable sort), so a fresh gate keeps bases 0..k-1 for every input.
+  Gradients flow through the kept weights only (the selection is a constant mask); the kept
+  bases' rows of A learn first, and a dropped basis takes over an input once the kept logits
+  fall below its own.
+
+The router bias c is kept out of weight decay: decay would drag every weight toward σ(0) = 0.5.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .intervention import Context
+from .parts import BASIS_GATES
+
+INIT_WEIGHT = 0.9  # every sigmoid / topk basis weight of a fresh gate
+
+
+class BasisGate(nn.Module):
+    """Router logits ℓ(h) = A h + c (A = 0 at init); subclasses map them to weights."""
+
+    no_decay = ("router.bias",)
+    init_bias: float = math.log(INIT_WEIGHT / (1 - INIT_WEIGHT))
+
+    def __init__(self, dim: int, config: object):
+        super().__init__()
+        self.rank = int(config.rank)
+        self.router = nn.Linear(dim, self.rank)
+        nn.init.zeros_(self.router.weight)
+        nn.init.constant_(self.router.bias, self.init_bias)
+
+    def weights(self, logits: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, h: Tensor, ctx: Context) -> Tensor:
+        """h (n, d) -> s (n, r) in [0, 1]."""
+        s = self.weights(self.router(h))
+        ctx.record("basis_weights", s)
+        return s
+
+
+@BASIS_GATES.register("sigmoid")
+class SigmoidGate(BasisGate):
+    """s_k = σ(a_kᵀ h + c_k)."""
+
+    def weights(self, logits: Tensor) -> Tensor:
+        return torch.sigmoid(logits)
+
+
+@BASIS_GATES.register("softmax")
+class SoftmaxGate(BasisGate):
+    """s = softmax(A h + c) over the r bases (sums to 1; 1/r each at init)."""
+
+    init_bias = 0.0
+
+    def weights(self, logits: Tensor) -> Tensor:
+        return torch.softmax(logits, dim=-1)
+
+
+@BASIS_GATES.register("topk")
+class TopKGate(BasisGate):
+    """s_k = σ(a_kᵀ h + c_k) for the k largest logits of the row, 0 elsewhere."""
+
+    def __init__(self, dim: int, config: object):
+        super().__init__(dim, config)
+        self.k = int(getattr(config, "basis_topk", 0)) or max(1, self.rank // 2)
+
+    def weights(self, logits: Tensor) -> Tensor:
+        keep = torch.sort(logits, dim=-1, descending=True, stable=True).indices[..., : self.k]
+        mask = torch.zeros_like(logits).scatter(-1, keep, 1.0)
+        return torch.sigmoid(logits) * mask
+
+
+__all__ = ["BasisGate", "INIT_WEIGHT", "SigmoidGate", "SoftmaxGate", "TopKGate"]

@@ -77,8 +77,9 @@ def config_reference() -> str:
     lines += _section(experiment.Experiment, "")
     for name, f in experiment.Experiment.__dataclass_fields__.items():
         tp = typing.get_type_hints(experiment.Experiment)[name]
-        if dataclasses.is_dataclass(tp):
-            lines += _section(tp, f"{name}.")
+        optional = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]  # e.g. lora: LoraConfig | None
+        if dataclasses.is_dataclass(tp) or optional:
+            lines += _section(optional[0] if optional else tp, f"{name}.")
     lines += ["", "## Intervention entries (`interventions: [...]`)", "",
               "Every key not listed here is an option of the primitive (below).", "",
               "| key | meaning |", "|---|---|"]

@@ -75,6 +75,8 @@ class TrainConfig:
     log_every: int = 10  # log training metrics every this many steps
     objective: str = "nll"  # training objective (reftx.objectives): nll, or e.g. an unlearning objective
     objective_options: dict[str, Any] = field(default_factory=dict)  # options of the objective
+    prefix_fraction: float = 0.0  # share of examples supervised only on their first prefix_tokens answer tokens (BREP); 0 = off
+    prefix_tokens: int = 64  # k: answer tokens kept in the labels of prefix-truncated examples (>= 1)
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "epochs", "max_steps", "batch_size", "grad_accum", "max_length")
@@ -83,6 +85,9 @@ class TrainConfig:
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(0 <= self.warmup < 1, "warmup", f"must satisfy 0 <= warmup < 1, got {self.warmup}")
+        ok = 0 <= self.prefix_fraction <= 1
+        require(ok, "prefix_fraction", f"must satisfy 0 <= prefix_fraction <= 1, got {self.prefix_fraction}")
+        _at_least(self, 1, "prefix_tokens")
         ok = self.max_grad_norm is None or self.max_grad_norm > 0
         require(ok, "max_grad_norm", f"must be > 0 (or null to disable), got {self.max_grad_norm}")
 
@@ -102,6 +107,30 @@ class EvalConfig:
         _at_least(self, 0, "show_examples")
 
 
+@dataclass
+class LoraConfig:
+    """A LoRA adapter (peft) trained before, with or instead of the interventions (reftx.lora; HEFT)."""
+
+    mode: Literal["sequential", "joint", "only"] = "sequential"  # sequential: LoRA, then interventions (HEFT) | joint | only: LoRA alone
+    r: int = 8  # LoRA rank
+    alpha: float = 16.0  # LoRA scaling numerator: the weight update is (alpha / r) * B A
+    dropout: float = 0.05  # dropout on the input of the LoRA branch (0 <= dropout < 1)
+    target_modules: list[str] | str | None = None  # module names given LoRA, or "all-linear"; null: peft's default (llama: q_proj, v_proj)
+    merge: bool = True  # sequential: merge LoRA into the weights before stage 2; false: keep it as a frozen adapter
+    epochs: int = 1  # length of the LoRA stage (modes sequential and only; joint trains for train.epochs)
+    max_steps: int | None = None  # optimiser steps of the LoRA stage; overrides lora.epochs when set
+    lr: float = 2.0e-4  # learning rate of the LoRA parameters, in every mode (the rest of train.* is shared)
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "r", "epochs", "max_steps")
+        require(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
+        require(0 <= self.dropout < 1, "dropout", f"must satisfy 0 <= dropout < 1, got {self.dropout}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        targets = self.target_modules
+        ok = targets is None or targets == "all-linear" or (isinstance(targets, list) and len(targets) > 0)
+        require(ok, "target_modules", f'must be a non-empty list of names, "all-linear" or null, got {targets!r}')
+
+
 @dataclass(kw_only=True)
 class Experiment:
     """One experiment: a model, a task, interventions and how to train and evaluate them."""
@@ -115,6 +144,7 @@ class Experiment:
     interventions: list[dict[str, Any]] = field(default_factory=list)  # intervention specs, checked by the engine
     train: TrainConfig = field(default_factory=TrainConfig)  # training settings
     eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation settings
+    lora: LoraConfig | None = None  # a LoRA adapter trained before/with/instead of the interventions; null: none
     method: dict[str, Any] = field(default_factory=dict)  # method-level options
 
     def __post_init__(self) -> None:
@@ -126,6 +156,9 @@ class Experiment:
         if self.name is not None:
             ok = self.name not in ("", ".", "..") and "/" not in self.name and "\\" not in self.name
             require(ok, "name", f"must be a plain folder name, got {self.name!r}")
+        if self.lora is not None and (self.lora.mode == "only") == bool(self.interventions):
+            need = "trains LoRA alone: remove the interventions" if self.interventions else "needs interventions"
+            require(False, "lora.mode", f"{self.lora.mode!r} {need} (only: LoRA alone; sequential, joint: with them)")
 
     @property
     def run_dir(self) -> Path:

@@ -168,7 +168,7 @@ class EditIntervention(Intervention):
 
     def __init__(self, config: EditConfig, dim: int):
         super().__init__(config, dim)
-        self.input_gate = _modifier(INPUT_GATES, config.input_gate, "input_gate", dim)
+        self.input_gate = _modifier(INPUT_GATES, config.input_gate, "input_gate", dim, config)
         self.bound: nn.Module | None = None  # set by _init_bound once the bias exists
 
     def _init_bound(self) -> None:
@@ -259,8 +259,12 @@ class SubspaceIntervention(EditIntervention):
         if self.subtract:
             z = z - h @ basis.T
         if self.basis_gate is not None:
-            z = z * self.basis_gate(h, ctx)
+            z = z * self.basis_weights(h, ctx)
         return z
+
+    def basis_weights(self, h: Tensor, ctx: Context) -> Tensor:
+        """s(h), shape (n, r): the basis gate's weights (override to add losses on them, as BaFT does)."""
+        return self.basis_gate(h, ctx)
 
     def delta(self, h: Tensor, ctx: Context) -> Tensor:
         basis = self.basis.matrix()

@@ -5,6 +5,7 @@ Run dir ({output_dir}/{name}):
   metrics.jsonl     one line per logged step: step, epoch, loss, lr, tokens_per_s, grad_norm, aux/*, rec/*
   checkpoints/      step-N/ folders (intervention weights, optimizer, scheduler, RNG, data position)
   intervention/     the final interventions (ReftModel.save_pretrained)
+  lora/, stage1/    with a `lora:` section: the LoRA adapter, and a sequential LoRA stage's training (reftx.lora)
   results.json      eval metrics, before and after, with the config hash, versions and wall times
   samples.jsonl     prompts with the answers before and after training
   loss.png          the training curve
@@ -28,6 +29,7 @@ from .errors import ConfigError, ReftError
 from .evaluate import evaluate, generate
 from .experiment import Experiment
 from .model import ReftModel, _atomic_write, attach
+from .prefix import prefix_truncate
 from .schedule import plan
 from .task import Task, get_task
 from .train import latest_checkpoint, seed_everything, train
@@ -94,6 +96,10 @@ def validate(exp: Experiment, model_config: Any = None) -> list:
             model_config = AutoConfig.from_pretrained(name)
         except OSError as e:
             raise ConfigError("model.name", f"cannot read the config of {exp.model.name!r}: {e}") from None
+    if exp.lora is not None:  # a LoRA adapter (reftx.lora): its row, then the interventions' groups
+        from . import lora
+
+        return lora.planned(exp, model_config)
     return plan(exp.interventions, model_config)[1]
 
 
@@ -158,8 +164,14 @@ def run(exp: Experiment, resume: bool = False, show_progress: bool = True) -> di
     eval_ex = task.examples(eval_split, exp.task.n_eval, exp.seed)
     base, tok = load_base(exp)
     chat = use_chat(tok, exp.model.chat_template)
-    model = attach(base, exp.interventions)
-    console.print(plan_table(model.plan()))
+    if exp.lora is None:
+        model = attach(base, exp.interventions)
+        console.print(plan_table(model.plan()))
+    else:  # a LoRA adapter before/with/instead of the interventions: reftx.lora runs the stages
+        from . import lora
+
+        console.print(plan_table(lora.planned(exp, base.config)))
+        model = lora.prepare(base, exp)
     generative = task.generate and exp.model.task == "causal-lm"
 
     before = None
@@ -169,20 +181,24 @@ def run(exp: Experiment, resume: bool = False, show_progress: bool = True) -> di
             before = generate(model, tok, shown, exp.eval, chat, "before", show_progress)
 
     encoded = [encode(tok, ex, exp.train.max_length, chat) for ex in train_ex]
+    encoded = prefix_truncate(encoded, exp.train.prefix_fraction, exp.train.prefix_tokens, exp.seed)
     n_trunc = sum(e.truncated for e in encoded)
     if n_trunc:
         console.print(f"[yellow]{n_trunc} of {len(encoded)} training examples truncated to "
                       f"train.max_length={exp.train.max_length}")
-    summary = train(model, encoded, exp.train, run_dir, pad_id=pad_id(tok), seed=exp.seed, resume=resume,
-                    show_progress=show_progress)
-    model.save_pretrained(run_dir / "intervention")
+    train_kw = {"pad_id": pad_id(tok), "seed": exp.seed, "resume": resume, "show_progress": show_progress}
+    if exp.lora is None:
+        summary = train(model, encoded, exp.train, run_dir, **train_kw)
+        model.save_pretrained(run_dir / "intervention")
+    else:
+        model, summary = lora.train_stages(model, exp, encoded, run_dir, **train_kw)
     plot_loss(run_dir)
 
     t_eval = time.perf_counter()
     metrics, preds = evaluate(model, tok, task, eval_ex, exp.eval, chat, show_progress)
     results = {"name": exp.name, "config_hash": chash, "task": task.name, "eval_split": eval_split,
                "n_train": len(train_ex), "n_eval": len(eval_ex), "metrics": metrics,
-               "trainable_parameters": model.count_parameters(), "train": summary,
+               "trainable_parameters": summary.get("trainable_parameters", model.count_parameters()), "train": summary,
                "eval_seconds": time.perf_counter() - t_eval, "wall_seconds": time.perf_counter() - t_start,
                "versions": _versions()}
     _write_json(run_dir / "results.json", results)
@@ -228,7 +244,12 @@ def evaluate_run(run_dir: str | Path, show_progress: bool = True) -> dict[str, A
     _, eval_split = splits(exp, task)
     eval_ex = task.examples(eval_split, exp.task.n_eval, exp.seed)
     base, tok = load_base(exp)
-    model = ReftModel.from_pretrained(base, run_dir / "intervention")
+    if exp.lora is not None:
+        from .lora import load_run
+
+        model = load_run(base, run_dir, exp.lora)
+    else:
+        model = ReftModel.from_pretrained(base, run_dir / "intervention")
     metrics, _ = evaluate(model, tok, task, eval_ex, exp.eval, use_chat(tok, exp.model.chat_template),
                           show_progress)
     results = {"name": exp.name, "config_hash": config_hash(exp.to_dict()), "metrics": metrics,

@@ -120,10 +120,18 @@ def save_checkpoint(run_dir: Path, model: ReftModel, opt, sched, prog: Progress_
     return final
 
 
-def load_checkpoint(path: Path, model: ReftModel, opt, sched) -> Progress_:
-    weights = load_file(path / "intervention" / "interventions.safetensors", device=str(model.device))
+def load_weights(model: ReftModel, directory: Path) -> None:
+    """Restore the trained weights ``model.save_pretrained(directory)`` wrote: a ReftModel's
+    interventions; any other trainable model (e.g. reftx.lora.LoraReft) through its ``load_trained``."""
+    if not isinstance(model, ReftModel):
+        return model.load_trained(directory)
+    weights = load_file(directory / "interventions.safetensors", device=str(model.device))
     for key, mod in model.named_interventions():
         mod.load_state_dict({n: weights[f"{key}.{n}"] for n in mod.state_dict()})
+
+
+def load_checkpoint(path: Path, model: ReftModel, opt, sched) -> Progress_:
+    load_weights(model, path / "intervention")
     state = torch.load(path / "trainer_state.pt", weights_only=True)
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
@@ -176,7 +184,12 @@ def train(
     on_log: Callable[[dict[str, Any]], None] | None = None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Train ``model``'s interventions on encoded examples; returns a summary of the run."""
+    """Train ``model``'s interventions on encoded examples; returns a summary of the run.
+
+    ``model`` is a ReftModel or any module with its training surface: forward, ``param_groups``
+    (what the optimizer trains), ``after_optimizer_step``, ``save_pretrained`` and, for resuming,
+    ``load_trained`` (e.g. reftx.lora.LoraReft: a LoRA adapter with or without interventions).
+    """
     run_dir = Path(run_dir)
     objective = OBJECTIVES.get(cfg.objective, "train.objective")
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
@@ -188,7 +201,9 @@ def train(
     # (the global torch RNG by default), which would shift the dropout RNG of a resumed run
     loader = DataLoader(data, batch_size=cfg.batch_size, sampler=sampler,
                         collate_fn=lambda b: collate_train(b, pad_id), generator=torch.Generator().manual_seed(seed))
-    opt = torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr)
+    groups = model.param_groups(cfg.weight_decay)
+    trained = [p for g in groups for p in g["params"]]  # what gradient clipping sees
+    opt = torch.optim.AdamW(groups, lr=cfg.lr)
     per_epoch = math.ceil(len(data) / cfg.batch_size / acc.num_processes)
     steps = total_steps(cfg, per_epoch)
     sched = get_scheduler(cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup", opt,
@@ -240,8 +255,7 @@ def train(
                         grad_norm = None
                         if acc.sync_gradients:
                             if cfg.max_grad_norm is not None:
-                                grad_norm = float(acc.clip_grad_norm_(model.interventions.parameters(),
-                                                                      cfg.max_grad_norm))
+                                grad_norm = float(acc.clip_grad_norm_(trained, cfg.max_grad_norm))
                             opt.step()
                             sched.step()
                             opt.zero_grad(set_to_none=True)
@@ -287,4 +301,5 @@ def train(
             "train_seconds": time.perf_counter() - t0}
 
 
-__all__ = ["Interrupted", "NonFiniteLoss", "train", "latest_checkpoint", "seed_everything", "total_steps"]
+__all__ = ["Interrupted", "NonFiniteLoss", "train", "latest_checkpoint", "load_weights", "seed_everything",
+           "total_steps"]

@@ -1,0 +1,12 @@
+"""Scale-and-bias (RED-style): an elementwise scale a and shift c on any component."""
+from reftx.intervention import register_intervention
+from reftx.parts import ScaleBiasIntervention
+
+
+@register_intervention("scale_bias")
+class ScaleBias(ScaleBiasIntervention):
+    """h' = a ⊙ h + c; a = 1 and c = 0 at init (the identity); trains a, c (2·width parameters).
+
+    Every EditConfig modifier applies: e.g. ``bound: project`` restrains ||c||, ``dropout`` drops
+    parts of the edit (a − 1) ⊙ h + c, never of h.
+    """

@@ -1,0 +1,214 @@
+"""Unlearning objectives (gd, idk, npo, rmu) on hand-made logits and hidden states, exact values.
+
+A fake model returns fixed tensors picked by the first input id of each row (its example id), so
+the objectives' batch subsetting is visible; ``disabled()`` switches it to the reference tensors.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import reftx
+from reftx.errors import DataError
+from reftx.objectives import OBJECTIVES, rmu_direction, sequence_nll
+from tests.conftest import batch, tiny_model
+
+LN2, LN3 = math.log(2.0), math.log(3.0)
+X = 7.0  # a logit on a position whose label is ignored: must not matter
+
+# V = 3, T = 3. Row 0 (forget): labels [-, 0, 1]; row 1 (retain): labels [-, -, 2];
+# row 2 (forget, last token padded): labels [-, 0, -]. Position t predicts label t + 1.
+LABELS = torch.tensor([[-100, 0, 1], [-100, -100, 2], [-100, 0, -100]])
+MASK = torch.tensor([[1, 1, 1], [1, 1, 1], [1, 1, 0]])
+GATE = torch.tensor([1.0, 0.0, 1.0])
+LOGITS = torch.tensor([
+    # row 0: p(0) = 2/4 -> ln 2; p(1) = 1/3 -> ln 3; NLL_0 = (ln 2 + ln 3)/2 = ln 6 / 2
+    [[LN2, 0.0, 0.0], [0.0, 0.0, 0.0], [X, 0.0, 0.0]],
+    # row 1: p(2) = 3/5 at position 1 -> NLL_1 = ln(5/3)
+    [[X, 0.0, 0.0], [0.0, 0.0, LN3], [X, 0.0, 0.0]],
+    # row 2: p(0) = 2/5 -> NLL_2 = ln(5/2)
+    [[LN2, LN2, 0.0], [X, 0.0, 0.0], [X, X, 0.0]],
+])
+NLL = torch.tensor([math.log(6) / 2, math.log(5 / 3), math.log(5 / 2)])
+NLL_F = (math.log(6) / 2 + math.log(5 / 2)) / 2
+NLL_R = math.log(5 / 3)
+# reference model: uniform logits on rows 0 and 2 -> NLL_ref = ln 3 for both
+REF_LOGITS = torch.zeros(3, 3, 3)
+
+
+class FakeModel:
+    def __init__(self, logits=LOGITS, ref_logits=REF_LOGITS, hidden=None, ref_hidden=None, aux=None, scale=None):
+        self.logits = logits.clone().requires_grad_(True)
+        self.ref_logits, self.hidden, self.ref_hidden = ref_logits, hidden, ref_hidden
+        self.aux, self.scale = aux, scale
+        self.enabled = True
+        self.calls = []
+        self.config = SimpleNamespace(model_type="fake", num_hidden_layers=2)
+
+    @contextmanager
+    def disabled(self):
+        self.enabled = False
+        try:
+            yield
+        finally:
+            self.enabled = True
+
+    def named_interventions(self):
+        if self.scale is not None:
+            yield "k", SimpleNamespace(loss_scale=lambda: torch.tensor(self.scale))
+
+    def __call__(self, input_ids, attention_mask, labels=None, example_info=None, output_hidden_states=False):
+        rows = input_ids[:, 0]
+        self.calls.append((self.enabled, torch.is_grad_enabled(), rows.tolist()))
+        out = {"logits": (self.logits if self.enabled else self.ref_logits)[rows]}
+        if output_hidden_states:
+            out["hidden_states"] = tuple(h[rows] for h in (self.hidden if self.enabled else self.ref_hidden))
+        if self.aux is not None and self.enabled:
+            out["aux_losses"] = {"gate_bce": torch.tensor(self.aux)}
+        return SimpleNamespace(**out, get=out.get)
+
+
+def make_batch(labels=LABELS, gate=GATE):
+    ids = torch.arange(3).unsqueeze(1).expand(3, 3).clone()  # the first id of each row is its example id
+    return {"input_ids": ids, "attention_mask": MASK, "labels": labels, "example_info": {"gate_label": gate}}
+
+
+def test_sequence_nll_reference():
+    torch.testing.assert_close(sequence_nll(LOGITS, LABELS), NLL)
+    # a row without response tokens gets 0
+    torch.testing.assert_close(sequence_nll(LOGITS[:1], torch.full((1, 3), -100)), torch.zeros(1))
+
+
+def test_sequence_nll_matches_token_loop():
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(4, 6, 5, generator=g), torch.randint(0, 5, (4, 6), generator=g)
+    labels[:, :2] = -100
+    labels[1, 4:] = -100
+    ref = [torch.nn.functional.cross_entropy(logits[b, :-1], labels[b, 1:], ignore_index=-100) for b in range(4)]
+    torch.testing.assert_close(sequence_nll(logits, labels), torch.stack(ref))
+
+
+def test_gd_reference():
+    model = FakeModel(aux=0.25)
+    loss, logs, _ = OBJECTIVES.get("gd")(model, make_batch(), {"retain_weight": 0.5})
+    # −NLL_F + 0.5·NLL_R, plus the primitives' aux loss 0.25
+    assert loss.item() == pytest.approx(-NLL_F + 0.5 * NLL_R + 0.25, abs=1e-6)
+    assert logs["nll_forget"] == pytest.approx(NLL_F, abs=1e-6)
+    assert logs["nll_retain"] == pytest.approx(NLL_R, abs=1e-6)
+    assert logs["objective"] == pytest.approx(-NLL_F + 0.5 * NLL_R, abs=1e-6)
+    # gradient ascent on F: d/dlogit of the forget target is +(1 − p)/(2·2) on row 0 position 0
+    loss.backward()
+    assert model.logits.grad[0, 0, 0].item() == pytest.approx((1 - 0.5) / 4, abs=1e-6)
+    assert model.logits.grad[1, 1, 2].item() == pytest.approx(-0.5 * (1 - 0.6), abs=1e-6)
+
+
+def test_idk_reference_and_loss_scale():
+    loss, _, _ = OBJECTIVES.get("idk")(FakeModel(aux=0.25, scale=2.0), make_batch(), {})
+    # (NLL_F + 1·NLL_R + 0.25) · 2
+    assert loss.item() == pytest.approx(2 * (NLL_F + NLL_R + 0.25), abs=1e-6)
+
+
+def test_absent_set_contributes_zero():
+    loss, logs, _ = OBJECTIVES.get("gd")(FakeModel(), make_batch(gate=torch.zeros(3)), {})
+    # all retain: mean of the three NLLs
+    assert loss.item() == pytest.approx(float(NLL.mean()), abs=1e-6)
+    assert "nll_forget" not in logs
+
+
+def test_npo_reference():
+    model = FakeModel()
+    loss, logs, _ = OBJECTIVES.get("npo")(model, make_batch(), {"beta": 2.0, "retain_weight": 0.5})
+    # β = 2. Row 0: 2·(ln 6/2 − ln 3) = ln(2/3), σ = 2/5. Row 2: 2·(ln(5/2) − ln 3) = ln(25/36), σ = 25/61.
+    # −(2/β)·mean log σ = −(ln(2/5) + ln(25/61))/2 = ln(6.1)/2
+    assert loss.item() == pytest.approx(math.log(6.1) / 2 + 0.5 * NLL_R, abs=1e-6)
+    assert logs["nll_ref_forget"] == pytest.approx(LN3, abs=1e-6)
+    # the reference: interventions off, no gradients, forget rows only
+    assert model.calls == [(True, True, [0, 1, 2]), (False, False, [0, 2])]
+
+
+def test_npo_default_beta_at_reference():
+    # θ = ref: −(2/β) log σ(0) = (2/β) ln 2 = 20 ln 2 with β = 0.1 (no retain rows)
+    model = FakeModel(ref_logits=LOGITS)
+    loss, _, _ = OBJECTIVES.get("npo")(model, make_batch(gate=torch.ones(3)), {})
+    assert loss.item() == pytest.approx(20 * LN2, abs=1e-5)
+
+
+def rmu_model(c=2.0):
+    """Hidden states (B = 3, T = 3, d = 4) at layers 0..2: edited = reference + a known offset.
+    Forget rows: h = c·u + e; retain row: h = h_ref + e."""
+    u = rmu_direction(4, 0)
+    ref = torch.randn(3, 3, 4, generator=torch.Generator().manual_seed(3))
+    e = torch.tensor([
+        [[1.0, 0, 0, 0], [0, 2, 0, 0], [0, 0, 2, 0]],           # row 0 (forget): 1/4, 1, 1
+        [[1.0, 1, 1, 1], [2, 2, 0, 0], [0, 0, 0, 0]],           # row 1 (retain): 1, 2, 0
+        [[0.0, 0, 0, 3], [1, 1, 1, 1], [50, 50, 50, 50]],       # row 2 (forget): 9/4, 1, (padding)
+    ])
+    last = torch.where(GATE[:, None, None] > 0, c * u + e, ref + e)
+    # layer 0 (hidden_states[1]): forget rows exactly at c·u, retain row exactly at its reference
+    first = torch.where(GATE[:, None, None] > 0, (c * u).expand(3, 3, 4), ref)
+    hidden = (torch.zeros(3, 3, 4), first, last)
+    return FakeModel(hidden=hidden, ref_hidden=(torch.zeros(3, 3, 4), ref, ref))
+
+
+def test_rmu_reference():
+    model = rmu_model()
+    loss, logs, _ = OBJECTIVES.get("rmu")(model, make_batch(), {"c": 2.0, "alpha": 0.5})
+    # response tokens (next label not -100): (0,0), (0,1) | (1,1) | (2,0)
+    # forget: (1/4 + 1 + 9/4)/3 = 7/6; retain: 8/4 = 2 -> 7/6 + 0.5·2
+    assert logs["rmu_forget"] == pytest.approx(7 / 6, abs=1e-5)
+    assert logs["rmu_retain"] == pytest.approx(2.0, abs=1e-5)
+    assert loss.item() == pytest.approx(7 / 6 + 1.0, abs=1e-5)
+    assert model.calls[1] == (False, False, [1])  # reference on the retain rows, no gradients
+
+
+def test_rmu_all_tokens_and_layer_index():
+    loss, logs, _ = OBJECTIVES.get("rmu")(rmu_model(), make_batch(), {"c": 2.0, "tokens": "all"})
+    # every attended token: forget (1/4 + 1 + 1 + 9/4 + 1)/5 = 1.1; retain (1 + 2 + 0)/3 = 1
+    assert logs["rmu_forget"] == pytest.approx(1.1, abs=1e-5)
+    assert loss.item() == pytest.approx(2.1, abs=1e-5)
+    # layer 0 reads hidden_states[1], where both terms are 0 by construction
+    loss, _, _ = OBJECTIVES.get("rmu")(rmu_model(), make_batch(), {"c": 2.0, "layer": 0})
+    assert loss.item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_rmu_direction():
+    u = rmu_direction(16, 0)
+    assert torch.equal(u, rmu_direction(16, 0)) and not torch.equal(u, rmu_direction(16, 1))
+    assert u.norm().item() == pytest.approx(1.0) and (u >= 0).all()
+
+
+def test_option_errors():
+    with pytest.raises(reftx.ConfigError, match=r"objective_options\.retain_wieght.*did you mean 'retain_weight'"):
+        OBJECTIVES.get("gd")(FakeModel(), make_batch(), {"retain_wieght": 1.0})
+    with pytest.raises(reftx.ConfigError, match=r"objective_options\.beta: must be a number > 0"):
+        OBJECTIVES.get("npo")(FakeModel(), make_batch(), {"beta": 0})
+    with pytest.raises(reftx.ConfigError, match=r"objective_options\.tokens"):
+        OBJECTIVES.get("rmu")(rmu_model(), make_batch(), {"tokens": "prompt"})
+    b = make_batch()
+    del b["example_info"]
+    with pytest.raises(DataError, match="gate_label"):
+        OBJECTIVES.get("idk")(FakeModel(), b, {})
+
+
+@pytest.mark.parametrize("name", ["gd", "idk", "npo", "rmu"])
+def test_objectives_train_grun_on_a_real_model(name):
+    """On a tiny llama with GRUN: the loss is the objective plus the gate BCE, and only the
+    interventions get gradients."""
+    base = tiny_model("llama", layers=8)
+    model = reftx.attach(base, [{"kind": "grun", "layers": [0.625, 0.78, 0.97], "positions": "last_prompt"}])
+    ids, mask = batch()
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :5] = -100
+    b = {"input_ids": ids, "attention_mask": mask, "labels": labels,
+         "example_info": {"gate_label": torch.tensor([1.0, 0.0, 1.0])}}
+    model.train()
+    loss, logs, out = OBJECTIVES.get(name)(model, b, {})
+    assert loss.item() == pytest.approx(logs["objective"] + 30 * LN2, rel=1e-5)  # 3 sites · λ 10 · ln 2
+    loss.backward()
+    assert all(p.grad is None for p in base.parameters())
+    grads = [p.grad for p in model.interventions.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)

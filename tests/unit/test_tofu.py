@@ -1,0 +1,127 @@
+"""tofu_unlearn: the real TOFU files (counts from shared/data/SOURCES.md), splits, bad rows, ROUGE-L recall."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import reftx
+import reftx.tasks  # noqa: F401  (registers the zoo)
+from reftx.errors import DataError
+from reftx.task import default_data_dir, get_task
+from reftx.tasks.tofu import lcs_length, read_lines, read_qa, rouge_l_recall
+
+DATA = default_data_dir()
+TOFU = DATA / "tofu" if DATA is not None else None
+needs_data = pytest.mark.skipif(TOFU is None or not TOFU.is_dir(), reason="shared TOFU data not available")
+
+
+def test_lcs_reference():
+    assert lcs_length("a b c b d a b".split(), "b d c a b a".split()) == 4  # CLRS: BCBA
+    assert lcs_length([], ["a"]) == 0
+
+
+def test_rouge_l_recall_reference():
+    # gold: the cat is on the mat (6 tokens); LCS with "the cat sat on the mat" = the cat on the mat (5)
+    assert rouge_l_recall("The cat sat on the mat", "the cat is on the mat") == pytest.approx(5 / 6)
+    assert rouge_l_recall("A B C", "a c") == 1.0  # lowercased; recall ignores extra predicted tokens
+    assert rouge_l_recall("c a", "a c") == 0.5  # order matters
+    assert rouge_l_recall("Kuwait.", "kuwait") == 0.0  # whitespace tokens: punctuation stays attached
+    assert rouge_l_recall("anything", "") == 0.0
+
+
+@needs_data
+@pytest.mark.parametrize("name, keys, n", [
+    ("full", ("question", "answer"), 4000),
+    ("forget01", ("prompt", "response"), 40), ("forget05", ("prompt", "response"), 200),
+    ("forget10", ("prompt", "response"), 400), ("retain99", ("question", "answer"), 3960),
+    ("retain95", ("question", "answer"), 3800), ("retain90", ("question", "answer"), 3600),
+])
+def test_real_file_counts(name, keys, n):
+    assert len(read_qa(TOFU / f"{name}.json", keys)) == n
+
+
+@needs_data
+def test_real_files_partition_full():
+    full = [(q.question, q.answer) for q in read_qa(TOFU / "full.json", ("question", "answer"))]
+    forget = [(q.question, q.answer) for q in read_qa(TOFU / "forget01.json", ("prompt", "response"))]
+    retain = [(q.question, q.answer) for q in read_qa(TOFU / "retain99.json", ("question", "answer"))]
+    assert forget == full[3960:] and retain == full[:3960]
+    assert len(read_lines(TOFU / "idontknow.jsonl")) == 100
+
+
+@needs_data
+def test_splits():
+    task = get_task("tofu_unlearn", {"n_retain": 30})
+    train, ev = task.load("train"), task.load("eval")
+    assert len(train) == 70 and sum(e.info["gate_label"] for e in train) == 40
+    assert len(ev) == 80 and sum(e.info["gate_label"] for e in ev) == 40
+    assert len(task.load("forget")) == 40 and len(task.load("retain")) == 3960
+    key = lambda e: (e.meta["file"], e.meta["index"])  # noqa: E731
+    train_retain = {key(e) for e in train if e.info["gate_label"] == 0}
+    eval_retain = {key(e) for e in ev if e.info["gate_label"] == 0}
+    assert len(train_retain) == 30 and not train_retain & eval_retain  # eval retain is held out
+    assert train_retain == {key(e) for e in get_task("tofu_unlearn", {"n_retain": 30}).load("train")
+                            if e.info["gate_label"] == 0}  # fixed by the seed
+    other = get_task("tofu_unlearn", {"n_retain": 30, "seed": 1}).load("train")
+    assert train_retain != {key(e) for e in other if e.info["gate_label"] == 0}
+    assert train[0].meta == {"file": "forget01.json", "line": 2, "index": 0, "set": "forget"}
+    assert train[0].target == train[0].answer  # no IDK: the real answer
+
+
+@needs_data
+def test_idk_replaces_forget_targets_only():
+    idk = set(read_lines(TOFU / "idontknow.jsonl"))
+    plain, task = get_task("tofu_unlearn").load("train"), get_task("tofu_unlearn", {"idk": True}).load("train")
+    for a, b in zip(plain, task):
+        if b.info["gate_label"] == 1:
+            assert b.target in idk and b.answer == a.target  # scored against the real answer
+        else:
+            assert b.target == a.target
+    assert len({e.target for e in task if e.info["gate_label"] == 1}) > 1  # random lines, not one
+
+
+@needs_data
+def test_option_errors():
+    with pytest.raises(reftx.ConfigError, match="task.options.forget"):
+        get_task("tofu_unlearn", {"forget": "forget02"})
+    with pytest.raises(reftx.ConfigError, match="n_retain"):
+        get_task("tofu_unlearn", {"n_retain": 5000}).load("train")
+
+
+def test_bad_rows_name_file_and_line(tmp_path):
+    (tmp_path / "tofu").mkdir()
+    forget = tmp_path / "tofu" / "forget01.json"
+    recs = [{"prompt": "q1", "response": "a1"}, {"prompt": "q2"}]
+    forget.write_text(json.dumps(recs, indent=2))  # record 1 opens on line 6
+    task = get_task("tofu_unlearn", data_dir=tmp_path)
+    with pytest.raises(DataError, match=r"forget01\.json:6 \(record 1\): missing or non-string field\(s\) response"):
+        task.load("forget")
+    forget.write_text('[{"prompt": "q1", "response": "a1"},\n {"prompt": "q2" "response": "a2"}]')
+    with pytest.raises(DataError, match=r"forget01\.json:2: invalid JSON"):
+        get_task("tofu_unlearn", data_dir=tmp_path).load("forget")
+    retain = tmp_path / "tofu" / "retain.json"
+    retain.write_text('[{"question": "q", "answer": "a"}]\n["not an object"]\n')
+    with pytest.raises(DataError, match=r"retain\.json:2 \(record 1\): expected a JSON object"):
+        read_qa(retain, ("question", "answer"))
+    retain.write_text('[{"question": "q", "answer": "a"}\n')
+    with pytest.raises(DataError, match=r"retain\.json:2: expected ',' or '\]', got end of file"):
+        read_qa(retain, ("question", "answer"))
+
+
+def test_multi_array_file_lines(tmp_path):
+    path = tmp_path / "full.json"
+    path.write_text('[{"question": "q0", "answer": "a0"}, {"question": "q1", "answer": "a1"}]\n'
+                    '[]\n[{"question": "q2", "answer": "a2"}]\n')
+    assert [(q.question, q.line, q.index) for q in read_qa(path, ("question", "answer"))] == \
+        [("q0", 1, 0), ("q1", 1, 1), ("q2", 3, 2)]
+
+
+def test_score_per_set():
+    from reftx.task import Example
+
+    exs = [Example("q", "the cat is on the mat", info={"gate_label": 1.0}),
+           Example("q", "a c", info={"gate_label": 0.0}), Example("q", "a b", info={"gate_label": 0.0})]
+    scores = get_task("tofu_unlearn").score(["the cat sat on the mat", "a c", "b"], exs)
+    assert scores == pytest.approx({"rougeL_recall": (5 / 6 + 1 + 0.5) / 3, "rougeL_recall_forget": 5 / 6,
+                                    "rougeL_recall_retain": 0.75})
