@@ -217,6 +217,17 @@ class ReftModel(nn.Module):
         _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
         return directory
 
+    def load_trained(self, directory: str | os.PathLike) -> None:
+        """Load weights that ``save_pretrained(directory)`` wrote into these same groups (resume)."""
+        tensors = load_file(Path(directory) / WEIGHTS_NAME, device=str(self.device))
+        expected = {f"{k}.{n}" for k, m in self.named_interventions() for n in m.state_dict()}
+        if set(tensors) != expected:
+            missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+            raise ReftError(f"{Path(directory) / WEIGHTS_NAME} does not match these interventions: "
+                            f"missing {missing}, unexpected {extra}")
+        for key, mod in self.named_interventions():
+            mod.load_state_dict({n: tensors[f"{key}.{n}"] for n in mod.state_dict()})
+
     @classmethod
     def from_pretrained(cls, base: nn.Module, directory: str | os.PathLike) -> ReftModel:
         """Rebuild the interventions saved in ``directory`` on ``base`` (its device and dtype)."""
@@ -233,15 +244,11 @@ class ReftModel(nn.Module):
             raise ConfigError("model", f"interventions were trained on model_type {saved_type!r}, "
                                        f"not {base.config.model_type!r}")
         model = cls(base, meta["interventions"])
-        tensors = load_file(directory / WEIGHTS_NAME, device=str(model.device))
-        expected = {f"{k}.{n}" for k, m in model.named_interventions() for n in m.state_dict()}
-        if set(tensors) != expected:
+        try:
+            model.load_trained(directory)
+        except Exception:
             model.detach()
-            missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-            raise ReftError(f"{directory / WEIGHTS_NAME} does not match its config: missing {missing}, "
-                            f"unexpected {extra}")
-        for key, mod in model.named_interventions():
-            mod.load_state_dict({n: tensors[f"{key}.{n}"] for n in mod.state_dict()})
+            raise
         return model
 
 

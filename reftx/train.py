@@ -31,7 +31,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Sampler
 from transformers import get_scheduler
 
@@ -121,13 +120,9 @@ def save_checkpoint(run_dir: Path, model: ReftModel, opt, sched, prog: Progress_
 
 
 def load_weights(model: ReftModel, directory: Path) -> None:
-    """Restore the trained weights ``model.save_pretrained(directory)`` wrote: a ReftModel's
-    interventions; any other trainable model (e.g. reftx.lora.LoraReft) through its ``load_trained``."""
-    if not isinstance(model, ReftModel):
-        return model.load_trained(directory)
-    weights = load_file(directory / "interventions.safetensors", device=str(model.device))
-    for key, mod in model.named_interventions():
-        mod.load_state_dict({n: weights[f"{key}.{n}"] for n in mod.state_dict()})
+    """Restore the trained weights ``model.save_pretrained(directory)`` wrote (any model with
+    ``load_trained``: a ReftModel's interventions, or reftx.lora.LoraReft's adapter and interventions)."""
+    model.load_trained(directory)
 
 
 def load_checkpoint(path: Path, model: ReftModel, opt, sched) -> Progress_:
