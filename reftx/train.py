@@ -266,7 +266,7 @@ def train(
                             rec["grad_norm"] = grad_norm
                         rec.update({f"obj/{k}": float(v) for k, v in obj_logs.items()})
                         for k, v in (out.get("aux_losses") or {}).items():
-                            rec[f"aux/{k}"] = float(v)
+                            rec[f"aux/{k}"] = float(v.detach())
                         for k, v in (out.get("records") or {}).items():
                             rec[f"rec/{k}"] = float(torch.cat([x.float().reshape(-1) for x in v]).mean())
                         window.clear()
