@@ -72,3 +72,34 @@ def batch(seed: int = 0, b: int = 3, t: int = 12, left_pad: bool = False):
                 mask[i, t - n:] = 0
     ids = ids.masked_fill(mask == 0, 0)
     return ids, mask
+
+
+def learnable_model(model_type: str = "llama"):
+    """A random tiny model's lm_head (std 0.02) caps logits near 0.6: scale it so targets are learnable."""
+    base = tiny_model(model_type)
+    with torch.no_grad():
+        base.lm_head.weight.mul_(25)
+    return base
+
+
+def torch_train(model, steps: int, lr: float = 2e-2, **inputs) -> list[float]:
+    """A plain PyTorch loop (AdamW over ``model.param_groups``); returns the loss of every step."""
+    opt = torch.optim.AdamW(model.param_groups(0.0), lr=lr)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = model(**inputs).loss
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def answer_data(n: int = 16, t: int = 10, seed: int = 0):
+    """Random prompts that are always answered "7 7": (input_ids, attention_mask, labels), prompt masked."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.cat([torch.randint(3, VOCAB, (n, t - 2), generator=g), torch.full((n, 2), 7)], 1)
+    labels = ids.clone()
+    labels[:, : t - 2] = -100
+    return ids, torch.ones_like(ids), labels

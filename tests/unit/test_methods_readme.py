@@ -10,7 +10,7 @@ import torch
 
 import reftx
 from reftx.intervention import Context, make_intervention
-from tests.conftest import VOCAB, tiny_config, tiny_model
+from tests.conftest import VOCAB, answer_data, learnable_model, tiny_config, tiny_model, torch_train
 
 METHODS = Path(__file__).resolve().parents[2] / "methods"
 SPEC = {"kind": "topk_reft", "rank": 4, "k": 2, "layers": [1, 2], "positions": {"first": 2, "last": 2}}
@@ -56,30 +56,13 @@ def test_reference_values():
     torch.testing.assert_close(ctx.records["/kept_norm_share"][0], torch.tensor([(13 / 13.25) ** 0.5]))
 
 
-def _data(n=16, t=10):
-    g = torch.Generator().manual_seed(0)
-    ids = torch.cat([torch.randint(3, VOCAB, (n, t - 2), generator=g), torch.full((n, 2), 7)], 1)
-    labels = ids.clone()
-    labels[:, : t - 2] = -100  # always answer "7 7"
-    return ids, torch.ones_like(ids), labels
-
-
 def test_trains_saves_and_loads(tmp_path):
-    base = tiny_model("llama")
-    with torch.no_grad():
-        base.lm_head.weight.mul_(25)  # a random tiny head caps logits near 0.6 (docs/footguns.md)
+    base = learnable_model()  # a random tiny head caps logits near 0.6 (docs/footguns.md)
     model = reftx.attach(base, [{**SPEC, "positions": "all"}])
-    ids, mask, labels = _data()
-    opt = torch.optim.AdamW(model.param_groups(0.0), lr=2e-2)
-    model.train()
-    losses = []
-    for _ in range(10):
-        opt.zero_grad()
-        out = model(input_ids=ids, attention_mask=mask, labels=labels)
-        out.loss.backward()
-        opt.step()
-        losses.append(out.loss.item())
+    ids, mask, labels = answer_data()
+    losses = torch_train(model, 10, input_ids=ids, attention_mask=mask, labels=labels)
     assert losses[-1] < 0.5 * losses[0]
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)
     assert "L1.block_output.all/kept_norm_share" in out["records"]
     model.eval()
     ref = model(input_ids=ids, attention_mask=mask).logits

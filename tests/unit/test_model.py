@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import reftx
-from tests.conftest import VOCAB, batch, tiny_model
+from tests.conftest import VOCAB, answer_data, batch, learnable_model, tiny_model, torch_train
 
 
 def perturb(model, scale=0.5, seed=1):
@@ -156,36 +156,10 @@ def test_save_writes_no_pickle(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["interventions.safetensors", "reft_config.json"]
 
 
-def _data(n=16, t=10, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    prompts = torch.randint(3, VOCAB, (n, t - 2), generator=g)
-    answer = torch.full((n, 2), 7)  # always answer "7 7"
-    ids = torch.cat([prompts, answer], 1)
-    labels = ids.clone()
-    labels[:, : t - 2] = -100
-    return ids, torch.ones_like(ids), labels
-
-
-def learnable_model():
-    """A random tiny llama's lm_head (std 0.02) caps logits near 0.6: scale it so a target is learnable."""
-    base = tiny_model("llama")
-    with torch.no_grad():
-        base.lm_head.weight.mul_(25)
-    return base
-
-
 def test_plain_torch_loop_learns():
     model = reftx.attach(learnable_model(), [{"kind": "loreft", "rank": 4, "layers": "all", "positions": "all"}])
-    ids, mask, labels = _data()
-    opt = torch.optim.AdamW(model.param_groups(0.0), lr=2e-2)
-    model.train()
-    losses = []
-    for _ in range(30):
-        opt.zero_grad()
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    ids, mask, labels = answer_data()
+    losses = torch_train(model, 30, input_ids=ids, attention_mask=mask, labels=labels)
     assert losses[-1] < 0.1 * losses[0]
 
 
@@ -194,7 +168,7 @@ def test_hf_trainer_learns(tmp_path):
     from transformers import Trainer, TrainingArguments
 
     model = reftx.attach(learnable_model(), [{"kind": "loreft", "rank": 4, "layers": "all", "positions": "all"}])
-    ids, mask, labels = _data()
+    ids, mask, labels = answer_data()
     ds = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": mask.tolist(), "labels": labels.tolist()})
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=16, num_train_epochs=30,
                              learning_rate=2e-2, logging_steps=1, save_strategy="no", report_to=[],
