@@ -9,6 +9,7 @@ Run dir ({output_dir}/{name}):
   results.json      eval metrics, before and after, with the config hash, versions and wall times
   samples.jsonl     prompts with the answers before and after training
   loss.png          the training curve
+  records.png       values primitives log per step (gate and basis weights), when there are any
 """
 from __future__ import annotations
 
@@ -116,7 +117,8 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def plot_loss(run_dir: Path) -> Path | None:
-    """loss.png from metrics.jsonl (headless matplotlib)."""
+    """loss.png from metrics.jsonl (headless matplotlib), plus records.png when primitives logged
+    values (gate and basis weights: the ``rec/<group key>/<name>`` means of each logged step)."""
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     if not rows:
         return None
@@ -125,15 +127,24 @@ def plot_loss(run_dir: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1.5)
-    ax.set(xlabel="optimizer step", ylabel="training loss", title=run_dir.name)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = run_dir / "loss.png"
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    steps = [r["step"] for r in rows]
+    series = {"loss": {"training loss": [r["loss"] for r in rows]}}
+    recs = sorted({k for r in rows for k in r if k.startswith("rec/")})
+    if recs:
+        series["records"] = {k[4:]: [r.get(k, float("nan")) for r in rows] for k in recs}
+    for name, lines in series.items():
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for label, ys in lines.items():
+            ax.plot(steps, ys, lw=1.5, label=label)
+        ax.set(xlabel="optimizer step", ylabel="training loss" if name == "loss" else "mean value",
+               title=run_dir.name)
+        if name == "records":
+            ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(run_dir / f"{name}.png", dpi=120)
+        plt.close(fig)
+    return run_dir / "loss.png"
 
 
 def run(exp: Experiment, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:

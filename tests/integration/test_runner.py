@@ -130,3 +130,12 @@ def test_validate_cli_reports_each_file(tmp_path, capsys):
     assert cli.main(["validate", str(good), str(bad)]) == 1
     err = capsys.readouterr().err
     assert "ok" in err and "seed: expected int" in err
+
+
+def test_records_are_plotted(tmp_path):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    rows = [{"step": s, "loss": 1.0 / s, "rec/L1.block_output.last_prompt/gate": 0.1 * s} for s in (1, 2, 3)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert runner.plot_loss(run_dir) == run_dir / "loss.png"
+    assert (run_dir / "loss.png").stat().st_size > 1000 and (run_dir / "records.png").stat().st_size > 1000
