@@ -46,6 +46,6 @@ def generate(model: Any, tokenizer: Any, examples: list[Example], cfg: EvalConfi
 
 def evaluate(model: Any, tokenizer: Any, task: Task, examples: list[Example], cfg: EvalConfig, chat: bool,
              show_progress: bool = True) -> tuple[dict[str, float], list[str]]:
-    """The task's metrics on ``examples`` and the predictions they were computed from."""
-    preds = generate(model, tokenizer, examples, cfg, chat, "eval", show_progress)
-    return task.score(preds, examples), preds
+    """The task's metrics on ``examples`` and the predictions they were computed from
+    (``Task.evaluate``: generation + ``score`` unless the task scores another way)."""
+    return task.evaluate(model, tokenizer, examples, cfg, chat, show_progress)

@@ -109,6 +109,17 @@ class Task:
     def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
         raise NotImplementedError
 
+    def evaluate(self, model: Any, tokenizer: Any, examples: list[Example], cfg: Any, chat: bool,
+                 show_progress: bool = True) -> tuple[dict[str, float], list[str]]:
+        """Metrics on ``examples`` and one prediction string per example. The default generates
+        (``cfg``: the experiment's EvalConfig) and calls ``score``; a task that scores without
+        generating (log-likelihood of options, a classifier head, teacher-forced edit metrics)
+        overrides this, building on ``reftx.scoring``."""
+        from .evaluate import generate
+
+        preds = generate(model, tokenizer, examples, cfg, chat, "eval", show_progress)
+        return self.score(preds, examples), preds
+
     # -- provided --------------------------------------------------------------------------
     def examples(self, split: str, n: int | None = None, seed: int = 0) -> list[Example]:
         """The split's examples; ``n`` picks a subset that depends only on ``seed``."""

@@ -15,23 +15,6 @@ REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted((REPO / "experiments").rglob("*.yaml"))
 
 
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    """A 2-layer random llama saved with SmolLM2's tokenizer (so chat templates work)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from reftx.hub import default_model_path
-
-    tok = AutoTokenizer.from_pretrained(default_model_path())
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
-    d = tmp_path_factory.mktemp("tiny")
-    LlamaForCausalLM(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
-
-
 def write(tmp_path, data, name="exp.yaml"):
     p = tmp_path / name
     p.write_text(yaml.safe_dump(data))
