@@ -1,4 +1,4 @@
-"""The ``reftx`` command line: run, plan, validate, ls, eval."""
+"""The ``reftx`` command line: run, plan, validate, ls, eval, edit."""
 from __future__ import annotations
 
 import argparse
@@ -99,6 +99,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_edit(args: argparse.Namespace) -> int:
+    from .edit_run import demo, run_edit
+
+    if args.experiment and (args.prompt or args.target):
+        console.print("[red bold]error:[/] give an experiment file or --prompt/--target, not both")
+        return 2
+    if args.experiment:
+        run_edit(_experiment(args.experiment, args.overrides), show_progress=not args.no_progress)
+        return 0
+    if not (args.prompt and args.target):
+        console.print("[red bold]error:[/] reftx edit needs an experiment file, or --prompt and --target")
+        return 2
+    demo(args.model, args.prompt, args.target, args.rephrase, args.unrelated or [], args.kind, args.layer,
+         args.rank, args.lr, args.steps, args.max_new_tokens)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reftx", description="Representation finetuning experiments.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -123,6 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(fn=cmd_eval)
+    ed = sub.add_parser("edit", help="knowledge editing: an editing experiment, or one fact from the command line")
+    ed.add_argument("experiment", nargs="?", help="editing experiment YAML (experiments/editing/)")
+    ed.add_argument("overrides", nargs="*", help="dotted overrides, e.g. method.mode=sequential task.n_eval=100")
+    ed.add_argument("--prompt", help='the fact\'s prompt, e.g. "The Eiffel Tower is located in the city of"')
+    ed.add_argument("--target", help='the new answer, e.g. "Rome"')
+    ed.add_argument("--rephrase", help="a rephrased prompt to show before and after")
+    ed.add_argument("--unrelated", action="append", help="an unrelated prompt to show (repeatable)")
+    ed.add_argument("--model", default="default", help="model name or path (default: SmolLM2-135M-Instruct)")
+    ed.add_argument("--kind", default="loreft", help="intervention primitive (loreft, baft, ...)")
+    ed.add_argument("--layer", type=int, help="edited layer (default: the middle one)")
+    ed.add_argument("--rank", type=int, default=4)
+    ed.add_argument("--lr", type=float, default=5e-3)
+    ed.add_argument("--steps", type=int, default=100, help="at most this many steps (stops at loss < 0.01)")
+    ed.add_argument("--max-new-tokens", type=int, default=12)
+    ed.add_argument("--no-progress", action="store_true")
+    ed.set_defaults(fn=cmd_edit)
     return p
 
 

@@ -1,0 +1,173 @@
+"""``reftx edit``: an editing experiment from YAML (single, batch or sequential; reftx/editing.py),
+or one fact given on the command line with before/after generations.
+
+Run dir ``{output_dir}/{name}-{mode}``:
+  config.yaml    the resolved experiment
+  results.json   mean reliability / generality / locality (sequential: ``metric@N`` after N edits),
+                 the unedited model's reliability and generality, steps per edit, config hash,
+                 wall / train / eval seconds, versions
+  edits.jsonl    one line per edit (sequential: per edit and evaluation point): file index, prompt,
+                 target, the three metrics, steps and final loss
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.table import Table
+
+from .config import config_hash, dump_yaml, from_dict
+from .data import use_chat
+from .editing import EditOptions, Editor, JobResult, bank_spec, console
+from .errors import ConfigError
+from .experiment import EvalConfig, Experiment, TrainConfig
+from .model import attach
+from .task import Example
+
+METRICS = ("reliability", "generality", "locality")
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _means(rows: list[dict[str, Any]], keys=METRICS, suffix: str = "") -> dict[str, float]:
+    return {f"{k}{suffix}": _mean([r[k] for r in rows]) for k in keys}
+
+
+def run_edit(exp: Experiment, show_progress: bool = True) -> dict[str, Any]:
+    """Run the editing protocol of ``exp`` (its ``method:`` section is an ``EditOptions``)."""
+    from .runner import _versions, _write_json, load_base, load_task
+    from .train import seed_everything
+    from reftx.tasks.knowledge_edit import edit_scores, unedited_argmax
+
+    t0 = time.perf_counter()
+    opts = from_dict(EditOptions, exp.method, "method")
+    if len(exp.interventions) != 1:
+        raise ConfigError("interventions", f"editing needs exactly one intervention entry, got {len(exp.interventions)}")
+    run_dir = Path(exp.output_dir) / f"{exp.name}-{opts.mode}"
+    resolved = exp.to_dict()
+    chash = config_hash(resolved)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_yaml(resolved))
+    console.rule(f"[bold]reftx edit {exp.name} ({opts.mode}, config {chash})")
+    seed_everything(exp.seed)
+    task = load_task(exp)
+    examples = task.examples(exp.task.eval_split or task.splits[-1], exp.task.n_eval, exp.seed)
+    base, tok = load_base(exp)
+    chat = use_chat(tok, exp.model.chat_template)
+    slots = 1 if opts.mode == "sequential" else opts.parallel
+    model = attach(base, [bank_spec(exp.interventions[0], slots)])
+    known = [(k.prompt, k.subject) for k in task.known()] if opts.locality_prompts else []
+    editor = Editor(model, tok, examples, opts, exp.train, chat, exp.seed, known)
+    n = len(examples)
+
+    t_eval = time.perf_counter()
+    unedited = dict(enumerate(unedited_argmax(model, tok, examples, chat)))
+    with model.disabled():
+        before = edit_scores(model, tok, examples, chat, unedited_locality=list(unedited.values()))
+    eval_s = time.perf_counter() - t_eval
+    lines: list[dict[str, Any]] = []
+    metrics: dict[str, float] = _means(before, METRICS[:2], "_unedited")
+    t_train = time.perf_counter()
+    if opts.mode in ("single", "batch"):
+        size = 1 if opts.mode == "single" else opts.batch_edits
+        jobs = [list(range(s, min(s + size, n))) for s in range(0, n, size)]
+        results = editor.train_jobs(jobs, show=show_progress)
+        train_s = time.perf_counter() - t_train
+        t_eval = time.perf_counter()
+        rows = editor.evaluate_jobs(jobs, results, unedited)
+        eval_s += time.perf_counter() - t_eval
+        per_edit = [results[j] for j, job in enumerate(jobs) for _ in job]
+        lines = [_line(examples[i], before[i], rows[i], per_edit[i]) for i in range(n)]
+        metrics.update(_means(rows))
+        metrics.update(_steps(results, opts.stop_loss))
+    else:
+        editor.bank.reset(0, editor.init_seed(0))
+        results, eval_s2 = [], 0.0
+        points = [c for c in opts.checkpoints if c <= n] or [n]
+        for i in range(n):
+            if opts.sequence_balance_weight:
+                editor.seq_states += editor.site_states([examples[i].prompt], [editor.pos[i]])
+            results += editor.train_jobs([[i]], reset=False)
+            if i + 1 in points:
+                t_eval = time.perf_counter()
+                rows = editor.evaluate(list(range(i + 1)), [0] * (i + 1), unedited)
+                eval_s2 += time.perf_counter() - t_eval
+                lines += [{**_line(examples[j], before[j], rows[j], results[j]), "after": i + 1} for j in range(i + 1)]
+                metrics.update(_means(rows, suffix=f"@{i + 1}"))
+                console.print(f"after {i + 1} edits: " + ", ".join(f"{k} {v:.3f}" for k, v in _means(rows).items()))
+        train_s = time.perf_counter() - t_train - eval_s2
+        eval_s += eval_s2
+        metrics.update(_steps(results, opts.stop_loss))
+    out = {"name": exp.name, "mode": opts.mode, "config_hash": chash, "task": task.name,
+           "dataset": task.options.dataset, "n_edits": n, "metrics": metrics,
+           "trainable_parameters_per_slot": sum(p.numel() for p in editor.bank.slots[0].parameters()),
+           "train_seconds": train_s, "eval_seconds": eval_s, "wall_seconds": time.perf_counter() - t0,
+           "versions": _versions()}
+    _write_json(run_dir / "results.json", out)
+    (run_dir / "edits.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    table = Table(title=f"{exp.name} ({opts.mode}, {n} edits, config {chash})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}")
+    table.add_row("wall time (s)", f"{out['wall_seconds']:.1f}")
+    console.print(table)
+    return out
+
+
+def _line(ex: Example, before: dict[str, float], row: dict[str, float], res: JobResult) -> dict[str, Any]:
+    return {"index": ex.meta.get("index"), "prompt": ex.prompt, "target": ex.target.strip(), **row,
+            "reliability_unedited": before["reliability"], "generality_unedited": before["generality"],
+            "steps": res.steps, "loss": res.loss}
+
+
+def _steps(results: list[JobResult], stop: float) -> dict[str, float]:
+    return {"steps_mean": _mean([r.steps for r in results]),
+            "converged": _mean([float(r.loss < stop) for r in results])}
+
+
+def demo(model_name: str, prompt: str, target: str, rephrase: str | None = None, unrelated: list[str] = (),
+         kind: str = "loreft", layer: int | None = None, rank: int = 4, lr: float = 5e-3, steps: int = 100,
+         max_new_tokens: int = 12, seed: int = 0, show: bool = True) -> dict[str, Any]:
+    """Edit one fact (``prompt`` -> ``target``) and show greedy generations before and after."""
+    from . import sites
+    from .evaluate import generate
+    from .hub import load_model
+    from reftx.tasks.knowledge_edit import edit_scores
+
+    torch.manual_seed(seed)
+    base, tok = load_model(model_name)
+    layer = sites.num_layers(base.config) // 2 if layer is None else layer
+    model = attach(base, [bank_spec({"kind": kind, "rank": rank, "layers": [layer], "positions": "all_prompt"}, 1)])
+    unrelated = list(unrelated) or ["The capital of France is"]
+    cfg = EvalConfig(batch_size=8, max_new_tokens=max_new_tokens)
+    shown = [Example(p) for p in [prompt, *([rephrase] if rephrase else []), *unrelated]]
+    with model.disabled():
+        before = generate(model, tok, shown, cfg, False, "before", show_progress=False)
+    # locality is teacher-forced on the unedited model's own greedy answer to the unrelated prompt
+    ex = Example(prompt, " " + target.strip(), meta={"subject": "", "rephrase": rephrase or prompt,
+                                                    "locality_prompt": unrelated[0],
+                                                    "locality_answer": " " + (before[-len(unrelated)] or "?")})
+    editor = Editor(model, tok, [ex], EditOptions(), TrainConfig(lr=lr, max_steps=steps, max_grad_norm=None), False, seed)
+    editor.bank.reset(0, editor.init_seed(0))
+    res = editor.train_jobs([[0]], reset=False)[0]
+    after = generate(model, tok, shown, cfg, False, "after", show_progress=False)
+    scores = edit_scores(model, tok, [ex], False)[0]
+    if show:
+        table = Table(title=f"edit: {prompt!r} -> {target!r} ({kind}, layer {layer}, rank {rank}, "
+                            f"{res.steps} steps, loss {res.loss:.4f})", show_lines=True)
+        for col in ("prompt", "before", "after"):
+            table.add_column(col, max_width=48)
+        for e, b, a in zip(shown, before, after):
+            table.add_row(e.prompt, b, a)
+        console.print(table)
+        console.print(", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+    return {"before": before, "after": after, "steps": res.steps, "loss": res.loss, **scores}
+
+
+__all__ = ["demo", "run_edit"]

@@ -1,0 +1,288 @@
+"""The knowledge-editing protocol (METHODS.md §2, §7): ``reftx edit EXPERIMENT``.
+
+A different loop from reftx/train.py: every edit (or batch of edits) trains its own intervention
+from a fresh initialisation, stops as soon as its loss is small, and the base model is loaded once.
+The experiment names one intervention entry (e.g. ``kind: baft, rank: 4, layers: [15],
+positions: all_prompt``); the engine turns it into an ``edit_bank`` (reftx/edit_bank.py) of
+``method.parallel`` slots, so that up to that many independent edits train side by side in one
+forward pass, each with its own parameters and optimiser. Modes (``method.mode``):
+
+* ``single``: each edit alone, from the unedited model. Edit i's intervention is initialised
+  from seed ``seed * 1_000_003 + i``; slots are refilled as edits finish, so the result of an edit
+  does not depend on which others trained beside it (up to float rounding of batched matmuls;
+  tests/unit/test_editing.py checks parallel == one at a time).
+* ``batch``: consecutive groups of ``method.batch_edits`` edits, each group one intervention
+  trained on its edits together (loss: mean NLL over the group's target tokens).
+* ``sequential``: one intervention edited one fact after another (a fresh Adam per edit, the
+  parameters carried over); after ``method.checkpoints`` edits (default 10, 50, 100) every edit
+  so far is evaluated.
+
+Per step, the loss of a slot is the NLL of its target tokens (mean over them) plus the
+primitive's auxiliary losses (BaFT's balance loss); a slot stops before its next step once that
+NLL is below ``method.stop_loss`` or after ``train.max_steps`` (null: 100) optimiser steps
+(Adam, lr ``train.lr``, ``train.weight_decay``, clipping at ``train.max_grad_norm`` per slot, no
+schedule). Targets are trained without an end token, as EasyEdit does.
+
+BaFT extras, computed on the *site states* (the hidden states at the one edited site, which no
+intervention changes because it is the only one, so they are computed once with the unedited model):
+
+* ``method.locality_prompts`` = n > 0: the first n prompts of ROME's known_1000 (never an evaluated
+  prompt) are locality rows; each step adds ``locality_weight · mean s(h)`` over their states
+  (BaFT's gate-toward-0 locality loss, ``reftx.methods.baft.locality_gate_loss``) for each slot.
+* ``method.sequence_balance_weight`` = w > 0 (sequential mode): BaFT's incremental load
+  balancing: w · Var_k(u_k), u_k the mean weight of basis k over the states of *every edit so
+  far* (``variance_balance``), so later edits are pushed onto bases earlier ones used little.
+
+Evaluation (tasks/knowledge_edit.py): reliability, generality, locality per edit, their means,
+and the unedited model's reliability and generality. Output: ``{output_dir}/{name}-{mode}/``
+with results.json (config hash, wall time, metrics) and edits.jsonl (one line per edit and
+evaluation point).
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from torch import Tensor
+
+from . import sites
+from .config import config_hash, dump_yaml, from_dict, require
+from .data import Encoded, collate_train, encode, format_prompt, pad_id
+from .edit_bank import EDIT_POS, EDIT_SLOT, EditBank
+from .errors import ConfigError
+from .intervention import Context
+from .positions import IGNORE
+from .schedule import SPEC_KEYS
+from .task import Example
+
+console = Console(stderr=True)
+LOCALITY = "locality"  # BaFT's example_info key (0 on every edit row)
+
+
+@dataclass
+class EditOptions:
+    """The ``method:`` section of an editing experiment (``reftx edit``)."""
+
+    mode: Literal["single", "batch", "sequential"] = "single"  # single: each edit from the unedited model | batch | sequential
+    batch_edits: int = 10  # batch mode: edits trained together in one intervention
+    parallel: int = 16  # single/batch: independent interventions trained side by side in one forward
+    stop_loss: float = 0.01  # an edit stops training once the NLL of its target is below this
+    checkpoints: list[int] = field(default_factory=lambda: [10, 50, 100])  # sequential: evaluate after this many edits
+    subject_positions: bool = False  # edit only the prompt's last subject token (needs positions: all_prompt)
+    locality_prompts: int = 0  # BaFT: known_1000 prompts whose site states feed the locality gate loss
+    sequence_balance_weight: float = 0.0  # sequential BaFT: weight of Var_k of the basis usage over every edit so far
+
+    def __post_init__(self) -> None:
+        for name in ("batch_edits", "parallel"):
+            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        require(self.stop_loss >= 0, "stop_loss", f"must be >= 0, got {self.stop_loss}")
+        require(self.locality_prompts >= 0, "locality_prompts", f"must be >= 0, got {self.locality_prompts}")
+        require(self.sequence_balance_weight >= 0, "sequence_balance_weight", "must be >= 0")
+        ok = all(n >= 1 for n in self.checkpoints) and self.checkpoints == sorted(set(self.checkpoints))
+        require(ok and bool(self.checkpoints), "checkpoints", f"must be increasing counts >= 1, got {self.checkpoints}")
+
+
+def bank_spec(spec: dict[str, Any], slots: int) -> dict[str, Any]:
+    """An intervention entry rewritten as an ``edit_bank`` of ``slots`` copies of it."""
+    options = {k: v for k, v in spec.items() if k not in SPEC_KEYS}
+    return {**{k: v for k, v in spec.items() if k in SPEC_KEYS and k != "kind"},
+            "kind": "edit_bank", "inner": spec.get("kind", ""), "slots": slots, "options": options}
+
+
+def subject_position(tokenizer: Any, prompt: str, subject: str, chat: bool) -> tuple[int, bool]:
+    """(index of the prompt token holding the subject's last character, found). Not found: the
+    last prompt token."""
+    text = format_prompt(tokenizer, prompt, chat)
+    enc = tokenizer(text, add_special_tokens=not chat, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    j = text.rfind(subject) if subject else -1
+    if j < 0 and subject:
+        j = text.lower().rfind(subject.lower())
+    if j < 0:
+        return len(offsets) - 1, False
+    end = j + len(subject)
+    return max(t for t, (a, b) in enumerate(offsets) if a < end and b > a), True
+
+
+@dataclass
+class JobResult:
+    state: dict[str, Tensor]  # the trained slot's weights
+    steps: int  # optimiser steps taken
+    loss: float  # the NLL seen at the last forward (below stop_loss when converged)
+    seconds: float
+
+
+class Editor:
+    """One base model with an edit bank, the edits as examples, and the loops over them."""
+
+    def __init__(self, model: Any, tokenizer: Any, examples: list[Example], opts: EditOptions, train_cfg: Any,
+                 chat: bool, seed: int = 0, known_prompts: list[tuple[str, str]] = ()):
+        self.model, self.tok, self.examples, self.opts, self.chat, self.seed = model, tokenizer, examples, opts, chat, seed
+        banks = [(g, m) for g, m in zip(model.groups, model.interventions.values()) if isinstance(m, EditBank)]
+        if len(model.groups) != 1 or len(banks) != 1 or len(model.groups[0].layers) != 1:
+            raise ConfigError("interventions", "editing needs exactly one intervention entry at one layer")
+        self.group, self.bank = banks[0]
+        self.lr, self.wd, self.clip = train_cfg.lr, train_cfg.weight_decay, train_cfg.max_grad_norm
+        self.max_steps = train_cfg.max_steps or 100
+        self.max_length = train_cfg.max_length
+        self.pad = pad_id(tokenizer)
+        inner = self.bank.slots[0]
+        self.gate = getattr(inner, "basis_gate", None) is not None
+        if (opts.locality_prompts or opts.sequence_balance_weight) and not self.gate:
+            raise ConfigError("method", "locality_prompts and sequence_balance_weight need a basis-gated "
+                                        f"primitive (baft), not {self.bank.config.inner!r}")
+        if (opts.subject_positions or self.gate) and self.group.positions.mode != "all_prompt":
+            if opts.subject_positions or opts.locality_prompts or opts.sequence_balance_weight:
+                raise ConfigError("interventions.0.positions", "subject positions and BaFT's site-state losses "
+                                                               "need positions: all_prompt")
+        if (opts.locality_prompts or opts.sequence_balance_weight) and sites.uses_pre_hook(self.group.component):
+            raise ConfigError("interventions.0.component", "site-state losses need an output component")
+        self.encoded = [encode(tokenizer, Example(ex.prompt, ex.target), self.max_length, chat, end_token=False)
+                        for ex in examples]
+        self.pos = [self._pos(ex.prompt, ex.meta.get("subject", "")) for ex in examples]
+        self.pool: Tensor | None = None
+        if opts.locality_prompts:
+            pool = known_prompts[: opts.locality_prompts]
+            self.pool = torch.cat(self.site_states([p for p, _ in pool], [self._pos(p, s) for p, s in pool]))
+        self.seq_states: list[Tensor] = []
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def _pos(self, prompt: str, subject: str) -> int:
+        return subject_position(self.tok, prompt, subject, self.chat)[0] if self.opts.subject_positions else -1
+
+    def info(self, slot: int, pos: int) -> dict[str, float]:
+        out = {EDIT_SLOT: float(slot), LOCALITY: 0.0}
+        return {**out, EDIT_POS: float(pos)} if self.opts.subject_positions else out
+
+    def init_seed(self, index: int) -> int:
+        return self.seed * 1_000_003 + index
+
+    @torch.no_grad()
+    def site_states(self, prompts: list[str], positions: list[int]) -> list[Tensor]:
+        """The unedited hidden states at the edited site on each prompt's edited positions."""
+        target = sites.resolve(self.model.base, self.group.component, self.group.layers[0])
+        seen: list[Tensor] = []
+        handle = target.register_forward_hook(lambda m, a, out: seen.append((out[0] if isinstance(out, tuple) else out).detach()))
+        out = []
+        try:
+            for p, pos in zip(prompts, positions):
+                ids = encode(self.tok, Example(p, ""), self.max_length, self.chat, end_token=False).input_ids
+                seen.clear()
+                with self.model.disabled():
+                    self.model.base(input_ids=torch.tensor([ids], device=self.model.device))
+                h = seen[0][0]
+                out.append(h[pos:pos + 1] if pos >= 0 else h[: len(ids)])
+        finally:
+            handle.remove()
+        return out
+
+    # -- training ----------------------------------------------------------------------------------
+    def _extra(self, k: int, edits: list[int]) -> Tensor | None:
+        from reftx.methods.baft import locality_gate_loss, variance_balance
+
+        inner, loss = self.bank.slots[k], None
+        if self.pool is not None and inner.config.locality_weight > 0:
+            s = inner.basis_gate(self.pool, Context(torch.zeros(len(self.pool), dtype=torch.long), 1))
+            loss = inner.config.locality_weight * locality_gate_loss(s, torch.ones(len(self.pool)))
+        if self.opts.sequence_balance_weight and self.opts.mode == "sequential":
+            h = torch.cat(self.seq_states)
+            s = inner.basis_gate(h, Context(torch.zeros(len(h), dtype=torch.long), 1))
+            bal = self.opts.sequence_balance_weight * variance_balance(s, torch.ones(len(h)))
+            loss = bal if loss is None else loss + bal
+        return loss
+
+    def train_jobs(self, jobs: list[list[int]], reset: bool = True, show: bool = False) -> list[JobResult]:
+        """Train each job (a list of edit indices) in its own slot; ``reset``: from a fresh init."""
+        model, bank = self.model, self.bank
+        free, queue = list(range(len(bank.slots))), deque(enumerate(jobs))
+        active: dict[int, dict[str, Any]] = {}
+        results: list[JobResult | None] = [None] * len(jobs)
+        model.train()
+        while queue or active:
+            while free and queue:
+                j, edits = queue.popleft()
+                k = free.pop(0)
+                if reset:
+                    bank.reset(k, self.init_seed(edits[0]))
+                opt = torch.optim.AdamW(bank.slots[k].parameters(), lr=self.lr, weight_decay=self.wd)
+                active[k] = {"job": j, "edits": edits, "opt": opt, "steps": 0, "t": time.perf_counter()}
+            rows = [(k, i) for k in sorted(active) for i in active[k]["edits"]]
+            enc = [Encoded(self.encoded[i].input_ids, self.encoded[i].labels, self.encoded[i].prompt_len,
+                           info=self.info(k, self.pos[i])) for k, i in rows]
+            batch = collate_train(enc, self.pad)
+            labels = batch.pop("labels")
+            out = model(**batch, prompt_lengths=torch.tensor([e.prompt_len for e in enc]))
+            tgt = labels[:, 1:]
+            sel = tgt != IGNORE
+            tok_nll = F.cross_entropy(out.logits[:, :-1][sel].float(), tgt[sel], reduction="none")
+            slot_of = torch.tensor([k for k, _ in rows])[sel.nonzero()[:, 0]]
+            nll = {k: tok_nll[slot_of == k].mean() for k in active}
+            done = [k for k in active if nll[k].item() < self.opts.stop_loss or active[k]["steps"] >= self.max_steps]
+            train = [k for k in active if k not in done]
+            if train:
+                loss = sum(nll[k] for k in train) + sum((out.get("aux_losses") or {}).values(), torch.zeros(()))
+                for k in train:
+                    extra = self._extra(k, active[k]["edits"])
+                    loss = loss if extra is None else loss + extra
+                loss.backward()
+            for k in sorted(active):
+                a, params = active[k], list(bank.slots[k].parameters())
+                if k in train:
+                    if self.clip is not None:
+                        torch.nn.utils.clip_grad_norm_(params, self.clip)
+                    a["opt"].step()
+                    bank.slots[k].after_optimizer_step()
+                    a["steps"] += 1
+                bank.slots[k].zero_grad(set_to_none=True)
+                if k in done:
+                    state = {n: t.detach().clone() for n, t in bank.slots[k].state_dict().items()}
+                    results[a["job"]] = JobResult(state, a["steps"], nll[k].item(), time.perf_counter() - a["t"])
+                    del active[k]
+                    free.append(k)
+                    free.sort()
+                    if show:
+                        console.print(f"  job {a['job']}: {a['steps']} steps, loss {nll[k].item():.4f}")
+        model.eval()
+        return results  # type: ignore[return-value]
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def eval_infos(self, edits: list[int], slots: list[int]) -> list[dict[str, float]]:
+        """example_info for the edit, rephrase and locality prompts of each edit (in that order)."""
+        out = []
+        for key in ("prompt", "rephrase", "locality_prompt"):
+            for i, k in zip(edits, slots):
+                ex = self.examples[i]
+                prompt = ex.prompt if key == "prompt" else ex.meta[key]
+                subject = "" if key == "locality_prompt" else ex.meta.get("subject", "")
+                out.append(self.info(k, self._pos(prompt, subject)))
+        return out
+
+    def evaluate(self, edits: list[int], slots: list[int], unedited: dict[int, tuple[int, ...]]) -> list[dict[str, float]]:
+        from reftx.tasks.knowledge_edit import edit_scores
+
+        return edit_scores(self.model, self.tok, [self.examples[i] for i in edits], self.chat,
+                           unedited_locality=[unedited[i] for i in edits], example_info=self.eval_infos(edits, slots))
+
+    def evaluate_jobs(self, jobs: list[list[int]], results: list[JobResult],
+                      unedited: dict[int, tuple[int, ...]]) -> list[dict[str, float]]:
+        """Per-edit metrics, each edit with its job's trained weights (loaded K jobs at a time)."""
+        rows: dict[int, dict[str, float]] = {}
+        K = len(self.bank.slots)
+        for s in range(0, len(jobs), K):
+            edits, slots = [], []
+            for k, (job, res) in enumerate(zip(jobs[s:s + K], results[s:s + K])):
+                self.bank.slots[k].load_state_dict(res.state)
+                edits += job
+                slots += [k] * len(job)
+            rows.update(zip(edits, self.evaluate(edits, slots, unedited)))
+        return [rows[i] for job in jobs for i in job]
+
+
+__all__ = ["EditOptions", "Editor", "JobResult", "bank_spec", "subject_position"]

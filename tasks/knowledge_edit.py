@@ -1,0 +1,208 @@
+"""knowledge_edit: CounterFact and zsRE in the EasyEdit format, and ROME's known_1000 (METHODS.md §2, §7).
+
+Data under ``{data_dir}`` (see shared/data/SOURCES.md):
+
+* ``counterfact/counterfact-edit.json`` (10,000 records; also ``-edit-1k`` 1,000, ``-train`` 10,000,
+  ``-val`` 1,919): one JSON array of {case_id, prompt, subject, target_new, ground_truth,
+  rephrase_prompt, locality_prompt, locality_ground_truth}.
+* ``zsre/zsre_mend_train-1k.json`` (1,000): one JSON array of {subject, src, alt, rephrase, loc,
+  loc_ans, answers...}: the edit prompt is ``src``, the new target ``alt``, the locality prompt
+  ``loc`` with its answer ``loc_ans``. Records 534 and 723 have an empty ``alt`` (no edit asked):
+  they are skipped, leaving 998 edits.
+* ``counterfact/known_1000.json`` (1,209 facts SmolLM-size models may know): {known_id, subject,
+  attribute, template, prompt, relation_id}. Not edits: the editing engine (reftx/editing.py) takes
+  unrelated prompts for BaFT's locality loss from it, so they never overlap the evaluated locality
+  prompts.
+
+Every edit becomes one ``Example``: prompt = the edit prompt, target = " " + target_new (the
+continuation is tokenised on its own, so it carries its leading space), meta = subject, rephrase,
+locality prompt and answer, ground truth, file and record index. Split ``edit`` is every record.
+Neither file has portability prompts, so there is no portability metric.
+
+Metrics (EasyEdit's definitions, teacher forcing through ``reftx.scoring``), per edit, then averaged:
+
+* reliability: token accuracy of target_new after the edit prompt: the share of its tokens that
+  are the edited model's argmax given the prompt and the target's previous tokens;
+* generality: the same after the rephrased prompt;
+* locality: after the locality prompt, teacher-forced on locality_ground_truth, the share of its
+  token positions whose argmax token is the same under the edited and the unedited model.
+
+``reftx run`` on this task trains one intervention on all edits at once (a batch edit through the
+ordinary training loop); ``reftx edit`` runs the editing protocol (single, batch, sequential).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from reftx.errors import DataError
+from reftx.task import Example, Task, register_task
+
+FILES = {"counterfact": "counterfact/counterfact-edit.json", "zsre": "zsre/zsre_mend_train-1k.json"}
+KNOWN_FILE = "counterfact/known_1000.json"
+KEYS = {  # dataset -> (prompt, target_new, rephrase, locality prompt, locality answer, subject, ground truth)
+    "counterfact": ("prompt", "target_new", "rephrase_prompt", "locality_prompt", "locality_ground_truth",
+                    "subject", "ground_truth"),
+    "zsre": ("src", "alt", "rephrase", "loc", "loc_ans", "subject", None),
+}
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One edit request with its evaluation prompts."""
+
+    prompt: str
+    target: str  # target_new, without a leading space
+    rephrase: str
+    locality_prompt: str
+    locality_answer: str
+    subject: str
+    ground_truth: str = ""
+    index: int = 0  # position in its file
+
+
+@dataclass(frozen=True)
+class KnownFact:
+    subject: str
+    prompt: str
+    attribute: str
+
+
+def read_array(path: Path) -> list[Any]:
+    """A file holding one JSON array; a missing file or bad JSON raises DataError naming file:line."""
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON array of records, got {type(data).__name__}")
+    return data
+
+
+def _strings(rec: Any, keys: tuple[str | None, ...], where: str) -> list[str]:
+    if not isinstance(rec, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    bad = [k for k in keys if k is not None and not (isinstance(rec.get(k), str) and rec[k].strip())]
+    if bad:
+        raise DataError(f"{where}: missing, empty or non-string field(s) {', '.join(bad)}")
+    return [rec[k] if k is not None else "" for k in keys]
+
+
+def read_edits(path: Path, dataset: Literal["counterfact", "zsre"]) -> list[Edit]:
+    """Edits from an EasyEdit-format CounterFact or zsRE file (fields in ``KEYS``). A record whose
+    new target is the empty string requests no edit and is skipped (zsRE records 534 and 723)."""
+    out = []
+    for i, rec in enumerate(read_array(path)):
+        if isinstance(rec, dict) and rec.get(KEYS[dataset][1]) == "":
+            continue
+        vals = _strings(rec, KEYS[dataset], f"{path} (record {i})")
+        out.append(Edit(*(v.strip() for v in vals), index=i))
+    return out
+
+
+def read_known(path: Path) -> list[KnownFact]:
+    """ROME's known_1000.json: facts stated as a prompt whose continuation is ``attribute``."""
+    out = []
+    for i, rec in enumerate(read_array(path)):
+        subject, prompt, attribute = _strings(rec, ("subject", "prompt", "attribute"), f"{path} (record {i})")
+        out.append(KnownFact(subject, prompt, attribute))
+    return out
+
+
+def edit_example(e: Edit, file: str) -> Example:
+    return Example(e.prompt, " " + e.target, meta={
+        "subject": e.subject, "rephrase": e.rephrase, "locality_prompt": e.locality_prompt,
+        "locality_answer": " " + e.locality_answer, "ground_truth": e.ground_truth, "file": file,
+        "index": e.index})
+
+
+def argmax_agreement(edited: tuple[int, ...], unedited: tuple[int, ...]) -> float:
+    """Locality of one prompt: the share of positions where the two argmax tokens agree."""
+    if len(edited) != len(unedited) or not edited:
+        raise ValueError(f"argmax sequences must be non-empty and equally long, got {len(edited)} and {len(unedited)}")
+    return sum(a == b for a, b in zip(edited, unedited)) / len(edited)
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def edit_scores(model: Any, tokenizer: Any, examples: list[Example], chat: bool, batch_size: int = 16,
+                unedited_locality: list[tuple[int, ...]] | None = None,
+                example_info: list[dict[str, float]] | None = None) -> list[dict[str, float]]:
+    """Per-edit reliability, generality and locality of ``model`` (a ReftModel) on ``examples``.
+
+    ``unedited_locality``: the unedited model's argmax tokens on each locality continuation
+    (computed here with ``model.disabled()`` when None). ``example_info``: floats passed to the
+    primitives (e.g. which bank slot holds the edit), one dict per edit (the same for its three
+    prompts) or 3n dicts: the edit prompts', then the rephrases', then the locality prompts'."""
+    from reftx.scoring import score_continuations
+
+    n = len(examples)
+    info = example_info or [{} for _ in examples]
+    if len(info) not in (n, 3 * n):
+        raise ValueError(f"example_info needs {n} or {3 * n} entries, got {len(info)}")
+    info = info * 3 if len(info) == n else info
+    prompts = [ex.prompt for ex in examples] + [ex.meta["rephrase"] for ex in examples]
+    prompts += [ex.meta["locality_prompt"] for ex in examples]
+    conts = [ex.target for ex in examples] * 2 + [ex.meta["locality_answer"] for ex in examples]
+    scores = score_continuations(model, tokenizer, prompts, conts, chat, batch_size, example_info=info)
+    if unedited_locality is None:
+        unedited_locality = unedited_argmax(model, tokenizer, examples, chat, batch_size)
+    return [{"reliability": scores[i].token_accuracy, "generality": scores[n + i].token_accuracy,
+             "locality": argmax_agreement(scores[2 * n + i].argmax, unedited_locality[i])} for i in range(n)]
+
+
+def unedited_argmax(model: Any, tokenizer: Any, examples: list[Example], chat: bool,
+                    batch_size: int = 16) -> list[tuple[int, ...]]:
+    """The unedited model's argmax tokens on each example's locality continuation."""
+    from reftx.scoring import score_continuations
+
+    prompts = [ex.meta["locality_prompt"] for ex in examples]
+    conts = [ex.meta["locality_answer"] for ex in examples]
+    ctx = model.disabled() if hasattr(model, "disabled") else None
+    if ctx is None:
+        return [s.argmax for s in score_continuations(model, tokenizer, prompts, conts, chat, batch_size)]
+    with ctx:
+        return [s.argmax for s in score_continuations(model, tokenizer, prompts, conts, chat, batch_size)]
+
+
+def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Means of every metric over the edits."""
+    return {k: mean([r[k] for r in rows]) for k in ("reliability", "generality", "locality")}
+
+
+@register_task("knowledge_edit")
+class KnowledgeEdit(Task):
+    """CounterFact / zsRE edits (EasyEdit format). Metrics: reliability, generality, locality."""
+
+    @dataclass(frozen=True)
+    class Options:
+        dataset: Literal["counterfact", "zsre"] = "counterfact"  # which edit set
+        file: str | None = None  # file under data_dir; null: counterfact/counterfact-edit.json or zsre/zsre_mend_train-1k.json
+        known_file: str = KNOWN_FILE  # ROME's known facts, the engine's pool of unrelated prompts
+
+    splits = ("edit",)
+    generate = False
+
+    @property
+    def file(self) -> str:
+        return self.options.file or FILES[self.options.dataset]
+
+    def load(self, split: str) -> list[Example]:
+        return [edit_example(e, self.file) for e in read_edits(self.data_dir / self.file, self.options.dataset)]
+
+    def known(self) -> list[KnownFact]:
+        return read_known(self.data_dir / self.options.known_file)
+
+    def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
+        raise NotImplementedError("knowledge_edit scores with teacher forcing (evaluate), not generated text")
+
+    def evaluate(self, model: Any, tokenizer: Any, examples: list[Example], cfg: Any, chat: bool,
+                 show_progress: bool = True) -> tuple[dict[str, float], list[str]]:
+        rows = edit_scores(model, tokenizer, examples, chat, cfg.batch_size)
+        return summarize(rows), [json.dumps(r) for r in rows]
