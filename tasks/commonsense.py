@@ -1,0 +1,118 @@
+"""commonsense: the eight-task commonsense suite of LLM-Adapters / ReFT (METHODS.md §7), one dataset
+per experiment.
+
+Data: ``{data_dir}/commonsense/<folder>/{train,test}.json`` in the LLM-Adapters format (see
+shared/data/SOURCES.md): BoolQ, ARC-Easy, ARC-Challenge and OpenBookQA have both splits; PIQA,
+SIQA and WinoGrande only ``test`` (training on them is a clear "data file not found" error). Note
+that LLM-Adapters' BoolQ has the question only, no passage.
+
+Every instruction ends with its answer labels, e.g. "Answer format: answer1/answer2/answer3/answer4"
+(BoolQ: true/false; PIQA: solution1/solution2; WinoGrande: option1/option2); the target is
+"the correct answer is <label>" and the gold is the label.
+
+Scoring (``scoring``):
+* ``generate``: greedy generation, then the first label found after the last "the correct answer
+  is" (or anywhere in the output when the phrase is missing) must equal the gold (exact match).
+* ``loglik``: no generation; each option's continuation "the correct answer is <label>" is scored
+  with teacher forcing (``reftx.scoring.multiple_choice``, summed log-probability) and the most
+  likely one is the prediction. The shared prefix adds the same amount to every option, so this
+  ranks the labels given the phrase, about one forward pass per option: much cheaper on a CPU.
+Metric: ``accuracy``; with ``generate`` also ``answered`` (share of outputs naming a label).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torchmetrics.aggregation import MeanMetric
+
+from reftx.errors import DataError
+from reftx.task import Example, Task, register_task
+
+from ._llm_adapters import Record, Template, read_file, read_hub
+
+FOLDERS = {"boolq": "boolq", "arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge", "openbookqa": "openbookqa",
+           "piqa": "piqa", "social_i_qa": "social_i_qa", "winogrande": "winogrande"}
+PHRASE = "the correct answer is"
+_FORMAT = re.compile(r"Answer format:\s*([\w]+(?:/[\w]+)+)")
+
+
+def answer_options(instruction: str, where: str) -> list[str]:
+    """The labels of "Answer format: a/b/c" at the end of an instruction."""
+    found = _FORMAT.findall(instruction)
+    if not found:
+        raise DataError(f"{where}: no 'Answer format: a/b/...' line in the instruction")
+    return found[-1].split("/")
+
+
+def extract_label(text: str, options: list[str]) -> str | None:
+    """The first of ``options`` named after the last "the correct answer is" (case-insensitive), or
+    anywhere in ``text`` when the phrase is absent; None when no label appears."""
+    low = text.lower()
+    at = low.rfind(PHRASE)
+    tail = low[at + len(PHRASE):] if at >= 0 else low
+    alternatives = "|".join(re.escape(o.lower()) for o in sorted(options, key=len, reverse=True))
+    m = re.search(rf"(?<![a-z0-9])({alternatives})(?![a-z0-9])", tail)
+    if not m:
+        return None
+    return next(o for o in options if o.lower() == m.group(1))
+
+
+@register_task("commonsense")
+class Commonsense(Task):
+    """One commonsense dataset in the LLM-Adapters format. Metric: accuracy (exact label match)."""
+
+    @dataclass(frozen=True)
+    class Options:
+        dataset: Literal["boolq", "arc_easy", "arc_challenge", "openbookqa", "piqa", "social_i_qa",
+                         "winogrande"] = "boolq"  # which dataset (train split: boolq, arc_*, openbookqa only)
+        scoring: Literal["generate", "loglik"] = "generate"  # exact match of generated labels, or option log-likelihood
+        template: Template = "plain"  # prompt: plain (the instruction) or alpaca (the LLM-Adapters/ReFT prompt)
+        hub_id: str = ""  # a Hub dataset with LLM-Adapters columns: its train/test splits replace the local files (online only)
+
+    splits = ("train", "test")
+
+    def __init__(self, options: Any = None, data_dir: str | Path | None = None):
+        super().__init__(options, data_dir)
+        self.generate = self.options.scoring == "generate"  # the runner skips "before" generations otherwise
+
+    def load(self, split: str) -> list[Example]:
+        if self.options.hub_id:
+            records = read_hub(self.options.hub_id, split)
+        else:
+            records = read_file(self.data_dir / "commonsense" / FOLDERS[self.options.dataset] / f"{split}.json")
+        return [self._example(r) for r in records]
+
+    def _example(self, r: Record) -> Example:
+        where = f"{r.file}:{r.line}"
+        options = answer_options(r.instruction, where)
+        if r.answer not in options:
+            raise DataError(f"{where}: answer {r.answer!r} is not one of the options {options}")
+        return Example(r.prompt(self.options.template), f"{PHRASE} {r.answer}", answer=r.answer,
+                       meta={"options": options, "file": r.file, "line": r.line})
+
+    def evaluate(self, model: Any, tokenizer: Any, examples: list[Example], cfg: Any, chat: bool,
+                 show_progress: bool = True) -> tuple[dict[str, float], list[str]]:
+        if self.options.scoring == "generate":
+            return super().evaluate(model, tokenizer, examples, cfg, chat, show_progress)
+        from reftx.scoring import multiple_choice
+
+        options = [ex.meta["options"] for ex in examples]
+        picks = multiple_choice(model, tokenizer, [ex.prompt for ex in examples],
+                                [[f"{PHRASE} {o}" for o in opts] for opts in options], chat, cfg.batch_size)
+        preds = [f"{PHRASE} {opts[i]}" for opts, i in zip(options, picks)]
+        return self.score(preds, examples), preds
+
+    def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
+        acc, answered = MeanMetric(), MeanMetric()
+        for text, ex in zip(predictions, examples, strict=True):
+            label = extract_label(text, ex.meta["options"])
+            acc.update(torch.tensor(float(label == ex.gold)))
+            answered.update(torch.tensor(float(label is not None)))
+        out = {"accuracy": float(acc.compute())}
+        if self.options.scoring == "generate":
+            out["answered"] = float(answered.compute())
+        return out

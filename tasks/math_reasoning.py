@@ -1,0 +1,205 @@
+"""math: arithmetic word problems, scored on the final answer (METHODS.md §3 and §7).
+
+Data (``{data_dir}``, see shared/data/SOURCES.md):
+* ``math_llm_adapters/<Name>/test.json``: the LLM-Adapters test sets (Hu et al. 2023), JSON arrays of
+  instruction/input/output/answer; the gold is ``answer`` (a number such as "4.0", or a letter A-E
+  for AQuA and MathQA). Their ``output`` is a model's answer, never trained on.
+* ``math_llm_adapters/math_data.json``: 3,260 worked solutions (instruction -> output) to train on;
+  the 3 records with an empty ``output`` are left out of the train split (3,257 examples), and the
+  leading "A: " of the solutions is dropped from the targets.
+* ``gsm8k/{train,test}.jsonl``: the original GSM8K (Cobbe et al. 2021), ``question`` and an
+  ``answer`` whose last line is ``#### 72``; as a target the calculator annotations ``<<48/2=24>>``
+  are removed and the last line becomes "The answer is 72." (math_data.json's style).
+
+Splits: ``train`` (``train_set``) and ``test`` (every dataset in ``datasets``, each cut to
+``n_per_dataset`` examples by a draw fixed by ``seed``). Evaluation generates greedily (batched,
+left-padded, ``eval.max_new_tokens``); a BREP-style schedule (``positions: {generated: n,
+prompt: true}``) is applied by the engine during that generation.
+
+Answer rules (both reported; ``accuracy_strict`` and ``accuracy_lenient``, and per dataset as
+``<dataset>/accuracy_*`` when there are several):
+* numbers, strict: the last number in the output equals the gold within 1e-3 (LLM-Adapters' rule).
+  Numbers may carry a sign, thousands commas ("1,234") and decimals; "a/b" counts as its value.
+* numbers, lenient (BREP's rule): the gold appears anywhere in the output: any number in it, a
+  fraction's numerator or denominator included, equals the gold within 1e-3.
+* letters (gold is one of A-E), strict: the letter after the last "answer is" (or "answer:"),
+  else the first parenthesised letter "(C)"; lenient: the gold is any of those marked letters.
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torchmetrics.aggregation import MeanMetric
+
+from reftx.errors import ConfigError, DataError
+from reftx.task import Example, Task, read_jsonl, register_task, require_keys
+
+from ._llm_adapters import Record, Template, read_file, read_hub
+
+# dataset name -> folder under math_llm_adapters/ (LLM-Adapters' spelling)
+FOLDERS = {"gsm8k": "gsm8k", "svamp": "SVAMP", "mawps": "mawps", "aqua": "AQuA", "addsub": "AddSub",
+           "multiarith": "MultiArith", "singleeq": "SingleEq", "mathqa": "mathqa"}
+Dataset = Literal["gsm8k", "svamp", "mawps", "aqua", "addsub", "multiarith", "singleeq", "mathqa", "gsm8k_original"]
+TOLERANCE = 1e-3
+
+_NUM = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+"
+NUMBER = re.compile(rf"(?<![\w.])(-?)({_NUM})(?:/({_NUM}))?")
+_ANSWER_LETTER = re.compile(r"answer(?: is|:)\s*:?\s*\(?([A-E])(?![A-Za-z])", re.IGNORECASE)
+_MARKED_LETTER = re.compile(r"\(([A-E])\)")
+_GSM_CALC = re.compile(r"<<[^>]*>>")
+_LETTER_GOLD = re.compile(r"[A-E]")
+
+
+def _value(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def numbers(text: str) -> list[tuple[float, ...]]:
+    """Each number in ``text`` as a tuple: (value,) or, for "a/b", (a/b, a, b) (b = 0: (a, b))."""
+    out = []
+    for sign, a, b in NUMBER.findall(text):
+        x = _value(a) * (-1 if sign else 1)
+        if b:
+            y = _value(b)
+            out.append((x / y, x, y) if y else (x, y))
+        else:
+            out.append((x,))
+    return out
+
+
+def extract_number(text: str) -> float | None:
+    """The strict rule's prediction: the value of the last number in ``text`` (None if there is none)."""
+    found = numbers(text)
+    return found[-1][0] if found else None
+
+
+def number_correct(text: str, gold: float) -> tuple[bool, bool]:
+    """(strict, lenient) correctness of ``text`` against a numeric gold answer."""
+    pred = extract_number(text)
+    strict = pred is not None and abs(pred - gold) <= TOLERANCE
+    lenient = any(abs(v - gold) <= TOLERANCE for n in numbers(text) for v in n)
+    return strict, lenient
+
+
+def extract_letter(text: str) -> str | None:
+    """The strict rule's prediction for A-E answers (see the module docstring)."""
+    after = _ANSWER_LETTER.findall(text)
+    if after:
+        return after[-1].upper()
+    marked = _MARKED_LETTER.search(text)
+    return marked.group(1) if marked else None
+
+
+def letter_correct(text: str, gold: str) -> tuple[bool, bool]:
+    """(strict, lenient) correctness of ``text`` against a letter gold answer."""
+    marked = {x.upper() for x in _ANSWER_LETTER.findall(text)} | set(_MARKED_LETTER.findall(text))
+    return extract_letter(text) == gold, gold in marked
+
+
+def is_correct(text: str, gold: str) -> tuple[bool, bool]:
+    """(strict, lenient) for any gold answer: a letter A-E, else a number."""
+    if _LETTER_GOLD.fullmatch(gold):
+        return letter_correct(text, gold)
+    return number_correct(text, _value(gold))
+
+
+def gsm8k_solution(answer: str, where: str) -> tuple[str, str]:
+    """(target text, gold number) of an original GSM8K answer ("...\\n#### 72")."""
+    body, sep, final = answer.rpartition("####")
+    gold = final.strip().replace(",", "")
+    if not sep or not re.fullmatch(r"-?\d+(?:\.\d+)?", gold):
+        raise DataError(f"{where}: the answer does not end with '#### <number>'")
+    return f"{_GSM_CALC.sub('', body).strip()}\nThe answer is {gold}.", gold
+
+
+@register_task("math")
+class MathReasoning(Task):
+    """Math word problems. Metrics: accuracy_strict and accuracy_lenient (see the module docstring)."""
+
+    @dataclass(frozen=True)
+    class Options:
+        datasets: list[Dataset] = field(default_factory=lambda: ["svamp"])  # test split: these sets (gsm8k_original: gsm8k/test.jsonl)
+        train_set: Literal["math_data", "gsm8k_original"] = "math_data"  # train split: math_data.json or gsm8k/train.jsonl
+        n_per_dataset: int | None = None  # test examples drawn from each dataset (fixed by seed); null: all
+        seed: int = 0  # seed of the per-dataset test subsets
+        template: Template = "plain"  # prompt: plain (the question) or alpaca (the LLM-Adapters/ReFT prompt)
+        hub_id: str = ""  # a Hub dataset with LLM-Adapters columns: its train/test splits replace the local files (online only)
+
+        def __post_init__(self) -> None:
+            if not self.datasets or len(set(self.datasets)) != len(self.datasets):
+                raise ConfigError("datasets", f"must be a non-empty list without repeats, got {self.datasets}")
+            if self.n_per_dataset is not None and self.n_per_dataset < 1:
+                raise ConfigError("n_per_dataset", f"must be >= 1 (or null), got {self.n_per_dataset}")
+
+    splits = ("train", "test")
+
+    def load(self, split: str) -> list[Example]:
+        if split == "train":
+            if self.options.hub_id:
+                records = [r for r in read_hub(self.options.hub_id, "train") if r.output.strip()]
+                return [self._example(r, "hub", train=True) for r in records]
+            if self.options.train_set == "gsm8k_original":
+                return self._gsm8k(self.data_dir / "gsm8k" / "train.jsonl")
+            path = self.data_dir / "math_llm_adapters" / "math_data.json"
+            return [self._example(r, "math_data", train=True) for r in read_file(path) if r.output.strip()]
+        names = ["hub"] if self.options.hub_id else self.options.datasets
+        out: list[Example] = []
+        for name in names:
+            data = self._test_set(name)
+            if not data:
+                raise DataError(f"math: dataset {name!r} is empty")
+            n = self.options.n_per_dataset
+            if n is not None and n < len(data):
+                idx = sorted(random.Random(f"{self.options.seed}:{name}").sample(range(len(data)), n))
+                data = [data[i] for i in idx]
+            out += data
+        return out
+
+    def _test_set(self, name: str) -> list[Example]:
+        if self.options.hub_id:
+            return [self._example(r, name) for r in read_hub(self.options.hub_id, "test")]
+        if name == "gsm8k_original":
+            return self._gsm8k(self.data_dir / "gsm8k" / "test.jsonl")
+        return [self._example(r, name) for r in read_file(self.data_dir / "math_llm_adapters" / FOLDERS[name] / "test.json")]
+
+    def _example(self, r: Record, dataset: str, train: bool = False) -> Example:
+        where = f"{r.file}:{r.line}"
+        if not _LETTER_GOLD.fullmatch(r.answer):
+            try:
+                _value(r.answer)
+            except ValueError:
+                raise DataError(f"{where}: answer {r.answer!r} is neither a number nor a letter A-E") from None
+        target = re.sub(r"^A:\s*", "", r.output.strip()) if train else ""  # math_data outputs start "\nA: "
+        return Example(r.prompt(self.options.template), target, answer=r.answer,
+                       meta={"dataset": dataset, "file": r.file, "line": r.line})
+
+    def _gsm8k(self, path: Path) -> list[Example]:
+        out = []
+        for lineno, rec in read_jsonl(path):
+            where = f"{path}:{lineno}"
+            require_keys(rec, ("question", "answer"), where)
+            target, gold = gsm8k_solution(rec["answer"], where)
+            r = Record(rec["question"], "", target, gold, path.name, lineno, len(out))
+            out.append(Example(r.prompt(self.options.template), target, answer=gold,
+                               meta={"dataset": "gsm8k_original", "file": path.name, "line": lineno}))
+        return out
+
+    def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
+        metrics: dict[str, dict[str, MeanMetric]] = {}
+        for text, ex in zip(predictions, examples, strict=True):
+            strict, lenient = is_correct(text, str(ex.gold))
+            groups = [""] if len(self.options.datasets) == 1 else ["", f"{ex.meta.get('dataset', '?')}/"]
+            for g in groups:
+                m = metrics.setdefault(g, {"strict": MeanMetric(), "lenient": MeanMetric()})
+                m["strict"].update(torch.tensor(float(strict)))
+                m["lenient"].update(torch.tensor(float(lenient)))
+        out: dict[str, Any] = {}
+        for g, m in metrics.items():
+            out[f"{g}accuracy_strict"] = float(m["strict"].compute())
+            out[f"{g}accuracy_lenient"] = float(m["lenient"].compute())
+        return out
