@@ -64,6 +64,7 @@ from .task import Example
 
 console = Console(stderr=True)
 LOCALITY = "locality"  # BaFT's example_info key (0 on every edit row)
+FAST_TYPES = ("llama", "mistral", "qwen2")  # backbones whose .model runs a slice of .layers from inputs_embeds
 
 
 @dataclass
@@ -123,7 +124,7 @@ class Editor:
     """One base model with an edit bank, the edits as examples, and the loops over them."""
 
     def __init__(self, model: Any, tokenizer: Any, examples: list[Example], opts: EditOptions, train_cfg: Any,
-                 chat: bool, seed: int = 0, known_prompts: list[tuple[str, str]] = ()):
+                 chat: bool, seed: int = 0, known_prompts: list[tuple[str, str]] = (), fast: bool = True):
         self.model, self.tok, self.examples, self.opts, self.chat, self.seed = model, tokenizer, examples, opts, chat, seed
         banks = [(g, m) for g, m in zip(model.groups, model.interventions.values()) if isinstance(m, EditBank)]
         if len(model.groups) != 1 or len(banks) != 1 or len(model.groups[0].layers) != 1:
@@ -147,6 +148,10 @@ class Editor:
         self.encoded = [encode(tokenizer, Example(ex.prompt, ex.target), self.max_length, chat, end_token=False)
                         for ex in examples]
         self.pos = [self._pos(ex.prompt, ex.meta.get("subject", "")) for ex in examples]
+        backbone = getattr(model.base, "model", None)
+        self.fast = (fast and model.config.model_type in FAST_TYPES and self.group.component == "block_output"
+                     and self.group.positions.mode == "all_prompt" and hasattr(backbone, "norm"))
+        self.states = self.layer_states([e.input_ids for e in self.encoded]) if self.fast else []
         self.pool: Tensor | None = None
         if opts.locality_prompts:
             pool = known_prompts[: opts.locality_prompts]
@@ -165,23 +170,29 @@ class Editor:
         return self.seed * 1_000_003 + index
 
     @torch.no_grad()
-    def site_states(self, prompts: list[str], positions: list[int]) -> list[Tensor]:
-        """The unedited hidden states at the edited site on each prompt's edited positions."""
+    def layer_states(self, sequences: list[list[int]], batch_size: int = 16) -> list[Tensor]:
+        """The unedited hidden states at the edited site, (len, d) for each token sequence."""
         target = sites.resolve(self.model.base, self.group.component, self.group.layers[0])
         seen: list[Tensor] = []
-        handle = target.register_forward_hook(lambda m, a, out: seen.append((out[0] if isinstance(out, tuple) else out).detach()))
-        out = []
+        handle = target.register_forward_hook(lambda m, a, o: seen.append((o[0] if isinstance(o, tuple) else o).detach()))
+        out: list[Tensor] = []
         try:
-            for p, pos in zip(prompts, positions):
-                ids = encode(self.tok, Example(p, ""), self.max_length, self.chat, end_token=False).input_ids
+            for s in range(0, len(sequences), batch_size):
+                chunk = [Encoded(ids, ids, len(ids)) for ids in sequences[s:s + batch_size]]
+                batch = collate_train(chunk, self.pad)
                 seen.clear()
                 with self.model.disabled():
-                    self.model.base(input_ids=torch.tensor([ids], device=self.model.device))
-                h = seen[0][0]
-                out.append(h[pos:pos + 1] if pos >= 0 else h[: len(ids)])
+                    self.model.base(input_ids=batch["input_ids"].to(self.model.device),
+                                    attention_mask=batch["attention_mask"].to(self.model.device))
+                out += [seen[0][r, : len(e.input_ids)] for r, e in enumerate(chunk)]
         finally:
             handle.remove()
         return out
+
+    def site_states(self, prompts: list[str], positions: list[int]) -> list[Tensor]:
+        """The unedited site states on each prompt's edited positions (all, or the one at ``pos``)."""
+        ids = [encode(self.tok, Example(p, ""), self.max_length, self.chat, end_token=False).input_ids for p in prompts]
+        return [h[pos:pos + 1] if pos >= 0 else h for h, pos in zip(self.layer_states(ids), positions)]
 
     # -- training ----------------------------------------------------------------------------------
     def _extra(self, k: int, edits: list[int]) -> Tensor | None:
@@ -197,6 +208,48 @@ class Editor:
             bal = self.opts.sequence_balance_weight * variance_balance(s, torch.ones(len(h)))
             loss = bal if loss is None else loss + bal
         return loss
+
+    def _upper_logits(self, batch: dict[str, Any], states: list[Tensor], prompt_lengths: list[int],
+                      sel: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """Logits at ``sel`` from the cached site states: the bank applied to the prompt rows, then
+        only the layers above the site (the layers below see no edit, so their output is the cache).
+        Returns the primitives' auxiliary losses and the logits."""
+        from .positions import bounds, part_rows
+
+        base, layer = self.model.base, self.group.layers[0]
+        mask = batch["attention_mask"]
+        h = torch.zeros(*mask.shape, states[0].shape[-1], dtype=states[0].dtype)
+        for r, st in enumerate(states):
+            h[r, : len(st)] = st
+        bd = bounds(mask, mask.shape[0], mask.shape[1], h.device, prompt_lengths=torch.tensor(prompt_lengths))
+        b, p = part_rows(bd, self.group.positions, "all_prompt")
+        ctx = Context(b, mask.shape[0], self.group.key, layer, example_info=batch.get("example_info", {}))
+        h = h.index_put((b, p), self.bank(h[b, p], ctx))
+        layers = base.model.layers
+        base.model.layers = layers[layer + 1:]
+        try:
+            hidden = base.model(inputs_embeds=h, attention_mask=mask, use_cache=False).last_hidden_state
+        finally:
+            base.model.layers = layers
+        aux = {k: torch.stack(v).sum() for k, v in ctx.losses.items()}
+        return aux, base.get_output_embeddings()(hidden[:, :-1][sel])
+
+    def _target_logits(self, batch: dict[str, Any], prompt_lengths: list[int], sel: Tensor) -> tuple[Any, Tensor]:
+        """The forward's output and the logits at the positions ``sel`` (B, T-1) that predict a target
+        token. With a final norm at ``base.model.norm`` (llama family) the LM head runs on those
+        positions only (the head is ~20% of a 135M model's forward); otherwise on every position."""
+        pl = torch.tensor(prompt_lengths)
+        norm = getattr(getattr(self.model.base, "model", None), "norm", None)
+        if norm is None:
+            out = self.model(**batch, prompt_lengths=pl)
+            return out, out.logits[:, :-1][sel]
+        seen: list[Tensor] = []
+        handle = norm.register_forward_hook(lambda m, a, o: seen.append(o))
+        try:
+            out = self.model(**batch, prompt_lengths=pl, logits_to_keep=1)
+        finally:
+            handle.remove()
+        return out, self.model.base.get_output_embeddings()(seen[-1][:, :-1][sel])
 
     def train_jobs(self, jobs: list[list[int]], reset: bool = True, show: bool = False) -> list[JobResult]:
         """Train each job (a list of edit indices) in its own slot; ``reset``: from a fresh init."""
@@ -218,16 +271,20 @@ class Editor:
                            info=self.info(k, self.pos[i])) for k, i in rows]
             batch = collate_train(enc, self.pad)
             labels = batch.pop("labels")
-            out = model(**batch, prompt_lengths=torch.tensor([e.prompt_len for e in enc]))
             tgt = labels[:, 1:]
             sel = tgt != IGNORE
-            tok_nll = F.cross_entropy(out.logits[:, :-1][sel].float(), tgt[sel], reduction="none")
+            if self.fast:
+                aux, logits = self._upper_logits(batch, [self.states[i] for _, i in rows], [e.prompt_len for e in enc], sel)
+            else:
+                out, logits = self._target_logits(batch, [e.prompt_len for e in enc], sel)
+                aux = out.get("aux_losses") or {}
+            tok_nll = F.cross_entropy(logits.float(), tgt[sel], reduction="none")
             slot_of = torch.tensor([k for k, _ in rows])[sel.nonzero()[:, 0]]
             nll = {k: tok_nll[slot_of == k].mean() for k in active}
             done = [k for k in active if nll[k].item() < self.opts.stop_loss or active[k]["steps"] >= self.max_steps]
             train = [k for k in active if k not in done]
             if train:
-                loss = sum(nll[k] for k in train) + sum((out.get("aux_losses") or {}).values(), torch.zeros(()))
+                loss = sum(nll[k] for k in train) + sum(aux.values(), torch.zeros(()))
                 for k in train:
                     extra = self._extra(k, active[k]["edits"])
                     loss = loss if extra is None else loss + extra
