@@ -5,6 +5,11 @@ of {prompt, response}; ``full.json`` and ``retain99/95/90.json`` are several JSO
 line) of {question, answer}; the retain set of forgetNN is its complement retain(100−NN).
 ``idontknow.jsonl`` holds one refusal per line (plain text, not JSON).
 
+Reduced TOFU (``retain_authors: N``): TOFU has 200 fictitious authors of 20 questions each, in
+file order; forget01/05/10 are the last 2/10/20 authors. With N set, the retain set is only the
+first N authors (20·N questions): the stage-1 model (tasks/tofu_finetune.py) was finetuned on
+just these and the forget set's authors.
+
 Splits (every example carries ``info["gate_label"]``: 1 forget, 0 retain, which GRUN's gate loss
 and the unlearning objectives read):
 * ``train``: the whole forget set plus ``n_retain`` retain examples (default: as many as the forget
@@ -12,14 +17,18 @@ and the unlearning objectives read):
   line of idontknow.jsonl (the IDK objective); the gold answer stays the real one.
 * ``retain``: the whole retain set; ``forget``: the whole forget set (real answers).
 * ``eval``: the forget set plus as many retain examples, drawn from those *not* in ``train``.
+* ``tofu``: TOFU's evaluation sets (``meta["set"]``): ``forget`` (forgetNN_perturbed.json, the
+  first ``n_forget_eval``), ``retain`` (retain_perturbed.json rows of retain authors),
+  ``real_authors`` and ``world_facts`` (their _perturbed files), ``n_utility`` of each, fixed by
+  ``seed``. Each carries its paraphrased and perturbed answers in ``meta``; evaluating it gives
+  TOFU's metrics (tasks/tofu_metrics.py: answer probability, truth ratio, Forget Quality against
+  ``retain_model``, Model Utility, mean gate value per set).
 
-Metric: ROUGE-L recall of the generated answer against the gold answer (longest common
+Metric of the other splits: ROUGE-L recall of the generated answer against the gold answer (longest common
 subsequence of lowercased whitespace tokens over the gold length), overall and per set
 (``rougeL_recall_forget`` / ``rougeL_recall_retain``). TOFU's own scorer (rouge_score with
 punctuation stripped and stemming) comes with the full TOFU evaluation in a later issue, as do
-answer probability, truth ratio, forget quality and model utility.
-
-Not here: TOFU's first stage (finetuning the base model on ``full``) — a later issue.
+answer probability, truth ratio, forget quality and model utility (split ``tofu``).
 """
 from __future__ import annotations
 
@@ -35,6 +44,9 @@ from reftx.task import Example, Task, register_task
 
 RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 IDK_FILE = "idontknow.jsonl"
+AUTHOR_QA, N_AUTHORS = 20, 200  # TOFU: 200 authors x 20 questions, grouped by author in file order
+FORGET_AUTHORS = {"forget01": 2, "forget05": 10, "forget10": 20}  # the last authors of full.json
+UTILITY_SETS = ("retain", "real_authors", "world_facts")
 _WS = re.compile(r"\s*")
 
 
@@ -118,6 +130,17 @@ def read_lines(path: Path) -> list[str]:
     return lines
 
 
+def author_of(q: QA) -> int:
+    """The TOFU author (0..199) of a record of full/retainNN (file order) or forgetNN (the last authors)."""
+    forget = FORGET_AUTHORS.get(Path(q.file).stem)
+    return (N_AUTHORS - forget) + q.index // AUTHOR_QA if forget else q.index // AUTHOR_QA
+
+
+def forget_authors(forget: str) -> range:
+    """The authors of forget01/05/10: the last 2/10/20 of full.json."""
+    return range(N_AUTHORS - FORGET_AUTHORS[forget], N_AUTHORS)
+
+
 def lcs_length(a: list[str], b: list[str]) -> int:
     """Length of the longest common subsequence of two token lists (O(len(a)·len(b)) DP)."""
     if len(a) < len(b):
@@ -147,13 +170,19 @@ class TofuUnlearn(Task):
         forget: Literal["forget01", "forget05", "forget10"] = "forget01"  # forget set; retain = the rest
         n_retain: int | None = None  # retain examples in the train split; null: as many as the forget set
         idk: bool = False  # train on "I don't know" answers for the forget set (idontknow.jsonl)
-        seed: int = 0  # seed of the retain subset and of the IDK answers
+        seed: int = 0  # seed of the retain subset, of the IDK answers and of the utility subsets
+        retain_authors: int | None = None  # reduced TOFU: the retain set is authors 0..N-1 only; null: all
+        n_forget_eval: int | None = None  # split tofu: the first N forget questions; null: all
+        n_utility: int | None = 40  # split tofu: questions per utility set (retain, real_authors, world_facts); null: all
+        retain_model: str | None = None  # split tofu: path of the retain-only model, for Forget Quality (null: none)
 
         def __post_init__(self) -> None:
-            if self.n_retain is not None and self.n_retain < 1:
-                raise ConfigError("n_retain", f"must be >= 1 (or null), got {self.n_retain}")
+            for name in ("n_retain", "retain_authors", "n_forget_eval", "n_utility"):
+                value = getattr(self, name)
+                if value is not None and value < 1:
+                    raise ConfigError(name, f"must be >= 1 (or null), got {value}")
 
-    splits = ("train", "retain", "forget", "eval")
+    splits = ("train", "retain", "forget", "eval", "tofu")
 
     def __init__(self, options: Any = None, data_dir: str | Path | None = None):
         super().__init__(options, data_dir)
@@ -164,6 +193,8 @@ class TofuUnlearn(Task):
             root = self.data_dir / "tofu"
             forget = read_qa(root / f"{self.options.forget}.json", ("prompt", "response"))
             retain = read_qa(root / f"{RETAIN_OF[self.options.forget]}.json", ("question", "answer"))
+            if self.options.retain_authors is not None:
+                retain = [q for q in retain if author_of(q) < self.options.retain_authors]
             self._sets = forget, retain
         return self._sets
 
@@ -177,6 +208,8 @@ class TofuUnlearn(Task):
         return sorted(order[:n]), sorted(order[n:n + n_forget])
 
     def load(self, split: str) -> list[Example]:
+        if split == "tofu":
+            return self._tofu_sets()
         forget, retain = self._forget_retain()
         train_idx, eval_idx = self._retain_subsets(len(retain), len(forget))
         if split == "forget":
@@ -195,6 +228,32 @@ class TofuUnlearn(Task):
             return out + [_example(retain[i], 0.0) for i in train_idx]
         raise DataError(f"tofu_unlearn has no split {split!r}")  # pragma: no cover - checked by Task.examples
 
+    def _tofu_sets(self) -> list[Example]:
+        """TOFU's evaluation sets (split ``tofu``), each example tagged with its set in ``meta``."""
+        o, root = self.options, self.data_dir / "tofu"
+        forget = read_perturbed(root / f"{o.forget}_perturbed.json", True)[: o.n_forget_eval]
+        retain_q = {q.question for q in self._forget_retain()[1]}
+        retain = [r for r in read_perturbed(root / "retain_perturbed.json", True) if r.question in retain_q]
+        out = [_tofu_example(r, "forget") for r in forget]
+        for name, rows in (("retain", retain), ("real_authors", read_perturbed(root / "real_authors_perturbed.json")),
+                           ("world_facts", read_perturbed(root / "world_facts_perturbed.json"))):
+            if not rows:
+                raise DataError(f"tofu: no {name} questions to evaluate (retain_authors too small?)")
+            if o.n_utility is not None and o.n_utility < len(rows):
+                rows = [rows[i] for i in sorted(random.Random(f"{o.seed}:tofu-{name}").sample(range(len(rows)), o.n_utility))]
+            out += [_tofu_example(r, name) for r in rows]
+        return out
+
+    def evaluate(self, model: Any, tokenizer: Any, examples: list[Example], cfg: Any, chat: bool,
+                 show_progress: bool = True) -> tuple[dict[str, float], list[str]]:
+        """Split ``tofu``: TOFU's metrics (tasks/tofu_metrics.py); other splits: ROUGE-L recall."""
+        if not any("perturbed" in ex.meta for ex in examples):
+            return super().evaluate(model, tokenizer, examples, cfg, chat, show_progress)
+        from .tofu_metrics import evaluate_tofu
+
+        return evaluate_tofu(model, tokenizer, examples, cfg, chat, self.options.retain_model,
+                             f"{self.options.forget}:{self.options.n_forget_eval}", show_progress)
+
     def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
         recalls = [rouge_l_recall(p, str(ex.gold)) for p, ex in zip(predictions, examples, strict=True)]
         out = {"rougeL_recall": sum(recalls) / len(recalls) if recalls else 0.0}
@@ -203,6 +262,46 @@ class TofuUnlearn(Task):
             if part:
                 out[f"rougeL_recall_{tag}"] = sum(part) / len(part)
         return out
+
+
+@dataclass(frozen=True)
+class Perturbed:
+    """A row of a TOFU *_perturbed file: the answer, a paraphrase of it and wrong (perturbed) answers.
+    real_authors/world_facts have no paraphrase: the answer itself takes its place (as in TOFU)."""
+
+    question: str
+    answer: str
+    paraphrased: str
+    perturbed: tuple[str, ...]
+    file: str
+    line: int
+    index: int
+
+
+def read_perturbed(path: Path, paraphrased: bool = False) -> list[Perturbed]:
+    """Rows of a *_perturbed file: question, answer, perturbed_answer (a list of strings) and, with
+    ``paraphrased``, paraphrased_answer."""
+    out = []
+    for line, index, rec in read_records(path):
+        where = f"{path}:{line} (record {index})"
+        if not isinstance(rec, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        keys = ("question", "answer", "paraphrased_answer") if paraphrased else ("question", "answer")
+        bad = [k for k in keys if not isinstance(rec.get(k), str)]
+        pert = rec.get("perturbed_answer")
+        if not isinstance(pert, list) or not pert or not all(isinstance(x, str) for x in pert):
+            bad.append("perturbed_answer (a non-empty list of strings)")
+        if bad:
+            raise DataError(f"{where}: missing or malformed field(s) {', '.join(bad)}")
+        para = rec["paraphrased_answer"] if paraphrased else rec["answer"]
+        out.append(Perturbed(rec["question"], rec["answer"], para, tuple(pert), path.name, line, index))
+    return out
+
+
+def _tofu_example(r: Perturbed, name: str) -> Example:
+    return Example(r.question, r.answer, info={"gate_label": 1.0 if name == "forget" else 0.0},
+                   meta={"set": name, "paraphrased": r.paraphrased, "perturbed": list(r.perturbed),
+                         "file": r.file, "line": r.line, "index": r.index})
 
 
 def _example(q: QA, gate_label: float, target: str | None = None) -> Example:

@@ -76,7 +76,18 @@ HUB_CONFIGS = {
     "meta-llama/Llama-2-7b-chat-hf": lambda: _llama(32, 4096, 11008, 32, 32000),
     "meta-llama/Meta-Llama-3-8B": lambda: _llama(32, 4096, 14336, 8, 128256),
     "meta-llama/Meta-Llama-3-8B-Instruct": lambda: _llama(32, 4096, 14336, 8, 128256),
+    # TOFU unlearning starts from stage 1's merged checkpoint (experiments/unlearning/tofu_finetune.yaml,
+    # written under runs/ by a run): the default model's architecture
+    "runs/tofu_finetune/model": lambda: _default_config(),
 }
+
+
+def _default_config():
+    from transformers import AutoConfig
+
+    from reftx.hub import default_model_path
+
+    return AutoConfig.from_pretrained(default_model_path())
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[str(p.relative_to(REPO)) for p in EXPERIMENTS])

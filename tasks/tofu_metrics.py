@@ -1,0 +1,172 @@
+"""TOFU's evaluation (Maini et al. 2024), written from the paper's definitions; used by split ``tofu``
+of ``tofu_unlearn`` (tasks/tofu.py). Every log-probability comes from ``reftx.scoring``.
+
+Per set (forget, retain, real_authors, world_facts; metric keys end in ``_{set}``):
+
+* ``rougeL_recall``: ROUGE-L recall of the greedy answer against the gold answer (tofu.rouge_l_recall).
+* ``prob``: the length-normalised answer probability P(a|q)^(1/|a|) = exp(mean token log-prob),
+  averaged over questions. real_authors / world_facts are multiple choice: the answer's normalised
+  probability divided by the sum over the answer and its perturbed (wrong) options.
+* truth ratio: R = mean_j P(â_j|q)^(1/|â_j|) / P(ã|q)^(1/|ã|), the perturbed answers â_j against
+  the paraphrased answer ã (real_authors / world_facts: the answer itself). ``truth_ratio_forget``
+  is the mean of R itself (TOFU's forget statistic, ~1 when the model cannot tell true from false);
+  on the utility sets ``truth_ratio_{set}`` is the mean of max(0, 1 − R) (higher: prefers the truth).
+  TOFU's paper averages the perturbed probabilities (as here); its code averages their logs.
+* ``gate``: the mean input-gate value σ(g(h)) of GRUN-style interventions on the set's prompts
+  (every gated layer; only for models with gates).
+
+Overall:
+
+* ``forget_quality``: the p-value of the two-sample Kolmogorov–Smirnov test (scipy.stats.ks_2samp)
+  between the forget-set truth ratios R of the evaluated model and of the retain-only model
+  (``retain_model``); high: indistinguishable from a model that never saw the forget set.
+* ``model_utility``: the harmonic mean of the 9 numbers {prob, rougeL_recall, truth_ratio} ×
+  {retain, real_authors, world_facts} (0 if any is 0).
+
+A model as it is (the stage-1 or the retain-only model, before any unlearning) is evaluated by
+``python -m reftx.tasks evaluate`` (tasks/__main__.py) on an unlearning experiment's split ``tofu``:
+
+    python -m reftx.tasks evaluate experiments/unlearning/tofu_grun.yaml name=tofu_stage1_forget01
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from scipy.stats import ks_2samp
+
+from reftx.data import collate_train, encode
+from reftx.scoring import ContinuationScore, score_continuations
+from reftx.task import Example
+
+from .tofu import UTILITY_SETS, rouge_l_recall
+
+SETS = ("forget", *UTILITY_SETS)
+MULTIPLE_CHOICE = ("real_authors", "world_facts")
+UTILITY_METRICS = ("prob", "rougeL_recall", "truth_ratio")
+CACHE_FILE = "tofu_forget_truth_ratios.json"  # the retain-only model's R on the forget set, by key
+
+
+def normalised_prob(score: ContinuationScore) -> float:
+    """P(a|q)^(1/|a|) = exp(mean token log-probability)."""
+    return math.exp(score.mean_logprob)
+
+
+def truth_ratio(paraphrased: float, perturbed: list[float]) -> float:
+    """R = mean(perturbed normalised probabilities) / paraphrased normalised probability."""
+    return sum(perturbed) / len(perturbed) / paraphrased
+
+
+def option_prob(answer: float, perturbed: list[float]) -> float:
+    """The answer's normalised probability as a share of all options' (answer + perturbed)."""
+    return answer / (answer + sum(perturbed))
+
+
+def forget_quality(model_ratios: list[float], retain_ratios: list[float]) -> float:
+    """KS-test p-value between two samples of forget-set truth ratios."""
+    return float(ks_2samp(model_ratios, retain_ratios).pvalue)
+
+
+def harmonic_mean(values: list[float]) -> float:
+    """n / Σ 1/v; 0 when any value is 0 (TOFU's aggregation of Model Utility)."""
+    if any(v <= 0 for v in values):
+        return 0.0
+    return len(values) / sum(1 / v for v in values)
+
+
+def model_utility(metrics: dict[str, float]) -> float:
+    """Harmonic mean of {prob, rougeL_recall, truth_ratio} on retain, real_authors and world_facts."""
+    return harmonic_mean([metrics[f"{m}_{s}"] for s in UTILITY_SETS for m in UTILITY_METRICS])
+
+
+def likelihood_stats(model: Any, tokenizer: Any, examples: list[Example], chat: bool,
+                     batch_size: int = 16) -> list[dict[str, float]]:
+    """Per example: ``prob`` (normalised, or option share for multiple choice) and truth ratio ``R``.
+    One batched ``score_continuations`` call over every answer, paraphrase and perturbed answer."""
+    prompts: list[str] = []
+    conts: list[str] = []
+    spans = []
+    for ex in examples:
+        texts = [str(ex.gold), ex.meta["paraphrased"], *ex.meta["perturbed"]]
+        spans.append((len(prompts), len(texts)))
+        prompts += [ex.prompt] * len(texts)
+        conts += texts
+    scores = score_continuations(model, tokenizer, prompts, conts, chat, batch_size)
+    out = []
+    for ex, (start, n) in zip(examples, spans):
+        p = [normalised_prob(s) for s in scores[start:start + n]]
+        answer, para, pert = p[0], p[1], p[2:]
+        mc = ex.meta["set"] in MULTIPLE_CHOICE
+        out.append({"prob": option_prob(answer, pert) if mc else answer, "R": truth_ratio(para, pert)})
+    return out
+
+
+@torch.no_grad()
+def mean_gate(model: Any, tokenizer: Any, examples: list[Example], chat: bool, batch_size: int = 16) -> float | None:
+    """Mean of every ``*/gate`` value the interventions record on the examples' prompts (None: no gates)."""
+    if not hasattr(model, "interventions"):
+        return None
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for s in range(0, len(examples), batch_size):
+        enc = [encode(tokenizer, Example(ex.prompt, ""), 1024, chat, end_token=False) for ex in examples[s:s + batch_size]]
+        batch = collate_train(enc, pad)
+        batch.pop("labels")
+        batch.pop("example_info", None)
+        lengths = torch.tensor([e.prompt_len for e in enc], device=device)
+        out = model(**{k: v.to(device) for k, v in batch.items()}, prompt_lengths=lengths)
+        for key, values in (out.get("records") or {}).items():
+            if key.endswith("/gate"):
+                for v in values:
+                    total += float(v.float().sum())
+                    count += v.numel()
+    model.train(was_training)
+    return total / count if count else None
+
+
+def retain_ratios(retain_model: str, examples: list[Example], chat: bool, key: str, batch_size: int) -> list[float]:
+    """The retain-only model's forget-set truth ratios, cached in ``{retain_model}/{CACHE_FILE}`` by ``key``."""
+    from reftx.hub import load_model
+
+    cache = Path(retain_model) / CACHE_FILE
+    key = f"{key}:chat={chat}:n={len(examples)}"
+    stored = json.loads(cache.read_text()) if cache.is_file() else {}
+    if key not in stored:
+        model, tok = load_model(retain_model)
+        stored[key] = [r["R"] for r in likelihood_stats(model, tok, examples, chat, batch_size)]
+        cache.write_text(json.dumps(stored))
+    return stored[key]
+
+
+def evaluate_tofu(model: Any, tokenizer: Any, examples: list[Example], cfg: Any, chat: bool,
+                  retain_model: str | None, key: str, show_progress: bool = True) -> tuple[dict[str, float], list[str]]:
+    """Every TOFU metric on split ``tofu``'s examples (see the module docstring); returns the greedy answers."""
+    from reftx.evaluate import generate
+
+    preds = generate(model, tokenizer, examples, cfg, chat, "tofu answers", show_progress)
+    stats = likelihood_stats(model, tokenizer, examples, chat, cfg.batch_size)
+    metrics: dict[str, float] = {}
+    for name in SETS:
+        idx = [i for i, ex in enumerate(examples) if ex.meta["set"] == name]
+        if not idx:
+            continue
+        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        metrics[f"rougeL_recall_{name}"] = mean([rouge_l_recall(preds[i], str(examples[i].gold)) for i in idx])
+        metrics[f"prob_{name}"] = mean([stats[i]["prob"] for i in idx])
+        ratios = [stats[i]["R"] for i in idx]
+        metrics[f"truth_ratio_{name}"] = mean(ratios) if name == "forget" else mean([max(0.0, 1 - r) for r in ratios])
+        gate = mean_gate(model, tokenizer, [examples[i] for i in idx], chat, cfg.batch_size)
+        if gate is not None:
+            metrics[f"gate_{name}"] = gate
+        if name == "forget" and retain_model:
+            ref = retain_ratios(retain_model, [examples[i] for i in idx], chat, key, cfg.batch_size)
+            metrics["forget_quality"] = forget_quality(ratios, ref)
+    if all(f"prob_{s}" in metrics for s in UTILITY_SETS):
+        metrics["model_utility"] = model_utility(metrics)
+    return metrics, preds
