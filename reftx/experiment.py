@@ -32,10 +32,14 @@ class ModelConfig:
     task: Literal["causal-lm", "sequence-classification"] = "causal-lm"  # model head
     num_labels: int | None = None  # number of classes for sequence-classification (null: the task decides)
     chat_template: bool | None = None  # wrap prompts in the tokenizer's chat template; null: when it has one
+    pooling: Literal["model", "mean"] = "model"  # what a sequence-classification head reads (reftx.classify): model = the architecture's own (decoders: last non-padding token; BERT: [CLS] via its pooler), mean = masked mean of the final hidden states
+    train_modules: list[str] = field(default_factory=list)  # base-model modules trained and saved with the interventions, e.g. [score] (a decoder's classification head) or [classifier] (BERT's); with lora: peft's modules_to_save
 
     def __post_init__(self) -> None:
         require(self.name != "", "name", "must not be empty")
         _at_least(self, 1, "num_labels")
+        ok = self.pooling == "model" or self.task == "sequence-classification"
+        require(ok, "pooling", f"{self.pooling!r} needs task: sequence-classification")
 
 
 @dataclass
@@ -101,9 +105,10 @@ class EvalConfig:
     do_sample: bool = False  # sample instead of greedy/beam decoding
     num_beams: int = 1  # beam-search width (1 = no beam search)
     show_examples: int = 5  # greedy answers printed before/after training (0 = none)
+    max_length: int = 512  # tokens per example when evaluation scores instead of generating (e.g. classification); longer inputs lose their start, as in training
 
     def __post_init__(self) -> None:
-        _at_least(self, 1, "batch_size", "max_new_tokens", "num_beams")
+        _at_least(self, 1, "batch_size", "max_new_tokens", "num_beams", "max_length")
         _at_least(self, 0, "show_examples")
 
 

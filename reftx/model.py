@@ -5,6 +5,9 @@
     out = model(input_ids=ids, attention_mask=mask, labels=labels)
     model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=20)
     model.save_pretrained(d); again = ReftModel.from_pretrained(base, d)
+
+``train_modules`` (e.g. ``["score"]``, a classifier head) names base-model modules that train with
+the interventions; their weights are saved and loaded with them (keys ``modules.<name>.<param>``).
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ def _slot(key: str) -> str:
 class ReftModel(nn.Module):
     """A base model (frozen) with interventions applied through forward hooks."""
 
-    def __init__(self, base: nn.Module, interventions: list[dict[str, Any]]):
+    def __init__(self, base: nn.Module, interventions: list[dict[str, Any]], train_modules: Any = ()):
         super().__init__()
         if base in _ATTACHED:
             raise ReftError("this base model already has reftx interventions attached; detach() them first")
@@ -66,6 +69,14 @@ class ReftModel(nn.Module):
         self.interventions = nn.ModuleDict({_slot(k): m for k, m in modules.items()})
         self._frozen = {n: p.requires_grad for n, p in base.named_parameters()}
         base.requires_grad_(False)
+        self.train_modules = tuple(train_modules)
+        for i, name in enumerate(self.train_modules):
+            try:
+                base.get_submodule(name).requires_grad_(True)
+            except AttributeError:
+                top = [n for n, _ in base.named_modules() if n and "." not in n]
+                raise ConfigError(f"model.train_modules.{i}", f"{type(base).__name__} has no module {name!r}; "
+                                                              f"its top-level modules: {', '.join(top)}") from None
         self._hooks = HookManager(base, groups, modules)
         _ATTACHED.add(base)
 
@@ -90,9 +101,16 @@ class ReftModel(nn.Module):
         return list(self.groups)
 
     def count_parameters(self, trainable_only: bool = True) -> int:
-        """Parameters of the interventions (trainable_only) or of everything."""
-        params = self.interventions.parameters() if trainable_only else self.parameters()
-        return sum(p.numel() for p in params if p.requires_grad or not trainable_only)
+        """Parameters of the interventions and train_modules (trainable_only) or of everything."""
+        if not trainable_only:
+            return sum(p.numel() for p in self.parameters())
+        return sum(p.numel() for p in self.interventions.parameters() if p.requires_grad) + \
+            sum(t.numel() for _, t in self._module_params())
+
+    def _module_params(self) -> list[tuple[str, nn.Parameter]]:
+        """(saved key, parameter) of every train_modules parameter."""
+        return [(f"modules.{name}.{n}", p) for name in self.train_modules
+                for n, p in self.base.get_submodule(name).named_parameters()]
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer groups: orthonormal bases (and anything a primitive lists) skip weight decay."""
@@ -101,8 +119,10 @@ class ReftModel(nn.Module):
             skip = mod.no_decay_parameters()
             for name, p in mod.named_parameters():
                 (no_decay if name in skip else decay).append(p)
+        head = [p for _, p in self._module_params()]
         return [g for g in ({"params": decay, "weight_decay": weight_decay},
-                            {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+                            {"params": no_decay, "weight_decay": 0.0},
+                            {"params": head, "weight_decay": weight_decay}) if g["params"]]
 
     def after_optimizer_step(self) -> None:
         """Each primitive's post-step work, then group-level updates of shared modifiers
@@ -199,6 +219,7 @@ class ReftModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {f"{key}.{n}": t.detach().contiguous().cpu()
                    for key, mod in self.named_interventions() for n, t in mod.state_dict().items()}
+        tensors.update({k: p.detach().contiguous().cpu() for k, p in self._module_params()})
         entries = []
         for i, spec in enumerate(self.specs):
             mod = next(self.intervention(g.key) for g in self.groups if g.spec_index == i)
@@ -213,6 +234,8 @@ class ReftModel(nn.Module):
             "interventions": entries,
             "groups": {g.key: {"kind": g.kind, "params": g.params} for g in self.groups},
         }
+        if self.train_modules:
+            meta["train_modules"] = list(self.train_modules)
         _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
         _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
         return directory
@@ -221,12 +244,16 @@ class ReftModel(nn.Module):
         """Load weights that ``save_pretrained(directory)`` wrote into these same groups (resume)."""
         tensors = load_file(Path(directory) / WEIGHTS_NAME, device=str(self.device))
         expected = {f"{k}.{n}" for k, m in self.named_interventions() for n in m.state_dict()}
+        expected |= {k for k, _ in self._module_params()}
         if set(tensors) != expected:
             missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
             raise ReftError(f"{Path(directory) / WEIGHTS_NAME} does not match these interventions: "
                             f"missing {missing}, unexpected {extra}")
         for key, mod in self.named_interventions():
             mod.load_state_dict({n: tensors[f"{key}.{n}"] for n in mod.state_dict()})
+        with torch.no_grad():
+            for k, p in self._module_params():
+                p.copy_(tensors[k])
 
     @classmethod
     def from_pretrained(cls, base: nn.Module, directory: str | os.PathLike) -> ReftModel:
@@ -243,7 +270,7 @@ class ReftModel(nn.Module):
         if saved_type != base.config.model_type:
             raise ConfigError("model", f"interventions were trained on model_type {saved_type!r}, "
                                        f"not {base.config.model_type!r}")
-        model = cls(base, meta["interventions"])
+        model = cls(base, meta["interventions"], meta.get("train_modules", ()))
         try:
             model.load_trained(directory)
         except Exception:
@@ -270,9 +297,9 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def attach(base: nn.Module, interventions: list[dict[str, Any]]) -> ReftModel:
-    """Freeze ``base`` and attach the scheduled interventions. Returns a ``ReftModel``."""
-    return ReftModel(base, interventions)
+def attach(base: nn.Module, interventions: list[dict[str, Any]], train_modules: Any = ()) -> ReftModel:
+    """Freeze ``base`` (except ``train_modules``) and attach the scheduled interventions."""
+    return ReftModel(base, interventions, train_modules)
 
 
 __all__ = ["ReftModel", "attach", "CONFIG_NAME", "WEIGHTS_NAME"]

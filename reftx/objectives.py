@@ -36,6 +36,25 @@ def nll(model: Any, batch: dict[str, Any], options: dict[str, Any]) -> tuple[Ten
     return out.loss, {}, out
 
 
+@register_objective("classify")
+def classify(model: Any, batch: dict[str, Any], options: dict[str, Any]) -> tuple[Tensor, dict[str, float], Any]:
+    """Cross-entropy of a sequence-classification model's logits (``model.task:
+    sequence-classification``) against ``example_info["label"]`` (a class index per example, as
+    reftx.classify describes), plus the primitives' auxiliary losses. No options."""
+    from .classify import LABEL
+
+    _options("classify", options, {})
+    info = batch.get("example_info") or {}
+    if LABEL not in info:
+        raise DataError(f"objective 'classify' needs example_info[{LABEL!r}] (a class index) on every example; "
+                        f"this batch has {sorted(info)}")
+    out = model(**{k: v for k, v in batch.items() if k != "labels"})
+    target = info[LABEL].to(out.logits.device).long()
+    core = F.cross_entropy(out.logits.float(), target)
+    logs = {"accuracy": float((out.logits.argmax(-1) == target).float().mean())}
+    return _finish(model, out, core, logs)
+
+
 # -- unlearning objectives (GRUN, METHODS.md §4) ---------------------------------------------------
 # Every example carries ``example_info["gate_label"]``: 1 = forget set F, 0 = retain set R (the
 # key GRUN's gate loss reads too). NLL_i is the mean token NLL of example i's response (labels

@@ -59,7 +59,12 @@ def load_base(exp: Experiment) -> tuple[Any, Any]:
     from .hub import load_model
 
     kwargs = {"num_labels": exp.model.num_labels} if exp.model.num_labels else {}
-    return load_model(exp.model.name, dtype=exp.model.dtype, task=exp.model.task, **kwargs)
+    model, tok = load_model(exp.model.name, dtype=exp.model.dtype, task=exp.model.task, **kwargs)
+    if exp.model.pooling != "model":
+        from .classify import set_pooling
+
+        set_pooling(model, exp.model.pooling)
+    return model, tok
 
 
 def plan_table(groups: list, title: str = "interventions") -> Table:
@@ -86,9 +91,9 @@ def validate(exp: Experiment, model_config: Any = None) -> list:
     if model_config is None:
         from transformers import AutoConfig
 
-        from .hub import DEFAULT_MODEL, default_cache_dir
+        from .hub import DEFAULT_MODEL, default_cache_dir, resolve_name
 
-        name = str(default_cache_dir()) if exp.model.name == DEFAULT_MODEL else exp.model.name
+        name = str(default_cache_dir()) if exp.model.name == DEFAULT_MODEL else resolve_name(exp.model.name)
         if exp.model.name == DEFAULT_MODEL and not (Path(name) / "config.json").is_file():
             from .hub import default_model_path
 
@@ -176,7 +181,7 @@ def run(exp: Experiment, resume: bool = False, show_progress: bool = True) -> di
     base, tok = load_base(exp)
     chat = use_chat(tok, exp.model.chat_template)
     if exp.lora is None:
-        model = attach(base, exp.interventions)
+        model = attach(base, exp.interventions, exp.model.train_modules)
         console.print(plan_table(model.plan()))
     else:  # a LoRA adapter before/with/instead of the interventions: reftx.lora runs the stages
         from . import lora
@@ -191,7 +196,8 @@ def run(exp: Experiment, resume: bool = False, show_progress: bool = True) -> di
         with model.disabled():
             before = generate(model, tok, shown, exp.eval, chat, "before", show_progress)
 
-    encoded = [encode(tok, ex, exp.train.max_length, chat) for ex in train_ex]
+    end_token = exp.model.task == "causal-lm"  # a classifier reads the text alone
+    encoded = [encode(tok, ex, exp.train.max_length, chat, end_token) for ex in train_ex]
     encoded = prefix_truncate(encoded, exp.train.prefix_fraction, exp.train.prefix_tokens, exp.seed)
     n_trunc = sum(e.truncated for e in encoded)
     if n_trunc:

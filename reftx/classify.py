@@ -1,0 +1,146 @@
+"""Sequence classification on a frozen model: the head's input (pooling), class logits of examples,
+and the metrics of a binary detector.
+
+A task with a class per example gives each ``Example`` an empty target and ``info={"label": k}``;
+the whole text is the prompt, so intervention positions such as ``{first: 3, last: 3}`` mean the
+text's own tokens. The model is an ``AutoModelForSequenceClassification`` (``model.task:
+sequence-classification``); its head trains with the interventions when ``model.train_modules``
+names it (``score`` on decoders, ``classifier`` on BERT), and the ``classify`` objective
+(reftx.objectives) trains on cross-entropy against ``example_info["label"]``.
+
+``model.pooling`` picks what the head reads:
+
+| pooling | decoders (llama, qwen, mistral, gemma3, gpt2)      | BERT                               | RoBERTa                 |
+|---------|-----------------------------------------------------|------------------------------------|-------------------------|
+| `model` | the last non-padding token (transformers' own)      | [CLS] through the pooler (own)     | [CLS] (own)             |
+| `mean`  | masked mean of the final states (after the norm)    | masked mean; the pooler is skipped | masked mean             |
+
+``mean`` is installed with hooks: one on the whole model keeps the call's ``attention_mask``;
+on decoders and RoBERTa the module that reads token states (``score``, ``classifier``) gets the
+mean at every position (so whichever position transformers picks holds it); on BERT the pooler's
+output is replaced by the mean. The head's parameter names are unchanged, so checkpoints and
+peft's ``modules_to_save`` work as usual.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .data import collate_train, encode, pad_id
+from .errors import ConfigError, DataError
+from .task import Example
+
+LABEL = "label"  # the example_info key holding the class index
+POOLINGS = ("model", "mean")
+_DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gpt2")
+
+
+class _Mask:
+    """The attention mask of the model's current call (all ones when the call has none)."""
+
+    def __init__(self) -> None:
+        self.mask: Tensor | None = None
+
+    def capture(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        if mask is None:
+            ref = ids if ids is not None else kwargs["inputs_embeds"][..., 0]
+            mask = torch.ones(ref.shape[:2], dtype=torch.long, device=ref.device)
+        self.mask = mask
+
+    def mean(self, states: Tensor) -> Tensor:
+        """(B, T, H) -> (B, H): mean over the positions the mask keeps."""
+        m = self.mask.to(states.dtype).unsqueeze(-1)
+        return (states * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def set_pooling(model: nn.Module, pooling: str) -> nn.Module:
+    """Make the classification head of ``model`` read ``pooling`` states (see the module doc); in place."""
+    if pooling not in POOLINGS:
+        raise ConfigError("model.pooling", f"must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    if pooling == "model":
+        return model
+    mt = model.config.model_type
+    state = _Mask()
+    if mt in _DECODERS or mt == "roberta":
+        reader = model.score if mt in _DECODERS else model.classifier
+
+        def broadcast(module: nn.Module, args: tuple) -> tuple:
+            h = args[0]
+            return (state.mean(h).unsqueeze(1).expand_as(h), *args[1:])
+
+        reader.register_forward_pre_hook(broadcast)
+    elif mt == "bert":
+        model.bert.pooler.register_forward_hook(lambda module, args, out: state.mean(args[0]))
+    else:
+        raise ConfigError("model.pooling", f"mean pooling is not available for model_type {mt!r} "
+                                           f"(supported: {', '.join((*_DECODERS, 'bert', 'roberta'))})")
+    model.register_forward_pre_hook(state.capture, with_kwargs=True)
+    return model
+
+
+def labels_of(examples: list[Example]) -> Tensor:
+    """(N,) long class indices from ``info["label"]``; a missing label raises DataError."""
+    missing = [i for i, ex in enumerate(examples) if LABEL not in ex.info]
+    if missing:
+        raise DataError(f"examples {missing[:5]} carry no info[{LABEL!r}]: not a classification task")
+    return torch.tensor([int(ex.info[LABEL]) for ex in examples], dtype=torch.long)
+
+
+@torch.no_grad()
+def class_logits(model: Any, tokenizer: Any, examples: list[Example], chat: bool = False,
+                 batch_size: int = 16, max_length: int = 512) -> Tensor:
+    """(N, C) float32 logits of a sequence-classification model (a ReftModel, reftx.lora's model or a
+    plain transformers one) for each example's prompt, encoded as in training (no end token, the
+    start cut when longer than ``max_length``, right padding)."""
+    enc = [encode(tokenizer, ex, max_length, chat, end_token=False) for ex in examples]
+    order = sorted(range(len(enc)), key=lambda i: len(enc[i].input_ids))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: list[Tensor | None] = [None] * len(enc)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        batch = collate_train([enc[i] for i in idx], pad_id(tokenizer))
+        batch.pop("labels")
+        kwargs: dict[str, Any] = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
+        if hasattr(model, "named_interventions") and "example_info" in batch:
+            kwargs["example_info"] = {k: v.to(device) for k, v in batch["example_info"].items()}
+        logits = model(**kwargs).logits.float().cpu()
+        for row, i in enumerate(idx):
+            out[i] = logits[row]
+    model.train(was_training)
+    return torch.stack(out)  # type: ignore[arg-type]
+
+
+def binary_metrics(logits_or_preds: Tensor, labels: Tensor) -> dict[str, float]:
+    """Precision, recall and F1 of the positive class (1, e.g. "anomaly"), accuracy, and AUROC.
+
+    ``logits_or_preds``: (N, 2) logits (prediction = argmax; AUROC from softmax p(1)) or (N,)
+    0/1 predictions (no AUROC). Precision (or F1) is 0 when nothing (or nothing right) is
+    predicted positive; AUROC is NaN when ``labels`` hold one class only.
+    """
+    from torchmetrics.functional.classification import (
+        binary_accuracy,
+        binary_auroc,
+        binary_f1_score,
+        binary_precision,
+        binary_recall,
+    )
+
+    labels = labels.long()
+    scores = logits_or_preds.float()
+    preds = scores.argmax(-1) if scores.ndim == 2 else scores.long()
+    out = {"precision": binary_precision(preds, labels), "recall": binary_recall(preds, labels),
+           "f1": binary_f1_score(preds, labels), "accuracy": binary_accuracy(preds, labels)}
+    if scores.ndim == 2:
+        both = bool(labels.any()) and not bool(labels.all())
+        prob = scores.softmax(-1)[:, 1]
+        out["auroc"] = binary_auroc(prob, labels) if both else torch.tensor(float("nan"))
+    return {k: float(v) for k, v in out.items()}
+
+
+__all__ = ["LABEL", "POOLINGS", "binary_metrics", "class_logits", "labels_of", "set_pooling"]

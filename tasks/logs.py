@@ -1,0 +1,184 @@
+"""hdfs, bgl: log anomaly detection as sequence classification (METHODS.md §6; Lim, Zhu & Pang 2025).
+
+Each example is a sequence of log lines, one line of text each, joined by newlines; the label is
+``info["label"]`` (1 anomaly, 0 normal) and the target is empty, so the whole text is the prompt.
+Train with ``model.task: sequence-classification``, ``model.num_labels: 2``, ``train.objective:
+classify`` and the head in ``model.train_modules`` (reftx.classify). Splits: ``train`` and ``test``.
+
+hdfs — DeepLog's HDFS block sessions (``loghub_deeplog_hdfs/``: ``hdfs_train`` 4,855 normal,
+``hdfs_test_abnormal`` 16,838 anomalous; DeepLog's normal test file is absent, so both splits come
+from these two files). A line is its loghub template (``HDFS_templates.csv``, E1..E30; id k = E<k>,
+checked in tasks/log_parsing.py) or the bare event id. Many sessions are the same sequence (839
+distinct normal, 4,123 distinct anomalous; no sequence is in both files): ``duplicates`` decides
+whether copies are dropped (default), kept together on one side, or split freely (leaky).
+
+bgl — loghub's BGL_2k (2,000 lines, 143 alerts). A line is its loghub template or its message with
+numbers, ids, IPs and paths masked. Windows of ``window_size`` lines (fixed, or sliding by
+``step``) are anomalous when any line is an alert. The log is cut in time: the first
+``1 - test_fraction`` of the lines make train windows, the rest test windows, and windows across the
+cut are dropped, so overlapping sliding windows never share a line across the splits.
+
+Metrics: precision, recall and F1 of the anomaly class, accuracy, AUROC, the eval set's anomaly
+count and, for scale, the F1 of flagging everything (``f1_all_anomaly``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from reftx.classify import binary_metrics, class_logits, labels_of
+from reftx.errors import ConfigError
+from reftx.task import Example, Task, register_task
+
+from .log_parsing import (
+    balance,
+    clean_message,
+    collapse_repeats,
+    cut,
+    group_split,
+    read_bgl,
+    read_deeplog,
+    read_templates,
+    template_text,
+    time_split,
+    windows,
+)
+
+ANOMALY, NORMAL = "anomaly", "normal"
+
+
+class LogAnomaly(Task):
+    """Shared parts: examples from line sequences, classifier evaluation, metrics."""
+
+    splits = ("train", "test")
+    generate = False
+
+    def _lines(self, lines: list[str]) -> list[str]:
+        return collapse_repeats(lines) if self.options.repeats == "count" else lines
+
+    @staticmethod
+    def _example(lines: list[str], label: int, **meta: Any) -> Example:
+        return Example("\n".join(lines), "", ANOMALY if label else NORMAL, info={"label": float(label)},
+                       meta={**meta, "lines": len(lines)})
+
+    def evaluate(self, model: Any, tokenizer: Any, examples: list[Example], cfg: Any, chat: bool,
+                 show_progress: bool = True) -> tuple[dict[str, float], list[str]]:
+        """Argmax of the classifier's logits per example; metrics of the anomaly class and AUROC."""
+        logits = class_logits(model, tokenizer, examples, chat, cfg.batch_size, cfg.max_length)
+        preds = [ANOMALY if k else NORMAL for k in logits.argmax(-1).tolist()]
+        return {**binary_metrics(logits, labels_of(examples)), **self._counts(examples)}, preds
+
+    def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
+        """The same metrics from predicted words ("anomaly"/"normal"; anything else counts as normal)."""
+        import torch
+
+        preds = torch.tensor([p.strip().lower() == ANOMALY for p in predictions], dtype=torch.long)
+        return {**binary_metrics(preds, labels_of(examples)), **self._counts(examples)}
+
+    @staticmethod
+    def _counts(examples: list[Example]) -> dict[str, float]:
+        n_anomaly = sum(ex.info["label"] > 0.5 for ex in examples)
+        share = n_anomaly / len(examples)
+        return {"n_anomaly": float(n_anomaly), "n_normal": float(len(examples) - n_anomaly),
+                "f1_all_anomaly": 2 * share / (1 + share)}
+
+
+@register_task("hdfs")
+class Hdfs(LogAnomaly):
+    """HDFS block sessions (DeepLog's event-id files), normal vs anomalous."""
+
+    @dataclass(frozen=True)
+    class Options:
+        line: Literal["template", "event_id"] = "template"  # a line as its loghub template text, or as "E<id>"
+        repeats: Literal["keep", "count"] = "keep"  # count: a run of one event becomes one line "<text> (xN)"
+        max_lines: int = 64  # lines per example (after repeats); longer sessions are cut as `long` says
+        long: Literal["truncate", "chunk"] = "truncate"  # truncate: keep the first max_lines; chunk: consecutive pieces, each an example with the session's label (same split)
+        duplicates: Literal["drop", "group", "keep"] = "drop"  # equal sequences: drop copies | group (one side) | keep (split freely: leaks)
+        balance: bool = False  # cut the larger class to the smaller one's size in each split (seeded)
+        test_fraction: float = 0.2  # share of each class's (distinct) sessions in test
+        split_seed: int = 0  # seed of the split and of balancing (the subset seed is the experiment's)
+
+    def __init__(self, options: Any = None, data_dir: Any = None):
+        super().__init__(options, data_dir)
+        o = self.options
+        if o.max_lines < 1:
+            raise ConfigError("task.options.max_lines", f"must be >= 1, got {o.max_lines}")
+        if not 0 < o.test_fraction < 1:
+            raise ConfigError("task.options.test_fraction", f"must be in (0, 1), got {o.test_fraction}")
+        self._cache: dict[str, list[Example]] | None = None
+
+    def _line(self, event: int, templates: dict[str, str]) -> str:
+        eid = f"E{event}"
+        return eid if self.options.line == "event_id" else template_text(templates[eid])
+
+    def sessions(self) -> list[tuple[tuple[int, ...], int]]:
+        """(event ids, label) of every session: hdfs_train (0) then hdfs_test_abnormal (1)."""
+        d = self.data_dir / "loghub_deeplog_hdfs"
+        return [(s, y) for y, name in ((0, "hdfs_train"), (1, "hdfs_test_abnormal")) for s in read_deeplog(d / name)]
+
+    def load(self, split: str) -> list[Example]:
+        if self._cache is None:
+            self._cache = self._build()
+        return self._cache[split]
+
+    def _build(self) -> dict[str, list[Example]]:
+        o = self.options
+        path = self.data_dir / "loghub" / "HDFS" / "HDFS_templates.csv"
+        templates = read_templates(path)
+        sessions = self.sessions()
+        unknown_ids = sorted({e for s, _ in sessions for e in s if f"E{e}" not in templates})
+        if unknown_ids:
+            raise ConfigError("task.options.line", f"event ids {unknown_ids} have no template in {path}")
+        pieces = [tuple(tuple(c) for c in cut(self._lines([self._line(e, templates) for e in events]),
+                                              o.max_lines, o.long)) for events, _ in sessions]
+        labels = [y for _, y in sessions]
+        train, test = group_split(pieces, labels, o.test_fraction, o.split_seed, o.duplicates)
+        out = {}
+        for name, idx in (("train", train), ("test", test)):
+            if o.balance:
+                idx = balance(idx, labels, o.split_seed)
+            out[name] = [self._example(list(c), labels[i], session=i, chunk=j)
+                         for i in idx for j, c in enumerate(pieces[i])]
+        return out
+
+
+@register_task("bgl")
+class Bgl(LogAnomaly):
+    """BGL_2k windows of lines, normal vs containing an alert; split by time."""
+
+    @dataclass(frozen=True)
+    class Options:
+        line: Literal["template", "message"] = "template"  # a line as its loghub template text, or its message with numbers/ids/IPs/paths masked
+        window: Literal["fixed", "sliding"] = "sliding"  # fixed: consecutive windows (step = window_size); sliding: start every `step` lines
+        window_size: int = 20  # lines per window
+        step: int = 5  # sliding windows' start offset (ignored for fixed)
+        repeats: Literal["keep", "count"] = "keep"  # count: a run of one line becomes one line "<text> (xN)"
+        test_fraction: float = 0.3  # the last share of the log (in time) that test windows come from
+
+    def __init__(self, options: Any = None, data_dir: Any = None):
+        super().__init__(options, data_dir)
+        o = self.options
+        for name in ("window_size", "step"):
+            if getattr(o, name) < 1:
+                raise ConfigError(f"task.options.{name}", f"must be >= 1, got {getattr(o, name)}")
+        if not 0 < o.test_fraction < 1:
+            raise ConfigError("task.options.test_fraction", f"must be in (0, 1), got {o.test_fraction}")
+
+    def lines(self) -> list:
+        d = self.data_dir / "loghub" / "BGL"
+        return read_bgl(d / "BGL_2k.log", d / "BGL_2k.log_structured.csv")
+
+    def windows(self, split: str) -> list:
+        """The split's windows (line ranges in file order) and their labels."""
+        o = self.options
+        lines = self.lines()
+        ranges = dict(zip(self.splits, time_split(len(lines), o.test_fraction)))
+        step = o.window_size if o.window == "fixed" else o.step
+        return windows([ln.alert for ln in lines], o.window_size, step, *ranges[split])
+
+    def load(self, split: str) -> list[Example]:
+        lines = self.lines()
+        text = [template_text(ln.template) if self.options.line == "template" else clean_message(ln.message)
+                for ln in lines]
+        return [self._example(self._lines(text[w.start:w.end]), int(w.anomalous), start=w.start, end=w.end)
+                for w in self.windows(split)]
