@@ -9,7 +9,7 @@ import reftx
 import reftx.tasks  # noqa: F401  (registers the zoo)
 from reftx.errors import DataError
 from reftx.task import default_data_dir, get_task
-from reftx.tasks.tofu import lcs_length, read_lines, read_qa, rouge_l_recall
+from reftx.tasks.tofu import author_of, forget_authors, lcs_length, read_lines, read_perturbed, read_qa, rouge_l_recall
 
 DATA = default_data_dir()
 TOFU = DATA / "tofu" if DATA is not None else None
@@ -125,3 +125,39 @@ def test_score_per_set():
     scores = get_task("tofu_unlearn").score(["the cat sat on the mat", "a c", "b"], exs)
     assert scores == pytest.approx({"rougeL_recall": (5 / 6 + 1 + 0.5) / 3, "rougeL_recall_forget": 5 / 6,
                                     "rougeL_recall_retain": 0.75})
+
+
+@needs_data
+@pytest.mark.parametrize("name, paraphrased, n, n_perturbed", [
+    ("forget01_perturbed", True, 40, 5), ("forget05_perturbed", True, 200, 5), ("forget10_perturbed", True, 400, 5),
+    ("retain_perturbed", True, 400, 5), ("real_authors_perturbed", False, 100, 3),
+    ("world_facts_perturbed", False, 117, 3),
+])
+def test_real_perturbed_files(name, paraphrased, n, n_perturbed):
+    rows = read_perturbed(TOFU / f"{name}.json", paraphrased)
+    assert len(rows) == n and {len(r.perturbed) for r in rows} == {n_perturbed}
+    assert all(r.paraphrased != r.answer for r in rows) if paraphrased else all(r.paraphrased == r.answer for r in rows)
+
+
+@needs_data
+def test_authors_and_reduced_retain_set():
+    full = read_qa(TOFU / "full.json", ("question", "answer"))
+    forget05 = read_qa(TOFU / "forget05.json", ("prompt", "response"))
+    assert [author_of(full[i]) for i in (0, 19, 20, 3959, 3960, 3999)] == [0, 0, 1, 197, 198, 199]
+    assert author_of(forget05[0]) == 190 and author_of(forget05[-1]) == 199  # the last 10 authors
+    assert list(forget_authors("forget01")) == [198, 199]
+    task = get_task("tofu_unlearn", {"retain_authors": 3})
+    retain = task.load("retain")
+    assert len(retain) == 60 and len(get_task("tofu_unlearn").load("retain")) == 3960
+    assert [e.meta["index"] for e in retain] == list(range(60))  # authors 0-2 of retain99
+
+
+def test_perturbed_bad_rows(tmp_path):
+    path = tmp_path / "x_perturbed.json"
+    path.write_text('[{"question": "q", "answer": "a", "perturbed_answer": ["b"]},\n'
+                    ' {"question": "q", "answer": "a", "perturbed_answer": []}]')
+    with pytest.raises(DataError, match=r"x_perturbed\.json:2 \(record 1\): missing or malformed field\(s\) "
+                                        r"perturbed_answer \(a non-empty list of strings\)"):
+        read_perturbed(path)
+    with pytest.raises(DataError, match=r":1 \(record 0\): missing or malformed field\(s\) paraphrased_answer"):
+        read_perturbed(path, paraphrased=True)
