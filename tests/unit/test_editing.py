@@ -1,0 +1,226 @@
+"""Knowledge editing: loaders on the real files, metric functions on hand-made cases, the edit bank,
+and the editing loop end to end on a tiny model (parallel single edits == one at a time)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import reftx
+import reftx.tasks  # noqa: F401
+from reftx import cli
+from reftx.edit_bank import row_rank
+from reftx.editing import EditOptions, Editor, bank_spec, subject_position
+from reftx.errors import ConfigError, DataError
+from reftx.experiment import TrainConfig
+from reftx.hub import default_model_path
+from reftx.intervention import Context, make_intervention
+from reftx.task import Example, default_data_dir, get_task
+from reftx.tasks.knowledge_edit import (argmax_agreement, edit_scores, read_edits, read_known, summarize,
+                                        unedited_argmax)
+from tests.integration.test_runner import REPO
+
+DATA = default_data_dir()
+needs_data = pytest.mark.skipif(DATA is None or not (DATA / "counterfact").is_dir(), reason="shared data absent")
+
+
+# -- loaders ------------------------------------------------------------------------------------
+@needs_data
+@pytest.mark.parametrize("dataset, file, count", [
+    ("counterfact", None, 10000), ("counterfact", "counterfact/counterfact-edit-1k.json", 1000),
+    ("counterfact", "counterfact/counterfact-train.json", 10000),
+    ("counterfact", "counterfact/counterfact-val.json", 1919),
+    ("zsre", None, 998),  # 1000 records, 2 with an empty alt (no edit asked)
+])
+def test_loaders_on_the_real_files(dataset, file, count):
+    task = get_task("knowledge_edit", {"dataset": dataset, "file": file})
+    assert len(task.load("edit")) == count
+
+
+@needs_data
+def test_first_records():
+    cf = get_task("knowledge_edit", {"dataset": "counterfact"}).load("edit")[0]
+    assert (cf.prompt, cf.target) == ("The mother tongue of Danielle Darrieux is", " English")
+    assert cf.meta["rephrase"] == "Where Danielle Darrieux is from, people speak the language of"
+    assert (cf.meta["locality_prompt"], cf.meta["locality_answer"]) == ("Michel Rocard is a native speaker of", " French")
+    zs = get_task("knowledge_edit", {"dataset": "zsre"})
+    first = zs.load("edit")[0]
+    assert (first.prompt, first.target, first.meta["subject"]) == ("What is the product made by UniFirst?",
+                                                                   " unmanned aircraft", "UniFirst")
+    assert first.meta["locality_answer"] == " Walter Sobchak"
+    assert [e.meta["index"] for e in zs.load("edit")][533:536] == [533, 535, 536]  # record 534 skipped
+    known = zs.known()
+    assert len(known) == 1209 and known[0].prompt == "Vinson Massif is located in the continent of"
+
+
+def test_malformed_files_raise_data_errors(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        read_edits(tmp_path / "none.json", "zsre")
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"src": "q", "alt": "a"}]')
+    with pytest.raises(DataError, match=r"bad.json \(record 0\): missing.*rephrase, loc, loc_ans, subject"):
+        read_edits(bad, "zsre")
+    bad.write_text('{"prompt": 1}')
+    with pytest.raises(DataError, match="expected a JSON array"):
+        read_known(bad)
+    bad.write_text('[\n{"prompt": "x",\n')
+    with pytest.raises(DataError, match=r"bad.json:3: invalid JSON"):
+        read_known(bad)
+
+
+# -- metrics ------------------------------------------------------------------------------------
+def test_argmax_agreement_and_means():
+    assert argmax_agreement((5, 6, 7), (5, 9, 7)) == pytest.approx(2 / 3)
+    assert argmax_agreement((1,), (1,)) == 1.0
+    with pytest.raises(ValueError):
+        argmax_agreement((1, 2), (1,))
+    rows = [{"reliability": 1.0, "generality": 0.5, "locality": 0.25},
+            {"reliability": 0.5, "generality": 0.0, "locality": 1.0}]
+    assert summarize(rows) == {"reliability": 0.75, "generality": 0.25, "locality": 0.625}
+
+
+def test_subject_position_with_the_real_tokenizer():
+    tok = AutoTokenizer.from_pretrained(default_model_path())
+    prompt = "The mother tongue of Danielle Darrieux is"
+    pos, found = subject_position(tok, prompt, "Danielle Darrieux", chat=False)
+    ids = tok(prompt)["input_ids"]
+    assert found and tok.decode(ids[: pos + 1]) == "The mother tongue of Danielle Darrieux"
+    assert subject_position(tok, prompt, "Paris", chat=False) == (len(ids) - 1, False)  # fallback: last token
+
+
+# -- the bank -----------------------------------------------------------------------------------
+def test_row_rank():
+    assert row_rank(torch.tensor([0, 0, 0, 1, 1, 3])).tolist() == [0, 1, 2, 0, 1, 0]
+
+
+def test_bank_routes_rows_to_their_slot():
+    torch.manual_seed(0)
+    bank = make_intervention("edit_bank", {"inner": "loreft", "slots": 2, "options": {"rank": 2}}, 6)
+    with torch.no_grad():
+        for p in bank.parameters():
+            p.add_(torch.randn_like(p))
+    h, bi = torch.randn(5, 6), torch.tensor([0, 0, 1, 1, 2])
+    info = {"edit_slot": torch.tensor([1.0, 0.0, 1.0])}
+    out = bank(h, Context(bi, 3, example_info=info))
+    ctx = Context(bi, 3)
+    torch.testing.assert_close(out[[0, 1, 4]], bank.slots[1](h[[0, 1, 4]], ctx), rtol=0, atol=0)
+    torch.testing.assert_close(out[[2, 3]], bank.slots[0](h[[2, 3]], ctx), rtol=0, atol=0)
+    # edit_pos: only the row at that prompt index is edited (-1: all of them)
+    out = bank(h, Context(bi, 3, example_info={**info, "edit_pos": torch.tensor([1.0, -1.0, 0.0])}))
+    assert torch.equal(out[0], h[0]) and not torch.equal(out[1], h[1])
+    torch.testing.assert_close(out[[2, 3]], bank.slots[0](h[[2, 3]], ctx), rtol=0, atol=0)
+    assert not torch.equal(out[4], h[4])
+
+
+def test_bank_spec_and_reset_are_deterministic():
+    spec = bank_spec({"kind": "baft", "rank": 4, "layers": [3], "positions": "all_prompt", "balance_weight": 0.1}, 8)
+    assert spec == {"layers": [3], "positions": "all_prompt", "kind": "edit_bank", "inner": "baft", "slots": 8,
+                    "options": {"rank": 4, "balance_weight": 0.1}}
+    bank = make_intervention("edit_bank", {"inner": "loreft", "slots": 2, "options": {"rank": 2}}, 6)
+    bank.reset(0, 7)
+    bank.reset(1, 7)
+    for a, b in zip(bank.slots[0].parameters(), bank.slots[1].parameters()):
+        assert torch.equal(a, b)
+
+
+def test_options_are_checked():
+    with pytest.raises(ConfigError, match="checkpoints"):
+        EditOptions(checkpoints=[50, 10])
+    with pytest.raises(ConfigError, match="parallel"):
+        EditOptions(parallel=0)
+
+
+# -- end to end on a tiny model -----------------------------------------------------------------
+# single-token targets: a 32-wide random model cannot route a second target token through attention
+FACTS = [("The capital city of Norway is", " Lima", "Norway's capital is", "The sky is", " blue"),
+         ("The painter of the Mona Lisa is", " Picasso", "The Mona Lisa was painted by", "Cats like", " milk"),
+         ("The tallest mountain on Earth is", " Everest", "Earth's highest peak is", "France's capital is", " Paris")]
+
+
+def examples():
+    return [Example(p, t, meta={"subject": "", "rephrase": r, "locality_prompt": lp, "locality_answer": la})
+            for p, t, r, lp, la in FACTS]
+
+
+def editor(tiny_dir, slots, kind="loreft", opts=None, lr=2e-2, steps=60, fast=True, **spec):
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    with torch.no_grad():
+        base.lm_head.weight.mul_(100)  # a random head caps the logits near 0.6: make targets learnable
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    model = reftx.attach(base, [bank_spec({"kind": kind, "rank": 4, "layers": [1], "positions": "all_prompt",
+                                           **spec}, slots)])
+    return Editor(model, tok, examples(), opts or EditOptions(), TrainConfig(lr=lr, max_steps=steps, max_grad_norm=1.0),
+                  False, seed=3, known_prompts=[("Paris is in", "Paris"), ("Rome is in", "Rome")], fast=fast)
+
+
+def test_one_fact_reaches_reliability_one_with_locality_measured(tiny_dir):
+    ed = editor(tiny_dir, 1)
+    unedited = edit_scores(ed.model, ed.tok, ed.examples[:1], False)[0]
+    assert unedited["reliability"] < 1.0
+    res = ed.train_jobs([[0]])[0]
+    assert res.loss < 0.01 and 1 <= res.steps < 60
+    scores = ed.evaluate_jobs([[0]], [res], dict(enumerate(unedited_argmax(ed.model, ed.tok, ed.examples, False))))
+    assert scores[0]["reliability"] == 1.0
+    assert 0.0 <= scores[0]["locality"] <= 1.0 and set(scores[0]) == {"reliability", "generality", "locality"}
+
+
+def test_parallel_single_edits_equal_one_at_a_time(tiny_dir):
+    """Three edits side by side in one bank == each trained alone (same steps, same weights)."""
+    jobs = [[0], [1], [2]]
+    together = editor(tiny_dir, 3, steps=8).train_jobs(jobs)
+    alone = editor(tiny_dir, 1, steps=8).train_jobs(jobs)
+    for a, b in zip(together, alone):
+        assert a.steps == b.steps
+        for k in a.state:
+            torch.testing.assert_close(a.state[k], b.state[k], rtol=1e-5, atol=1e-6)
+
+
+def test_upper_layer_path_equals_the_full_forward(tiny_dir):
+    fast, slow = editor(tiny_dir, 3, steps=4), editor(tiny_dir, 3, steps=4, fast=False)
+    assert fast.fast and not slow.fast
+    for a, b in zip(fast.train_jobs([[0, 1], [2]]), slow.train_jobs([[0, 1], [2]])):
+        assert a.steps == b.steps and a.loss == pytest.approx(b.loss, rel=1e-5)
+        for k in a.state:
+            torch.testing.assert_close(a.state[k], b.state[k], rtol=1e-5, atol=1e-6)
+
+
+def test_baft_site_state_losses_on_a_fresh_gate(tiny_dir):
+    # a fresh sigmoid gate is 0.9 everywhere: locality loss = weight · 0.9, sequence variance = 0
+    opts = EditOptions(mode="sequential", locality_prompts=2, sequence_balance_weight=1.0)
+    ed = editor(tiny_dir, 1, kind="baft", opts=opts, locality_weight=2.0)
+    assert ed.pool.shape[0] == len(ed.tok("Paris is in")["input_ids"]) + len(ed.tok("Rome is in")["input_ids"])
+    ed.seq_states = ed.site_states([ed.examples[0].prompt], [-1])
+    assert ed._extra(0, [0]).item() == pytest.approx(2.0 * 0.9, abs=1e-6)
+    with pytest.raises(ConfigError, match="basis-gated"):
+        editor(tiny_dir, 1, kind="loreft", opts=EditOptions(locality_prompts=2))
+
+
+@pytest.mark.skipif(DATA is None or not (DATA / "zsre").is_dir(), reason="shared data absent")
+def test_reftx_edit_sequential_run_and_demo(tiny_dir, tmp_path, capsys):
+    args = ["edit", str(REPO / "experiments/editing/zsre_baft.yaml"), f"model.name={tiny_dir}",
+            f"output_dir={tmp_path}", "task.n_eval=4", "method.mode=sequential", "method.checkpoints=[2, 4]",
+            "interventions.0.layers=[1]", "train.max_steps=3", "method.locality_prompts=2", "--no-progress"]
+    assert cli.main(args) == 0
+    run = tmp_path / "zsre_baft-sequential"
+    res = json.loads((run / "results.json").read_text())
+    assert res["n_edits"] == 4 and res["mode"] == "sequential" and len(res["config_hash"]) == 12
+    assert {"reliability@2", "generality@2", "locality@4", "reliability_unedited", "steps_mean"} <= set(res["metrics"])
+    lines = [json.loads(x) for x in (run / "edits.jsonl").read_text().splitlines()]
+    assert [x["after"] for x in lines] == [2, 2, 4, 4, 4, 4] and all(1 <= x["steps"] <= 3 for x in lines)
+    assert cli.main(["edit", "--model", str(tiny_dir), "--prompt", "The capital of Norway is", "--target", "Lima",
+                     "--steps", "2", "--max-new-tokens", "3"]) == 0
+    assert "The capital of Norway is" in capsys.readouterr().err
+    assert cli.main(["edit"]) == 2
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiments/editing").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_editing_experiments_have_valid_edit_options(path):
+    from reftx.config import from_dict
+    from reftx.experiment import load_experiment
+
+    exp = load_experiment(path)
+    opts = from_dict(EditOptions, exp.method, "method")
+    assert opts.mode == "single" and len(exp.interventions) == 1 and exp.model.chat_template is False
+    assert exp.train.max_steps == 100 and exp.train.lr == 5e-4 and exp.interventions[0]["rank"] == 4
