@@ -18,6 +18,9 @@ numbers, ids, IPs and paths masked. Windows of ``window_size`` lines (fixed, or 
 ``1 - test_fraction`` of the lines make train windows, the rest test windows, and windows across the
 cut are dropped, so overlapping sliding windows never share a line across the splits.
 
+Length: keep examples within ``train.max_length`` and ``eval.max_length`` (``max_lines``,
+``window_size``, ``repeats: count``); a longer one loses its start, and on BERT its [CLS] token.
+
 Metrics: precision, recall and F1 of the anomaly class, accuracy, AUROC, the eval set's anomaly
 count and, for scale, the F1 of flagging everything (``f1_all_anomaly``).
 """
