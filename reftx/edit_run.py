@@ -42,7 +42,7 @@ def run_edit(exp: Experiment, show_progress: bool = True) -> dict[str, Any]:
     """Run the editing protocol of ``exp`` (its ``method:`` section is an ``EditOptions``)."""
     from .runner import _versions, _write_json, load_base, load_task
     from .train import seed_everything
-    from reftx.tasks.knowledge_edit import edit_scores, unedited_argmax
+    from reftx.tasks.knowledge_edit import unedited_scores
 
     t0 = time.perf_counter()
     opts = from_dict(EditOptions, exp.method, "method")
@@ -66,9 +66,8 @@ def run_edit(exp: Experiment, show_progress: bool = True) -> dict[str, Any]:
     n = len(examples)
 
     t_eval = time.perf_counter()
-    unedited = dict(enumerate(unedited_argmax(model, tok, examples, chat)))
-    with model.disabled():
-        before = edit_scores(model, tok, examples, chat, unedited_locality=list(unedited.values()))
+    before, reference = unedited_scores(model, tok, examples, chat)
+    unedited = dict(enumerate(reference))
     eval_s = time.perf_counter() - t_eval
     lines: list[dict[str, Any]] = []
     metrics: dict[str, float] = _means(before, METRICS[:2], "_unedited")

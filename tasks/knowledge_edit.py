@@ -157,17 +157,34 @@ def edit_scores(model: Any, tokenizer: Any, examples: list[Example], chat: bool,
              "locality": argmax_agreement(scores[2 * n + i].argmax, unedited_locality[i])} for i in range(n)]
 
 
+def unedited_scores(model: Any, tokenizer: Any, examples: list[Example], chat: bool,
+                    batch_size: int = 16) -> tuple[list[dict[str, float]], list[tuple[int, ...]]]:
+    """The unedited model (``model.disabled()`` for a ReftModel) in one pass: per-edit reliability
+    and generality, and its argmax tokens on each locality continuation (locality's reference)."""
+    from contextlib import nullcontext
+
+    from reftx.scoring import score_continuations
+
+    n = len(examples)
+    prompts = [ex.prompt for ex in examples] + [ex.meta["rephrase"] for ex in examples]
+    prompts += [ex.meta["locality_prompt"] for ex in examples]
+    conts = [ex.target for ex in examples] * 2 + [ex.meta["locality_answer"] for ex in examples]
+    with model.disabled() if hasattr(model, "disabled") else nullcontext():
+        s = score_continuations(model, tokenizer, prompts, conts, chat, batch_size)
+    rows = [{"reliability": s[i].token_accuracy, "generality": s[n + i].token_accuracy} for i in range(n)]
+    return rows, [s[2 * n + i].argmax for i in range(n)]
+
+
 def unedited_argmax(model: Any, tokenizer: Any, examples: list[Example], chat: bool,
                     batch_size: int = 16) -> list[tuple[int, ...]]:
     """The unedited model's argmax tokens on each example's locality continuation."""
+    from contextlib import nullcontext
+
     from reftx.scoring import score_continuations
 
     prompts = [ex.meta["locality_prompt"] for ex in examples]
     conts = [ex.meta["locality_answer"] for ex in examples]
-    ctx = model.disabled() if hasattr(model, "disabled") else None
-    if ctx is None:
-        return [s.argmax for s in score_continuations(model, tokenizer, prompts, conts, chat, batch_size)]
-    with ctx:
+    with model.disabled() if hasattr(model, "disabled") else nullcontext():
         return [s.argmax for s in score_continuations(model, tokenizer, prompts, conts, chat, batch_size)]
 
 
