@@ -10,9 +10,9 @@ Data under ``{data_dir}`` (see shared/data/SOURCES.md):
   ``loc`` with its answer ``loc_ans``. Records 534 and 723 have an empty ``alt`` (no edit asked):
   they are skipped, leaving 998 edits.
 * ``counterfact/known_1000.json`` (1,209 facts SmolLM-size models may know): {known_id, subject,
-  attribute, template, prompt, relation_id}. Not edits: the editing engine (reftx/editing.py) takes
-  unrelated prompts for BaFT's locality loss from it, so they never overlap the evaluated locality
-  prompts.
+  attribute, template, prompt, relation_id}. Not edits: ``known_accuracy`` probes how many of these
+  facts a model completes, and the editing engine (reftx/editing.py) takes unrelated prompts for
+  BaFT's locality loss from it, so they never overlap the evaluated locality prompts.
 
 Every edit becomes one ``Example``: prompt = the edit prompt, target = " " + target_new (the
 continuation is tokenised on its own, so it carries its leading space), meta = subject, rephrase,
@@ -186,6 +186,17 @@ def unedited_argmax(model: Any, tokenizer: Any, examples: list[Example], chat: b
     conts = [ex.meta["locality_answer"] for ex in examples]
     with model.disabled() if hasattr(model, "disabled") else nullcontext():
         return [s.argmax for s in score_continuations(model, tokenizer, prompts, conts, chat, batch_size)]
+
+
+def known_accuracy(model: Any, tokenizer: Any, facts: list[KnownFact], chat: bool = False,
+                   batch_size: int = 16) -> list[float]:
+    """What the model knows: per fact, the token accuracy of " " + attribute after its prompt
+    (teacher forcing, as reliability). On a ReftModel the interventions apply, as for any model."""
+    from reftx.scoring import score_continuations
+
+    scores = score_continuations(model, tokenizer, [f.prompt for f in facts], [" " + f.attribute for f in facts],
+                                 chat, batch_size)
+    return [s.token_accuracy for s in scores]
 
 
 def summarize(rows: list[dict[str, float]]) -> dict[str, float]:

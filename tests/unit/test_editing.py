@@ -81,6 +81,16 @@ def test_argmax_agreement_and_means():
     assert summarize(rows) == {"reliability": 0.75, "generality": 0.25, "locality": 0.625}
 
 
+def test_known_accuracy_is_token_accuracy(tiny_dir):
+    from reftx.scoring import score_continuations
+    from reftx.tasks.knowledge_edit import KnownFact, known_accuracy
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_dir).eval(), AutoTokenizer.from_pretrained(tiny_dir)
+    facts = [KnownFact("Paris", "Paris is the capital of", "France"), KnownFact("Rome", "Rome is in", "Italy")]
+    ref = score_continuations(model, tok, ["Paris is the capital of", "Rome is in"], [" France", " Italy"])
+    assert known_accuracy(model, tok, facts) == [s.token_accuracy for s in ref]
+
+
 def test_subject_position_with_the_real_tokenizer():
     tok = AutoTokenizer.from_pretrained(default_model_path())
     prompt = "The mother tongue of Danielle Darrieux is"
