@@ -139,10 +139,10 @@ class Editor:
         if (opts.locality_prompts or opts.sequence_balance_weight) and not self.gate:
             raise ConfigError("method", "locality_prompts and sequence_balance_weight need a basis-gated "
                                         f"primitive (baft), not {self.bank.config.inner!r}")
-        if (opts.subject_positions or self.gate) and self.group.positions.mode != "all_prompt":
-            if opts.subject_positions or opts.locality_prompts or opts.sequence_balance_weight:
-                raise ConfigError("interventions.0.positions", "subject positions and BaFT's site-state losses "
-                                                               "need positions: all_prompt")
+        needs_prompt = opts.subject_positions or opts.locality_prompts or opts.sequence_balance_weight
+        if needs_prompt and self.group.positions.mode != "all_prompt":
+            raise ConfigError("interventions.0.positions", "subject positions and BaFT's site-state losses "
+                                                           "need positions: all_prompt")
         if (opts.locality_prompts or opts.sequence_balance_weight) and sites.uses_pre_hook(self.group.component):
             raise ConfigError("interventions.0.component", "site-state losses need an output component")
         self.encoded = [encode(tokenizer, Example(ex.prompt, ex.target), self.max_length, chat, end_token=False)

@@ -150,8 +150,8 @@ FACTS = [("The capital city of Norway is", " Lima", "Norway's capital is", "The 
 
 
 def examples():
-    return [Example(p, t, meta={"subject": "", "rephrase": r, "locality_prompt": lp, "locality_answer": la})
-            for p, t, r, lp, la in FACTS]
+    return [Example(p, t, meta={"subject": s, "rephrase": r, "locality_prompt": lp, "locality_answer": la})
+            for (p, t, r, lp, la), s in zip(FACTS, ("Norway", "Mona Lisa", "Earth"))]
 
 
 def editor(tiny_dir, slots, kind="loreft", opts=None, lr=2e-2, steps=60, fast=True, **spec):
@@ -187,9 +187,13 @@ def test_parallel_single_edits_equal_one_at_a_time(tiny_dir):
             torch.testing.assert_close(a.state[k], b.state[k], rtol=1e-5, atol=1e-6)
 
 
-def test_upper_layer_path_equals_the_full_forward(tiny_dir):
-    fast, slow = editor(tiny_dir, 3, steps=4), editor(tiny_dir, 3, steps=4, fast=False)
+@pytest.mark.parametrize("subject", [False, True])
+def test_upper_layer_path_equals_the_full_forward(tiny_dir, subject):
+    opts = EditOptions(subject_positions=subject)
+    fast, slow = editor(tiny_dir, 3, steps=4, opts=opts), editor(tiny_dir, 3, steps=4, fast=False, opts=opts)
     assert fast.fast and not slow.fast
+    assert fast.pos == ([subject_position(fast.tok, ex.prompt, ex.meta["subject"], False)[0] for ex in examples()]
+                        if subject else [-1, -1, -1])
     for a, b in zip(fast.train_jobs([[0, 1], [2]]), slow.train_jobs([[0, 1], [2]])):
         assert a.steps == b.steps and a.loss == pytest.approx(b.loss, rel=1e-5)
         for k in a.state:
