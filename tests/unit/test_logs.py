@@ -230,14 +230,35 @@ def test_minilm_alias_resolves_without_importing(monkeypatch, tmp_path):
         hub.resolve_name("minilm")
 
 
-# -- end to end: a tiny llama classifier through the runner (ReFT and LoRA) -----------------------------
-@needs_data
+# -- end to end: a tiny llama classifier through the runner (ReFT and LoRA), on a small BGL-format log ----
+def write_bgl(folder, n=200):
+    """A BGL_2k-format log (and its structured CSV) we make up: alerts in lines 30-39, 95-99 and 170-179."""
+    import csv
+
+    d = folder / "loghub" / "BGL"
+    d.mkdir(parents=True)
+    raw, rows = [], []
+    for i in range(n):
+        alert = 30 <= i < 40 or 95 <= i < 100 or 170 <= i < 180
+        label, msg, tpl = (("KERNDTLB", "data TLB error interrupt", "data TLB error interrupt") if alert else
+                           ("-", f"generating core.{i}", "generating <*>"))
+        raw.append(f"{label} 11178{i:05d} 2005.06.03 R02-M1-N0 2005-06-03-15.42.50 R02-M1-N0 RAS KERNEL INFO {msg}")
+        rows.append({"LineId": i + 1, "Label": label, "Content": msg, "EventId": "E1", "EventTemplate": tpl})
+    (d / "BGL_2k.log").write_text("\n".join(raw) + "\n")
+    with (d / "BGL_2k.log_structured.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return folder
+
+
 @pytest.mark.parametrize("method", ["loreft", "lora"])
 def test_tiny_end_to_end(tiny_dir, tmp_path, method):
     data = {"schema": 1, "name": method, "output_dir": str(tmp_path),
             "model": {"name": str(tiny_dir), "task": "sequence-classification", "num_labels": 2,
                       "pooling": "mean", "chat_template": False, "train_modules": ["score"]},
-            "task": {"name": "bgl", "n_train": 16, "n_eval": 8, "options": {"window": "fixed", "repeats": "count"}},
+            "task": {"name": "bgl", "data_dir": str(write_bgl(tmp_path / "data")),
+                     "options": {"window": "fixed", "window_size": 10, "line": "message"}},
             "train": {"objective": "classify", "epochs": 1, "batch_size": 4, "lr": 1e-2, "max_length": 96,
                       "checkpoint_every": 2, "log_every": 1},
             "eval": {"batch_size": 4, "max_length": 96, "show_examples": 0}}
@@ -250,12 +271,14 @@ def test_tiny_end_to_end(tiny_dir, tmp_path, method):
     results = runner.run(load_experiment(path), show_progress=False)
     metrics = results["metrics"]
     assert set(metrics) >= {"precision", "recall", "f1", "auroc", "accuracy"}
-    assert metrics["n_anomaly"] + metrics["n_normal"] == 8
+    assert (results["n_train"], metrics["n_anomaly"], metrics["n_normal"]) == (14, 1, 5)  # lines 0-139 | 140-199
     head = 32 * 2
     # loreft: 2 layers x (first, last) x rank 2; lora: 4 layers x (q 32->32, v 32->16) x rank 2
     assert results["trainable_parameters"] == (2 * 2 * (2 * 2 * 32 + 2) + head if method == "loreft"
                                                else 4 * (2 * (32 + 32) + 2 * (32 + 16)) + head)
     rows = [json.loads(ln) for ln in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all("obj/accuracy" in r for r in rows)
+    first = (tmp_path / method / "samples.jsonl").read_text().splitlines()[0]
+    assert json.loads(first)["prompt"].startswith("generating <num>\n")
     again = runner.evaluate_run(tmp_path / method, show_progress=False)  # save -> load gives the same model
     assert again["metrics"] == pytest.approx(metrics, nan_ok=True)
