@@ -15,10 +15,9 @@ names it (``score`` on decoders, ``classifier`` on BERT), and the ``classify`` o
 | `model` | the last non-padding token (transformers' own)      | [CLS] through the pooler (own)     | [CLS] (own)             |
 | `mean`  | masked mean of the final states (after the norm)    | masked mean; the pooler is skipped | masked mean             |
 
-``mean`` is installed with hooks: one on the whole model keeps the call's ``attention_mask``;
-on decoders and RoBERTa the module that reads token states (``score``, ``classifier``) gets the
-mean at every position (so whichever position transformers picks holds it); on BERT the pooler's
-output is replaced by the mean. The head's parameter names are unchanged, so checkpoints and
+``mean`` is installed with hooks (``reftx.hooks.install_mean_pooling``): on decoders and RoBERTa
+the module that reads token states (``score``, ``classifier``) gets the mean at every position (so
+whichever position transformers picks holds it); on BERT the pooler's output is replaced by the mean. The head's parameter names are unchanged, so checkpoints and
 peft's ``modules_to_save`` work as usual.
 """
 from __future__ import annotations
@@ -30,31 +29,12 @@ from torch import Tensor, nn
 
 from .data import collate_train, encode, pad_id
 from .errors import ConfigError, DataError
+from .hooks import install_mean_pooling
 from .task import Example
 
 LABEL = "label"  # the example_info key holding the class index
 POOLINGS = ("model", "mean")
 _DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gpt2")
-
-
-class _Mask:
-    """The attention mask of the model's current call (all ones when the call has none)."""
-
-    def __init__(self) -> None:
-        self.mask: Tensor | None = None
-
-    def capture(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        mask = kwargs.get("attention_mask")
-        if mask is None:
-            ref = ids if ids is not None else kwargs["inputs_embeds"][..., 0]
-            mask = torch.ones(ref.shape[:2], dtype=torch.long, device=ref.device)
-        self.mask = mask
-
-    def mean(self, states: Tensor) -> Tensor:
-        """(B, T, H) -> (B, H): mean over the positions the mask keeps."""
-        m = self.mask.to(states.dtype).unsqueeze(-1)
-        return (states * m).sum(1) / m.sum(1).clamp(min=1)
 
 
 def set_pooling(model: nn.Module, pooling: str) -> nn.Module:
@@ -64,21 +44,13 @@ def set_pooling(model: nn.Module, pooling: str) -> nn.Module:
     if pooling == "model":
         return model
     mt = model.config.model_type
-    state = _Mask()
-    if mt in _DECODERS or mt == "roberta":
-        reader = model.score if mt in _DECODERS else model.classifier
-
-        def broadcast(module: nn.Module, args: tuple) -> tuple:
-            h = args[0]
-            return (state.mean(h).unsqueeze(1).expand_as(h), *args[1:])
-
-        reader.register_forward_pre_hook(broadcast)
-    elif mt == "bert":
-        model.bert.pooler.register_forward_hook(lambda module, args, out: state.mean(args[0]))
+    if mt in _DECODERS or mt == "roberta":  # the head reads token states: give it the mean everywhere
+        install_mean_pooling(model, model.score if mt in _DECODERS else model.classifier, "input")
+    elif mt == "bert":  # the pooler's output becomes the mean
+        install_mean_pooling(model, model.bert.pooler, "output")
     else:
         raise ConfigError("model.pooling", f"mean pooling is not available for model_type {mt!r} "
                                            f"(supported: {', '.join((*_DECODERS, 'bert', 'roberta'))})")
-    model.register_forward_pre_hook(state.capture, with_kwargs=True)
     return model
 
 

@@ -14,6 +14,9 @@ Two kinds of hooks are installed on the base model:
   state, no Python loop over examples.
 
 Only the handles created here are ever removed.
+
+Classification heads that read mean-pooled states (``model.pooling: mean``, reftx.classify) get
+their hooks here too: ``install_mean_pooling``.
 """
 from __future__ import annotations
 
@@ -208,3 +211,43 @@ class HookManager:
             self._edit(_hidden(args if args else kwargs.get("hidden_states")), entries)
 
         return hook
+
+
+class _CallMask:
+    """The attention mask of the model's current call (all ones when the call has none)."""
+
+    def __init__(self) -> None:
+        self.mask: Tensor | None = None
+
+    def capture(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        if mask is None:
+            ref = ids if ids is not None else kwargs["inputs_embeds"][..., 0]
+            mask = torch.ones(ref.shape[:2], dtype=torch.long, device=ref.device)
+        self.mask = mask
+
+    def mean(self, states: Tensor) -> Tensor:
+        """(B, T, H) -> (B, H): mean over the positions the mask keeps."""
+        m = self.mask.to(states.dtype).unsqueeze(-1)
+        return (states * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def install_mean_pooling(model: nn.Module, module: nn.Module, where: str) -> list[RemovableHandle]:
+    """Make ``module`` of ``model`` work on the masked mean of the token states.
+
+    where "input": ``module``'s first input (B, T, H) becomes the mean broadcast to every position
+    (a head that picks one position then reads the mean); "output": ``module``'s output becomes
+    the mean of its first input (B, H) (a pooler). A pre-hook on ``model`` keeps each call's mask.
+    """
+    state = _CallMask()
+    if where == "input":
+        def pooled(mod: nn.Module, args: tuple) -> tuple:
+            return (state.mean(args[0]).unsqueeze(1).expand_as(args[0]), *args[1:])
+
+        inner = module.register_forward_pre_hook(pooled)
+    elif where == "output":
+        inner = module.register_forward_hook(lambda mod, args, out: state.mean(args[0]))
+    else:
+        raise ValueError(f"where must be 'input' or 'output', got {where!r}")
+    return [model.register_forward_pre_hook(state.capture, with_kwargs=True), inner]
