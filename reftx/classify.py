@@ -27,9 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .data import collate_train, encode, pad_id
+from .data import encode
 from .errors import ConfigError, DataError
 from .hooks import install_mean_pooling
+from .scoring import batched_forward
 from .task import Example
 
 LABEL = "label"  # the example_info key holding the class index
@@ -62,29 +63,17 @@ def labels_of(examples: list[Example]) -> Tensor:
     return torch.tensor([int(ex.info[LABEL]) for ex in examples], dtype=torch.long)
 
 
-@torch.no_grad()
 def class_logits(model: Any, tokenizer: Any, examples: list[Example], chat: bool = False,
                  batch_size: int = 16, max_length: int = 512) -> Tensor:
     """(N, C) float32 logits of a sequence-classification model (a ReftModel, reftx.lora's model or a
     plain transformers one) for each example's prompt, encoded as in training (no end token, the
     start cut when longer than ``max_length``, right padding)."""
     enc = [encode(tokenizer, ex, max_length, chat, end_token=False) for ex in examples]
-    order = sorted(range(len(enc)), key=lambda i: len(enc[i].input_ids))
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     out: list[Tensor | None] = [None] * len(enc)
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        batch = collate_train([enc[i] for i in idx], pad_id(tokenizer))
-        batch.pop("labels")
-        kwargs: dict[str, Any] = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
-        if hasattr(model, "named_interventions") and "example_info" in batch:
-            kwargs["example_info"] = {k: v.to(device) for k, v in batch["example_info"].items()}
-        logits = model(**kwargs).logits.float().cpu()
+    for idx, _, result in batched_forward(model, tokenizer, enc, batch_size):
+        logits = result.logits.float().cpu()
         for row, i in enumerate(idx):
             out[i] = logits[row]
-    model.train(was_training)
     return torch.stack(out)  # type: ignore[arg-type]
 
 

@@ -13,13 +13,15 @@ tokens, never the continuation's).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
-from .data import collate_train, encode
+from .data import Encoded, collate_train, encode, pad_id
 from .positions import IGNORE
 from .task import Example
 
@@ -59,7 +61,6 @@ class ContinuationScore:
         return sum(a == t for a, t in zip(self.argmax, self.targets)) / len(self.targets)
 
 
-@torch.no_grad()
 def score_continuations(model: Any, tokenizer: Any, prompts: list[str], continuations: list[str],
                         chat: bool = False, batch_size: int = 16, max_length: int = 1024,
                         example_info: list[dict[str, float]] | None = None) -> list[ContinuationScore]:
@@ -74,25 +75,10 @@ def score_continuations(model: Any, tokenizer: Any, prompts: list[str], continua
     infos = example_info or [{} for _ in prompts]
     encoded = [encode(tokenizer, Example(p, c, info=dict(i)), max_length, chat, end_token=False)
                for p, c, i in zip(prompts, continuations, infos)]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     out: list[ContinuationScore | None] = [None] * len(encoded)
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        batch = collate_train([encoded[i] for i in idx], pad)
-        labels = batch.pop("labels")
-        kwargs: dict[str, Any] = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        if "example_info" in kwargs:
-            kwargs["example_info"] = {k: v.to(device) for k, v in kwargs["example_info"].items()}
-        if hasattr(model, "interventions"):  # a ReftModel: tell it where each prompt ends
-            kwargs["prompt_lengths"] = torch.tensor([encoded[i].prompt_len for i in idx], device=device)
-        else:
-            kwargs.pop("example_info", None)
-        logits = model(**kwargs).logits[:, :-1].float()
-        target = labels[:, 1:].to(device)
+    for idx, labels, result in batched_forward(model, tokenizer, encoded, batch_size):
+        logits = result.logits[:, :-1].float()
+        target = labels[:, 1:]
         logp = F.log_softmax(logits, dim=-1)
         tok_lp = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         best = logits.argmax(-1)
@@ -100,8 +86,36 @@ def score_continuations(model: Any, tokenizer: Any, prompts: list[str], continua
             keep = target[row] != IGNORE
             out[i] = ContinuationScore(tuple(tok_lp[row][keep].tolist()), tuple(best[row][keep].tolist()),
                                        tuple(target[row][keep].tolist()))
-    model.train(was_training)
     return out  # type: ignore[return-value]
+
+
+def batched_forward(model: Any, tokenizer: Any, encoded: list[Encoded], batch_size: int
+                    ) -> Iterator[tuple[list[int], Tensor, Any]]:
+    """Eval-mode, no-grad forwards over ``encoded`` in length-sorted, right-padded batches.
+
+    Yields (indices into ``encoded``, labels (B, T) on the model's device, model output). A
+    ReftModel also gets each row's prompt length and the examples' ``example_info``; a plain
+    model gets input ids and the attention mask only. The model's train/eval mode is restored.
+    """
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    device = next(model.parameters()).device
+    reft = hasattr(model, "named_interventions")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for s in range(0, len(order), batch_size):
+                idx = order[s:s + batch_size]
+                batch = collate_train([encoded[i] for i in idx], pad_id(tokenizer))
+                kwargs: dict[str, Any] = {"input_ids": batch["input_ids"].to(device),
+                                          "attention_mask": batch["attention_mask"].to(device)}
+                if reft:  # tell the interventions where each prompt ends, and what each example carries
+                    kwargs["prompt_lengths"] = torch.tensor([encoded[i].prompt_len for i in idx], device=device)
+                    if "example_info" in batch:
+                        kwargs["example_info"] = {k: v.to(device) for k, v in batch["example_info"].items()}
+                yield idx, batch["labels"].to(device), model(**kwargs)
+    finally:
+        model.train(was_training)
 
 
 def choose(scores: list[ContinuationScore], normalize: bool = False) -> int:
@@ -123,4 +137,4 @@ def multiple_choice(model: Any, tokenizer: Any, prompts: list[str], options: lis
     return picks
 
 
-__all__ = ["ContinuationScore", "choose", "multiple_choice", "score_continuations"]
+__all__ = ["ContinuationScore", "batched_forward", "choose", "multiple_choice", "score_continuations"]
