@@ -5,10 +5,12 @@
 
 ``evaluate`` scores the experiment's model (a hub id or a local checkpoint such as stage 1's) on its
 eval split with the task's metrics and writes ``{run_dir}/results.json`` (config hash, metrics, wall
-time); the experiment's interventions, lora and train sections are ignored.
+time) and ``samples.jsonl`` (the predictions); the experiment's interventions, lora and train
+sections are ignored.
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -27,12 +29,15 @@ def evaluate(args: list[str]) -> int:
     eval_split = splits(exp, task)[1]
     examples = task.examples(eval_split, exp.task.n_eval, exp.seed)
     model, tok = load_base(exp)
-    metrics, _ = task.evaluate(model, tok, examples, exp.eval, use_chat(tok, exp.model.chat_template))
+    metrics, preds = task.evaluate(model, tok, examples, exp.eval, use_chat(tok, exp.model.chat_template))
     results = {"name": exp.name, "config_hash": config_hash(exp.to_dict()), "model": exp.model.name,
                "task": task.name, "eval_split": eval_split, "n_eval": len(examples), "metrics": metrics,
                "trainable_parameters": 0, "wall_seconds": time.perf_counter() - t0, "versions": _versions()}
     exp.run_dir.mkdir(parents=True, exist_ok=True)
     _write_json(exp.run_dir / "results.json", results)
+    with (exp.run_dir / "samples.jsonl").open("w") as f:
+        for ex, pred in zip(examples, preds):
+            f.write(json.dumps({"prompt": ex.prompt, "gold": str(ex.gold), "after": pred}) + "\n")
     report(results, [], None, [])
     return 0
 

@@ -68,6 +68,8 @@ def test_evaluate_command(tiny_dir, tmp_path):
     assert results["n_eval"] == 10 and results["trainable_parameters"] == 0
     assert results["metrics"]["forget_quality"] == pytest.approx(1.0)  # the retain model is this model
     assert not any(k.startswith("gate_") for k in results["metrics"])
+    samples = (tmp_path / "stage1" / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 10 and set(json.loads(samples[0])) == {"prompt", "gold", "after"}
 
 
 @pytest.mark.parametrize("config, objective, gated", [
