@@ -51,7 +51,8 @@ def read_mcq(path: Path) -> list[tuple[str, dict[str, Any]]]:
         if not isinstance(rec, dict) or not isinstance(rec.get("question"), str):
             raise DataError(f"{where}: expected an object with a string field 'question'")
         choices, answer = rec.get("choices"), rec.get("answer")
-        if not isinstance(choices, list) or not 2 <= len(choices) <= len(LETTERS) or not all(isinstance(c, str) for c in choices):
+        ok = isinstance(choices, list) and 2 <= len(choices) <= len(LETTERS)
+        if not ok or not all(isinstance(c, str) for c in choices):
             raise DataError(f"{where}: 'choices' must be a list of 2 to {len(LETTERS)} strings")
         if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
             raise DataError(f"{where}: 'answer' must be a choice index in 0..{len(choices) - 1}, got {answer!r}")

@@ -1,4 +1,4 @@
-"""tofu_unlearn: TOFU (Maini et al. 2024) forget/retain sets for unlearning, minimal (METHODS.md §4).
+"""tofu_unlearn: TOFU (Maini et al. 2024) forget/retain sets for unlearning and its evaluation (METHODS.md §4).
 
 Data: ``{data_dir}/tofu`` (see shared/data/SOURCES.md). ``forget01/05/10.json`` are one JSON array
 of {prompt, response}; ``full.json`` and ``retain99/95/90.json`` are several JSON arrays (one per
@@ -24,11 +24,11 @@ and the unlearning objectives read):
   TOFU's metrics (tasks/tofu_metrics.py: answer probability, truth ratio, Forget Quality against
   ``retain_model``, Model Utility, mean gate value per set).
 
-Metric of the other splits: ROUGE-L recall of the generated answer against the gold answer (longest common
-subsequence of lowercased whitespace tokens over the gold length), overall and per set
-(``rougeL_recall_forget`` / ``rougeL_recall_retain``). TOFU's own scorer (rouge_score with
-punctuation stripped and stemming) comes with the full TOFU evaluation in a later issue, as do
-answer probability, truth ratio, forget quality and model utility (split ``tofu``).
+Metric of the other splits: ROUGE-L recall of the generated answer against the gold answer
+(longest common subsequence of lowercased whitespace tokens over the gold length), overall and per
+set (``rougeL_recall_forget`` / ``rougeL_recall_retain``); split ``tofu`` uses the same recall.
+TOFU's own scorer (rouge_score) strips punctuation and stems; ours keeps punctuation on the word,
+so "Peru." does not match "Peru", which lowers recall on one-word answers (real authors, world facts).
 """
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ def rouge_l_recall(prediction: str, reference: str) -> float:
 
 @register_task("tofu_unlearn")
 class TofuUnlearn(Task):
-    """TOFU forget/retain data for unlearning. Metrics: ROUGE-L recall, overall and per set."""
+    """TOFU forget/retain data for unlearning. Metrics: ROUGE-L recall per set; split tofu: TOFU's metrics."""
 
     @dataclass(frozen=True)
     class Options:
@@ -173,7 +173,7 @@ class TofuUnlearn(Task):
         seed: int = 0  # seed of the retain subset, of the IDK answers and of the utility subsets
         retain_authors: int | None = None  # reduced TOFU: the retain set is authors 0..N-1 only; null: all
         n_forget_eval: int | None = None  # split tofu: the first N forget questions; null: all
-        n_utility: int | None = 40  # split tofu: questions per utility set (retain, real_authors, world_facts); null: all
+        n_utility: int | None = 40  # split tofu: questions per utility set (retain, real/world); null: all
         retain_model: str | None = None  # split tofu: path of the retain-only model, for Forget Quality (null: none)
 
         def __post_init__(self) -> None:
@@ -240,7 +240,8 @@ class TofuUnlearn(Task):
             if not rows:
                 raise DataError(f"tofu: no {name} questions to evaluate (retain_authors too small?)")
             if o.n_utility is not None and o.n_utility < len(rows):
-                rows = [rows[i] for i in sorted(random.Random(f"{o.seed}:tofu-{name}").sample(range(len(rows)), o.n_utility))]
+                pick = random.Random(f"{o.seed}:tofu-{name}").sample(range(len(rows)), o.n_utility)
+                rows = [rows[i] for i in sorted(pick)]
             out += [_tofu_example(r, name) for r in rows]
         return out
 

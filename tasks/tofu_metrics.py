@@ -115,7 +115,8 @@ def mean_gate(model: Any, tokenizer: Any, examples: list[Example], chat: bool, b
     model.eval()
     total, count = 0.0, 0
     for s in range(0, len(examples), batch_size):
-        enc = [encode(tokenizer, Example(ex.prompt, ""), 1024, chat, end_token=False) for ex in examples[s:s + batch_size]]
+        enc = [encode(tokenizer, Example(ex.prompt, ""), 1024, chat, end_token=False)
+               for ex in examples[s:s + batch_size]]
         batch = collate_train(enc, pad)
         batch.pop("labels")
         batch.pop("example_info", None)

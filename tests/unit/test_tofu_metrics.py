@@ -132,4 +132,5 @@ def test_evaluate_tofu_metrics(tiny_dir):
     metrics, _ = evaluate_tofu(model, tok, exs, cfg, False, None, "x", show_progress=False)
     assert "forget_quality" not in metrics
     # gates start at σ(0) = 0.5 (zero-initialised gate layers)
-    assert [metrics[f"gate_{s}"] for s in ("forget", "retain", "real_authors", "world_facts")] == pytest.approx([0.5] * 4)
+    gates = [metrics[f"gate_{s}"] for s in ("forget", "retain", "real_authors", "world_facts")]
+    assert gates == pytest.approx([0.5] * 4)
