@@ -57,6 +57,7 @@ from .config import config_hash, dump_yaml, from_dict, require
 from .data import Encoded, collate_train, encode, format_prompt, pad_id
 from .edit_bank import EDIT_POS, EDIT_SLOT, EditBank
 from .errors import ConfigError
+from .hooks import capture_outputs
 from .intervention import Context
 from .positions import IGNORE
 from .schedule import SPEC_KEYS
@@ -173,10 +174,8 @@ class Editor:
     def layer_states(self, sequences: list[list[int]], batch_size: int = 16) -> list[Tensor]:
         """The unedited hidden states at the edited site, (len, d) for each token sequence."""
         target = sites.resolve(self.model.base, self.group.component, self.group.layers[0])
-        seen: list[Tensor] = []
-        handle = target.register_forward_hook(lambda m, a, o: seen.append((o[0] if isinstance(o, tuple) else o).detach()))
         out: list[Tensor] = []
-        try:
+        with capture_outputs(target) as seen:
             for s in range(0, len(sequences), batch_size):
                 chunk = [Encoded(ids, ids, len(ids)) for ids in sequences[s:s + batch_size]]
                 batch = collate_train(chunk, self.pad)
@@ -185,8 +184,6 @@ class Editor:
                     self.model.base(input_ids=batch["input_ids"].to(self.model.device),
                                     attention_mask=batch["attention_mask"].to(self.model.device))
                 out += [seen[0][r, : len(e.input_ids)] for r, e in enumerate(chunk)]
-        finally:
-            handle.remove()
         return out
 
     def site_states(self, prompts: list[str], positions: list[int]) -> list[Tensor]:
@@ -243,12 +240,8 @@ class Editor:
         if norm is None:
             out = self.model(**batch, prompt_lengths=pl)
             return out, out.logits[:, :-1][sel]
-        seen: list[Tensor] = []
-        handle = norm.register_forward_hook(lambda m, a, o: seen.append(o))
-        try:
+        with capture_outputs(norm) as seen:
             out = self.model(**batch, prompt_lengths=pl, logits_to_keep=1)
-        finally:
-            handle.remove()
         return out, self.model.base.get_output_embeddings()(seen[-1][:, :-1][sel])
 
     def train_jobs(self, jobs: list[list[int]], reset: bool = True, show: bool = False) -> list[JobResult]:

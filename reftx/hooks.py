@@ -16,12 +16,14 @@ Two kinds of hooks are installed on the base model:
 Only the handles created here are ever removed.
 
 Classification heads that read mean-pooled states (``model.pooling: mean``, reftx.classify) get
-their hooks here too: ``install_mean_pooling``.
+their hooks here too: ``install_mean_pooling``; the editing engine reads a module's outputs
+through ``capture_outputs``.
 """
 from __future__ import annotations
 
 from collections import defaultdict
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -251,3 +253,15 @@ def install_mean_pooling(model: nn.Module, module: nn.Module, where: str) -> lis
     else:
         raise ValueError(f"where must be 'input' or 'output', got {where!r}")
     return [model.register_forward_pre_hook(state.capture, with_kwargs=True), inner]
+
+
+@contextmanager
+def capture_outputs(module: nn.Module) -> Iterator[list[Tensor]]:
+    """Within the block, the hidden state of every output of ``module`` is appended to the yielded
+    list (not detached); the hook is removed on exit (reftx.editing reads site states with it)."""
+    seen: list[Tensor] = []
+    handle = module.register_forward_hook(lambda mod, args, out: seen.append(_hidden(out)))
+    try:
+        yield seen
+    finally:
+        handle.remove()
