@@ -1,4 +1,4 @@
-"""The ``reftx`` command line: run, plan, validate, ls, eval, edit."""
+"""The ``reftx`` command line: run, plan, validate, ls, eval, baseline, edit."""
 from __future__ import annotations
 
 import argparse
@@ -99,6 +99,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from . import runner
+
+    runner.evaluate_base(_experiment(args.experiment, args.overrides), show_progress=not args.no_progress)
+    return 0
+
+
 def cmd_edit(args: argparse.Namespace) -> int:
     from .edit_run import demo, run_edit
 
@@ -140,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(fn=cmd_eval)
+    b = sub.add_parser("baseline", help="evaluate the experiment's model as it is (no training): the zero-shot "
+                                        "baseline on the same eval set, or a saved checkpoint")
+    b.add_argument("experiment")
+    b.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.name=runs/tofu_finetune/model")
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(fn=cmd_baseline)
     ed = sub.add_parser("edit", help="knowledge editing: an editing experiment, or one fact from the command line")
     ed.add_argument("experiment", nargs="?", help="editing experiment YAML (experiments/editing/)")
     ed.add_argument("overrides", nargs="*", help="dotted overrides, e.g. method.mode=sequential task.n_eval=100")

@@ -273,3 +273,28 @@ def evaluate_run(run_dir: str | Path, show_progress: bool = True) -> dict[str, A
                "versions": _versions()}
     _write_json(run_dir / "eval.json", results)
     return results
+
+
+def evaluate_base(exp: Experiment, show_progress: bool = True) -> dict[str, Any]:
+    """The experiment's model as it is (no interventions, no training) on its eval split, with the
+    task's metrics: the zero-shot baseline of a run, or a saved checkpoint such as TOFU's stage 1.
+    Writes ``{run_dir}/results.json`` (same config hash as ``reftx run`` of this experiment) and
+    ``samples.jsonl``; the interventions, lora and train sections are not used."""
+    t0 = time.perf_counter()
+    task = load_task(exp)
+    _, eval_split = splits(exp, task)
+    examples = task.examples(eval_split, exp.task.n_eval, exp.seed)
+    model, tok = load_base(exp)
+    metrics, preds = task.evaluate(model, tok, examples, exp.eval, use_chat(tok, exp.model.chat_template),
+                                   show_progress)
+    results = {"name": exp.name, "config_hash": config_hash(exp.to_dict()), "model": exp.model.name,
+               "task": task.name, "eval_split": eval_split, "n_eval": len(examples), "metrics": metrics,
+               "trainable_parameters": 0, "wall_seconds": time.perf_counter() - t0, "versions": _versions()}
+    exp.run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(exp.run_dir / "results.json", results)
+    with (exp.run_dir / "samples.jsonl").open("w") as f:
+        for ex, pred in zip(examples, preds):
+            f.write(json.dumps({"prompt": ex.prompt, "gold": str(ex.gold), "after": pred}) + "\n")
+    report(results, [], None, [])
+    return results
+

@@ -17,7 +17,7 @@ and the prediction is the argmax over the letters' log-probabilities as continua
 The shipped ``tasks/data/mcq_sample.jsonl`` holds six harmless questions we wrote in this
 format. Score a model as it is (no training) with
 
-    python -m reftx.tasks evaluate CONFIG      # CONFIG: task {name: mcq, options: {file: ...}}
+    reftx baseline CONFIG      # CONFIG: task {name: mcq, options: {file: ...}}
 """
 from __future__ import annotations
 

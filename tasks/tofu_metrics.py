@@ -24,9 +24,9 @@ Overall:
   {retain, real_authors, world_facts} (0 if any is 0).
 
 A model as it is (the stage-1 or the retain-only model, before any unlearning) is evaluated by
-``python -m reftx.tasks evaluate`` (tasks/__main__.py) on an unlearning experiment's split ``tofu``:
+``reftx baseline`` (reftx.runner.evaluate_base) on an unlearning experiment's split ``tofu``:
 
-    python -m reftx.tasks evaluate experiments/unlearning/tofu_grun.yaml name=tofu_stage1_forget01
+    reftx baseline experiments/unlearning/tofu_grun.yaml name=tofu_stage1_forget01
 """
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from reftx import runner
 from reftx.errors import ConfigError
 from reftx.experiment import load_experiment
 from reftx.task import default_data_dir, get_task
+from reftx.cli import main as cli_main
 from reftx.tasks.__main__ import main as tasks_main
 from reftx.tasks.tofu_finetune import export_merged
 
@@ -63,7 +64,7 @@ def tiny(tiny_dir, tmp_path, *extra):
 
 
 def test_evaluate_command(tiny_dir, tmp_path):
-    assert tasks_main(["evaluate", str(UNLEARN / "tofu_grun.yaml"), *tiny(tiny_dir, tmp_path, "name=stage1")]) == 0
+    assert cli_main(["baseline", str(UNLEARN / "tofu_grun.yaml"), *tiny(tiny_dir, tmp_path, "name=stage1")]) == 0
     results = json.loads((tmp_path / "stage1" / "results.json").read_text())
     assert results["n_eval"] == 10 and results["trainable_parameters"] == 0
     assert results["metrics"]["forget_quality"] == pytest.approx(1.0)  # the retain model is this model
