@@ -16,7 +16,7 @@ from .intervention import (  # noqa: E402
 from .model import ReftModel, attach  # noqa: E402
 from .schedule import plan  # noqa: E402
 
-from . import basis_gates, bounds, input_gates, objectives  # noqa: E402,F401  (register shared parts)
+from . import basis_gates, bounds, edit_bank, input_gates, objectives  # noqa: E402,F401  (register shared parts)
 from . import methods  # noqa: E402,F401  (registers the built-in primitives)
 
 __all__ = [

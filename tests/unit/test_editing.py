@@ -177,14 +177,15 @@ def test_one_fact_reaches_reliability_one_with_locality_measured(tiny_dir):
 
 
 def test_parallel_single_edits_equal_one_at_a_time(tiny_dir):
-    """Three edits side by side in one bank == each trained alone (same steps, same weights)."""
+    """Three edits side by side in one bank == each trained alone (same steps, same weights, up to
+    float reduction order: batched matmuls sum in a different order with more threads)."""
     jobs = [[0], [1], [2]]
     together = editor(tiny_dir, 3, steps=8).train_jobs(jobs)
     alone = editor(tiny_dir, 1, steps=8).train_jobs(jobs)
     for a, b in zip(together, alone):
         assert a.steps == b.steps
         for k in a.state:
-            torch.testing.assert_close(a.state[k], b.state[k], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(a.state[k], b.state[k], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("subject", [False, True])
@@ -197,7 +198,7 @@ def test_upper_layer_path_equals_the_full_forward(tiny_dir, subject):
     for a, b in zip(fast.train_jobs([[0, 1], [2]]), slow.train_jobs([[0, 1], [2]])):
         assert a.steps == b.steps and a.loss == pytest.approx(b.loss, rel=1e-5)
         for k in a.state:
-            torch.testing.assert_close(a.state[k], b.state[k], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(a.state[k], b.state[k], rtol=1e-4, atol=1e-5)
 
 
 def test_baft_site_state_losses_on_a_fresh_gate(tiny_dir):
