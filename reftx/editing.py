@@ -257,7 +257,7 @@ class Editor:
                 k = free.pop(0)
                 if reset:
                     bank.reset(k, self.init_seed(edits[0]))
-                opt = torch.optim.AdamW(bank.slots[k].parameters(), lr=self.lr, weight_decay=self.wd)
+                opt = torch.optim.AdamW(bank.slots[k].param_groups(self.wd), lr=self.lr)
                 active[k] = {"job": j, "edits": edits, "opt": opt, "steps": 0, "t": time.perf_counter()}
             rows = [(k, i) for k in sorted(active) for i in active[k]["edits"]]
             enc = [Encoded(self.encoded[i].input_ids, self.encoded[i].labels, self.encoded[i].prompt_len,

@@ -182,6 +182,20 @@ class Intervention(nn.Module):
                 out.add(f"{mod_name}.{p}" if mod_name else p)
         return out
 
+    def decay_split(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(parameters with weight decay, parameters without: ``no_decay_parameters``)."""
+        skip = self.no_decay_parameters()
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            (no_decay if name in skip else decay).append(p)
+        return decay, no_decay
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups of this primitive alone: orthonormal bases (and anything it lists) skip decay."""
+        decay, no_decay = self.decay_split()
+        return [g for g in ({"params": decay, "weight_decay": weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, dim={self.dim}, config={self.config}"
 

@@ -116,9 +116,9 @@ class ReftModel(nn.Module):
         """Optimizer groups: orthonormal bases (and anything a primitive lists) skip weight decay."""
         decay, no_decay = [], []
         for _, mod in self.named_interventions():
-            skip = mod.no_decay_parameters()
-            for name, p in mod.named_parameters():
-                (no_decay if name in skip else decay).append(p)
+            d, n = mod.decay_split()
+            decay += d
+            no_decay += n
         head = [p for _, p in self._module_params()]
         return [g for g in ({"params": decay, "weight_decay": weight_decay},
                             {"params": no_decay, "weight_decay": 0.0},
