@@ -121,6 +121,16 @@ def _write_json(path: Path, obj: Any) -> None:
     _atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
+def write_samples(run_dir: Path, examples: list, preds: list[str], before: list[str] | None = None) -> None:
+    """samples.jsonl: prompt, gold and prediction ("after") per example, plus "before" where given."""
+    with (run_dir / "samples.jsonl").open("w") as f:
+        for i, ex in enumerate(examples):
+            rec = {"prompt": ex.prompt, "gold": str(ex.gold), "after": preds[i]}
+            if before is not None and i < len(before):
+                rec["before"] = before[i]
+            f.write(json.dumps(rec) + "\n")
+
+
 def plot_loss(run_dir: Path) -> Path | None:
     """loss.png from metrics.jsonl (headless matplotlib), plus records.png when primitives logged
     values (gate and basis weights: the ``rec/<group key>/<name>`` means of each logged step)."""
@@ -219,12 +229,7 @@ def run(exp: Experiment, resume: bool = False, show_progress: bool = True) -> di
                "eval_seconds": time.perf_counter() - t_eval, "wall_seconds": time.perf_counter() - t_start,
                "versions": _versions()}
     _write_json(run_dir / "results.json", results)
-    with (run_dir / "samples.jsonl").open("w") as f:
-        for i, ex in enumerate(eval_ex):
-            rec = {"prompt": ex.prompt, "gold": str(ex.gold), "after": preds[i]}
-            if before is not None and i < len(before):
-                rec["before"] = before[i]
-            f.write(json.dumps(rec) + "\n")
+    write_samples(run_dir, eval_ex, preds, before)
     report(results, shown, before, preds[: len(shown)])
     return results
 
@@ -292,9 +297,7 @@ def evaluate_base(exp: Experiment, show_progress: bool = True) -> dict[str, Any]
                "trainable_parameters": 0, "wall_seconds": time.perf_counter() - t0, "versions": _versions()}
     exp.run_dir.mkdir(parents=True, exist_ok=True)
     _write_json(exp.run_dir / "results.json", results)
-    with (exp.run_dir / "samples.jsonl").open("w") as f:
-        for ex, pred in zip(examples, preds):
-            f.write(json.dumps({"prompt": ex.prompt, "gold": str(ex.gold), "after": pred}) + "\n")
+    write_samples(exp.run_dir, examples, preds)
     report(results, [], None, [])
     return results
 
