@@ -18,8 +18,11 @@ rows of examples with ``example_info["locality"] == 1`` are *locality rows* (unr
                  every gate, which is the locality loss's job, not balancing.
                ``variance``: B = Var_k(u_k) (population variance over the r bases) of the mean
                  usage u_k = mean over rows of s_k: 0 when every basis is used equally on average.
-* ``baft_locality`` = locality_weight · mean of s_k over the locality rows and all k: pulls the
-  gates toward 0 on unrelated prompts (0 when the batch has no locality row). Needs
+* ``baft_locality`` = locality_weight · mean of max(s_k − m, 0) over the locality rows and all k,
+  m = locality_margin (default 0: the mean of s_k): pulls the gates toward 0 on unrelated prompts
+  (0 when the batch has no locality row). With m > 0 a gate at or below m feels no pull, so the
+  loss cannot drive the router into saturation (σ' ≈ 0), where no edit's gradient could reopen
+  it: the failure of sequential editing with m = 0 in docs/results.md. Needs
   ``example_info["locality"]`` in a training forward (train mode, gradients on: a DataError
   otherwise); in evaluation and generation, without it, nothing is added.
 
@@ -54,12 +57,14 @@ class BaftConfig(SubspaceConfig):
     balance_loss: switch (r · Σ f_k P_k) | variance (Var_k of mean usage); see the module docstring.
     balance_weight: weight of the load-balancing loss (0: off).
     locality_weight: weight of the gate-toward-0 loss on locality rows (0: off).
+    locality_margin: gates at or below it on locality rows are not pulled further (0: always pulled).
     """
 
     basis_gate: Literal["sigmoid", "softmax", "topk"] = "sigmoid"
     balance_loss: Literal["switch", "variance"] = "switch"
     balance_weight: float = 0.0
     locality_weight: float = 0.0
+    locality_margin: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
@@ -69,6 +74,8 @@ class BaftConfig(SubspaceConfig):
         for name in ("balance_weight", "locality_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.locality_margin < 1.0:
+            raise ConfigError("locality_margin", f"must be in [0, 1) (a gate value), got {self.locality_margin}")
 
 
 def switch_balance(s: Tensor, rows: Tensor) -> Tensor:
@@ -89,10 +96,12 @@ def variance_balance(s: Tensor, rows: Tensor) -> Tensor:
     return u.var(unbiased=False)
 
 
-def locality_gate_loss(s: Tensor, loc: Tensor) -> Tensor:
-    """Mean of s over the locality rows (``loc`` = 1) and every basis; 0 without locality rows."""
+def locality_gate_loss(s: Tensor, loc: Tensor, margin: float = 0.0) -> Tensor:
+    """Mean of max(s − margin, 0) over the locality rows (``loc`` = 1) and every basis; 0 without
+    locality rows. margin 0 gives the mean of s (the gates are >= 0)."""
     loc = loc.float()
-    return (s.float() * loc[:, None]).sum() / (loc.sum() * s.shape[-1]).clamp_min(1.0)
+    excess = (s.float() - margin).clamp_min(0.0) if margin > 0 else s.float()
+    return (excess * loc[:, None]).sum() / (loc.sum() * s.shape[-1]).clamp_min(1.0)
 
 
 BALANCE = {"switch": switch_balance, "variance": variance_balance}
@@ -120,7 +129,7 @@ class BaFT(LoReFT):
             edit = torch.ones_like(s[:, 0]) if loc is None else (~loc).float()
             ctx.add_loss("baft_balance", cfg.balance_weight * BALANCE[cfg.balance_loss](s, edit))
         if cfg.locality_weight > 0 and loc is not None:
-            ctx.add_loss("baft_locality", cfg.locality_weight * locality_gate_loss(s, loc))
+            ctx.add_loss("baft_locality", cfg.locality_weight * locality_gate_loss(s, loc, cfg.locality_margin))
         return s
 
 

@@ -180,6 +180,18 @@ def test_locality_gate_loss_reference():
     assert locality_gate_loss(S, torch.zeros(3)).item() == 0.0
 
 
+def test_locality_margin_reference_and_gradient():
+    # margin 0.3 on rows 1, 2 ([0.6, 0.2], [0.2, 0.6]): excess [0.3, 0, 0, 0.3] -> 0.6 / 4
+    s = S.clone().requires_grad_(True)
+    loss = locality_gate_loss(s, torch.tensor([0, 1, 1]), margin=0.3)
+    assert loss.item() == pytest.approx(0.15, abs=1e-7)
+    loss.backward()
+    # only gates above the margin are pulled, each by 1/4; a gate at or below it gets no gradient
+    assert s.grad.tolist() == [[0.0, 0.0], [0.25, 0.0], [0.0, 0.25]]
+    # every locality gate under the margin: no loss at all
+    assert locality_gate_loss(S, torch.tensor([0, 1, 1]), margin=0.65).item() == 0.0
+
+
 def test_losses_added_by_the_module():
     """balance over the non-locality rows, locality over the locality rows, each times its weight."""
     mod = gated("sigmoid", balance_weight=0.5, balance_loss="variance", locality_weight=2.0)
@@ -205,6 +217,7 @@ def test_locality_weight_needs_the_info_in_training():
     ({"basis_gate": "none"}, "basis_gate"),
     ({"balance_weight": -1.0}, "balance_weight"),
     ({"balance_loss": "entropy"}, "balance_loss"),
+    ({"locality_margin": 1.0}, "locality_margin"),
 ])
 def test_config_errors(opts, field):
     with pytest.raises(reftx.ConfigError, match=rf"interventions\.0\.{field}"):
