@@ -25,10 +25,9 @@ and the unlearning objectives read):
   ``retain_model``, Model Utility, mean gate value per set).
 
 Metric of the other splits: ROUGE-L recall of the generated answer against the gold answer
-(longest common subsequence of lowercased whitespace tokens over the gold length), overall and per
-set (``rougeL_recall_forget`` / ``rougeL_recall_retain``); split ``tofu`` uses the same recall.
-TOFU's own scorer (rouge_score) strips punctuation and stems; ours keeps punctuation on the word,
-so "Peru." does not match "Peru", which lowers recall on one-word answers (real authors, world facts).
+(longest common subsequence over the gold length, tokenised and stemmed as TOFU's scorer does:
+``rouge_l_recall``), overall and per set (``rougeL_recall_forget`` / ``rougeL_recall_retain``);
+split ``tofu`` uses the same recall.
 """
 from __future__ import annotations
 
@@ -141,24 +140,14 @@ def forget_authors(forget: str) -> range:
     return range(N_AUTHORS - FORGET_AUTHORS[forget], N_AUTHORS)
 
 
-def lcs_length(a: list[str], b: list[str]) -> int:
-    """Length of the longest common subsequence of two token lists (O(len(a)·len(b)) DP)."""
-    if len(a) < len(b):
-        a, b = b, a
-    row = [0] * (len(b) + 1)
-    for x in a:
-        prev = 0  # row[j - 1] of the previous row
-        for j, y in enumerate(b, 1):
-            cur = row[j]
-            row[j] = prev + 1 if x == y else max(row[j], row[j - 1])
-            prev = cur
-    return row[-1]
-
-
 def rouge_l_recall(prediction: str, reference: str) -> float:
-    """LCS(prediction, reference) / len(reference) over lowercased whitespace tokens (0 if empty)."""
-    ref = reference.lower().split()
-    return lcs_length(prediction.lower().split(), ref) / len(ref) if ref else 0.0
+    """ROUGE-L recall of ``prediction`` against ``reference``, scored as TOFU scores it (the
+    ``rouge_score`` package with ``use_stemmer=True``): lowercase, every run of characters outside
+    [a-z0-9] a separator, Porter stems of tokens longer than 3 characters, then LCS / reference
+    length (0 for an empty reference). Computed by torchmetrics (its stemmer is nltk's)."""
+    from torchmetrics.functional.text import rouge_score
+
+    return float(rouge_score(prediction, reference, use_stemmer=True, rouge_keys="rougeL")["rougeL_recall"])
 
 
 @register_task("tofu_unlearn")
