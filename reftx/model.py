@@ -236,8 +236,8 @@ class ReftModel(nn.Module):
         }
         if self.train_modules:
             meta["train_modules"] = list(self.train_modules)
-        _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
-        _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+        atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
+        atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
         return directory
 
     def load_trained(self, directory: str | os.PathLike) -> None:
@@ -286,7 +286,9 @@ def _checkpointing(base: nn.Module) -> bool:
     return False
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Write ``path`` through ``write(tmp)`` to a temporary file beside it, then rename it into
+    place: a crash leaves the old file or the new one, never half of one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:

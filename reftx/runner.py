@@ -29,7 +29,7 @@ from .data import encode, pad_id, use_chat
 from .errors import ConfigError, ReftError
 from .evaluate import evaluate, generate
 from .experiment import Experiment
-from .model import ReftModel, _atomic_write, attach
+from .model import ReftModel, atomic_write, attach
 from .prefix import prefix_truncate
 from .schedule import plan
 from .task import Task, get_task
@@ -118,7 +118,7 @@ def _versions() -> dict[str, str]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2) + "\n"))
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def write_samples(run_dir: Path, examples: list, preds: list[str], before: list[str] | None = None) -> None:
@@ -179,7 +179,7 @@ def run(exp: Experiment, resume: bool = False, show_progress: bool = True) -> di
         raise ReftError(f"{run_dir} already holds checkpoints: pass --resume to continue, or choose a new "
                         "name (name=...) or output_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(cfg_file, lambda p: Path(p).write_text(dump_yaml(resolved)))
+    atomic_write(cfg_file, lambda p: Path(p).write_text(dump_yaml(resolved)))
     console.rule(f"[bold]reftx run {exp.name}  (config {chash})")
     console.print(dump_yaml(resolved), highlight=False)
 

@@ -37,7 +37,7 @@ from transformers import get_scheduler
 from .data import Encoded, collate_train
 from .errors import ReftError
 from .experiment import TrainConfig
-from .model import ReftModel, _atomic_write
+from .model import ReftModel, atomic_write
 from .objectives import OBJECTIVES
 
 STATE_FILE = "state.json"
@@ -138,7 +138,7 @@ def _truncate_log(path: Path, step: int) -> None:
     """Drop metrics logged after ``step`` (by a run that died after its last checkpoint)."""
     if path.is_file():
         keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        _atomic_write(path, lambda p: Path(p).write_text("".join(x + "\n" for x in keep)))
+        atomic_write(path, lambda p: Path(p).write_text("".join(x + "\n" for x in keep)))
 
 
 class Interrupted(KeyboardInterrupt):

@@ -134,6 +134,7 @@ def mean_gate(model: Any, tokenizer: Any, examples: list[Example], chat: bool, b
 def retain_ratios(retain_model: str, examples: list[Example], chat: bool, key: str, batch_size: int) -> list[float]:
     """The retain-only model's forget-set truth ratios, cached in ``{retain_model}/{CACHE_FILE}`` by ``key``."""
     from reftx.hub import load_model
+    from reftx.model import atomic_write
 
     cache = Path(retain_model) / CACHE_FILE
     key = f"{key}:chat={chat}:n={len(examples)}"
@@ -141,7 +142,7 @@ def retain_ratios(retain_model: str, examples: list[Example], chat: bool, key: s
     if key not in stored:
         model, tok = load_model(retain_model)
         stored[key] = [r["R"] for r in likelihood_stats(model, tok, examples, chat, batch_size)]
-        cache.write_text(json.dumps(stored))
+        atomic_write(cache, lambda p: Path(p).write_text(json.dumps(stored)))
     return stored[key]
 
 
