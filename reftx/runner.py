@@ -283,19 +283,22 @@ def evaluate_run(run_dir: str | Path, show_progress: bool = True) -> dict[str, A
 def evaluate_base(exp: Experiment, show_progress: bool = True) -> dict[str, Any]:
     """The experiment's model as it is (no interventions, no training) on its eval split, with the
     task's metrics: the zero-shot baseline of a run, or a saved checkpoint such as TOFU's stage 1.
-    Writes ``{run_dir}/results.json`` (same config hash as ``reftx run`` of this experiment) and
-    ``samples.jsonl``; the interventions, lora and train sections are not used."""
+    Writes ``{run_dir}/config.yaml`` (the resolved config), ``results.json`` (same config hash as
+    ``reftx run`` of this experiment) and ``samples.jsonl``; the interventions, lora and train
+    sections are not used."""
     t0 = time.perf_counter()
+    resolved = exp.to_dict()
+    exp.run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(exp.run_dir / "config.yaml", lambda p: Path(p).write_text(dump_yaml(resolved)))
     task = load_task(exp)
     _, eval_split = splits(exp, task)
     examples = task.examples(eval_split, exp.task.n_eval, exp.seed)
     model, tok = load_base(exp)
     metrics, preds = task.evaluate(model, tok, examples, exp.eval, use_chat(tok, exp.model.chat_template),
                                    show_progress)
-    results = {"name": exp.name, "config_hash": config_hash(exp.to_dict()), "model": exp.model.name,
+    results = {"name": exp.name, "config_hash": config_hash(resolved), "model": exp.model.name,
                "task": task.name, "eval_split": eval_split, "n_eval": len(examples), "metrics": metrics,
                "trainable_parameters": 0, "wall_seconds": time.perf_counter() - t0, "versions": _versions()}
-    exp.run_dir.mkdir(parents=True, exist_ok=True)
     _write_json(exp.run_dir / "results.json", results)
     write_samples(exp.run_dir, examples, preds)
     report(results, [], None, [])

@@ -3,6 +3,7 @@ evaluate`, and a few unlearning steps of GRUN / LoReFT / LoRA with every TOFU me
 from __future__ import annotations
 
 import json
+import runpy
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 import reftx.tasks  # noqa: F401  (registers the zoo)
 from reftx import runner
+from reftx.config import config_hash, load_yaml
 from reftx.errors import ConfigError
 from reftx.experiment import load_experiment
 from reftx.task import default_data_dir, get_task
@@ -71,6 +73,13 @@ def test_evaluate_command(tiny_dir, tmp_path):
     assert not any(k.startswith("gate_") for k in results["metrics"])
     samples = (tmp_path / "stage1" / "samples.jsonl").read_text().splitlines()
     assert len(samples) == 10 and set(json.loads(samples[0])) == {"prompt", "gold", "after"}
+    # the folder describes itself: its config.yaml has the hash of results.json
+    assert config_hash(load_yaml(tmp_path / "stage1" / "config.yaml")) == results["config_hash"]
+    # scripts/tofu_rescore.py recomputes ROUGE-L and MU from samples.jsonl: with the same scorer, the same values
+    rescore = runpy.run_path(str(REPO / "scripts" / "tofu_rescore.py"))["rescore"]
+    again = rescore(tmp_path / "stage1")
+    assert again == pytest.approx(results["metrics"], rel=1e-12)
+    assert json.loads((tmp_path / "stage1" / "rescored.json").read_text())["rescored_from"] == "samples.jsonl"
 
 
 @pytest.mark.parametrize("config, objective, gated", [
