@@ -27,8 +27,9 @@ BaFT extras, computed on the *site states* (the hidden states at the one edited 
 intervention changes because it is the only one, so they are computed once with the unedited model):
 
 * ``method.locality_prompts`` = n > 0: the first n prompts of ROME's known_1000 (never an evaluated
-  prompt) are locality rows; each step adds ``locality_weight · mean s(h)`` over their states
-  (BaFT's gate-toward-0 locality loss, ``reftx.methods.baft.locality_gate_loss``) for each slot.
+  prompt) are locality rows; each step adds ``locality_weight · mean max(s(h) − locality_margin, 0)``
+  over their states (BaFT's gate-toward-0 locality loss, ``reftx.methods.baft.locality_gate_loss``)
+  for each slot.
 * ``method.sequence_balance_weight`` = w > 0 (sequential mode): BaFT's incremental load
   balancing: w · Var_k(u_k), u_k the mean weight of basis k over the states of *every edit so
   far* (``variance_balance``), so later edits are pushed onto bases earlier ones used little.
@@ -198,7 +199,8 @@ class Editor:
         inner, loss = self.bank.slots[k], None
         if self.pool is not None and inner.config.locality_weight > 0:
             s = inner.basis_gate(self.pool, Context(torch.zeros(len(self.pool), dtype=torch.long), 1))
-            loss = inner.config.locality_weight * locality_gate_loss(s, torch.ones(len(self.pool)))
+            loss = inner.config.locality_weight * locality_gate_loss(s, torch.ones(len(self.pool)),
+                                                                     inner.config.locality_margin)
         if self.opts.sequence_balance_weight and self.opts.mode == "sequential":
             h = torch.cat(self.seq_states)
             s = inner.basis_gate(h, Context(torch.zeros(len(h), dtype=torch.long), 1))

@@ -208,6 +208,11 @@ def test_baft_site_state_losses_on_a_fresh_gate(tiny_dir):
     assert ed.pool.shape[0] == len(ed.tok("Paris is in")["input_ids"]) + len(ed.tok("Rome is in")["input_ids"])
     ed.seq_states = ed.site_states([ed.examples[0].prompt], [-1])
     assert ed._extra(0, [0]).item() == pytest.approx(2.0 * 0.9, abs=1e-6)
+    # with locality_margin m the pull is on the excess over m: 2 · (0.9 − 0.5); none once under m
+    for margin, expected in ((0.5, 2.0 * 0.4), (0.95, 0.0)):
+        ed = editor(tiny_dir, 1, kind="baft", opts=opts, locality_weight=2.0, locality_margin=margin)
+        ed.seq_states = ed.site_states([ed.examples[0].prompt], [-1])
+        assert ed._extra(0, [0]).item() == pytest.approx(expected, abs=1e-6)
     with pytest.raises(ConfigError, match="basis-gated"):
         editor(tiny_dir, 1, kind="loreft", opts=EditOptions(locality_prompts=2))
 
