@@ -25,6 +25,13 @@ Initialisation (A = 0, so a fresh gate ignores its input):
   bases' rows of A learn first, and a dropped basis takes over an input once the kept logits
   fall below its own.
 
+Router input (``basis_gate_input``): ``raw`` reads h as it is; ``unit`` reads h / ‖h‖₂. Residual
+states are large (SmolLM2-135M at layer 15: ‖h‖₁ ≈ 2,000 per token, ≈ 60,000 on the first token),
+and Adam's first steps move each weight by about lr whatever the gradient's size, so one step on a
+raw-input router can move a logit by lr·‖h‖₁ (10 at lr 5e-3, far more on the first token) and
+saturate the sigmoid, where σ' underflows and the gate stops learning. With unit inputs one step
+moves a logit by at most lr·√d.
+
 The router bias c is kept out of weight decay: decay would drag every weight toward σ(0) = 0.5.
 """
 from __future__ import annotations
@@ -41,7 +48,7 @@ INIT_WEIGHT = 0.9  # every sigmoid / topk basis weight of a fresh gate
 
 
 class BasisGate(nn.Module):
-    """Router logits ℓ(h) = A h + c (A = 0 at init); subclasses map them to weights."""
+    """Router logits ℓ(h) = A h + c, or A h/‖h‖ + c (A = 0 at init); subclasses map them to weights."""
 
     no_decay = ("router.bias",)
     init_bias: float = math.log(INIT_WEIGHT / (1 - INIT_WEIGHT))
@@ -52,13 +59,15 @@ class BasisGate(nn.Module):
         self.router = nn.Linear(dim, self.rank)
         nn.init.zeros_(self.router.weight)
         nn.init.constant_(self.router.bias, self.init_bias)
+        self.unit_input = getattr(config, "basis_gate_input", "raw") == "unit"
 
     def weights(self, logits: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def forward(self, h: Tensor, ctx: Context) -> Tensor:
         """h (n, d) -> s (n, r) in [0, 1]."""
-        s = self.weights(self.router(h))
+        x = h / h.norm(dim=-1, keepdim=True).clamp_min(1e-6) if self.unit_input else h
+        s = self.weights(self.router(x))
         ctx.record("basis_weights", s)
         return s
 

@@ -210,12 +210,15 @@ class SubspaceConfig(EditConfig):
     activation: applied to the target ``W h + b`` (identity in the ReFT paper).
     basis_gate: per-basis weights s(h) in the subspace (BaFT): none | sigmoid | softmax | topk.
     basis_topk: k for the topk gate (0: rank // 2).
+    basis_gate_input: what the gate's router reads: raw (h itself) | unit (h / ‖h‖₂, so the size of
+      one optimiser step on the router does not grow with the norm of the hidden states).
     """
 
     rank: int = 4
     activation: Activation = "identity"
     basis_gate: Literal["none", "sigmoid", "softmax", "topk"] = "none"
     basis_topk: int = 0
+    basis_gate_input: Literal["raw", "unit"] = "raw"
 
     def __post_init__(self):
         super().__post_init__()

@@ -50,6 +50,17 @@ def test_gate_reference_values(gate):
     assert torch.equal(ctx.records["/basis_weights"][0], s)
 
 
+def test_unit_gate_input_reference_values():
+    """basis_gate_input: unit reads h/‖h‖: h = [3, 4] -> [0.6, 0.8] -> ℓ = [0.6 − 0.8, 0.3 − 1] = [−0.2, −0.7];
+    any positive multiple of h gives the same weights; h = 0 stays 0 (no division by zero)."""
+    gate = gated("sigmoid", basis_gate_input="unit").basis_gate
+    h = torch.tensor([[3.0, 4.0], [300.0, 400.0], [0.0, 0.0]])
+    expected = torch.sigmoid(torch.tensor([[-0.2, -0.7], [-0.2, -0.7], [0.0, -1.0]]))
+    torch.testing.assert_close(gate(h, ctx_for(3)), expected, rtol=0, atol=1e-6)
+    raw = gated("sigmoid").basis_gate  # raw: ℓ([3, 4]) = [−1, 0.5]
+    torch.testing.assert_close(raw(h[:1], ctx_for(1)), torch.sigmoid(torch.tensor([[-1.0, 0.5]])), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("gate", GATE_CASES)
 def test_baft_reference_values(gate):
     # R = I, W = diag(2, 3), b = [1, 1]; h = [1, 2]: z = W h + b − R h = [3, 7] − [1, 2] = [2, 5]
@@ -218,6 +229,7 @@ def test_locality_weight_needs_the_info_in_training():
     ({"balance_weight": -1.0}, "balance_weight"),
     ({"balance_loss": "entropy"}, "balance_loss"),
     ({"locality_margin": 1.0}, "locality_margin"),
+    ({"basis_gate_input": "norm"}, "basis_gate_input"),
 ])
 def test_config_errors(opts, field):
     with pytest.raises(reftx.ConfigError, match=rf"interventions\.0\.{field}"):
