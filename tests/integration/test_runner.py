@@ -10,6 +10,7 @@ import yaml
 from reftx import cli, runner
 from reftx.errors import ConfigError, DataError, ReftError
 from reftx.experiment import load_experiment
+from reftx.task import default_data_dir
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted((REPO / "experiments").rglob("*.yaml"))
@@ -94,7 +95,12 @@ def _default_config():
 def test_shipped_experiments_validate(path):
     exp = load_experiment(path)
     known = HUB_CONFIGS.get(exp.model.name)
-    groups = runner.validate(exp, known() if known else None)
+    try:
+        groups = runner.validate(exp, known() if known else None)
+    except ConfigError as e:  # a task on the shared data, on a machine without it (like the other real-data tests)
+        if e.field == "task.data_dir" and default_data_dir() is None:
+            pytest.skip("shared data not available")
+        raise
     assert groups and all(g.params > 0 for g in groups)
 
 
