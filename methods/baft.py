@@ -100,7 +100,7 @@ def locality_gate_loss(s: Tensor, loc: Tensor, margin: float = 0.0) -> Tensor:
     """Mean of max(s − margin, 0) over the locality rows (``loc`` = 1) and every basis; 0 without
     locality rows. margin 0 gives the mean of s (the gates are >= 0)."""
     loc = loc.float()
-    excess = (s.float() - margin).clamp_min(0.0) if margin > 0 else s.float()
+    excess = (s.float() - margin).clamp_min(0.0)
     return (excess * loc[:, None]).sum() / (loc.sum() * s.shape[-1]).clamp_min(1.0)
 
 

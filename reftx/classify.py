@@ -17,8 +17,9 @@ names it (``score`` on decoders, ``classifier`` on BERT), and the ``classify`` o
 
 ``mean`` is installed with hooks (``reftx.hooks.install_mean_pooling``): on decoders and RoBERTa
 the module that reads token states (``score``, ``classifier``) gets the mean at every position (so
-whichever position transformers picks holds it); on BERT the pooler's output is replaced by the mean. The head's parameter names are unchanged, so checkpoints and
-peft's ``modules_to_save`` work as usual.
+whichever position transformers picks holds it); on BERT the pooler's output is replaced by the
+mean. The head's parameter names are unchanged, so checkpoints and peft's ``modules_to_save`` work
+as usual.
 """
 from __future__ import annotations
 

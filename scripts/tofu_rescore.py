@@ -27,7 +27,7 @@ def rescore(run_dir: Path) -> dict[str, float]:
     samples = [json.loads(ln) for ln in (run_dir / "samples.jsonl").read_text().splitlines() if ln.strip()]
     recall = [rouge_l_recall(s["after"], s["gold"]) for s in samples]
     metrics = dict(results["metrics"])
-    if "model_utility" in metrics or "forget_quality" in metrics:  # split tofu: one recall per set
+    if results["eval_split"] == "tofu":  # TOFU's metrics: one recall per set
         exp = load_experiment(run_dir / "config.yaml")
         set_of = {(ex.prompt, str(ex.gold)): ex.meta["set"] for ex in load_task(exp).load("tofu")}
         by_set: dict[str, list[float]] = {}
