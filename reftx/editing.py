@@ -41,11 +41,9 @@ evaluation point).
 """
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -54,7 +52,7 @@ from rich.console import Console
 from torch import Tensor
 
 from . import sites
-from .config import config_hash, dump_yaml, from_dict, require
+from .config import require
 from .data import Encoded, collate_train, encode, format_prompt, pad_id
 from .edit_bank import EDIT_POS, EDIT_SLOT, EditBank
 from .errors import ConfigError

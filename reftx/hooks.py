@@ -33,6 +33,8 @@ from torch.utils.hooks import RemovableHandle
 
 from . import positions as P
 from . import sites
+from .errors import ReftError
+from .generation import GenerationState, Window, cache_length, find_cache, window_rows
 from .intervention import Context, Intervention, cast_call
 from .parts import OrthoBasis, shared_rotations
 from .schedule import Group, PositionSpec
@@ -49,19 +51,14 @@ class Overrides:
 
 
 @dataclass
-class Generation:
-    """Set for the duration of one ``generate`` call."""
-
-    prompt_len: int | None = None  # padded prompt length, learned at the prefill forward
-
-
-@dataclass
 class ForwardState:
     batch_size: int
     seq_len: int
     device: torch.device
-    bounds: P.Bounds | None  # None during cached decoding
-    decode_step: int | None
+    bounds: P.Bounds | None  # None inside a generate call (window / prompt describe it)
+    window: Window | None
+    prompt: P.Bounds | None
+    width: int
     explicit: tuple[Tensor, Tensor] | None
     ctx: Context
     stack: ExitStack
@@ -70,10 +67,10 @@ class ForwardState:
     def rows(self, spec: PositionSpec, parts: tuple[str, ...]) -> tuple[Tensor, Tensor]:
         key = (spec, parts)
         if key not in self._rows:
-            if self.decode_step is not None:
-                pieces = [P.decode_rows(self.batch_size, self.decode_step, spec, part, self.device) for part in parts]
-            elif self.explicit is not None and spec.mode != "generated":
+            if self.explicit is not None and spec.mode != "generated":
                 pieces = [self.explicit]
+            elif self.window is not None:
+                pieces = [window_rows(self.prompt, self.width, self.window, spec, part) for part in parts]
             else:
                 pieces = [P.part_rows(self.bounds, spec, part) for part in parts]
             r = pieces[0] if len(pieces) == 1 else tuple(torch.cat(x) for x in zip(*pieces))
@@ -92,19 +89,6 @@ def _hidden(x: Any) -> Tensor:
     raise TypeError(f"cannot find a hidden-state tensor in {type(x).__name__}")
 
 
-def _cached_length(kwargs: dict, mask: Tensor | None, seq: int) -> int:
-    """How many tokens the KV cache already holds before this forward (0 for a full forward)."""
-    cache = kwargs.get("past_key_values")
-    if cache is not None and hasattr(cache, "get_seq_length"):
-        return int(cache.get_seq_length())
-    cache_position = kwargs.get("cache_position")
-    if cache_position is not None and cache_position.numel():
-        return int(cache_position.reshape(-1)[0])
-    if mask is not None and mask.dim() == 2 and mask.shape[1] > seq:
-        return mask.shape[1] - seq
-    return 0
-
-
 class HookManager:
     """Installs and removes reftx's hooks on one base model."""
 
@@ -114,7 +98,7 @@ class HookManager:
         self.modules = modules
         self.enabled = True
         self.pending: Overrides | None = None
-        self.generation: Generation | None = None
+        self.generation: GenerationState | None = None
         self._state: ForwardState | None = None
         self._handles: list[RemovableHandle] = []
         self._prompt_groups = any(g.positions.mode not in ("all", "generated") or "all_prompt" in g.parts
@@ -124,7 +108,7 @@ class HookManager:
         targets: dict[int, nn.Module] = {}
         for g in groups:
             for layer in g.layers:
-                target = sites.resolve(base, g.component, layer)
+                target = sites.resolve(base, g.component, layer, f"interventions.{g.spec_index}.component", g.dim)
                 pre = sites.uses_pre_hook(g.component)
                 targets[id(target)] = target
                 by_site[(id(target), pre)].append((modules[g.key], g, layer))
@@ -156,31 +140,43 @@ class HookManager:
             raise ValueError("reftx needs input_ids or inputs_embeds to place interventions")
         batch, seq = x.shape[0], x.shape[1]
         mask = kwargs.get("attention_mask")
-        past = _cached_length(kwargs, mask, seq)
-        decode_step, prompt_end, gen = None, None, self.generation
-        if gen is not None and gen.prompt_len is None:
-            gen.prompt_len = seq
-        if past:  # cached decoding: the input is the token(s) after `past` cached ones
-            decode_step = past - gen.prompt_len if gen is not None else past
-            mask = None
-        elif gen is not None:
-            prompt_end = gen.prompt_len
-        bd = None
-        if decode_step is None:
-            bd = P.bounds(mask, batch, seq, x.device, kwargs.get("labels"), pending.prompt_lengths, prompt_end)
-            if self._prompt_groups and pending.intervention_positions is None and not bool((bd.prompt_end > bd.start).any()):
-                raise ValueError("every row has an empty prompt: the labels are not -100 on any token before the "
-                                 "response, so prompt positions select nothing. Mask the prompt in the labels with "
-                                 "-100 or pass prompt_lengths=")
+        if pending.intervention_positions is not None:
+            ip = torch.as_tensor(pending.intervention_positions)
+            if ip.dim() != 2 or ip.shape[0] != batch:
+                raise ValueError(f"intervention_positions has shape {tuple(ip.shape)}; expected ({batch}, k) for "
+                                 f"this batch of {batch} (one row of positions per example, -1 for none)")
+        cache_len = cache_length(find_cache(args, kwargs))
+        gen, bd, window, prompt = self.generation, None, None, None
+        if gen is not None:  # inside ReftModel.generate: the generation state places the forward
+            window = gen.locate(seq, cache_len)
+            prompt = gen.open_prompt(batch, mask, x.device)
+            self._check_prompt(prompt, pending)
+        else:
+            if cache_len and pending.intervention_positions is None:
+                raise ReftError(
+                    f"this forward continues a KV cache of {cache_len} tokens outside ReftModel.generate, so "
+                    "reftx cannot tell which tokens are prompt. Use ReftModel.generate (it places every "
+                    "decode step exactly), or pass intervention_positions= for this call.")
+            bd = P.bounds(mask, batch, seq, x.device, kwargs.get("labels"), pending.prompt_lengths)
+            self._check_prompt(bd, pending)
         explicit = None
         if pending.intervention_positions is not None:
-            explicit = P.explicit_rows(pending.intervention_positions.to(x.device), mask, seq)
+            explicit = P.explicit_rows(pending.intervention_positions.to(x.device),
+                                       mask if window is None else None, seq)
         ctx = Context(torch.empty(0, dtype=torch.long), batch, example_info=pending.example_info)
-        state = ForwardState(batch, seq, x.device, bd, decode_step, explicit, ctx, ExitStack())
-        if self.enabled and self._bases and (decode_step is None or self._any_decode_edit()):
+        width = gen.width if gen is not None else seq
+        state = ForwardState(batch, seq, x.device, bd, window, prompt, width, explicit, ctx, ExitStack())
+        decoding = window is not None and window.offset >= width
+        if self.enabled and self._bases and (not decoding or self._any_decode_edit()):
             state.stack.enter_context(shared_rotations(self._bases))
         pending.state = state
         self._state = state
+
+    def _check_prompt(self, bd: P.Bounds, pending: Overrides) -> None:
+        if self._prompt_groups and pending.intervention_positions is None and not bool((bd.prompt_end > bd.start).any()):
+            raise ValueError("every row has an empty prompt: the labels are not -100 on any token before the "
+                             "response, so prompt positions select nothing. Mask the prompt in the labels with "
+                             "-100 or pass prompt_lengths=")
 
     def _any_decode_edit(self) -> bool:
         return any(g.positions.mode in ("all", "generated") for g in self.groups)
@@ -196,6 +192,9 @@ class HookManager:
         if state is None or not self.enabled:
             return
         for module, group, layer in entries:
+            if h.shape[-1] != group.dim:
+                raise ReftError(f"{group.key}: the hidden state at {group.component!r} (layer {layer}) has width "
+                                f"{h.shape[-1]}, but the intervention was built for width {group.dim}")
             b, p = state.rows(group.positions, group.parts)
             if b.numel() == 0:
                 continue

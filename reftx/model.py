@@ -25,10 +25,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from transformers import StoppingCriteriaList
 
 from . import __version__, sites
 from .errors import ConfigError, ReftError
-from .hooks import Generation, HookManager, Overrides
+from .generation import GenerationState, cache_length, find_cache
+from .hooks import HookManager, Overrides
 from .intervention import Intervention, make_intervention
 from .schedule import DTYPES, Group, InterventionSpec, plan
 
@@ -79,6 +81,9 @@ class ReftModel(nn.Module):
                                                               f"its top-level modules: {', '.join(top)}") from None
         self._hooks = HookManager(base, groups, modules)
         _ATTACHED.add(base)
+        # a wrapper dropped without detach() must not leave hooks editing the base: the finalizer
+        # holds only the hooks, the base and the saved flags (never self), and runs once
+        self._release = weakref.finalize(self, _release, self._hooks, base, self._frozen)
 
     # -- introspection -------------------------------------------------------------------------
     @property
@@ -183,14 +188,33 @@ class ReftModel(nn.Module):
         return out
 
     @torch.no_grad()
-    def generate(self, *args: Any, prompt_lengths: Tensor | None = None, **kwargs: Any) -> Tensor:
-        """``base.generate`` with interventions: prompt positions at prefill, and
-        ``{generated: n}`` groups on exactly the first n decode steps (KV cache or not)."""
-        self._hooks.generation = Generation()
-        if prompt_lengths is not None:
-            self._hooks.pending = Overrides(prompt_lengths=prompt_lengths)
+    def generate(self, *args: Any, prompt_lengths: Tensor | None = None, **kwargs: Any) -> Any:
+        """``base.generate`` with interventions: prompt positions while the prompt runs, and
+        ``{generated: n}`` groups on exactly the forwards whose input is generated token i < n.
+
+        Exact, with or without a KV cache, for greedy search, sampling, beam search,
+        ``num_return_sequences``, chunked prefill and prompt-lookup / assisted decoding
+        (see reftx.generation for how each forward is placed without trusting keyword names).
+        A user-supplied cache (``past_key_values=``) continues a sequence: pass the whole sequence
+        as ``input_ids``; only the uncached tail is run, so prompt positions inside the cached
+        prefix keep whatever states the cache was built with (build it with this same model).
+        """
+        ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
+        embeds = kwargs.get("inputs_embeds")
+        mask = kwargs.get("attention_mask")
+        if ids is None and embeds is None:
+            raise ValueError("ReftModel.generate needs input_ids (or inputs_embeds)")
+        ids_len = ids.shape[1] if ids is not None else 0
+        width = max(ids_len, embeds.shape[1] if embeds is not None else 0,
+                    mask.shape[1] if isinstance(mask, Tensor) and mask.dim() == 2 else 0)
+        user_cache = find_cache((), kwargs)
+        state = GenerationState(width, ids_len, cache_length(user_cache) or 0,
+                                mask if isinstance(mask, Tensor) else None, prompt_lengths)
+        criteria = StoppingCriteriaList(kwargs.pop("stopping_criteria", None) or [])
+        criteria.append(state.criterion())
+        self._hooks.generation = state
         try:
-            return self.base.generate(*args, **kwargs)
+            return self.base.generate(*args, stopping_criteria=criteria, **kwargs)
         finally:
             self._hooks.generation = None
             self._hooks.pending = None
@@ -205,11 +229,9 @@ class ReftModel(nn.Module):
             self._hooks.enabled = before
 
     def detach(self) -> nn.Module:
-        """Remove reftx's hooks and return the base model exactly as it was."""
-        self._hooks.remove()
-        for n, p in self.base.named_parameters():
-            p.requires_grad_(self._frozen.get(n, p.requires_grad))
-        _ATTACHED.discard(self.base)
+        """Remove reftx's hooks and return the base model exactly as it was (also done
+        automatically when the ReftModel is garbage-collected)."""
+        self._release()
         return self.base
 
     # -- saving --------------------------------------------------------------------------------
@@ -277,6 +299,13 @@ class ReftModel(nn.Module):
             model.detach()
             raise
         return model
+
+
+def _release(hooks: HookManager, base: nn.Module, frozen: dict[str, bool]) -> None:
+    hooks.remove()
+    for n, p in base.named_parameters():
+        p.requires_grad_(frozen.get(n, p.requires_grad))
+    _ATTACHED.discard(base)
 
 
 def _checkpointing(base: nn.Module) -> bool:

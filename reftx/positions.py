@@ -109,15 +109,6 @@ def part_rows(bd: Bounds, spec: PositionSpec, part: str) -> tuple[Tensor, Tensor
     return _grid(bd.prompt_end, count, bd.seq_len if spec.generated < 0 else spec.generated)
 
 
-def decode_rows(batch_size: int, step: int, spec: PositionSpec, part: str,
-                device: torch.device) -> tuple[Tensor, Tensor]:
-    """Rows of one part during cached decoding, where the input is generated token ``step`` of every row:
-    every row for ``all`` and for a generated part while step < n; nothing for prompt parts."""
-    gen = part.startswith("gen") and (spec.generated < 0 or step < spec.generated)
-    b = torch.arange(batch_size if part == "all" or gen else 0, device=device)
-    return b, torch.zeros_like(b)
-
-
 def explicit_rows(positions: Tensor, attention_mask: Tensor | None, seq_len: int) -> tuple[Tensor, Tensor]:
     """Rows from a user-given (B, K) position tensor; -1 marks an unused slot."""
     positions = torch.as_tensor(positions)

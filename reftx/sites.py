@@ -124,13 +124,36 @@ def _get(root: nn.Module, path: str) -> nn.Module | None:
         return None
 
 
-def resolve(model: nn.Module, component: str, layer: int | None, field: str = "component") -> nn.Module:
-    """The module whose output (or input, for block_input) is edited."""
+def output_width(module: nn.Module) -> int | None:
+    """The width of ``module``'s output when its type tells it (linear, embedding, norm), else None."""
+    for attr in ("out_features", "embedding_dim", "nf"):  # nf: transformers' Conv1D (gpt2)
+        if isinstance(getattr(module, attr, None), int):
+            return int(getattr(module, attr))
+    shape = getattr(module, "normalized_shape", None)
+    if isinstance(shape, tuple) and shape:
+        return int(shape[-1])
+    return None
+
+
+def resolve(model: nn.Module, component: str, layer: int | None, field: str = "component",
+            width: int | None = None) -> nn.Module:
+    """The module whose output (or input, for block_input) is edited. A raw path must name a module
+    that is called (not a container such as ``model.layers``) and, when its type tells its output
+    width, one of ``width``."""
     if is_raw_path(component):
         path = component.replace("{layer}", str(layer))
         mod = _get(model, path)
         if mod is None:
             raise ConfigError(field, f"raw module path {path!r} does not exist in {type(model).__name__}")
+        if isinstance(mod, (nn.ModuleList, nn.ModuleDict)):
+            raise ConfigError(field, f"raw module path {path!r} names a container ({type(mod).__name__}), which is "
+                                     f"never called, so nothing would be edited; name one module inside it, "
+                                     f"e.g. {path}.0")
+        found = output_width(mod)
+        if width is not None and found is not None and found != width:
+            raise ConfigError(field, f"raw module path {path!r} ({type(mod).__name__}) outputs width {found}, but "
+                                     f"the intervention is built for width {width} (the model's hidden size); "
+                                     "use a module whose output is the hidden state")
         return mod
     check_component(component, field)
     arch = architecture(model.config)

@@ -76,18 +76,6 @@ def test_prompt_lengths_override():
         rows("last_prompt", prompt_lengths=torch.tensor([1, 6, 4]))  # row 1 has only 5 tokens
 
 
-def test_decode_rows():
-    cpu = torch.device("cpu")
-    spec = parse_positions({"generated": 3, "prompt": True})
-    assert spec.parts == ("all_prompt", "gen3")
-    b, p = P.decode_rows(4, 2, spec, "gen3", cpu)
-    assert b.tolist() == [0, 1, 2, 3] and p.tolist() == [0, 0, 0, 0]
-    assert P.decode_rows(4, 3, spec, "gen3", cpu)[0].numel() == 0
-    assert P.decode_rows(4, 0, spec, "all_prompt", cpu)[0].numel() == 0
-    assert P.decode_rows(4, 0, parse_positions("last_prompt"), "last_prompt", cpu)[0].numel() == 0
-    assert P.decode_rows(2, 9, parse_positions("all"), "all", cpu)[0].tolist() == [0, 1]
-
-
 def test_explicit_rows_validated():
     b, p = P.explicit_rows(torch.tensor([[0, -1], [3, 7], [1, 2]]), MASK, 8)
     assert list(zip(b.tolist(), p.tolist())) == [(0, 0), (1, 3), (1, 7), (2, 1), (2, 2)]
