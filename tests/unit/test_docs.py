@@ -21,3 +21,15 @@ def test_readme_has_exactly_the_two_fresh_machine_commands():
     assert commands == ["bash scripts/quickstart.sh", "bash scripts/test.sh"]
     ci = (REPO / ".ci" / "run").read_text()
     assert "bash scripts/test.sh" in ci
+
+
+def test_readme_names_the_locked_versions():
+    """The README's "Tested versions" sentence names exactly the versions in requirements.lock."""
+    root = REPO
+    lock = dict(line.split("==") for line in (root / "requirements.lock").read_text().splitlines()
+                if line and not line.startswith("#"))
+    text = (root / "README.md").read_text()
+    para = text[text.index("**Tested versions.**"):].split("\n\n")[0]
+    for pkg in ("torch", "transformers", "accelerate", "peft", "datasets", "safetensors", "tokenizers"):
+        named = re.search(rf"\b{pkg} (\d+(?:\.\w+)*)", para)
+        assert named and named.group(1) == lock[pkg], f"README says {pkg} {named and named.group(1)}, lock {lock[pkg]}"
