@@ -58,6 +58,7 @@ from .edit_bank import EDIT_POS, EDIT_SLOT, EditBank
 from .errors import ConfigError
 from .hooks import capture_outputs
 from .intervention import Context
+from .model import after_step, parameter_terms
 from .positions import IGNORE
 from .schedule import SPEC_KEYS
 from .task import Example
@@ -277,10 +278,12 @@ class Editor:
             done = [k for k in active if nll[k].item() < self.opts.stop_loss or active[k]["steps"] >= self.max_steps]
             train = [k for k in active if k not in done]
             if train:
-                loss = sum(nll[k] for k in train) + sum(aux.values(), torch.zeros(()))
-                for k in train:
+                loss = sum(aux.values(), torch.zeros(()))
+                for k in train:  # each slot's loss, with its modifiers' terms (bounds: hinge, PID)
+                    params, scale = parameter_terms([bank.slots[k]])
                     extra = self._extra(k, active[k]["edits"])
-                    loss = loss if extra is None else loss + extra
+                    term = nll[k] + sum(params.values(), torch.zeros(())) + (0.0 if extra is None else extra)
+                    loss = loss + (term * scale if scale is not None else term)
                 loss.backward()
             for k in sorted(active):
                 a, params = active[k], list(bank.slots[k].parameters())
@@ -288,7 +291,7 @@ class Editor:
                     if self.clip is not None:
                         torch.nn.utils.clip_grad_norm_(params, self.clip)
                     a["opt"].step()
-                    bank.slots[k].after_optimizer_step()
+                    after_step([bank.slots[k]])
                     a["steps"] += 1
                 bank.slots[k].zero_grad(set_to_none=True)
                 if k in done:

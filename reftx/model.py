@@ -130,28 +130,11 @@ class ReftModel(nn.Module):
                             {"params": head, "weight_decay": weight_decay}) if g["params"]]
 
     def after_optimizer_step(self) -> None:
-        """Each primitive's post-step work, then group-level updates of shared modifiers
-        (a bound class with ``after_step_all`` sees every (bound, bias) pair at once, e.g. PID)."""
-        shared: dict[type, list] = defaultdict(list)
-        for _, mod in self.named_interventions():
-            mod.after_optimizer_step()
-            bound = getattr(mod, "bound", None)
-            if bound is not None and hasattr(type(bound), "after_step_all"):
-                shared[type(bound)].append((bound, mod.bias()))
-        for cls, pairs in shared.items():
-            cls.after_step_all(pairs)
+        """Each primitive's post-step work, then group-level updates of shared modifiers."""
+        after_step([mod for _, mod in self.named_interventions()])
 
     def _extra_losses(self) -> tuple[dict[str, Tensor], Tensor | None]:
-        losses: dict[str, list[Tensor]] = defaultdict(list)
-        scales = []
-        for _, mod in self.named_interventions():
-            for k, v in mod.parameter_losses().items():
-                losses[k].append(v)
-            s = mod.loss_scale()
-            if s is not None:
-                scales.append(s)
-        scale = torch.stack(scales).mean() if scales else None
-        return {k: torch.stack(v).sum() for k, v in losses.items()}, scale
+        return parameter_terms([mod for _, mod in self.named_interventions()])
 
     # -- running -------------------------------------------------------------------------------
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
@@ -299,6 +282,36 @@ class ReftModel(nn.Module):
             model.detach()
             raise
         return model
+
+
+def parameter_terms(mods: list[Intervention]) -> tuple[dict[str, Tensor], Tensor | None]:
+    """The parameter losses (summed per key, e.g. ``bound_hinge``) and the loss scale (mean of the
+    modules' scales, e.g. BREP's PID weight; None when no module scales) of ``mods``: what every
+    training loop adds to, and multiplies into, its task loss."""
+    losses: dict[str, list[Tensor]] = defaultdict(list)
+    scales = []
+    for mod in mods:
+        for k, v in mod.parameter_losses().items():
+            losses[k].append(v)
+        s = mod.loss_scale()
+        if s is not None:
+            scales.append(s)
+    scale = torch.stack(scales).mean() if scales else None
+    return {k: torch.stack(v).sum() for k, v in losses.items()}, scale
+
+
+def after_step(mods: list[Intervention]) -> None:
+    """After an optimizer step: each module's own work (e.g. a norm projection), then group-level
+    updates of shared modifiers (a bound class with ``after_step_all`` sees every (bound, bias)
+    pair of ``mods`` at once, e.g. the PID controller)."""
+    shared: dict[type, list] = defaultdict(list)
+    for mod in mods:
+        mod.after_optimizer_step()
+        bound = getattr(mod, "bound", None)
+        if bound is not None and hasattr(type(bound), "after_step_all"):
+            shared[type(bound)].append((bound, mod.bias()))
+    for cls, pairs in shared.items():
+        cls.after_step_all(pairs)
 
 
 def _release(hooks: HookManager, base: nn.Module, frozen: dict[str, bool]) -> None:

@@ -244,3 +244,25 @@ def test_shipped_editing_experiments_have_valid_edit_options(path):
     opts = from_dict(EditOptions, exp.method, "method")
     assert opts.mode == "single" and len(exp.interventions) == 1 and exp.model.chat_template is False
     assert exp.train.max_steps == 100 and exp.train.lr == 5e-4 and exp.interventions[0]["rank"] == 4
+
+
+@pytest.mark.parametrize("bound", ["hinge", "pid", "project"])
+def test_edit_honours_every_bound(tiny_dir, bound):
+    """`reftx edit` trains through the same modifier terms as `reftx run`: a hinge bound adds
+    λ·max(0, ‖b‖ − τ)², PID scales the loss and moves its weight, a projection caps ‖b‖ at τ.
+    (The editing loop used to drop the hinge and PID terms silently.)"""
+    tau = 0.01
+    free = editor(tiny_dir, 1, steps=12, fast=True).train_jobs([[0]])[0]
+    ed = editor(tiny_dir, 1, steps=12, fast=True, bound=bound, bound_tau=tau, bound_lambda=1e4)
+    slot = ed.bank.slots[0]
+    res = ed.train_jobs([[0]])[0]
+    key = next(k for k in res.state if k.endswith("source.bias"))
+    free_norm, norm = free.state[key].norm().item(), res.state[key].norm().item()
+    assert free_norm > 10 * tau, free_norm
+    if bound == "project":
+        assert norm <= tau + 1e-6
+    elif bound == "hinge":
+        assert norm < 0.5 * free_norm, (norm, free_norm)  # the penalty pulled ‖b‖ back toward τ
+    else:
+        # the controller ran after every step of the editor and moved its weight below w0 = 0.1
+        assert int(slot.bound.pid_steps) == res.steps and float(slot.bound.pid_weight) < 0.1
