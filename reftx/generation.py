@@ -16,10 +16,13 @@ cache) and then places every forward it drives from two counts it keeps itself:
 
 After the prefill the sequence holds ``L = width + generated`` tokens. A forward whose input is at
 least ``L`` long and that carries no non-empty cache re-runs the whole sequence (``use_cache=False``:
-offset 0); any other forward continues the cache at offset ``L - 1`` (the last token, plus the
-candidates of assisted decoding). Any ``transformers.Cache`` found among the forward's arguments
-(by type, whatever its keyword) is a cross-check: if its length disagrees with the offset, the
-forward fails loudly instead of silently editing the wrong tokens.
+offset 0); any other forward continues the cache at offset ``L - 1`` (the last token). Any
+``transformers.Cache`` found among the forward's arguments (by type, whatever its keyword) is a
+cross-check: if its length disagrees with the offset, the forward fails loudly instead of silently
+editing the wrong tokens. Assisted decoding (an assistant model or prompt lookup, known from
+generate's own arguments) is the one exception: how many verified tokens the cache keeps is decided
+inside transformers and differs between releases, so there the cache length places the window and
+the counts bound it (see ``_assisted_window``).
 
 Every forward then covers the absolute positions ``[offset, offset + s)`` of one virtual sequence
 ``prompt ++ generated``; :func:`window_rows` turns a position part into local row indices of it.
@@ -82,12 +85,12 @@ class GenerationState:
     user-supplied cache; ``mask`` the attention mask given to generate (or None)."""
 
     def __init__(self, width: int, ids_len: int, offset0: int = 0, mask: Tensor | None = None,
-                 prompt_lengths: Tensor | None = None) -> None:
+                 prompt_lengths: Tensor | None = None, assisted: bool = False) -> None:
         if offset0 >= width:
             raise ReftError(f"the cache passed to generate already holds {offset0} tokens but the prompt has "
                             f"{width}: pass the whole sequence (cached prefix + new tokens) as input_ids")
         self.width, self.ids_len, self.offset0 = width, ids_len, offset0
-        self.mask, self.prompt_lengths = mask, prompt_lengths
+        self.mask, self.prompt_lengths, self.assisted = mask, prompt_lengths, assisted
         self.consumed = offset0
         self.generated = 0
         self._observed: int | None = None
@@ -114,6 +117,8 @@ class GenerationState:
             else:
                 self.generated += 1
             total = self.width + self.generated
+            if self.assisted:
+                return self._assisted_window(length, cache_len, total)
             full = length >= total and not cache_len
             w = Window(0 if full else total - 1, length, False)
         if cache_len is not None and cache_len != w.offset:
@@ -123,6 +128,21 @@ class GenerationState:
                 "This transformers release drives generation in a way reftx does not know; refusing to "
                 "edit the wrong tokens. Please report it with your transformers version.")
         return w
+
+    def _assisted_window(self, length: int, cache_len: int | None, total: int) -> Window:
+        """Assisted decoding: how many verified tokens the KV cache keeps is decided inside
+        transformers' acceptance step and differs between releases (5.0 keeps one fewer than 5.24),
+        so here the cache length places the window and the counts bound it: the input must hold
+        the last token of the sequence (offset <= L - 1) and reach the sequence's end (offset +
+        length >= L)."""
+        if cache_len is None:
+            raise ReftError("assisted decoding continues a KV cache, but none was found among the model's "
+                            "arguments; reftx cannot place the candidate tokens")
+        if not (cache_len <= total - 1 and cache_len + length >= total):
+            raise ReftError(f"assisted decoding: the KV cache holds {cache_len} tokens and the input has {length}, "
+                            f"which cannot continue a sequence of {total} tokens ({self.width} prompt, "
+                            f"{self.generated} generated); refusing to edit the wrong tokens")
+        return Window(cache_len, length, False)
 
     def open_prompt(self, batch: int, fwd_mask: Any, device: torch.device) -> P.Bounds:
         """Prompt bounds of every row, from generate's own mask (expanded over beams / returned

@@ -192,7 +192,8 @@ class ReftModel(nn.Module):
                     mask.shape[1] if isinstance(mask, Tensor) and mask.dim() == 2 else 0)
         user_cache = find_cache((), kwargs)
         state = GenerationState(width, ids_len, cache_length(user_cache) or 0,
-                                mask if isinstance(mask, Tensor) else None, prompt_lengths)
+                                mask if isinstance(mask, Tensor) else None, prompt_lengths,
+                                assisted=_assisted(kwargs, self.base))
         criteria = StoppingCriteriaList(kwargs.pop("stopping_criteria", None) or [])
         criteria.append(state.criterion())
         self._hooks.generation = state
@@ -282,6 +283,16 @@ class ReftModel(nn.Module):
             model.detach()
             raise
         return model
+
+
+_ASSISTED = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit")
+
+
+def _assisted(kwargs: dict[str, Any], base: nn.Module) -> bool:
+    """Whether a generate call (its own arguments, or the generation config it uses) is assisted."""
+    cfg = kwargs.get("generation_config") or getattr(base, "generation_config", None)
+    return any(kwargs.get(k) is not None for k in _ASSISTED) or \
+        any(getattr(cfg, k, None) is not None for k in _ASSISTED[1:])
 
 
 def parameter_terms(mods: list[Intervention]) -> tuple[dict[str, Tensor], Tensor | None]:

@@ -209,8 +209,10 @@ def test_prompt_lookup_decoding_matches_greedy():
     lengths = []
     spy = model.base.register_forward_pre_hook(lambda m, a, kw: lengths.append(kw["input_ids"].shape[1]),
                                                with_kwargs=True)
+    # eos_token_id is set (min_new_tokens keeps it from being generated): transformers 5.0's prompt
+    # lookup fails on eos_token_id=None inside torch.isin
     looked = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW,
-                            pad_token_id=0, eos_token_id=None, do_sample=False, prompt_lookup_num_tokens=3)
+                            pad_token_id=0, eos_token_id=2, do_sample=False, prompt_lookup_num_tokens=3)
     spy.remove()
     assert torch.equal(looked, greedy)
     assert lengths[0] > ids.shape[1] and max(lengths[1:]) > 1  # candidates were verified in batches
@@ -220,6 +222,11 @@ def test_chunked_prefill_matches_one_prefill():
     model = build("llama", {"first": 2, "last": 2})
     ids, mask = batch(seed=8, b=1, t=9)
     one = generate(model, ids, mask, do_sample=False).sequences
+    with model.disabled():
+        try:
+            generate(model, ids, mask, do_sample=False, prefill_chunk_size=4)
+        except ValueError as e:  # transformers 5.0: "Cannot use prefill chunking without a cache"
+            pytest.skip(f"this transformers release cannot chunk the prefill even without reftx: {e}")
     chunked = generate(model, ids, mask, do_sample=False, prefill_chunk_size=4).sequences
     assert torch.equal(one, chunked)
 

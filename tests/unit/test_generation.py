@@ -34,11 +34,19 @@ def test_uncached_windows_rerun_everything():
 
 
 def test_assisted_windows_follow_the_sequence():
-    """First forward: prompt + 3 candidates; 2 accepted + 1 new token -> the sequence grows by 3."""
-    st = GenerationState(width=4, ids_len=4)
+    """First forward: prompt + 3 candidates; 2 accepted + 1 new token -> the sequence grows by 3.
+    The cache places the window (5.24 keeps L - 1 tokens, 5.0 one fewer); the counts bound it."""
+    st = GenerationState(width=4, ids_len=4, assisted=True)
     assert st.locate(7, 0) == Window(0, 7, True)
-    st.observe(7)  # 3 tokens appended
-    assert st.locate(4, 6) == Window(6, 4, False)  # last token + 3 new candidates, cache holds 6
+    st.observe(7)  # 3 tokens appended: L = 7
+    assert st.locate(4, 6) == Window(6, 4, False)  # transformers 5.24: last token + 3 new candidates
+    st.observe(9)  # L = 9
+    assert st.locate(2, 7) == Window(7, 2, False)  # transformers 5.0: the last two tokens, no candidate
+    st.observe(10)
+    with pytest.raises(reftx.ReftError, match="cannot continue a sequence of 10 tokens"):
+        st.locate(1, 7)  # [7, 8) would skip token 9
+    with pytest.raises(reftx.ReftError, match="none was found"):
+        st.locate(1, None)
 
 
 def test_chunked_prefill_and_user_cache():
