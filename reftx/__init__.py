@@ -4,7 +4,7 @@
     model = reftx.attach(base, [{"kind": "loreft", "rank": 4, "layers": [2, 5],
                                  "positions": {"first": 3, "last": 3}, "tie": "positions"}])
 """
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402
 
 from .errors import ConfigError, DataError, ReftError  # noqa: E402
 from .intervention import (  # noqa: E402
@@ -17,7 +17,9 @@ from .model import ReftModel, attach  # noqa: E402
 from .schedule import plan  # noqa: E402
 
 from . import basis_gates, bounds, edit_bank, input_gates, objectives  # noqa: E402,F401  (register shared parts)
-from . import methods  # noqa: E402,F401  (registers the built-in primitives)
+
+# The shipped zoo (reftx.methods, reftx.tasks) and installed plugins are not imported here: every
+# registry lookup loads them once through reftx.plugins, the one plugin-loading place.
 
 __all__ = [
     "ConfigError",

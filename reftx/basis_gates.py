@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .intervention import Context
@@ -105,3 +106,30 @@ class TopKGate(BasisGate):
 
 
 __all__ = ["BasisGate", "INIT_WEIGHT", "SigmoidGate", "SoftmaxGate", "TopKGate"]
+
+
+# -- losses on basis usage (BaFT's balance and locality terms; also the knowledge-editing loop's) --
+def switch_balance(s: Tensor, rows: Tensor) -> Tensor:
+    """r · Σ_k f_k · P_k over the rows with ``rows`` = 1. s: (n, r), rows: (n,) of 0/1."""
+    r = s.shape[-1]
+    s, rows = s.float(), rows.float()
+    n = rows.sum().clamp_min(1.0)
+    f = (F.one_hot(s.detach().argmax(-1), r).float() * rows[:, None]).sum(0) / n
+    share = s / s.sum(-1, keepdim=True).clamp_min(1e-12)
+    p = (share * rows[:, None]).sum(0) / n
+    return r * (f * p).sum()
+
+
+def variance_balance(s: Tensor, rows: Tensor) -> Tensor:
+    """Var_k(u_k), u_k = mean of s_k over the rows with ``rows`` = 1 (population variance)."""
+    rows = rows.float()
+    u = (s.float() * rows[:, None]).sum(0) / rows.sum().clamp_min(1.0)
+    return u.var(unbiased=False)
+
+
+def locality_gate_loss(s: Tensor, loc: Tensor, margin: float = 0.0) -> Tensor:
+    """Mean of max(s − margin, 0) over the locality rows (``loc`` = 1) and every basis; 0 without
+    locality rows. margin 0 gives the mean of s (the gates are >= 0)."""
+    loc = loc.float()
+    excess = (s.float() - margin).clamp_min(0.0)
+    return (excess * loc[:, None]).sum() / (loc.sum() * s.shape[-1]).clamp_min(1.0)

@@ -77,8 +77,6 @@ def cmd_ls(args: argparse.Namespace) -> int:
             doc = (get_intervention(name).__doc__ or "").strip().splitlines()
             print(f"{name:14s} {doc[0] if doc else ''}")
     elif args.what == "tasks":
-        import reftx.tasks  # noqa: F401
-
         from .task import TASKS
 
         for name in TASKS.names():
@@ -125,6 +123,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reftx", description="Representation finetuning experiments.")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a module (dotted name or .py file) for its registrations before the command; "
+                        "repeatable (installed plugins, entry-point group reftx.plugins, load by themselves)")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="train and evaluate an experiment")
     r.add_argument("experiment", help="experiment YAML file")
@@ -175,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.imports:
+            from .plugins import import_modules
+
+            import_modules(args.imports, "--import")
         return args.fn(args)
     except (ReftError, ValueError) as e:
         console.print(f"[red bold]error:[/] {e}")

@@ -306,7 +306,14 @@ def dump_yaml(d: Any) -> str:
     return yaml.dump(to_dict(d), Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
+NOT_HASHED = ("imports",)  # top-level keys that do not determine a result (where code is found)
+
+
 def config_hash(d: Any) -> str:
-    """First 12 hex chars of the sha256 of the canonical (sorted-key) JSON of a config."""
-    text = json.dumps(to_dict(d), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """First 12 hex chars of the sha256 of the canonical (sorted-key) JSON of a config
+    (top-level keys in ``NOT_HASHED`` left out)."""
+    d = to_dict(d)
+    if isinstance(d, dict):
+        d = {k: v for k, v in d.items() if k not in NOT_HASHED}
+    text = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]

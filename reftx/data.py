@@ -8,13 +8,15 @@ the tokenizer's chat template when asked. ``collate_train`` pads on the right;
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from .positions import IGNORE
-from .task import Example
+
+if TYPE_CHECKING:  # annotations only: task.py -> evaluate.py -> data.py
+    from .task import Example
 
 
 @dataclass(frozen=True)

@@ -84,10 +84,20 @@ def config_reference() -> str:
               "Every key not listed here is an option of the primitive (below).", "",
               "| key | meaning |", "|---|---|"]
     lines += [f"| `{k}` | {_cell(_SPEC_DOC[k])} |" for k in SPEC_KEYS]
-    lines += ["", "## Primitives and their options", "", "| kind | what | options (defaults) |", "|---|---|---|"]
+    lines += ["", "## Primitives and their options", "",
+              "The shipped zoo (`reftx/methods/`); `reftx ls interventions` also lists installed plugins.", "",
+              "| kind | what | options (defaults) |", "|---|---|---|"]
     for kind in reftx.available_interventions():
-        lines += _primitive_options(kind)
+        if _shipped(kind):
+            lines += _primitive_options(kind)
     return "\n".join(lines) + "\n"
+
+
+def _shipped(kind: str) -> bool:
+    """Whether ``kind`` is defined in reftx itself (a user's plugin is never in the reference)."""
+    from .intervention import get_intervention
+
+    return get_intervention(kind).__module__.startswith("reftx.")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .intervention import Context, Intervention, make_intervention, register_intervention
+from .intervention import INTERVENTIONS, Context, Intervention, make_intervention, register_intervention
 
 EDIT_SLOT = "edit_slot"
 EDIT_POS = "edit_pos"
@@ -42,7 +42,7 @@ def row_rank(batch_index: Tensor) -> Tensor:
     return torch.arange(n, device=batch_index.device) - starts[batch_index]
 
 
-@register_intervention("edit_bank")
+@register_intervention("edit_bank")  # an engine detail: resolvable, never listed (INTERVENTIONS.hide below)
 class EditBank(Intervention):
     """``slots`` independent copies of ``inner``; row i is edited by copy example_info["edit_slot"]."""
 
@@ -85,5 +85,7 @@ class EditBank(Intervention):
     def no_decay_parameters(self) -> set[str]:
         return {f"slots.{k}.{n}" for k, m in enumerate(self.slots) for n in m.no_decay_parameters()}
 
+
+INTERVENTIONS.hide("edit_bank")
 
 __all__ = ["EDIT_POS", "EDIT_SLOT", "EditBank", "row_rank"]

@@ -52,6 +52,7 @@ from rich.console import Console
 from torch import Tensor
 
 from . import sites
+from .basis_gates import locality_gate_loss, variance_balance
 from .config import require
 from .data import Encoded, collate_train, encode, format_prompt, pad_id
 from .edit_bank import EDIT_POS, EDIT_SLOT, EditBank
@@ -193,8 +194,6 @@ class Editor:
 
     # -- training ----------------------------------------------------------------------------------
     def _extra(self, k: int, edits: list[int]) -> Tensor | None:
-        from reftx.methods.baft import locality_gate_loss, variance_balance
-
         inner, loss = self.bank.slots[k], None
         if self.pool is not None and inner.config.locality_weight > 0:
             s = inner.basis_gate(self.pool, Context(torch.zeros(len(self.pool), dtype=torch.long), 1))

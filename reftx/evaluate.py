@@ -1,14 +1,16 @@
 """Evaluation: batched, left-padded generation and the task's scorer; one explicit loop."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .data import collate_prompts, encode_prompt, pad_id
 from .experiment import EvalConfig
-from .task import Example, Task
+
+if TYPE_CHECKING:  # annotations only: task.py imports this module (Task.evaluate's default)
+    from .task import Example, Task
 
 
 def progress(label: str, disable: bool = False) -> Progress:

@@ -151,8 +151,12 @@ class Experiment:
     eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation settings
     lora: LoraConfig | None = None  # a LoRA adapter trained before/with/instead of the interventions; null: none
     method: dict[str, Any] = field(default_factory=dict)  # method-level options
+    imports: list[str] = field(default_factory=list)  # modules imported before anything is built, for their registrations (your own primitives, tasks, objectives): dotted names on sys.path or .py files; installed plugins (entry points, group reftx.plugins) need no entry
 
     def __post_init__(self) -> None:
+        from .plugins import import_modules
+
+        import_modules(self.imports, "imports")
         require(
             self.schema == SCHEMA_VERSION,
             "schema",

@@ -27,12 +27,13 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import StoppingCriteriaList
 
-from . import __version__, sites
+from . import sites
 from .errors import ConfigError, ReftError
 from .generation import GenerationState, cache_length, find_cache
 from .hooks import HookManager, Overrides
 from .intervention import Intervention, make_intervention
 from .schedule import DTYPES, Group, InterventionSpec, plan
+from .version import __version__
 
 CONFIG_NAME = "reft_config.json"
 WEIGHTS_NAME = "interventions.safetensors"
@@ -230,6 +231,8 @@ class ReftModel(nn.Module):
         for i, spec in enumerate(self.specs):
             mod = next(self.intervention(g.key) for g in self.groups if g.spec_index == i)
             entries.append({**spec.to_yaml(), **dataclasses.asdict(mod.config)})
+        modules = {spec.kind: type(self.intervention(g.key)).__module__
+                   for g in self.groups for spec in [self.specs[g.spec_index]]}
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -238,6 +241,7 @@ class ReftModel(nn.Module):
                       "name_or_path": getattr(self.config, "_name_or_path", ""),
                       "num_layers": sites.num_layers(self.config)},
             "interventions": entries,
+            "modules": modules,  # where each kind is defined: from_pretrained imports it in a fresh process
             "groups": {g.key: {"kind": g.kind, "params": g.params} for g in self.groups},
         }
         if self.train_modules:
@@ -276,6 +280,11 @@ class ReftModel(nn.Module):
         if saved_type != base.config.model_type:
             raise ConfigError("model", f"interventions were trained on model_type {saved_type!r}, "
                                        f"not {base.config.model_type!r}")
+        from .intervention import INTERVENTIONS
+        from .plugins import ensure_kind
+
+        for kind, module in (meta.get("modules") or {}).items():
+            ensure_kind(INTERVENTIONS, kind, module)
         model = cls(base, meta["interventions"], meta.get("train_modules", ()))
         try:
             model.load_trained(directory)

@@ -39,8 +39,6 @@ console = Console(stderr=True)
 
 
 def load_task(exp: Experiment) -> Task:
-    import reftx.tasks  # noqa: F401  (registers the zoo)
-
     return get_task(exp.task.name, exp.task.options, exp.task.data_dir)
 
 

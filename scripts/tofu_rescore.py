@@ -1,7 +1,7 @@
 """Re-score finished TOFU runs with the current ROUGE-L scorer, from their samples.jsonl (no model run).
 
 ROUGE-L recall is the only TOFU metric computed from the greedy answers, and every run keeps its
-answers in ``samples.jsonl``; so a change of scorer (tasks/tofu.py ``rouge_l_recall``) needs no
+answers in ``samples.jsonl``; so a change of scorer (tasks/tofu_metrics.py ``rouge_l_recall``) needs no
 new generation. For each run directory this recomputes ``rougeL_recall_<set>`` (split ``tofu``,
 sets from the run's own config) or ``rougeL_recall`` (other splits, e.g. stage 1's ``tofu_qa``),
 then Model Utility from the new ROUGE and the stored prob / truth ratio, and writes
@@ -18,7 +18,7 @@ from pathlib import Path
 from reftx.experiment import load_experiment
 from reftx.model import atomic_write
 from reftx.runner import load_task
-from reftx.tasks.tofu import rouge_l_recall
+from reftx.tasks.tofu_metrics import rouge_l_recall
 from reftx.tasks.tofu_metrics import UTILITY_SETS, model_utility
 
 

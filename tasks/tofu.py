@@ -41,11 +41,12 @@ from typing import Any, Literal
 from reftx.errors import ConfigError, DataError
 from reftx.task import Example, Task, register_task
 
+from .tofu_metrics import UTILITY_SETS, evaluate_tofu, rouge_l_recall
+
 RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 IDK_FILE = "idontknow.jsonl"
 AUTHOR_QA, N_AUTHORS = 20, 200  # TOFU: 200 authors x 20 questions, grouped by author in file order
 FORGET_AUTHORS = {"forget01": 2, "forget05": 10, "forget10": 20}  # the last authors of full.json
-UTILITY_SETS = ("retain", "real_authors", "world_facts")
 _WS = re.compile(r"\s*")
 
 
@@ -140,16 +141,6 @@ def forget_authors(forget: str) -> range:
     return range(N_AUTHORS - FORGET_AUTHORS[forget], N_AUTHORS)
 
 
-def rouge_l_recall(prediction: str, reference: str) -> float:
-    """ROUGE-L recall of ``prediction`` against ``reference``, scored as TOFU scores it (the
-    ``rouge_score`` package with ``use_stemmer=True``): lowercase, every run of characters outside
-    [a-z0-9] a separator, Porter stems of tokens longer than 3 characters, then LCS / reference
-    length (0 for an empty reference). Computed by torchmetrics (its stemmer is nltk's)."""
-    from torchmetrics.functional.text import rouge_score
-
-    return float(rouge_score(prediction, reference, use_stemmer=True, rouge_keys="rougeL")["rougeL_recall"])
-
-
 @register_task("tofu_unlearn")
 class TofuUnlearn(Task):
     """TOFU forget/retain data for unlearning. Metrics: ROUGE-L recall per set; split tofu: TOFU's metrics."""
@@ -239,7 +230,6 @@ class TofuUnlearn(Task):
         """Split ``tofu``: TOFU's metrics (tasks/tofu_metrics.py); other splits: ROUGE-L recall."""
         if not any("perturbed" in ex.meta for ex in examples):
             return super().evaluate(model, tokenizer, examples, cfg, chat, show_progress)
-        from .tofu_metrics import evaluate_tofu
 
         return evaluate_tofu(model, tokenizer, examples, cfg, chat, self.options.retain_model,
                              f"{self.options.forget}:{self.options.n_forget_eval}", show_progress)

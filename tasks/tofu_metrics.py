@@ -3,7 +3,7 @@ of ``tofu_unlearn`` (tasks/tofu.py). Every log-probability comes from ``reftx.sc
 
 Per set (forget, retain, real_authors, world_facts; metric keys end in ``_{set}``):
 
-* ``rougeL_recall``: ROUGE-L recall of the greedy answer against the gold answer (tofu.rouge_l_recall).
+* ``rougeL_recall``: ROUGE-L recall of the greedy answer against the gold answer (``rouge_l_recall`` below).
 * ``prob``: the length-normalised answer probability P(a|q)^(1/|a|) = exp(mean token log-prob),
   averaged over questions. real_authors / world_facts are multiple choice: the answer's normalised
   probability divided by the sum over the answer and its perturbed (wrong) options.
@@ -42,9 +42,20 @@ from reftx.data import collate_train, encode
 from reftx.scoring import ContinuationScore, score_continuations
 from reftx.task import Example
 
-from .tofu import UTILITY_SETS, rouge_l_recall
 
+UTILITY_SETS = ("retain", "real_authors", "world_facts")
 SETS = ("forget", *UTILITY_SETS)
+
+
+def rouge_l_recall(prediction: str, reference: str) -> float:
+    """ROUGE-L recall of ``prediction`` against ``reference``, scored as TOFU scores it (the
+    ``rouge_score`` package with ``use_stemmer=True``): lowercase, every run of characters outside
+    [a-z0-9] a separator, Porter stems of tokens longer than 3 characters, then LCS / reference
+    length (0 for an empty reference). Computed by torchmetrics (its stemmer is nltk's)."""
+    from torchmetrics.functional.text import rouge_score
+
+    return float(rouge_score(prediction, reference, use_stemmer=True, rouge_keys="rougeL")["rougeL_recall"])
+
 MULTIPLE_CHOICE = ("real_authors", "world_facts")
 UTILITY_METRICS = ("prob", "rougeL_recall", "truth_ratio")
 CACHE_FILE = "tofu_forget_truth_ratios.json"  # the retain-only model's R on the forget set, by key

@@ -254,6 +254,7 @@ def test_dump_is_ordered_plain_and_round_trips(tmp_path: Path) -> None:
     assert "!!" not in text
     assert list(yaml.safe_load(text)) == [
         "schema", "name", "seed", "output_dir", "model", "task", "interventions", "train", "eval", "lora", "method",
+        "imports",
     ]
     assert list(yaml.safe_load(text)["train"])[:3] == ["epochs", "max_steps", "batch_size"]
     again = load_experiment(write(tmp_path / "again.yaml", text))

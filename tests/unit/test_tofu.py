@@ -9,7 +9,8 @@ import reftx
 import reftx.tasks  # noqa: F401  (registers the zoo)
 from reftx.errors import DataError
 from reftx.task import default_data_dir, get_task
-from reftx.tasks.tofu import author_of, forget_authors, read_lines, read_perturbed, read_qa, rouge_l_recall
+from reftx.tasks.tofu import author_of, forget_authors, read_lines, read_perturbed, read_qa
+from reftx.tasks.tofu_metrics import rouge_l_recall
 
 DATA = default_data_dir()
 TOFU = DATA / "tofu" if DATA is not None else None

@@ -1,0 +1,107 @@
+"""The layers point one way: no import circles, and the core never imports the zoo.
+
+Checked on the source with ``ast`` (every import, also inside functions, except those under
+``if TYPE_CHECKING:``), so a lazy import cannot hide a circle."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGES = {"reftx": "reftx", "reftx.methods": "methods", "reftx.tasks": "tasks"}
+ZOO = ("reftx.methods", "reftx.tasks")
+# recipes and front ends may use a task's metric functions; nothing below them may import the zoo
+RECIPES = {"reftx.cli", "reftx.runner", "reftx.edit_run", "reftx.editing", "reftx.plugins", "reftx.docgen"}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for pkg, folder in PACKAGES.items():
+        for f in sorted((REPO / folder).glob("*.py")):
+            out[pkg if f.stem == "__init__" else f"{pkg}.{f.stem}"] = f
+    return out
+
+
+def _imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    skip = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and id(n) not in skip]
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    g: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        deps: set[str] = set()
+        for node in _imports(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name in mods}
+                continue
+            if node.level:
+                base = name.split(".") if path.stem == "__init__" else name.split(".")[:-1]
+                base = base[:len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            subs = {f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in mods}
+            deps |= subs
+            if len(subs) < len(node.names) and target in mods:
+                deps.add(target)
+        deps.discard(name)
+        g[name] = deps
+    return g
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in g[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in g:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_graph_sees_lazy_imports():
+    g = graph()
+    assert "reftx.evaluate" in g["reftx.task"]  # Task.evaluate's default imports it inside the method
+    assert "reftx.tasks.tofu_metrics" in g["reftx.tasks.tofu"]
+
+
+def test_no_import_circles():
+    assert cycles(graph()) == []
+
+
+def test_core_never_imports_the_zoo():
+    g = graph()
+    bad = {m: sorted(d for d in deps if d.startswith(ZOO)) for m, deps in g.items()
+           if m.startswith("reftx") and not m.startswith(ZOO) and m not in RECIPES}
+    assert {m: d for m, d in bad.items() if d} == {}
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
