@@ -32,6 +32,7 @@ distributions on the locality rows, the unedited one from ``model.disabled()`` u
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from reftx.basis_gates import locality_gate_loss, switch_balance, variance_balance
-from reftx.errors import ConfigError, DataError, did_you_mean
+from reftx.errors import ConfigError, DataError
 from reftx.intervention import Context, register_intervention
 from reftx.methods.loreft import LoReFT
 from reftx.objectives import register_objective
@@ -109,7 +110,17 @@ class BaFT(LoReFT):
 
 
 # -- the KL locality objective ---------------------------------------------------------------------
-KL_OPTIONS = {"weight": 1.0, "positions": "all", "locality_nll": False}
+@dataclass(frozen=True)
+class KlOptions:
+    """Options of baft_locality_kl."""
+
+    weight: float = 1.0  # λ: weight of the KL term (>= 0)
+    positions: Literal["all", "response"] = "all"  # all attended tokens of a locality row, or those whose next token is labelled
+    locality_nll: bool = False  # also train the NLL of the locality rows' targets
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ConfigError("weight", f"must be a finite number >= 0, got {self.weight!r}")
 
 
 def next_token_kl(ref_logits: Tensor, logits: Tensor, mask: Tensor) -> Tensor:
@@ -123,24 +134,9 @@ def next_token_kl(ref_logits: Tensor, logits: Tensor, mask: Tensor) -> Tensor:
     return (kl * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def _kl_options(options: dict[str, Any]) -> dict[str, Any]:
-    for key in options:
-        if key not in KL_OPTIONS:
-            raise ConfigError(f"train.objective_options.{key}", f"unknown option of baft_locality_kl"
-                              f"{did_you_mean(key, KL_OPTIONS)}; valid: {', '.join(KL_OPTIONS)}")
-    opts = {**KL_OPTIONS, **options}
-    if not isinstance(opts["weight"], (int, float)) or opts["weight"] < 0:
-        raise ConfigError("train.objective_options.weight", f"must be a number >= 0, got {opts['weight']!r}")
-    if opts["positions"] not in ("all", "response"):
-        raise ConfigError("train.objective_options.positions", f"must be all or response, got {opts['positions']!r}")
-    if not isinstance(opts["locality_nll"], bool):
-        raise ConfigError("train.objective_options.locality_nll", f"must be true or false, got {opts['locality_nll']!r}")
-    return opts
-
-
-@register_objective("baft_locality_kl")
+@register_objective("baft_locality_kl", KlOptions)
 def baft_locality_kl(model: Any, batch: dict[str, Any],
-                     options: dict[str, Any]) -> tuple[Tensor, dict[str, float], Any]:
+                     options: KlOptions) -> tuple[Tensor, dict[str, float], Any]:
     """NLL on the edit rows (and the primitives' auxiliary losses) + weight · KL(unedited ‖ edited)
     of the next-token distributions on the locality rows (``example_info["locality"] == 1``).
 
@@ -148,7 +144,7 @@ def baft_locality_kl(model: Any, batch: dict[str, Any],
     ``response``: those whose next token is labelled), locality_nll (also train the NLL of the
     locality rows' targets; default false: their labels are masked, their prompt spans kept).
     """
-    opts = _kl_options(options)
+    opts = options
     info = batch.get("example_info") or {}
     if LOCALITY not in info:
         raise DataError(f"objective baft_locality_kl needs example_info[{LOCALITY!r}] (1 for unrelated prompts); "
@@ -156,7 +152,7 @@ def baft_locality_kl(model: Any, batch: dict[str, Any],
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     loc = info[LOCALITY].to(ids.device) == 1
     call = dict(batch)
-    if loc.any() and not opts["locality_nll"]:
+    if loc.any() and not opts.locality_nll:
         # mask the locality rows' labels, keeping every row's prompt span (read off the original labels)
         if call.get("prompt_lengths") is None:
             bd = bounds(mask, ids.shape[0], ids.shape[1], ids.device, labels)
@@ -173,13 +169,13 @@ def baft_locality_kl(model: Any, batch: dict[str, Any],
     kl = torch.zeros((), device=ids.device)
     if loc.any():
         where = mask.bool()
-        if opts["positions"] == "response":
+        if opts.positions == "response":
             where = where & F.pad(labels[:, 1:] != IGNORE, (0, 1), value=False)
         reft = getattr(model, "module", model)  # unwrap DDP: the reference pass needs no gradient sync
         with torch.no_grad(), reft.disabled():
             ref = reft(input_ids=ids[loc], attention_mask=mask[loc]).logits
         kl = next_token_kl(ref, out.logits[loc], where[loc])
-    loss = loss + opts["weight"] * kl
+    loss = loss + opts.weight * kl
     return loss, {"nll": float(nll.detach()), "locality_kl": float(kl.detach()),
                   "locality_rows": float(loc.sum())}, out
 

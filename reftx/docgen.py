@@ -90,7 +90,25 @@ def config_reference() -> str:
     for kind in reftx.available_interventions():
         if _shipped(kind):
             lines += _primitive_options(kind)
+    lines += ["", "## Objectives and their options (`train.objective`, `train.objective_options`)", "",
+              "| objective | what | options |", "|---|---|---|"]
+    lines += _objectives()
     return "\n".join(lines) + "\n"
+
+
+def _objectives() -> list[str]:
+    from .objectives import OBJECTIVES
+
+    rows = []
+    for name in OBJECTIVES.names():
+        fn = OBJECTIVES.get(name)
+        if not fn.__module__.startswith("reftx."):
+            continue
+        para = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
+        doc = para.split(". ")[0].rstrip(".") + "."
+        opts = [f"`{k}={v}`: {c}" for k, (v, c) in _comments(fn.Options).items()]
+        rows.append(f"| `{name}` | {_cell(doc)} | {_cell('; '.join(opts)) or 'none'} |")
+    return rows
 
 
 def _shipped(kind: str) -> bool:

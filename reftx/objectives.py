@@ -1,22 +1,28 @@
 """Training objectives: how a batch becomes a loss. The loop calls one by name (``train.objective``).
 
 An objective is ``fn(model, batch, options) -> (loss, logs, out)`` registered with
-``@register_objective("name")``: ``model`` is the (possibly DDP-wrapped) ReftModel,
-``batch`` the collated dict (input_ids, attention_mask, labels, example_info),
-``options`` the dict ``train.objective_options``; ``logs`` are floats for metrics.jsonl.
+``@register_objective("name", options=Options)``: ``model`` is the (possibly DDP-wrapped)
+ReftModel, ``batch`` the collated dict (input_ids, attention_mask, labels, example_info),
+``options`` an instance of the objective's frozen ``Options`` dataclass, built from
+``train.objective_options`` by the same strict converter as every other section (unknown keys get
+a did-you-mean with the dotted path; ``reftx validate`` and ``plan`` check them before anything
+runs); ``logs`` are floats for metrics.jsonl. An objective without options rejects any key.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from . import sites
-from .errors import ConfigError, DataError, did_you_mean
+from .config import from_dict, require
+from .errors import DataError
 from .positions import IGNORE
 from .registry import Registry
 from .schedule import resolve_layers
@@ -25,8 +31,43 @@ Objective = Callable[[Any, dict[str, Any], dict[str, Any]], tuple[Tensor, dict[s
 OBJECTIVES: Registry[Objective] = Registry("objective")
 
 
-def register_objective(name: str) -> Callable[[Objective], Objective]:
-    return OBJECTIVES.register(name)
+FIELD = "train.objective_options"
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """An objective without options: any key under ``train.objective_options`` is an error."""
+
+
+def register_objective(name: str, options: type | None = None) -> Callable[[Objective], Objective]:
+    """Register ``fn`` under ``name``; ``options``: its frozen options dataclass (None: no options)."""
+
+    cls = options or NoOptions
+
+    def add(fn: Objective) -> Objective:
+        @functools.wraps(fn)
+        def call(model: Any, batch: dict[str, Any], opts: Any = None) -> Any:
+            if not isinstance(opts, cls):  # a plain dict (tests, direct calls): convert it strictly
+                opts = from_dict(cls, dict(opts or {}), FIELD)
+            return fn(model, batch, opts)
+
+        call.Options = cls  # type: ignore[attr-defined]
+        return OBJECTIVES.register(name)(call)
+
+    return add
+
+
+def objective_options(name: str, raw: dict[str, Any] | None) -> Any:
+    """``train.objective_options`` as the typed options of objective ``name`` (strictly checked)."""
+    fn = OBJECTIVES.get(name, "train.objective")
+    return from_dict(fn.Options, dict(raw or {}), FIELD)
+
+
+def _finite_at_least(obj: object, minimum: float, *names: str, strict: bool = False) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        ok = math.isfinite(v) and (v > minimum if strict else v >= minimum)
+        require(ok, name, f"must be a finite number {'>' if strict else '>='} {minimum}, got {v!r}")
 
 
 @register_objective("nll")
@@ -43,7 +84,6 @@ def classify(model: Any, batch: dict[str, Any], options: dict[str, Any]) -> tupl
     reftx.classify describes), plus the primitives' auxiliary losses. No options."""
     from .classify import LABEL
 
-    _options("classify", options, {})
     info = batch.get("example_info") or {}
     if LABEL not in info:
         raise DataError(f"objective 'classify' needs example_info[{LABEL!r}] (a class index) on every example; "
@@ -61,7 +101,6 @@ def classify(model: Any, batch: dict[str, Any], options: dict[str, Any]) -> tupl
 # shifted by one, -100 ignored); a set's term is the mean over that set's examples in the batch,
 # and 0 when the batch holds none of them. The primitives' auxiliary losses (e.g. GRUN's gate BCE)
 # are added, and the whole loss is scaled by the primitives' loss scale, as ``ReftModel`` does.
-FIELD = "train.objective_options"
 GATE_LABEL = "gate_label"
 Result = tuple[Tensor, dict[str, float], Any]
 
@@ -82,24 +121,6 @@ def rmu_direction(dim: int, seed: int) -> Tensor:
     """RMU's fixed random unit vector u (float32, CPU): uniform in [0, 1)^d, normalised."""
     u = torch.rand(dim, generator=torch.Generator().manual_seed(seed))
     return u / u.norm()
-
-
-def _options(name: str, options: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    for key in options:
-        if key not in defaults:
-            raise ConfigError(f"{FIELD}.{key}", f"unknown option {key!r} for objective {name!r}"
-                                                f"{did_you_mean(key, defaults)}; valid: {', '.join(defaults)}")
-    out = {**defaults, **options}
-    for key, default in defaults.items():
-        value = out[key]
-        if isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            if not ok or value < 0 or (key in ("beta", "c") and value == 0):
-                raise ConfigError(f"{FIELD}.{key}", f"must be a number {'>' if key in ('beta', 'c') else '>='} 0, "
-                                                    f"got {value!r}")
-        elif isinstance(default, int) and key == "seed" and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ConfigError(f"{FIELD}.{key}", f"must be an integer, got {value!r}")
-    return out
 
 
 def _forget_rows(batch: dict[str, Any], name: str) -> Tensor:
@@ -156,34 +177,56 @@ def _finish(model: Any, out: Any, core: Tensor, logs: dict[str, float]) -> Resul
     return loss, logs, out
 
 
-@register_objective("gd")
-def gradient_difference(model: Any, batch: dict[str, Any], options: dict[str, Any]) -> Result:
+@dataclass(frozen=True)
+class RetainOptions:
+    """Options of gd and idk."""
+
+    retain_weight: float = 1.0  # w_r: weight of the retain-set NLL (>= 0)
+
+    def __post_init__(self) -> None:
+        _finite_at_least(self, 0.0, "retain_weight")
+
+
+@register_objective("gd", RetainOptions)
+def gradient_difference(model: Any, batch: dict[str, Any], options: RetainOptions) -> Result:
     """Gradient difference: ``−NLL_F + w_r·NLL_R``. Options: retain_weight w_r (1.0).
 
     Unbounded below (ascent on F): stop it by steps, or let GRUN's gate confine the damage.
     """
-    o = _options("gd", options, {"retain_weight": 1.0})
+    o = options
     forget = _forget_rows(batch, "gd")
     out = model(**batch)
     nll = sequence_nll(out.logits, batch["labels"])
-    core = -_set_mean(nll, forget) + o["retain_weight"] * _set_mean(nll, ~forget)
+    core = -_set_mean(nll, forget) + o.retain_weight * _set_mean(nll, ~forget)
     return _finish(model, out, core, _set_logs(nll, forget, "nll"))
 
 
-@register_objective("idk")
-def i_dont_know(model: Any, batch: dict[str, Any], options: dict[str, Any]) -> Result:
+@register_objective("idk", RetainOptions)
+def i_dont_know(model: Any, batch: dict[str, Any], options: RetainOptions) -> Result:
     """``NLL_F + w_r·NLL_R``, where the task has replaced the forget targets by "I don't know"-style
     answers (tofu_unlearn with ``idk: true``): a weighted NLL by set. Options: retain_weight (1.0)."""
-    o = _options("idk", options, {"retain_weight": 1.0})
+    o = options
     forget = _forget_rows(batch, "idk")
     out = model(**batch)
     nll = sequence_nll(out.logits, batch["labels"])
-    core = _set_mean(nll, forget) + o["retain_weight"] * _set_mean(nll, ~forget)
+    core = _set_mean(nll, forget) + o.retain_weight * _set_mean(nll, ~forget)
     return _finish(model, out, core, _set_logs(nll, forget, "nll"))
 
 
-@register_objective("npo")
-def negative_preference(model: Any, batch: dict[str, Any], options: dict[str, Any]) -> Result:
+@dataclass(frozen=True)
+class NpoOptions:
+    """Options of npo."""
+
+    beta: float = 0.1  # β: inverse temperature of the preference term (> 0)
+    retain_weight: float = 1.0  # w_r: weight of the retain-set NLL (>= 0)
+
+    def __post_init__(self) -> None:
+        _finite_at_least(self, 0.0, "beta", strict=True)
+        _finite_at_least(self, 0.0, "retain_weight")
+
+
+@register_objective("npo", NpoOptions)
+def negative_preference(model: Any, batch: dict[str, Any], options: NpoOptions) -> Result:
     """NPO: ``−(2/β)·mean_F log σ(β(NLL_θ − NLL_ref)) + w_r·NLL_R``.
 
     NLL_ref comes from the same model with its interventions switched off (``model.disabled()``,
@@ -191,11 +234,11 @@ def negative_preference(model: Any, batch: dict[str, Any], options: dict[str, An
     (NLL_θ = NLL_ref) and falls toward 0 as NLL_θ rises above NLL_ref; unlike GD it is bounded.
     Options: beta β (0.1), retain_weight w_r (1.0).
     """
-    o = _options("npo", options, {"beta": 0.1, "retain_weight": 1.0})
+    o = options
     forget = _forget_rows(batch, "npo")
     out = model(**batch)
     nll = sequence_nll(out.logits, batch["labels"])
-    beta = o["beta"]
+    beta = o.beta
     logs = _set_logs(nll, forget, "nll")
     if forget.any():
         ref = sequence_nll(_reference(model, _rows(batch, forget)).logits, batch["labels"][forget])
@@ -203,12 +246,27 @@ def negative_preference(model: Any, batch: dict[str, Any], options: dict[str, An
         logs["nll_ref_forget"] = float(ref.mean())
     else:
         npo = nll.sum() * 0.0
-    core = npo + o["retain_weight"] * _set_mean(nll, ~forget)
+    core = npo + o.retain_weight * _set_mean(nll, ~forget)
     return _finish(model, out, core, logs)
 
 
-@register_objective("rmu")
-def representation_misdirection(model: Any, batch: dict[str, Any], options: dict[str, Any]) -> Result:
+@dataclass(frozen=True)
+class RmuOptions:
+    """Options of rmu."""
+
+    layer: int | float = -1  # block whose output is steered: an index (negative from the end) or a depth fraction
+    c: float = 6.5  # steering coefficient (> 0); RMU's value for 7B models: scale it to the hidden-state norms
+    alpha: float = 1.0  # weight of the retain term (>= 0)
+    seed: int = 0  # seed of the random direction u
+    tokens: Literal["response", "all"] = "response"  # response: positions predicting a response token; all: every non-padding token
+
+    def __post_init__(self) -> None:
+        _finite_at_least(self, 0.0, "c", strict=True)
+        _finite_at_least(self, 0.0, "alpha")
+
+
+@register_objective("rmu", RmuOptions)
+def representation_misdirection(model: Any, batch: dict[str, Any], options: RmuOptions) -> Result:
     """RMU: at one layer, push F's hidden states toward c·u and keep R's where the unedited model has them.
 
     ``mean_{F tokens} mean_d (h − c·u)² + α · mean_{R tokens} mean_d (h − h_ref)²``, with u the
@@ -222,21 +280,19 @@ def representation_misdirection(model: Any, batch: dict[str, Any], options: dict
     alpha (1.0), seed (0), tokens: ``response`` (positions predicting a response token, i.e. the
     last prompt token and the response) or ``all`` (every non-padding token).
     """
-    o = _options("rmu", options, {"layer": -1, "c": 6.5, "alpha": 1.0, "seed": 0, "tokens": "response"})
-    if o["tokens"] not in ("response", "all"):
-        raise ConfigError(f"{FIELD}.tokens", f"must be 'response' or 'all', got {o['tokens']!r}")
+    o = options
     forget = _forget_rows(batch, "rmu")
     n_layers = sites.num_layers(_unwrap(model).config)
-    layer = resolve_layers(o["layer"], n_layers, f"{FIELD}.layer")[0]
+    layer = resolve_layers(o.layer, n_layers, f"{FIELD}.layer")[0]
     out = model(**batch, output_hidden_states=True)
     h = out.hidden_states[layer + 1]
-    if o["tokens"] == "all":
+    if o.tokens == "all":
         tokens = batch["attention_mask"].bool()
     else:
         tokens = torch.zeros_like(batch["labels"], dtype=torch.bool)
         tokens[:, :-1] = batch["labels"][:, 1:] != IGNORE
-    u = rmu_direction(h.shape[-1], o["seed"]).to(h.device)
-    mse = ((h.float() - o["c"] * u) ** 2).mean(-1)  # (B, T)
+    u = rmu_direction(h.shape[-1], o.seed).to(h.device)
+    mse = ((h.float() - o.c * u) ** 2).mean(-1)  # (B, T)
     w = (tokens & forget[:, None]).float()
     forget_term = (mse * w).sum() / w.sum().clamp(min=1)
     retain = ~forget
@@ -246,6 +302,6 @@ def representation_misdirection(model: Any, batch: dict[str, Any], options: dict
         retain_term = (((h[retain].float() - ref.float()) ** 2).mean(-1) * w).sum() / w.sum().clamp(min=1)
     else:
         retain_term = h.sum() * 0.0
-    core = forget_term + o["alpha"] * retain_term
+    core = forget_term + o.alpha * retain_term
     logs = {"rmu_forget": float(forget_term.detach()), "rmu_retain": float(retain_term.detach())}
     return _finish(model, out, core, logs)

@@ -38,7 +38,7 @@ from .data import Encoded, collate_train
 from .errors import ReftError
 from .experiment import TrainConfig
 from .model import ReftModel, atomic_write
-from .objectives import OBJECTIVES
+from .objectives import OBJECTIVES, objective_options
 
 STATE_FILE = "state.json"
 
@@ -187,6 +187,7 @@ def train(
     """
     run_dir = Path(run_dir)
     objective = OBJECTIVES.get(cfg.objective, "train.objective")
+    objective_opts = objective_options(cfg.objective, cfg.objective_options)
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
                       mixed_precision="bf16" if cfg.precision == "bf16" else "no",
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
@@ -240,7 +241,7 @@ def train(
                     if i < prog.batch:
                         continue  # resuming mid-epoch: skip what the checkpoint already consumed
                     with acc.accumulate(wrapped):
-                        loss, obj_logs, out = objective(wrapped, batch, cfg.objective_options)
+                        loss, obj_logs, out = objective(wrapped, batch, objective_opts)
                         if not torch.isfinite(loss.detach()).all():
                             raise NonFiniteLoss(f"loss is {loss.item()} at step {prog.step + 1}; stopped before "
                                                 f"applying it. Last good checkpoint: {latest_checkpoint(run_dir)}")

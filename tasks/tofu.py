@@ -41,7 +41,7 @@ from typing import Any, Literal
 from reftx.errors import ConfigError, DataError
 from reftx.task import Example, Task, register_task
 
-from .tofu_metrics import UTILITY_SETS, evaluate_tofu, rouge_l_recall
+from .tofu_metrics import evaluate_tofu, rouge_l_recall
 
 RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 IDK_FILE = "idontknow.jsonl"

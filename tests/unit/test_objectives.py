@@ -184,7 +184,7 @@ def test_rmu_direction():
 def test_option_errors():
     with pytest.raises(reftx.ConfigError, match=r"objective_options\.retain_wieght.*did you mean 'retain_weight'"):
         OBJECTIVES.get("gd")(FakeModel(), make_batch(), {"retain_wieght": 1.0})
-    with pytest.raises(reftx.ConfigError, match=r"objective_options\.beta: must be a number > 0"):
+    with pytest.raises(reftx.ConfigError, match=r"objective_options\.beta: must be a finite number > 0"):
         OBJECTIVES.get("npo")(FakeModel(), make_batch(), {"beta": 0})
     with pytest.raises(reftx.ConfigError, match=r"objective_options\.tokens"):
         OBJECTIVES.get("rmu")(rmu_model(), make_batch(), {"tokens": "prompt"})
@@ -212,3 +212,30 @@ def test_objectives_train_grun_on_a_real_model(name):
     assert all(p.grad is None for p in base.parameters())
     grads = [p.grad for p in model.interventions.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_every_objective_has_typed_options_checked_before_training(tmp_path):
+    """One converter for every section: objective options and the method: section are checked by
+    ``reftx validate`` / ``plan`` (runner.validate) with the dotted path and a did-you-mean, and
+    an objective without options rejects any key (nll used to ignore them)."""
+    import yaml
+
+    from reftx import runner
+    from reftx.experiment import load_experiment
+    from reftx.objectives import objective_options
+
+    assert objective_options("npo", {"beta": 0.5}).beta == 0.5
+    with pytest.raises(reftx.ConfigError, match=r"^train\.objective_options\.weight: unknown key"):
+        objective_options("nll", {"weight": 1.0})
+    with pytest.raises(reftx.ConfigError, match=r"^train\.objective_options\.c: must be a finite number > 0"):
+        objective_options("rmu", {"c": float("inf")})
+    base = {"schema": 1, "task": {"name": "persona"}, "model": {"name": "default"},
+            "interventions": [{"kind": "loreft", "rank": 2, "layers": [1]}]}
+    cases = [({"train": {"objective": "npo", "objective_options": {"betta": 0.1}}},
+              r"train\.objective_options\.betta: unknown key.*did you mean 'beta'"),
+             ({"method": {"mdoe": "batch"}}, r"method\.mdoe: unknown key.*did you mean 'mode'")]
+    for i, (patch, message) in enumerate(cases):
+        path = tmp_path / f"e{i}.yaml"
+        path.write_text(yaml.safe_dump({**base, **patch}))
+        with pytest.raises(reftx.ConfigError, match=message):
+            runner.validate(load_experiment(path), model_config=object())
