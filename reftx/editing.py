@@ -59,7 +59,7 @@ from .edit_bank import EDIT_POS, EDIT_SLOT, EditBank
 from .errors import ConfigError
 from .hooks import capture_outputs
 from .intervention import Context
-from .model import after_step, parameter_terms
+from .model import after_step, compose_loss, parameter_terms
 from .positions import IGNORE
 from .schedule import SPEC_KEYS
 from .task import Example
@@ -281,8 +281,7 @@ class Editor:
                 for k in train:  # each slot's loss, with its modifiers' terms (bounds: hinge, PID)
                     params, scale = parameter_terms([bank.slots[k]])
                     extra = self._extra(k, active[k]["edits"])
-                    term = nll[k] + sum(params.values(), torch.zeros(())) + (0.0 if extra is None else extra)
-                    loss = loss + (term * scale if scale is not None else term)
+                    loss = loss + compose_loss(nll[k] if extra is None else nll[k] + extra, params, scale)
                 loss.backward()
             for k in sorted(active):
                 a, params = active[k], list(bank.slots[k].parameters())

@@ -125,6 +125,35 @@ class HookManager:
             self.remove()
             raise
 
+    # -- per-call inputs: written only here, through these context managers --------------------
+    @contextmanager
+    def forward_call(self, call: Overrides) -> Iterator[Overrides]:
+        """Within the block, the next forward of the base reads ``call`` (and fills ``call.state``)."""
+        self.pending = call
+        try:
+            yield call
+        finally:
+            self.pending = None
+
+    @contextmanager
+    def generation_call(self, state: GenerationState) -> Iterator[GenerationState]:
+        """Within the block, every forward is placed by the generation ``state``."""
+        self.generation = state
+        try:
+            yield state
+        finally:
+            self.generation = None
+            self.pending = None
+
+    @contextmanager
+    def switched_off(self) -> Iterator[None]:
+        """Within the block, no intervention edits anything (the reference model)."""
+        before, self.enabled = self.enabled, False
+        try:
+            yield
+        finally:
+            self.enabled = before
+
     def remove(self) -> None:
         for h in self._handles:
             h.remove()

@@ -150,23 +150,19 @@ class ReftModel(nn.Module):
         Auxiliary losses published by primitives are added to ``out.loss`` (when labels are
         given) and returned in ``out["aux_losses"]``; records in ``out["records"]``.
         """
-        pending = Overrides(prompt_lengths, intervention_positions, example_info or {})
-        self._hooks.pending = pending
-        try:
+        call = Overrides(prompt_lengths, intervention_positions, example_info or {})
+        with self._hooks.forward_call(call):
             out = self.base(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
-        finally:
-            self._hooks.pending = None
-        ctx = pending.state.ctx if pending.state is not None else None
+        ctx = call.state.ctx if call.state is not None else None
         aux = {k: torch.stack(v).sum() for k, v in ctx.losses.items()} if ctx is not None else {}
         if ctx is not None and ctx.records:
             out["records"] = ctx.records
-        if getattr(out, "loss", None) is not None and self._hooks.enabled:
+        if getattr(out, "loss", None) is not None and self._hooks.enabled:  # not under disabled()
             params, scale = self._extra_losses()
             aux.update(params)
             if aux or scale is not None:
                 out["task_loss"] = out.loss
-                total = out.loss + sum(aux.values()) if aux else out.loss
-                out["loss"] = total * scale if scale is not None else total
+                out["loss"] = compose_loss(out.loss, aux, scale)
         if aux:
             out["aux_losses"] = aux
         return out
@@ -197,21 +193,14 @@ class ReftModel(nn.Module):
                                 assisted=_assisted(kwargs, self.base))
         criteria = StoppingCriteriaList(kwargs.pop("stopping_criteria", None) or [])
         criteria.append(state.criterion())
-        self._hooks.generation = state
-        try:
+        with self._hooks.generation_call(state):
             return self.base.generate(*args, stopping_criteria=criteria, **kwargs)
-        finally:
-            self._hooks.generation = None
-            self._hooks.pending = None
 
     @contextmanager
     def disabled(self) -> Iterator[None]:
         """Run the base model with every intervention switched off (e.g. a reference model)."""
-        before, self._hooks.enabled = self._hooks.enabled, False
-        try:
+        with self._hooks.switched_off():
             yield
-        finally:
-            self._hooks.enabled = before
 
     def detach(self) -> nn.Module:
         """Remove reftx's hooks and return the base model exactly as it was (also done
@@ -302,6 +291,17 @@ def _assisted(kwargs: dict[str, Any], base: nn.Module) -> bool:
     cfg = kwargs.get("generation_config") or getattr(base, "generation_config", None)
     return any(kwargs.get(k) is not None for k in _ASSISTED) or \
         any(getattr(cfg, k, None) is not None for k in _ASSISTED[1:])
+
+
+def compose_loss(task: Tensor, aux: dict[str, Tensor], scale: Tensor | None) -> Tensor:
+    """The one composition of a training loss: ``(task + Σ aux) · scale``.
+
+    task: the objective's core term; aux: the primitives' auxiliary losses (already weighted:
+    gate BCE, balance, locality) and parameter losses (hinge bounds); scale: the primitives' loss
+    scale (BREP's PID weight) or None. ``ReftModel.forward``, every objective and the knowledge-
+    editing loop all build their loss here."""
+    total = task + sum(aux.values()) if aux else task
+    return total * scale if scale is not None else total
 
 
 def parameter_terms(mods: list[Intervention]) -> tuple[dict[str, Tensor], Tensor | None]:

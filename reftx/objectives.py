@@ -23,6 +23,7 @@ from torch import Tensor
 from . import sites
 from .config import from_dict, require
 from .errors import DataError
+from .model import compose_loss, parameter_terms
 from .positions import IGNORE
 from .registry import Registry
 from .schedule import resolve_layers
@@ -167,12 +168,9 @@ def _set_logs(values: Tensor, forget: Tensor, what: str) -> dict[str, float]:
 
 
 def _finish(model: Any, out: Any, core: Tensor, logs: dict[str, float]) -> Result:
-    """core + the primitives' auxiliary losses, times their loss scale (the composition of ``ReftModel``)."""
-    aux = out.get("aux_losses") or {}
-    loss = core + sum(aux.values()) if aux else core
-    scales = [s for _, m in _unwrap(model).named_interventions() if (s := m.loss_scale()) is not None]
-    if scales:
-        loss = loss * torch.stack(scales).mean()
+    """core + the primitives' auxiliary losses, times their loss scale (``model.compose_loss``)."""
+    _, scale = parameter_terms([m for _, m in _unwrap(model).named_interventions()])
+    loss = compose_loss(core, out.get("aux_losses") or {}, scale)
     logs["objective"] = float(core.detach())
     return loss, logs, out
 

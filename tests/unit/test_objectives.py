@@ -59,7 +59,7 @@ class FakeModel:
 
     def named_interventions(self):
         if self.scale is not None:
-            yield "k", SimpleNamespace(loss_scale=lambda: torch.tensor(self.scale))
+            yield "k", SimpleNamespace(loss_scale=lambda: torch.tensor(self.scale), parameter_losses=lambda: {})
 
     def __call__(self, input_ids, attention_mask, labels=None, example_info=None, output_hidden_states=False):
         rows = input_ids[:, 0]
