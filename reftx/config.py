@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 from collections.abc import Iterable
@@ -68,6 +69,11 @@ def _read(path: Path, child: Path | None) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(field, f"config file not found: {path}{via}") from None
+    except UnicodeDecodeError as err:
+        data = path.read_bytes()
+        line = data[:err.start].count(b"\n") + 1
+        raise ConfigError(field, f"{path}:{line}{via}: not valid UTF-8 (byte 0x{data[err.start]:02x}: "
+                                 f"{err.reason})") from None
     except OSError as err:
         raise ConfigError(field, f"cannot read config file {path}{via}: {err}") from None
     try:
@@ -274,6 +280,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if not ok(value):
         raise ConfigError(path, f"expected {_type_name(tp)}, got {_describe(value)}")
     if base is float:
+        if not math.isfinite(value):  # .inf / .nan in YAML: never a meaningful setting
+            raise ConfigError(path, f"must be a finite number, got {value!r}")
         return float(value)
     if base is list:
         item = args[0] if args else Any
@@ -307,13 +315,20 @@ def dump_yaml(d: Any) -> str:
 
 
 NOT_HASHED = ("imports",)  # top-level keys that do not determine a result (where code is found)
+# keys added after results were published: hashed only when set away from their default, so every
+# published config hash stays valid
+HASHED_UNLESS_DEFAULT = {("train", "divergence_factor"): 1.0e4}
 
 
 def config_hash(d: Any) -> str:
     """First 12 hex chars of the sha256 of the canonical (sorted-key) JSON of a config
-    (top-level keys in ``NOT_HASHED`` left out)."""
+    (top-level keys in ``NOT_HASHED`` left out, ``HASHED_UNLESS_DEFAULT`` keys at their default too)."""
     d = to_dict(d)
     if isinstance(d, dict):
         d = {k: v for k, v in d.items() if k not in NOT_HASHED}
+        for (section, key), default in HASHED_UNLESS_DEFAULT.items():
+            sec = d.get(section)
+            if isinstance(sec, dict) and key in sec and sec[key] == default:
+                d[section] = {k: v for k, v in sec.items() if k != key}
     text = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]

@@ -39,19 +39,30 @@ def _means(rows: list[dict[str, Any]], keys=METRICS, suffix: str = "") -> dict[s
 
 
 def run_edit(exp: Experiment, show_progress: bool = True) -> dict[str, Any]:
-    """Run the editing protocol of ``exp`` (its ``method:`` section is an ``EditOptions``)."""
+    """Run the editing protocol of ``exp`` (its ``method:`` section is an ``EditOptions``) and
+    write ``{output_dir}/{name}-{mode}/`` (its own folder, locked while written; a finished one is
+    never overwritten)."""
+    from .rundir import locked
+
+    opts = from_dict(EditOptions, exp.method, "method")
+    run_dir = Path(exp.output_dir) / f"{exp.name}-{opts.mode}"
+    with locked(run_dir, f"reftx edit {exp.name}"):
+        if (run_dir / "results.json").is_file():
+            raise ConfigError("name", f"{run_dir} already holds a finished editing run; choose a new name "
+                                      "(name=...) or output_dir")
+        return _run_edit(exp, opts, run_dir, show_progress)
+
+
+def _run_edit(exp: Experiment, opts: EditOptions, run_dir: Path, show_progress: bool) -> dict[str, Any]:
     from .runner import _versions, _write_json, load_base, load_task
     from .train import seed_everything
     from reftx.tasks.knowledge_edit import unedited_scores
 
     t0 = time.perf_counter()
-    opts = from_dict(EditOptions, exp.method, "method")
     if len(exp.interventions) != 1:
         raise ConfigError("interventions", f"editing needs exactly one intervention entry, got {len(exp.interventions)}")
-    run_dir = Path(exp.output_dir) / f"{exp.name}-{opts.mode}"
     resolved = exp.to_dict()
     chash = config_hash(resolved)
-    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_yaml(resolved))
     console.rule(f"[bold]reftx edit {exp.name} ({opts.mode}, config {chash})")
     seed_everything(exp.seed)

@@ -72,6 +72,7 @@ class TrainConfig:
     scheduler: Literal["linear", "cosine", "constant"] = "linear"  # learning-rate schedule after warmup
     warmup: float = 0.0  # warmup length as a fraction of total steps (0 <= warmup < 1)
     max_grad_norm: float | None = 1.0  # gradient-norm clipping threshold (> 0); null disables clipping
+    divergence_factor: float | None = 1.0e4  # stop (before saving) when a trained parameter's norm grows beyond this factor of max(its initial norm, 1), or a positive loss beyond this factor of max(its running minimum, 1); null disables (non-finite values always stop)
     precision: Literal["fp32", "bf16"] = "fp32"  # fp32, or bf16 autocast where the device supports it
     max_length: int = 512  # tokens per example after truncation
     checkpoint_every: int = 100  # save a checkpoint every this many steps; 0 = only at the end
@@ -94,6 +95,8 @@ class TrainConfig:
         _at_least(self, 1, "prefix_tokens")
         ok = self.max_grad_norm is None or self.max_grad_norm > 0
         require(ok, "max_grad_norm", f"must be > 0 (or null to disable), got {self.max_grad_norm}")
+        ok = self.divergence_factor is None or self.divergence_factor > 1
+        require(ok, "divergence_factor", f"must be > 1 (or null to disable), got {self.divergence_factor}")
 
 
 @dataclass

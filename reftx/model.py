@@ -239,15 +239,32 @@ class ReftModel(nn.Module):
         atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
         return directory
 
-    def load_trained(self, directory: str | os.PathLike) -> None:
-        """Load weights that ``save_pretrained(directory)`` wrote into these same groups (resume)."""
-        tensors = load_file(Path(directory) / WEIGHTS_NAME, device=str(self.device))
-        expected = {f"{k}.{n}" for k, m in self.named_interventions() for n in m.state_dict()}
-        expected |= {k for k, _ in self._module_params()}
-        if set(tensors) != expected:
-            missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-            raise ReftError(f"{Path(directory) / WEIGHTS_NAME} does not match these interventions: "
+    def load_trained(self, directory: str | os.PathLike, allow_nonfinite: bool = False) -> None:
+        """Load weights that ``save_pretrained(directory)`` wrote into these same groups (resume).
+        Every tensor must have the shape these groups expect, and finite values unless
+        ``allow_nonfinite`` (a NaN or inf weight is an error naming the tensor)."""
+        path = Path(directory) / WEIGHTS_NAME
+        try:
+            tensors = load_file(path, device=str(self.device))
+        except FileNotFoundError:
+            raise ReftError(f"{path} not found: not a reftx intervention directory (or an incomplete one)") from None
+        except Exception as e:  # safetensors reports truncation and bad headers with its own error type
+            raise ReftError(f"{path} cannot be read ({type(e).__name__}: {e}); the file is damaged or truncated") from None
+        expected = {f"{k}.{n}": t for k, m in self.named_interventions() for n, t in m.state_dict().items()}
+        expected |= {k: p for k, p in self._module_params()}
+        if set(tensors) != set(expected):
+            missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+            raise ReftError(f"{path} does not match these interventions: "
                             f"missing {missing}, unexpected {extra}")
+        for name, want in expected.items():
+            got = tensors[name]
+            if got.shape != want.shape:
+                raise ReftError(f"{path}: tensor {name!r} has shape {tuple(got.shape)}, but this model's interventions "
+                                f"expect {tuple(want.shape)} (the file's {CONFIG_NAME} and the config given here differ, "
+                                "e.g. in rank or in the width of the component)")
+            if not allow_nonfinite and got.is_floating_point() and not bool(torch.isfinite(got).all()):
+                raise ReftError(f"{path}: tensor {name!r} holds NaN or inf values (a diverged run?); pass "
+                                "allow_nonfinite=True to load it anyway")
         for key, mod in self.named_interventions():
             mod.load_state_dict({n: tensors[f"{key}.{n}"] for n in mod.state_dict()})
         with torch.no_grad():
@@ -255,16 +272,12 @@ class ReftModel(nn.Module):
                 p.copy_(tensors[k])
 
     @classmethod
-    def from_pretrained(cls, base: nn.Module, directory: str | os.PathLike) -> ReftModel:
+    def from_pretrained(cls, base: nn.Module, directory: str | os.PathLike,
+                        allow_nonfinite: bool = False) -> ReftModel:
         """Rebuild the interventions saved in ``directory`` on ``base`` (its device and dtype)."""
         directory = Path(directory)
         cfg_path = directory / CONFIG_NAME
-        if not cfg_path.is_file():
-            raise ReftError(f"{cfg_path} not found: not a reftx intervention directory")
-        meta = json.loads(cfg_path.read_text())
-        if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
-            raise ReftError(f"{cfg_path}: unsupported format {meta.get('format')!r} "
-                            f"version {meta.get('format_version')!r} (this reftx reads {FORMAT} <= {FORMAT_VERSION})")
+        meta = read_config(cfg_path)
         saved_type = meta["model"]["model_type"]
         if saved_type != base.config.model_type:
             raise ConfigError("model", f"interventions were trained on model_type {saved_type!r}, "
@@ -274,9 +287,12 @@ class ReftModel(nn.Module):
 
         for kind, module in (meta.get("modules") or {}).items():
             ensure_kind(INTERVENTIONS, kind, module)
-        model = cls(base, meta["interventions"], meta.get("train_modules", ()))
         try:
-            model.load_trained(directory)
+            model = cls(base, meta["interventions"], meta.get("train_modules", ()))
+        except ConfigError as e:
+            raise ReftError(f"{cfg_path}: {e}") from None
+        try:
+            model.load_trained(directory, allow_nonfinite)
         except Exception:
             model.detach()
             raise
@@ -291,6 +307,40 @@ def _assisted(kwargs: dict[str, Any], base: nn.Module) -> bool:
     cfg = kwargs.get("generation_config") or getattr(base, "generation_config", None)
     return any(kwargs.get(k) is not None for k in _ASSISTED) or \
         any(getattr(cfg, k, None) is not None for k in _ASSISTED[1:])
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """``reft_config.json``, checked field by field (errors name the file and the field)."""
+    if not path.is_file():
+        raise ReftError(f"{path} not found: not a reftx intervention directory")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ReftError(f"{path} is not valid JSON ({e})") from None
+
+    def bad(field: str, message: str) -> ReftError:
+        return ReftError(f"{path}: {field}: {message}")
+
+    if not isinstance(meta, dict):
+        raise bad("(top level)", f"expected an object, got {type(meta).__name__}")
+    if meta.get("format") != FORMAT:
+        raise bad("format", f"expected {FORMAT!r}, got {meta.get('format')!r}")
+    version = meta.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise bad("format_version", f"expected an integer in [1, {FORMAT_VERSION}] (this reftx reads up to "
+                                    f"{FORMAT_VERSION}), got {version!r}")
+    model = meta.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("model_type"), str):
+        raise bad("model.model_type", f"missing or not a string (model: {model!r})")
+    entries = meta.get("interventions")
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        raise bad("interventions", "expected a non-empty list of intervention entries")
+    for key in ("modules", "groups"):
+        if key in meta and not isinstance(meta[key], dict):
+            raise bad(key, f"expected an object, got {type(meta[key]).__name__}")
+    if not isinstance(meta.get("train_modules", []), list):
+        raise bad("train_modules", "expected a list of module names")
+    return meta
 
 
 def compose_loss(task: Tensor, aux: dict[str, Tensor], scale: Tensor | None) -> Tensor:

@@ -31,6 +31,7 @@ from .evaluate import evaluate, generate
 from .experiment import Experiment
 from .model import ReftModel, atomic_write, attach
 from .prefix import prefix_truncate
+from .rundir import locked
 from .schedule import plan
 from .task import Task, get_task
 from .train import latest_checkpoint, seed_everything, train
@@ -166,22 +167,45 @@ def plot_loss(run_dir: Path) -> Path | None:
 
 
 def run(exp: Experiment, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
-    """Train and evaluate one experiment; returns (and writes) results.json's content."""
+    """Train and evaluate one experiment; returns (and writes) results.json's content. The run
+    folder is locked while this process writes it (reftx.rundir): a second writer gets an error."""
+    with locked(exp.run_dir, f"reftx run {exp.name}"):
+        return _run(exp, resume, show_progress)
+
+
+def _check_resume(exp: Experiment, resume: bool, chash: str) -> dict[str, Any] | None:
+    """What the folder allows: None to (re)start training, or a finished run's results to return."""
+    run_dir, cfg_file = exp.run_dir, exp.run_dir / "config.yaml"
+    if not resume:
+        if latest_checkpoint(run_dir) is not None or (run_dir / "results.json").is_file():
+            raise ReftError(f"{run_dir} already holds a run: pass --resume to continue it, or choose a new "
+                            "name (name=...) or output_dir")
+        return None
+    if not cfg_file.is_file():
+        raise ReftError(f"--resume: {run_dir} holds no run to resume (no config.yaml); run without --resume")
+    from .config import load_yaml
+
+    if config_hash(load_yaml(cfg_file)) != chash:
+        raise ReftError(f"--resume: {cfg_file} differs from the current config; resume with the same "
+                        "config (and overrides), or pick another name")
+    results = run_dir / "results.json"
+    if results.is_file():
+        console.print(f"[yellow]--resume: {run_dir} is already finished ({results}); nothing to do")
+        return json.loads(results.read_text())
+    if latest_checkpoint(run_dir) is None:
+        console.print(f"[yellow]--resume: {run_dir} has no checkpoint yet; training starts from step 0")
+    return None
+
+
+def _run(exp: Experiment, resume: bool, show_progress: bool) -> dict[str, Any]:
     t_start = time.perf_counter()
     run_dir = exp.run_dir
     resolved = exp.to_dict()
     chash = config_hash(resolved)
     cfg_file = run_dir / "config.yaml"
-    if resume and cfg_file.is_file():
-        from .config import load_yaml
-
-        if config_hash(load_yaml(cfg_file)) != chash:
-            raise ReftError(f"--resume: {cfg_file} differs from the current config; resume with the same "
-                            "config (and overrides), or pick another name")
-    elif not resume and latest_checkpoint(run_dir) is not None:
-        raise ReftError(f"{run_dir} already holds checkpoints: pass --resume to continue, or choose a new "
-                        "name (name=...) or output_dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    finished = _check_resume(exp, resume, chash)
+    if finished is not None:
+        return finished
     atomic_write(cfg_file, lambda p: Path(p).write_text(dump_yaml(resolved)))
     console.rule(f"[bold]reftx run {exp.name}  (config {chash})")
     console.print(dump_yaml(resolved), highlight=False)
@@ -205,7 +229,7 @@ def run(exp: Experiment, resume: bool = False, show_progress: bool = True) -> di
 
     before = None
     shown = eval_ex[: exp.eval.show_examples]
-    if generative and shown and not resume:
+    if generative and shown:  # also when resuming: samples.jsonl keeps its "before" answers
         with model.disabled():
             before = generate(model, tok, shown, exp.eval, chat, "before", show_progress)
 
@@ -258,12 +282,17 @@ def report(results: dict[str, Any], shown: list, before: list[str] | None, after
 
 
 def evaluate_run(run_dir: str | Path, show_progress: bool = True) -> dict[str, Any]:
-    """Re-evaluate a finished run from its config.yaml and intervention/ folder."""
-    from .experiment import load_experiment
-
+    """Re-evaluate a finished run from its config.yaml and intervention/ folder (writes eval.json)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ReftError(f"{run_dir} has no config.yaml: not a reftx run directory")
+    with locked(run_dir, "reftx eval"):  # never while a run still writes the folder
+        return _evaluate_run(run_dir, show_progress)
+
+
+def _evaluate_run(run_dir: Path, show_progress: bool) -> dict[str, Any]:
+    from .experiment import load_experiment
+
     exp = load_experiment(run_dir / "config.yaml")
     task = load_task(exp)
     _, eval_split = splits(exp, task)
@@ -283,16 +312,25 @@ def evaluate_run(run_dir: str | Path, show_progress: bool = True) -> dict[str, A
     return results
 
 
+def baseline_dir(exp: Experiment) -> Path:
+    """Where ``reftx baseline`` writes: its own subfolder of the run folder, never the run's files."""
+    return exp.run_dir / "baseline"
+
+
 def evaluate_base(exp: Experiment, show_progress: bool = True) -> dict[str, Any]:
     """The experiment's model as it is (no interventions, no training) on its eval split, with the
     task's metrics: the zero-shot baseline of a run, or a saved checkpoint such as TOFU's stage 1.
-    Writes ``{run_dir}/config.yaml`` (the resolved config), ``results.json`` (same config hash as
-    ``reftx run`` of this experiment) and ``samples.jsonl``; the interventions, lora and train
-    sections are not used."""
+    Writes ``{run_dir}/baseline/``: ``config.yaml`` (the resolved config), ``results.json`` (same
+    config hash as ``reftx run`` of this experiment) and ``samples.jsonl``; the interventions, lora
+    and train sections are not used. A ``reftx run`` of the same experiment is never touched."""
+    with locked(baseline_dir(exp), f"reftx baseline {exp.name}") as out:
+        return _evaluate_base(exp, out, show_progress)
+
+
+def _evaluate_base(exp: Experiment, out: Path, show_progress: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     resolved = exp.to_dict()
-    exp.run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(exp.run_dir / "config.yaml", lambda p: Path(p).write_text(dump_yaml(resolved)))
+    atomic_write(out / "config.yaml", lambda p: Path(p).write_text(dump_yaml(resolved)))
     task = load_task(exp)
     _, eval_split = splits(exp, task)
     examples = task.examples(eval_split, exp.task.n_eval, exp.seed)
@@ -302,8 +340,8 @@ def evaluate_base(exp: Experiment, show_progress: bool = True) -> dict[str, Any]
     results = {"name": exp.name, "config_hash": config_hash(resolved), "model": exp.model.name,
                "task": task.name, "eval_split": eval_split, "n_eval": len(examples), "metrics": metrics,
                "trainable_parameters": 0, "wall_seconds": time.perf_counter() - t0, "versions": _versions()}
-    _write_json(exp.run_dir / "results.json", results)
-    write_samples(exp.run_dir, examples, preds)
+    _write_json(out / "results.json", results)
+    write_samples(out, examples, preds)
     report(results, [], None, [])
     return results
 

@@ -134,21 +134,43 @@ class Task:
         return data
 
 
+def utf8_error(path: Path, data: bytes, err: UnicodeDecodeError) -> str:
+    """'{path}:{line}: not valid UTF-8 ...' for a decode error at byte ``err.start`` of ``data``."""
+    line = data[:err.start].count(b"\n") + 1
+    column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+    return f"{path}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x} at column {column}: {err.reason})"
+
+
+def read_text(path: Path) -> str:
+    """A data file as text: a missing, non-UTF-8 or empty file raises DataError naming it (and the line)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"data file not found: {path}") from None
+    except OSError as e:
+        raise DataError(f"cannot read data file {path}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(utf8_error(path, data, e)) from None
+    if not text.strip():
+        raise DataError(f"data file {path} is empty")
+    return text
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, record) for every non-empty line; a bad line raises DataError naming file:line."""
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            yield lineno, rec
+    """(line number, record) for every non-empty line; a bad line raises DataError naming file:line;
+    a file with no record at all is an error naming it."""
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        yield lineno, rec
 
 
 def require_keys(rec: dict[str, Any], keys: tuple[str, ...], where: str) -> None:

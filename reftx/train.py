@@ -34,13 +34,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, Sampler
 from transformers import get_scheduler
 
+from .checkpoints import STATE_FILE, candidates, clean_stale, intact, write_manifest
 from .data import Encoded, collate_train
 from .errors import ReftError
 from .experiment import TrainConfig
 from .model import ReftModel, atomic_write
 from .objectives import OBJECTIVES, objective_options
 
-STATE_FILE = "state.json"
 
 
 class NonFiniteLoss(ReftError):
@@ -95,9 +95,9 @@ def _set_rng_state(s: dict[str, Any]) -> None:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    ckpts = sorted((p for p in (run_dir / "checkpoints").glob("step-*") if (p / STATE_FILE).is_file()),
-                   key=lambda p: int(p.name.split("-")[1]))
-    return ckpts[-1] if ckpts else None
+    """The newest checkpoint folder (not verified; ``--resume`` uses ``checkpoints.intact``)."""
+    ckpts = [p for p in candidates(run_dir) if (p / STATE_FILE).is_file()]
+    return ckpts[0] if ckpts else None
 
 
 def save_checkpoint(run_dir: Path, model: ReftModel, opt, sched, prog: Progress_, keep: int) -> Path:
@@ -106,11 +106,18 @@ def save_checkpoint(run_dir: Path, model: ReftModel, opt, sched, prog: Progress_
     final = root / f"step-{prog.step}"
     tmp = root / f".tmp-step-{prog.step}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp / "intervention")
-    trainer = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state()}
-    torch.save(trainer, tmp / "trainer_state.pt")
-    (tmp / STATE_FILE).write_text(json.dumps(prog.__dict__) + "\n")
+    try:
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp / "intervention")
+        trainer = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state()}
+        torch.save(trainer, tmp / "trainer_state.pt")
+        (tmp / STATE_FILE).write_text(json.dumps(prog.__dict__) + "\n")
+        write_manifest(tmp)  # last: a checkpoint without it is incomplete
+    except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(root).free
+        cause = f"{e}" if isinstance(e, OSError) else f"{e} ({free:,} bytes free on that disk)"
+        raise ReftError(f"cannot write the checkpoint {final}: {cause}; the previous checkpoint is intact") from None
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -127,11 +134,49 @@ def load_weights(model: ReftModel, directory: Path) -> None:
 
 def load_checkpoint(path: Path, model: ReftModel, opt, sched) -> Progress_:
     load_weights(model, path / "intervention")
-    state = torch.load(path / "trainer_state.pt", weights_only=True)
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    _set_rng_state(state["rng"])
-    return Progress_(**json.loads((path / STATE_FILE).read_text()))
+    try:
+        state = torch.load(path / "trainer_state.pt", weights_only=True)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        return Progress_(**json.loads((path / STATE_FILE).read_text()))
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise ReftError(f"cannot resume from {path}: {type(e).__name__}: {e}") from None
+
+
+class Diverged(NonFiniteLoss):
+    """Training stopped because weights or loss left the finite, bounded range."""
+
+
+class DivergenceGuard:
+    """Stops a run whose weights or loss explode, before anything is saved.
+
+    After every optimizer step: any non-finite trained parameter, or a parameter tensor whose
+    norm exceeds ``factor · max(its norm at the start, 1)``, or a positive loss above
+    ``factor · max(the running minimum of the positive losses, 1)``, raises ``Diverged`` with
+    the step, the cause and the last good checkpoint. ``factor`` None disables the checks
+    (non-finite losses are always refused, before they are applied)."""
+
+    def __init__(self, params: list[torch.Tensor], factor: float | None):
+        self.params, self.factor = params, factor
+        self.start = [max(float(p.detach().float().norm()), 1.0) for p in params]
+        self.min_loss = math.inf
+
+    def check(self, loss: float) -> str | None:
+        if self.factor is None:
+            return None
+        for i, (p, n0) in enumerate(zip(self.params, self.start)):
+            n = float(p.detach().float().norm())
+            if not math.isfinite(n):
+                return f"trained parameter {i} {tuple(p.shape)} holds non-finite values"
+            if n > self.factor * n0:
+                return (f"trained parameter {i} {tuple(p.shape)} exploded: norm {n:.3g} > train.divergence_factor "
+                        f"{self.factor:g} x {n0:.3g}")
+        if loss > 0:
+            if loss > self.factor * max(self.min_loss, 1.0):
+                return f"loss exploded: {loss:.4g} > train.divergence_factor {self.factor:g} x {max(self.min_loss, 1.0):.4g}"
+            self.min_loss = min(self.min_loss, loss)
+        return None
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -207,7 +252,11 @@ def train(
     wrapped, opt, loader = acc.prepare(model, opt, loader)
     metrics_path = run_dir / "metrics.jsonl"
     prog = Progress_()
-    ckpt = latest_checkpoint(run_dir) if resume else None
+    ckpt = None
+    if resume and acc.is_main_process:
+        clean_stale(run_dir, acc.print)
+    if resume:
+        ckpt = intact(run_dir, acc.print)
     if ckpt is not None:
         prog = load_checkpoint(ckpt, model, opt, sched)
         if acc.is_main_process:
@@ -229,6 +278,7 @@ def train(
                    TimeRemainingColumn(), disable=not (show_progress and acc.is_main_process))
     task = bar.add_task("train", total=steps, completed=prog.step, info="")
     window: list[float] = []
+    guard = DivergenceGuard(trained, cfg.divergence_factor)
     t0, tokens0 = time.perf_counter(), prog.tokens
     stop = _StopFlag()
     try:
@@ -258,6 +308,10 @@ def train(
                     if not acc.sync_gradients:
                         continue
                     model.after_optimizer_step()
+                    why = guard.check(window[-1])
+                    if why is not None:
+                        raise Diverged(f"step {prog.step + 1}: {why}; stopped before saving it. Last good "
+                                       f"checkpoint: {latest_checkpoint(run_dir)}")
                     prog.step, prog.batch = prog.step + 1, i + 1
                     if prog.step % cfg.log_every == 0 or prog.step == steps:
                         rec = {"step": prog.step, "epoch": prog.epoch, "loss": sum(window) / len(window),
@@ -297,5 +351,5 @@ def train(
             "train_seconds": time.perf_counter() - t0}
 
 
-__all__ = ["Interrupted", "NonFiniteLoss", "train", "latest_checkpoint", "load_weights", "seed_everything",
+__all__ = ["Diverged", "Interrupted", "NonFiniteLoss", "train", "latest_checkpoint", "load_weights", "seed_everything",
            "total_steps"]

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from reftx.errors import DataError
-from reftx.task import Example, Task, register_task
+from reftx.task import Example, Task, read_text, register_task
 
 FILES = {"counterfact": "counterfact/counterfact-edit.json", "zsre": "zsre/zsre_mend_train-1k.json"}
 KNOWN_FILE = "counterfact/known_1000.json"
@@ -75,7 +75,7 @@ def read_array(path: Path) -> list[Any]:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
     if not isinstance(data, list):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reftx.errors import DataError
+from reftx.task import read_text
 
 DEEPLOG_OFFSET = 0  # DeepLog id k is loghub template E(k + DEEPLOG_OFFSET)
 BLOCK = re.compile(r"blk_-?\d+")
@@ -74,7 +75,7 @@ def read_deeplog(path: Path) -> list[tuple[int, ...]]:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -121,7 +122,7 @@ def hdfs_block_sessions(log: Path) -> dict[str, list[tuple[int, str]]]:
     if not log.is_file():
         raise DataError(f"data file not found: {log}")
     sessions: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for lineno, line in enumerate(log.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_text(log).splitlines(), 1):
         parts = line.split(" ", 5)
         if len(parts) < 6:
             raise DataError(f"{log}:{lineno}: expected 'date time pid level component: message'")

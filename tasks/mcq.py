@@ -29,7 +29,7 @@ from typing import Any
 
 from reftx.errors import DataError
 from reftx.scoring import multiple_choice
-from reftx.task import Example, Task, read_jsonl, register_task
+from reftx.task import Example, Task, read_jsonl, read_text, register_task
 
 DATA = Path(__file__).resolve().parent / "data"
 LETTERS = string.ascii_uppercase
@@ -39,7 +39,7 @@ def read_mcq(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """(where, record) of each question of a JSONL file or a JSON array file, fields checked."""
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if text.lstrip().startswith("["):
         try:
             recs = [(f"{path} (record {i})", r) for i, r in enumerate(json.loads(text))]

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from reftx.errors import ConfigError, DataError
-from reftx.task import Example, Task, register_task
+from reftx.task import Example, Task, read_text, register_task
 
 from .tofu_metrics import evaluate_tofu, rouge_l_recall
 
@@ -65,7 +65,7 @@ def read_records(path: Path) -> list[tuple[int, int, Any]]:
     naming file:line."""
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     dec = json.JSONDecoder()
     out: list[tuple[int, int, Any]] = []
     seen, lineno = 0, 1  # line numbers counted incrementally: the files hold thousands of records
@@ -123,7 +123,7 @@ def read_qa(path: Path, keys: tuple[str, str]) -> list[QA]:
 def read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    lines = [ln.strip() for ln in read_text(path).splitlines()]
     lines = [ln for ln in lines if ln]
     if not lines:
         raise DataError(f"{path}: no lines")

@@ -33,7 +33,7 @@ def test_run_writes_a_complete_run_dir(tiny_dir, tmp_path):
     assert cli.main(["run", str(exp), *tiny_overrides(tiny_dir, tmp_path), "--no-progress"]) == 0
     run_dir = tmp_path / "runs" / "quickstart"
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "checkpoints", "config.yaml", "intervention", "loss.png", "metrics.jsonl", "results.json", "samples.jsonl"]
+        ".lock", "checkpoints", "config.yaml", "intervention", "loss.png", "metrics.jsonl", "results.json", "samples.jsonl"]
     metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     assert {"loss", "lr", "tokens_per_s"} <= set(metrics[0])
@@ -47,7 +47,7 @@ def test_run_writes_a_complete_run_dir(tiny_dir, tmp_path):
     assert len(samples) == 3 and "before" in samples[0] and "before" not in samples[2]
 
     # a second run into the same folder must not silently overwrite it
-    with pytest.raises(ReftError, match="already holds checkpoints: pass --resume"):
+    with pytest.raises(ReftError, match="already holds a run: pass --resume"):
         runner.run(load_experiment(exp, tiny_overrides(tiny_dir, tmp_path)), show_progress=False)
     # reftx eval re-scores the saved interventions
     assert cli.main(["eval", str(run_dir), "--no-progress"]) == 0

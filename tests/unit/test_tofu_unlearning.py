@@ -67,19 +67,19 @@ def tiny(tiny_dir, tmp_path, *extra):
 
 def test_evaluate_command(tiny_dir, tmp_path):
     assert cli_main(["baseline", str(UNLEARN / "tofu_grun.yaml"), *tiny(tiny_dir, tmp_path, "name=stage1")]) == 0
-    results = json.loads((tmp_path / "stage1" / "results.json").read_text())
+    results = json.loads((tmp_path / "stage1" / "baseline" / "results.json").read_text())
     assert results["n_eval"] == 10 and results["trainable_parameters"] == 0
     assert results["metrics"]["forget_quality"] == pytest.approx(1.0)  # the retain model is this model
     assert not any(k.startswith("gate_") for k in results["metrics"])
-    samples = (tmp_path / "stage1" / "samples.jsonl").read_text().splitlines()
+    samples = (tmp_path / "stage1" / "baseline" / "samples.jsonl").read_text().splitlines()
     assert len(samples) == 10 and set(json.loads(samples[0])) == {"prompt", "gold", "after"}
     # the folder describes itself: its config.yaml has the hash of results.json
-    assert config_hash(load_yaml(tmp_path / "stage1" / "config.yaml")) == results["config_hash"]
+    assert config_hash(load_yaml(tmp_path / "stage1" / "baseline" / "config.yaml")) == results["config_hash"]
     # scripts/tofu_rescore.py recomputes ROUGE-L and MU from samples.jsonl: with the same scorer, the same values
     rescore = runpy.run_path(str(REPO / "scripts" / "tofu_rescore.py"))["rescore"]
-    again = rescore(tmp_path / "stage1")
+    again = rescore(tmp_path / "stage1" / "baseline")
     assert again == pytest.approx(results["metrics"], rel=1e-12)
-    assert json.loads((tmp_path / "stage1" / "rescored.json").read_text())["rescored_from"] == "samples.jsonl"
+    assert json.loads((tmp_path / "stage1" / "baseline" / "rescored.json").read_text())["rescored_from"] == "samples.jsonl"
 
 
 @pytest.mark.parametrize("config, objective, gated", [
