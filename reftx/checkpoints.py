@@ -20,7 +20,8 @@ MANIFEST = "manifest.json"
 STATE_FILE = "state.json"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (checkpoints' manifests, the model cache)."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -30,7 +31,7 @@ def _sha256(path: Path) -> str:
 
 def write_manifest(folder: Path) -> None:
     """Record every file of ``folder`` (size, sha256); call it after everything else is written."""
-    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
     (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
 
@@ -55,7 +56,7 @@ def problem(folder: Path) -> str | None:
             return f"{p} is missing"
         if p.stat().st_size != meta["size"]:
             return f"{p} has {p.stat().st_size} bytes, the manifest says {meta['size']} (truncated?)"
-        if _sha256(p) != meta["sha256"]:
+        if sha256_file(p) != meta["sha256"]:
             return f"{p} does not match its checksum (damaged)"
     return None
 
@@ -86,4 +87,4 @@ def clean_stale(run_dir: Path, warn: Callable[[str], None]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["MANIFEST", "candidates", "clean_stale", "intact", "problem", "write_manifest"]
+__all__ = ["MANIFEST", "candidates", "clean_stale", "intact", "problem", "sha256_file", "write_manifest"]

@@ -6,7 +6,6 @@ wheel. Its first use dequantizes it once (~30 s) into a float32 safetensors fold
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -21,6 +20,7 @@ from typing import Any
 
 import torch
 
+from reftx.checkpoints import sha256_file
 from reftx.errors import ReftError, unknown
 
 logger = logging.getLogger(__name__)
@@ -96,14 +96,6 @@ def default_cache_dir() -> Path:
     return cache_root() / CACHE_SUBDIR
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _cache_problem(path: Path, full: bool) -> str | None:
     """Why the cache folder at ``path`` is unusable, or ``None`` when it looks complete."""
     try:
@@ -118,7 +110,7 @@ def _cache_problem(path: Path, full: bool) -> str | None:
             return f"{name} is missing"
         if file.stat().st_size != info["size"]:
             return f"{name} has {file.stat().st_size} bytes, expected {info['size']}"
-        if full and _sha256(file) != info["sha256"]:
+        if full and sha256_file(file) != info["sha256"]:
             return f"{name} does not match its sha256"
     return None
 
@@ -161,7 +153,7 @@ def _write_marker(folder: Path, source: str) -> None:
     import transformers
 
     files = {
-        p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MARKER
     }
     info = {"format": 1, "source": source, "transformers": transformers.__version__, "files": files}

@@ -74,6 +74,15 @@ def batch(seed: int = 0, b: int = 3, t: int = 12, left_pad: bool = False):
     return ids, mask
 
 
+def perturb(model, scale=0.5, seed=1):
+    """Add scale * N(0, 1) noise (fixed seed) to every intervention parameter, so edits are visible."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.interventions.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g).to(p.dtype))
+    return model
+
+
 def learnable_model(model_type: str = "llama"):
     """A random tiny model's lm_head (std 0.02) caps logits near 0.6: scale it so targets are learnable."""
     base = tiny_model(model_type)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import reftx
-from tests.conftest import batch, tiny_model
+from tests.conftest import batch, perturb, tiny_model
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gpt2"]
 SCHEDULES = {
@@ -31,18 +31,10 @@ LAYOUTS = ["batch1", "equal", "left_padded", "beams"]
 NEW = 7
 
 
-def perturb(model, scale=2.0, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.interventions.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g).to(p.dtype))
-    return model
-
-
 def build(arch: str, positions) -> reftx.ReftModel:
     kind = "loreft" if not isinstance(positions, dict) or "generated" not in positions else "lobireft"
     spec = {"kind": kind, "rank": 4, "layers": [0, 2], "positions": positions}
-    return perturb(reftx.attach(tiny_model(arch), [spec]))
+    return perturb(reftx.attach(tiny_model(arch), [spec]), 2.0)
 
 
 def inputs(layout: str):

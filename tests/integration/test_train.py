@@ -160,7 +160,7 @@ def _ckpt_files(ckpt: Path) -> set[str]:
     return {str(p.relative_to(ckpt)) for p in ckpt.rglob("*") if p.is_file()}
 
 
-CKPT_FILES = {"state.json", "trainer_state.pt", "intervention/interventions.safetensors",
+CKPT_FILES = {"state.json", "trainer_state.pt", "manifest.json", "intervention/interventions.safetensors",
               "intervention/reft_config.json"}
 
 
@@ -180,7 +180,7 @@ def test_checkpoints_are_complete_or_absent(runs):
     ckpts = root / "D-left" / "checkpoints"
     names = sorted(p.name for p in ckpts.iterdir())
     assert names[1:] == ["step-3", "step-6"] and len(names) == 3 and names[0].startswith(".tmp-step-9-")
-    assert _ckpt_files(ckpts / names[0]) == CKPT_FILES - {"state.json"}  # died before state.json
+    assert _ckpt_files(ckpts / names[0]) == CKPT_FILES - {"state.json", "manifest.json"}  # died before state.json (the manifest comes last)
     for name in names[1:]:
         assert _ckpt_files(ckpts / name) == CKPT_FILES
     assert latest_checkpoint(root / "D-left") == ckpts / "step-6"

@@ -7,15 +7,7 @@ import pytest
 import torch
 
 import reftx
-from tests.conftest import answer_data, batch, learnable_model, tiny_model, torch_train
-
-
-def perturb(model, scale=0.5, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.interventions.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g).to(p.dtype))
-    return model
+from tests.conftest import answer_data, batch, learnable_model, perturb, tiny_model, torch_train
 
 
 PROMPT = [{"kind": "loreft", "rank": 4, "layers": [0, 2], "positions": {"first": 2, "last": 2}}]
