@@ -50,7 +50,9 @@ def run_edit(exp: Experiment, show_progress: bool = True) -> dict[str, Any]:
         if (run_dir / "results.json").is_file():
             raise ConfigError("name", f"{run_dir} already holds a finished editing run; choose a new name "
                                       "(name=...) or output_dir")
-        return _run_edit(exp, opts, run_dir, show_progress)
+        results = _run_edit(exp, opts, run_dir, show_progress)
+    console.print(f"wrote {run_dir}")
+    return results
 
 
 def _run_edit(exp: Experiment, opts: EditOptions, run_dir: Path, show_progress: bool) -> dict[str, Any]:

@@ -167,15 +167,39 @@ def plot_loss(run_dir: Path) -> Path | None:
 
 
 def run(exp: Experiment, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
-    """Train and evaluate one experiment; returns (and writes) results.json's content. The run
-    folder is locked while this process writes it (reftx.rundir): a second writer gets an error."""
-    with locked(exp.run_dir, f"reftx run {exp.name}"):
-        return _run(exp, resume, show_progress)
+    """Train and evaluate one experiment; returns (and writes) results.json's content.
+
+    The run folder is ``{output_dir}/{name}``; when that already holds a run (and this is not
+    ``--resume``), the next free ``{name}-2``, ``{name}-3``, ... (said on the console), so running
+    the same experiment twice never fails and never touches the first run. The folder is locked
+    while this process writes it (reftx.rundir): a concurrent writer of it gets an error."""
+    folder = exp.run_dir if resume else free_folder(exp.run_dir)
+    if folder != exp.run_dir:
+        console.print(f"[yellow]{exp.run_dir} already holds a run (continue it with --resume); this run "
+                      f"writes {folder}")
+    with locked(folder, f"reftx run {exp.name}"):
+        results = _run(exp, folder, resume, show_progress)
+    console.print(f"wrote {folder}")
+    return results
 
 
-def _check_resume(exp: Experiment, resume: bool, chash: str) -> dict[str, Any] | None:
+def _holds_run(folder: Path) -> bool:
+    return (folder / "config.yaml").is_file() or latest_checkpoint(folder) is not None
+
+
+def free_folder(base: Path) -> Path:
+    """``base`` if it holds no run, else the first of ``base-2``, ``base-3``, ... that holds none."""
+    k = 1
+    folder = base
+    while _holds_run(folder):
+        k += 1
+        folder = base.with_name(f"{base.name}-{k}")
+    return folder
+
+
+def _check_resume(run_dir: Path, resume: bool, chash: str) -> dict[str, Any] | None:
     """What the folder allows: None to (re)start training, or a finished run's results to return."""
-    run_dir, cfg_file = exp.run_dir, exp.run_dir / "config.yaml"
+    cfg_file = run_dir / "config.yaml"
     if not resume:
         if latest_checkpoint(run_dir) is not None or (run_dir / "results.json").is_file():
             raise ReftError(f"{run_dir} already holds a run: pass --resume to continue it, or choose a new "
@@ -197,13 +221,12 @@ def _check_resume(exp: Experiment, resume: bool, chash: str) -> dict[str, Any] |
     return None
 
 
-def _run(exp: Experiment, resume: bool, show_progress: bool) -> dict[str, Any]:
+def _run(exp: Experiment, run_dir: Path, resume: bool, show_progress: bool) -> dict[str, Any]:
     t_start = time.perf_counter()
-    run_dir = exp.run_dir
     resolved = exp.to_dict()
     chash = config_hash(resolved)
     cfg_file = run_dir / "config.yaml"
-    finished = _check_resume(exp, resume, chash)
+    finished = _check_resume(run_dir, resume, chash)
     if finished is not None:
         return finished
     atomic_write(cfg_file, lambda p: Path(p).write_text(dump_yaml(resolved)))
@@ -287,7 +310,9 @@ def evaluate_run(run_dir: str | Path, show_progress: bool = True) -> dict[str, A
     if not (run_dir / "config.yaml").is_file():
         raise ReftError(f"{run_dir} has no config.yaml: not a reftx run directory")
     with locked(run_dir, "reftx eval"):  # never while a run still writes the folder
-        return _evaluate_run(run_dir, show_progress)
+        results = _evaluate_run(run_dir, show_progress)
+    console.print(f"wrote {run_dir / 'eval.json'}")
+    return results
 
 
 def _evaluate_run(run_dir: Path, show_progress: bool) -> dict[str, Any]:
@@ -324,7 +349,9 @@ def evaluate_base(exp: Experiment, show_progress: bool = True) -> dict[str, Any]
     config hash as ``reftx run`` of this experiment) and ``samples.jsonl``; the interventions, lora
     and train sections are not used. A ``reftx run`` of the same experiment is never touched."""
     with locked(baseline_dir(exp), f"reftx baseline {exp.name}") as out:
-        return _evaluate_base(exp, out, show_progress)
+        results = _evaluate_base(exp, out, show_progress)
+    console.print(f"wrote {out}")
+    return results
 
 
 def _evaluate_base(exp: Experiment, out: Path, show_progress: bool) -> dict[str, Any]:

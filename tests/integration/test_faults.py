@@ -71,7 +71,9 @@ def test_second_writer_gets_the_holders_pid(tiny_dir, tmp_path):
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(ReftError, match=rf"is being written by process {holder.pid} \(reftx run quickstart\)"):
-            run(tiny_dir, tmp_path)
+            run(tiny_dir, tmp_path)  # the folder holds no run yet (the holder just started): it is the one
+        with pytest.raises(ReftError, match=rf"is being written by process {holder.pid}"):
+            run(tiny_dir, tmp_path, resume=True)
         assert not (folder / "config.yaml").exists()  # the refused run wrote nothing
     finally:
         holder.kill()
@@ -109,9 +111,16 @@ def test_resume_with_nothing_to_resume_says_so(tiny_dir, tmp_path):
         run(tiny_dir, tmp_path, resume=True)
 
 
-def test_second_plain_run_refused(tiny_dir, tmp_path, finished):
-    with pytest.raises(ReftError, match="already holds a run: pass --resume"):
-        run(tiny_dir, tmp_path)
+def test_second_plain_run_gets_a_fresh_folder(tiny_dir, tmp_path, finished):
+    """Running an experiment twice (bash scripts/quickstart.sh twice) never fails and never
+    touches the first run: the second writes {name}-2, the third {name}-3."""
+    before = files(finished)
+    run(tiny_dir, tmp_path)
+    run(tiny_dir, tmp_path)
+    assert files(finished) == before
+    for k in (2, 3):
+        second = json.loads((finished.parent / f"quickstart-{k}" / "results.json").read_text())
+        assert second["config_hash"] == json.loads((finished / "results.json").read_text())["config_hash"]
 
 
 # -- garbage saved --------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from reftx import cli, runner
-from reftx.errors import ConfigError, DataError, ReftError
+from reftx.errors import ConfigError, DataError
 from reftx.experiment import load_experiment
 from reftx.task import default_data_dir
 
@@ -46,9 +46,9 @@ def test_run_writes_a_complete_run_dir(tiny_dir, tmp_path):
     samples = [json.loads(x) for x in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 3 and "before" in samples[0] and "before" not in samples[2]
 
-    # a second run into the same folder must not silently overwrite it
-    with pytest.raises(ReftError, match="already holds a run: pass --resume"):
-        runner.run(load_experiment(exp, tiny_overrides(tiny_dir, tmp_path)), show_progress=False)
+    # a second run of the same experiment must not touch the first: it writes quickstart-2
+    runner.run(load_experiment(exp, tiny_overrides(tiny_dir, tmp_path)), show_progress=False)
+    assert (tmp_path / "runs" / "quickstart-2" / "results.json").is_file()
     # reftx eval re-scores the saved interventions
     assert cli.main(["eval", str(run_dir), "--no-progress"]) == 0
     assert json.loads((run_dir / "eval.json").read_text())["metrics"] == results["metrics"]
