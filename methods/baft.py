@@ -46,7 +46,7 @@ from reftx.intervention import Context, register_intervention
 from reftx.methods.loreft import LoReFT
 from reftx.objectives import register_objective
 from reftx.parts import SubspaceConfig
-from reftx.positions import IGNORE, bounds
+from reftx.positions import IGNORE, spans
 
 LOCALITY = "locality"  # the example_info key marking unrelated prompts (1) and edits (0)
 
@@ -155,7 +155,7 @@ def baft_locality_kl(model: Any, batch: dict[str, Any],
     if loc.any() and not opts.locality_nll:
         # mask the locality rows' labels, keeping every row's prompt span (read off the original labels)
         if call.get("prompt_lengths") is None:
-            bd = bounds(mask, ids.shape[0], ids.shape[1], ids.device, labels)
+            bd = spans(mask, ids.shape[0], ids.shape[1], ids.device, labels)
             call["prompt_lengths"] = (bd.prompt_end - bd.start).clamp_min(1)
         call["labels"] = labels.masked_fill(loc[:, None], IGNORE)
         if not bool((call["labels"] != IGNORE).any()):

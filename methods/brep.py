@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from reftx.intervention import register_intervention
-from reftx.parts import EditConfig, ScaleBiasIntervention
+from reftx.parts import DeltaConfig, ScaleBiasIntervention
 
 
 @dataclass(frozen=True)
-class BREPConfig(EditConfig):
-    """EditConfig with BREP's defaults: ``bound: pid`` with τ = ``bound_tau`` = 1.0, the value METHODS
+class BREPConfig(DeltaConfig):
+    """DeltaConfig with BREP's defaults: ``bound: pid`` with τ = ``bound_tau`` = 1.0, the value METHODS
     gives for Llama-3-8B (the PID set point is 0.8·τ on the mean ||c||₂ over layers; retune τ for
     other models). Every other modifier (project, hinge, none, dropout, input gate) is available."""
 

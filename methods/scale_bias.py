@@ -7,6 +7,6 @@ from reftx.parts import ScaleBiasIntervention
 class ScaleBias(ScaleBiasIntervention):
     """h' = a ⊙ h + c; a = 1 and c = 0 at init (the identity); trains a, c (2·width parameters).
 
-    Every EditConfig modifier applies: e.g. ``bound: project`` restrains ||c||, ``dropout`` drops
+    Every DeltaConfig modifier applies: e.g. ``bound: project`` restrains ||c||, ``dropout`` drops
     parts of the edit (a − 1) ⊙ h + c, never of h.
     """

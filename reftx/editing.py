@@ -3,7 +3,7 @@
 A different loop from reftx/train.py: every edit (or batch of edits) trains its own intervention
 from a fresh initialisation, stops as soon as its loss is small, and the base model is loaded once.
 The experiment names one intervention entry (e.g. ``kind: baft, rank: 4, layers: [15],
-positions: all_prompt``); the engine turns it into an ``edit_bank`` (reftx/edit_bank.py) of
+positions: all_prompt``); the engine turns it into an ``slot_bank`` (reftx/slot_bank.py) of
 ``method.parallel`` slots, so that up to that many independent edits train side by side in one
 forward pass, each with its own parameters and optimiser. Modes (``method.mode``):
 
@@ -55,7 +55,7 @@ from . import sites
 from .basis_gates import locality_gate_loss, variance_balance
 from .config import require
 from .data import Encoded, collate_train, encode, format_prompt, pad_id
-from .edit_bank import EDIT_POS, EDIT_SLOT, EditBank
+from .slot_bank import EDIT_POS, EDIT_SLOT, SlotBank
 from .errors import ConfigError
 from .hooks import capture_outputs
 from .intervention import Context
@@ -93,10 +93,10 @@ class EditOptions:
 
 
 def bank_spec(spec: dict[str, Any], slots: int) -> dict[str, Any]:
-    """An intervention entry rewritten as an ``edit_bank`` of ``slots`` copies of it."""
+    """An intervention entry rewritten as an ``slot_bank`` of ``slots`` copies of it."""
     options = {k: v for k, v in spec.items() if k not in SPEC_KEYS}
     return {**{k: v for k, v in spec.items() if k in SPEC_KEYS and k != "kind"},
-            "kind": "edit_bank", "inner": spec.get("kind", ""), "slots": slots, "options": options}
+            "kind": "slot_bank", "inner": spec.get("kind", ""), "slots": slots, "options": options}
 
 
 def subject_position(tokenizer: Any, prompt: str, subject: str, chat: bool) -> tuple[int, bool]:
@@ -128,7 +128,7 @@ class Editor:
     def __init__(self, model: Any, tokenizer: Any, examples: list[Example], opts: EditOptions, train_cfg: Any,
                  chat: bool, seed: int = 0, known_prompts: list[tuple[str, str]] = (), fast: bool = True):
         self.model, self.tok, self.examples, self.opts, self.chat, self.seed = model, tokenizer, examples, opts, chat, seed
-        banks = [(g, m) for g, m in zip(model.groups, model.interventions.values()) if isinstance(m, EditBank)]
+        banks = [(g, m) for g, m in zip(model.groups, model.interventions.values()) if isinstance(m, SlotBank)]
         if len(model.groups) != 1 or len(banks) != 1 or len(model.groups[0].layers) != 1:
             raise ConfigError("interventions", "editing needs exactly one intervention entry at one layer")
         self.group, self.bank = banks[0]
@@ -211,14 +211,14 @@ class Editor:
         """Logits at ``sel`` from the cached site states: the bank applied to the prompt rows, then
         only the layers above the site (the layers below see no edit, so their output is the cache).
         Returns the primitives' auxiliary losses and the logits."""
-        from .positions import bounds, part_rows
+        from .positions import part_rows, spans
 
         base, layer = self.model.base, self.group.layers[0]
         mask = batch["attention_mask"]
         h = torch.zeros(*mask.shape, states[0].shape[-1], dtype=states[0].dtype)
         for r, st in enumerate(states):
             h[r, : len(st)] = st
-        bd = bounds(mask, mask.shape[0], mask.shape[1], h.device, prompt_lengths=torch.tensor(prompt_lengths))
+        bd = spans(mask, mask.shape[0], mask.shape[1], h.device, prompt_lengths=torch.tensor(prompt_lengths))
         b, p = part_rows(bd, self.group.positions, "all_prompt")
         ctx = Context(b, mask.shape[0], self.group.key, layer, example_info=batch.get("example_info", {}))
         h = h.index_put((b, p), self.bank(h[b, p], ctx))

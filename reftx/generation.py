@@ -94,7 +94,7 @@ class GenerationState:
         self.consumed = offset0
         self.generated = 0
         self._observed: int | None = None
-        self.prompt: P.Bounds | None = None  # start / prompt_end of every (expanded) row, set at prefill
+        self.prompt: P.Spans | None = None  # start / prompt_end of every (expanded) row, set at prefill
         self.forwards = 0
 
     def criterion(self) -> StoppingCriteria:
@@ -144,7 +144,7 @@ class GenerationState:
                             f"{self.generated} generated); refusing to edit the wrong tokens")
         return Window(cache_len, length, False)
 
-    def open_prompt(self, batch: int, fwd_mask: Any, device: torch.device) -> P.Bounds:
+    def open_prompt(self, batch: int, fwd_mask: Any, device: torch.device) -> P.Spans:
         """Prompt bounds of every row, from generate's own mask (expanded over beams / returned
         sequences), else the forward's mask, else all ones."""
         if self.prompt is not None and self.prompt.start.shape[0] == batch:
@@ -164,7 +164,7 @@ class GenerationState:
             pl = torch.as_tensor(pl, device=device).reshape(-1)
             if pl.shape[0] != batch:
                 pl = pl.repeat_interleave(batch // pl.shape[0])
-        self.prompt = P.bounds(mask, batch, self.width, device, None, pl, self.width)
+        self.prompt = P.spans(mask, batch, self.width, device, None, pl, self.width)
         return self.prompt
 
 
@@ -176,7 +176,7 @@ def _tail_rows(batch: int, lo: int, hi: int, offset: int, device: torch.device) 
     return b, p
 
 
-def window_rows(prompt: P.Bounds, width: int, w: Window, spec: PositionSpec, part: str) -> tuple[Tensor, Tensor]:
+def window_rows(prompt: P.Spans, width: int, w: Window, spec: PositionSpec, part: str) -> tuple[Tensor, Tensor]:
     """Local (batch, position) rows of one position part inside the window ``w`` of a generate call.
 
     Prompt parts are the prompt's own rows (a window past the prompt has none); ``all`` is every
@@ -196,7 +196,7 @@ def window_rows(prompt: P.Bounds, width: int, w: Window, spec: PositionSpec, par
     if part == "all":
         if w.offset >= width:
             return _tail_rows(batch, w.offset, end, w.offset, device)
-        full = P.Bounds(prompt.start, prompt.prompt_end, torch.full_like(prompt.start, end), end)
+        full = P.Spans(prompt.start, prompt.prompt_end, torch.full_like(prompt.start, end), end)
         b, p = P.part_rows(full, spec, "all")
         keep = p >= w.offset
         return b[keep], p[keep] - w.offset

@@ -55,9 +55,9 @@ class ForwardState:
     batch_size: int
     seq_len: int
     device: torch.device
-    bounds: P.Bounds | None  # None inside a generate call (window / prompt describe it)
+    spans: P.Spans | None  # None inside a generate call (window / prompt describe it)
     window: Window | None
-    prompt: P.Bounds | None
+    prompt: P.Spans | None
     width: int
     explicit: tuple[Tensor, Tensor] | None
     ctx: Context
@@ -72,7 +72,7 @@ class ForwardState:
             elif self.window is not None:
                 pieces = [window_rows(self.prompt, self.width, self.window, spec, part) for part in parts]
             else:
-                pieces = [P.part_rows(self.bounds, spec, part) for part in parts]
+                pieces = [P.part_rows(self.spans, spec, part) for part in parts]
             r = pieces[0] if len(pieces) == 1 else tuple(torch.cat(x) for x in zip(*pieces))
             self._rows[key] = r
         return self._rows[key]
@@ -186,7 +186,7 @@ class HookManager:
                     f"this forward continues a KV cache of {cache_len} tokens outside ReftModel.generate, so "
                     "reftx cannot tell which tokens are prompt. Use ReftModel.generate (it places every "
                     "decode step exactly), or pass intervention_positions= for this call.")
-            bd = P.bounds(mask, batch, seq, x.device, kwargs.get("labels"), pending.prompt_lengths)
+            bd = P.spans(mask, batch, seq, x.device, kwargs.get("labels"), pending.prompt_lengths)
             self._check_prompt(bd, pending)
         explicit = None
         if pending.intervention_positions is not None:
@@ -201,7 +201,7 @@ class HookManager:
         pending.state = state
         self._state = state
 
-    def _check_prompt(self, bd: P.Bounds, pending: Overrides) -> None:
+    def _check_prompt(self, bd: P.Spans, pending: Overrides) -> None:
         if self._prompt_groups and pending.intervention_positions is None and not bool((bd.prompt_end > bd.start).any()):
             raise ValueError("every row has an empty prompt: the labels are not -100 on any token before the "
                              "response, so prompt positions select nothing. Mask the prompt in the labels with "

@@ -3,8 +3,8 @@
 * ``OrthoBasis``: a rank-r basis R (r x d) with orthonormal rows.
 * ``FreeBasis``: an unconstrained r x d projection.
 * ``BiasSource`` / ``nn.Linear``: the "target" inside the subspace (b, or W h + b).
-* ``EditIntervention``: ``h + dropout(σ(g(h)) · Δ(h))``, an edit Δ with the shared modifiers
-  (input gate, dropout, magnitude bound on the edit's bias), configured by ``EditConfig``.
+* ``DeltaIntervention``: ``h + dropout(σ(g(h)) · Δ(h))``, an edit Δ with the shared modifiers
+  (input gate, dropout, magnitude bound on the edit's bias), configured by ``DeltaConfig``.
 * ``SubspaceIntervention``: Δ(h) = Rᵀ (s(h) ⊙ (act(source(h)) − [R h])), the whole ReFT
   family (LoReFT, DiReFT, NoReFT, ...) as one recipe with flags, s a per-basis gate (BaFT).
 * ``ScaleBiasIntervention``: Δ(h) = (a − 1) ⊙ h + c, elementwise scale and bias (RED, BREP).
@@ -116,7 +116,7 @@ def shared_rotations(bases: Iterable[OrthoBasis]) -> Iterator[None]:
                 b._cached = None
 
 
-# -- modifiers: registries filled by reftx/basis_gates.py, reftx/input_gates.py, reftx/bounds.py ----------
+# -- modifiers: registries filled by reftx/basis_gates.py, reftx/input_gates.py, reftx/norm_bounds.py ----------
 BASIS_GATES: Registry[Callable[..., nn.Module]] = Registry("basis gate")
 INPUT_GATES: Registry[Callable[..., nn.Module]] = Registry("input gate")
 BOUNDS: Registry[Callable[..., nn.Module]] = Registry("bound")
@@ -127,7 +127,7 @@ def _modifier(registry: Registry, name: str, field: str, *args: Any) -> nn.Modul
 
 
 @dataclass(frozen=True)
-class EditConfig:
+class DeltaConfig:
     """Modifiers every edit accepts (all off by default).
 
     dropout: dropout probability on the edit Δ(h); never on h itself.
@@ -157,16 +157,16 @@ class EditConfig:
             raise ConfigError("bound_tau", f"must be > 0, got {self.bound_tau}")
 
 
-class EditIntervention(Intervention):
+class DeltaIntervention(Intervention):
     """``h' = h + dropout(σ(g(h)) · Δ(h))``: an edit Δ plus the shared modifiers.
 
     Subclasses implement ``delta(h, ctx) -> (n, d)`` and ``bias()`` (the parameter a bound
-    restrains, or None). The gate, dropout and bound come from ``EditConfig``.
+    restrains, or None). The gate, dropout and bound come from ``DeltaConfig``.
     """
 
-    Config = EditConfig
+    Config = DeltaConfig
 
-    def __init__(self, config: EditConfig, dim: int):
+    def __init__(self, config: DeltaConfig, dim: int):
         super().__init__(config, dim)
         self.input_gate = _modifier(INPUT_GATES, config.input_gate, "input_gate", dim, config)
         self.bound: nn.Module | None = None  # set by _init_bound once the bias exists
@@ -203,8 +203,8 @@ class EditIntervention(Intervention):
 
 
 @dataclass(frozen=True)
-class SubspaceConfig(EditConfig):
-    """The subspace family: every EditConfig modifier, plus
+class SubspaceConfig(DeltaConfig):
+    """The subspace family: every DeltaConfig modifier, plus
 
     rank: r, the subspace dimension (1 <= r <= hidden width).
     activation: applied to the target ``W h + b`` (identity in the ReFT paper).
@@ -228,7 +228,7 @@ class SubspaceConfig(EditConfig):
             raise ConfigError("basis_topk", f"must be in [0, rank={self.rank}], got {self.basis_topk}")
 
 
-class SubspaceIntervention(EditIntervention):
+class SubspaceIntervention(DeltaIntervention):
     """``Δ(h) = Bᵀ (s(h) ⊙ (act(T(h)) − [B h]))``.
 
     Class flags select the family member:
@@ -274,15 +274,15 @@ class SubspaceIntervention(EditIntervention):
         return self.coordinates(h, basis, ctx) @ basis
 
 
-class ScaleBiasIntervention(EditIntervention):
+class ScaleBiasIntervention(DeltaIntervention):
     """Elementwise scale and bias (RED, BREP): ``h' = a ⊙ h + c``, i.e. ``Δ(h) = (a − 1) ⊙ h + c``.
 
     a starts at 1 and c at 0, so the edit starts as the identity. Width = the site's width.
     """
 
-    Config = EditConfig
+    Config = DeltaConfig
 
-    def __init__(self, config: EditConfig, dim: int):
+    def __init__(self, config: DeltaConfig, dim: int):
         super().__init__(config, dim)
         self.scale = nn.Parameter(torch.ones(dim))
         self.shift = nn.Parameter(torch.zeros(dim))
@@ -299,8 +299,8 @@ __all__ = [
     "ACTIVATIONS",
     "BASIS_GATES",
     "BOUNDS",
-    "EditConfig",
-    "EditIntervention",
+    "DeltaConfig",
+    "DeltaIntervention",
     "INPUT_GATES",
     "ScaleBiasIntervention",
     "BiasSource",

@@ -1,6 +1,7 @@
 """Index tensors for the scheduled positions of one forward pass.
 
-Every example row b is described by three indices into the (padded) sequence:
+Every example row b is described by its ``Spans``: three indices into the (padded) sequence
+(named spans, not bounds: "bound" in reftx means a norm bound on an edit, reftx.norm_bounds):
 ``start`` (first non-padding token), ``prompt_end`` (one past the last prompt
 token) and ``end`` (one past the last non-padding token). Left and right
 padding are both just different ``start``/``end``.
@@ -26,7 +27,7 @@ IGNORE = -100
 
 
 @dataclass(frozen=True)
-class Bounds:
+class Spans:
     start: Tensor  # (B,) long
     prompt_end: Tensor  # (B,) long
     end: Tensor  # (B,) long
@@ -38,7 +39,7 @@ def _first_true(x: Tensor, default: Tensor) -> Tensor:
     return torch.where(x.any(1), x.int().argmax(1), default)
 
 
-def bounds(
+def spans(
     attention_mask: Tensor | None,
     batch_size: int,
     seq_len: int,
@@ -46,7 +47,7 @@ def bounds(
     labels: Tensor | None = None,
     prompt_lengths: Tensor | None = None,
     prompt_end: int | None = None,
-) -> Bounds:
+) -> Spans:
     """Start, prompt end and end of every row. ``prompt_end`` (absolute, shared) is for generation."""
     if attention_mask is None:
         mask = torch.ones(batch_size, seq_len, dtype=torch.bool, device=device)
@@ -73,7 +74,7 @@ def bounds(
         pend = _first_true(response, end)
     else:
         pend = end
-    return Bounds(start, pend, end, seq_len)
+    return Spans(start, pend, end, seq_len)
 
 
 def _grid(offset: Tensor, count: Tensor, width: int) -> tuple[Tensor, Tensor]:
@@ -83,7 +84,7 @@ def _grid(offset: Tensor, count: Tensor, width: int) -> tuple[Tensor, Tensor]:
     return b, offset[b] + jj
 
 
-def part_rows(bd: Bounds, spec: PositionSpec, part: str) -> tuple[Tensor, Tensor]:
+def part_rows(bd: Spans, spec: PositionSpec, part: str) -> tuple[Tensor, Tensor]:
     """Rows of one position part in a full (non-cached) forward."""
     length = bd.prompt_end - bd.start
     if part in ("first", "last"):

@@ -88,7 +88,7 @@ RELOAD = textwrap.dedent('''
 def test_entry_point_plugin_runs_from_yaml_and_reloads_in_a_fresh_process(tmp_path, tiny_dir):
     site = make_package(tmp_path / "site")
     listed = reftx_cli(["ls", "interventions"], site, tmp_path)
-    assert listed.returncode == 0 and "shift_plugin" in listed.stdout and "edit_bank" not in listed.stdout
+    assert listed.returncode == 0 and "shift_plugin" in listed.stdout and "slot_bank" not in listed.stdout
     run = reftx_cli(["run", str(experiment(tmp_path, tiny_dir, "shift_plugin")), "--no-progress"], site, tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     saved = tmp_path / "runs" / "shift_plugin" / "intervention"

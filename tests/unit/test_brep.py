@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import reftx
-from reftx.bounds import PID_DEFAULTS, HingeBound, PIDBound, ProjectBound
+from reftx.norm_bounds import PID_DEFAULTS, HingeBound, PIDBound, ProjectBound
 from reftx.data import Encoded
 from reftx.intervention import Context, make_intervention
 from reftx.prefix import prefix_truncate, truncate_labels

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import reftx
 import reftx.tasks  # noqa: F401
 from reftx import cli
-from reftx.edit_bank import row_rank
+from reftx.slot_bank import row_rank
 from reftx.editing import EditOptions, Editor, bank_spec, subject_position
 from reftx.errors import ConfigError, DataError
 from reftx.experiment import TrainConfig
@@ -107,7 +107,7 @@ def test_row_rank():
 
 def test_bank_routes_rows_to_their_slot():
     torch.manual_seed(0)
-    bank = make_intervention("edit_bank", {"inner": "loreft", "slots": 2, "options": {"rank": 2}}, 6)
+    bank = make_intervention("slot_bank", {"inner": "loreft", "slots": 2, "options": {"rank": 2}}, 6)
     with torch.no_grad():
         for p in bank.parameters():
             p.add_(torch.randn_like(p))
@@ -126,9 +126,9 @@ def test_bank_routes_rows_to_their_slot():
 
 def test_bank_spec_and_reset_are_deterministic():
     spec = bank_spec({"kind": "baft", "rank": 4, "layers": [3], "positions": "all_prompt", "balance_weight": 0.1}, 8)
-    assert spec == {"layers": [3], "positions": "all_prompt", "kind": "edit_bank", "inner": "baft", "slots": 8,
+    assert spec == {"layers": [3], "positions": "all_prompt", "kind": "slot_bank", "inner": "baft", "slots": 8,
                     "options": {"rank": 4, "balance_weight": 0.1}}
-    bank = make_intervention("edit_bank", {"inner": "loreft", "slots": 2, "options": {"rank": 2}}, 6)
+    bank = make_intervention("slot_bank", {"inner": "loreft", "slots": 2, "options": {"rank": 2}}, 6)
     bank.reset(0, 7)
     bank.reset(1, 7)
     for a, b in zip(bank.slots[0].parameters(), bank.slots[1].parameters()):

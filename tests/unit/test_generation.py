@@ -68,7 +68,7 @@ def test_cache_disagreement_is_loud():
 
 
 def _rows(spec, part, w, width=6):
-    prompt = P.bounds(torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]]), 2, width, torch.device("cpu"), None,
+    prompt = P.spans(torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]]), 2, width, torch.device("cpu"), None,
                       None, width)
     b, p = window_rows(prompt, width, w, parse_positions(spec), part)
     return list(zip(b.tolist(), p.tolist()))

@@ -21,7 +21,7 @@ LABELS = torch.tensor([
 
 def rows(spec, mask=MASK, labels=LABELS, **kw):
     spec = parse_positions(spec)
-    bd = P.bounds(mask, mask.shape[0], mask.shape[1], torch.device("cpu"), labels, **kw)
+    bd = P.spans(mask, mask.shape[0], mask.shape[1], torch.device("cpu"), labels, **kw)
     out = {}
     for part in spec.parts:
         b, p = P.part_rows(bd, spec, part)
@@ -30,14 +30,14 @@ def rows(spec, mask=MASK, labels=LABELS, **kw):
 
 
 def test_bounds_left_and_right_padding():
-    bd = P.bounds(MASK, 3, 8, torch.device("cpu"), LABELS)
+    bd = P.spans(MASK, 3, 8, torch.device("cpu"), LABELS)
     assert bd.start.tolist() == [0, 3, 0]
     assert bd.end.tolist() == [8, 8, 4]
     assert bd.prompt_end.tolist() == [5, 6, 2]
 
 
 def test_bounds_without_labels_is_whole_sequence():
-    bd = P.bounds(MASK, 3, 8, torch.device("cpu"))
+    bd = P.spans(MASK, 3, 8, torch.device("cpu"))
     assert bd.prompt_end.tolist() == bd.end.tolist() == [8, 8, 4]
 
 

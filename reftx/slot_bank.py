@@ -1,6 +1,6 @@
 """A bank of independent interventions at one site, routed per example (the editing engine's slots).
 
-``edit_bank`` holds ``slots`` copies of one primitive (``inner``, built with ``options``). Each
+``slot_bank`` holds ``slots`` copies of one primitive (``inner``, built with ``options``). Each
 row gathered at the site goes to the copy named by ``example_info["edit_slot"]`` of its example
 (slot 0 when absent, e.g. in ``generate``), so K edits train side by side in one forward, each
 with its own parameters, and none sees another's rows: with a loss that is a sum of per-slot
@@ -26,7 +26,7 @@ EDIT_POS = "edit_pos"
 
 
 @dataclass(frozen=True)
-class BankConfig:
+class SlotBankConfig:
     """inner: the primitive of every slot; slots: how many copies; options: the inner primitive's options."""
 
     inner: str = "loreft"
@@ -42,16 +42,16 @@ def row_rank(batch_index: Tensor) -> Tensor:
     return torch.arange(n, device=batch_index.device) - starts[batch_index]
 
 
-@register_intervention("edit_bank")  # an engine detail: resolvable, never listed (INTERVENTIONS.hide below)
-class EditBank(Intervention):
+@register_intervention("slot_bank")  # an engine detail: resolvable, never listed (INTERVENTIONS.hide below)
+class SlotBank(Intervention):
     """``slots`` independent copies of ``inner``; row i is edited by copy example_info["edit_slot"]."""
 
-    Config = BankConfig
+    Config = SlotBankConfig
 
-    def __init__(self, config: BankConfig, dim: int):
+    def __init__(self, config: SlotBankConfig, dim: int):
         super().__init__(config, dim)
         if config.slots < 1:
-            raise ValueError(f"edit_bank needs slots >= 1, got {config.slots}")
+            raise ValueError(f"slot_bank needs slots >= 1, got {config.slots}")
         self.slots = nn.ModuleList(self.fresh() for _ in range(config.slots))
 
     def fresh(self) -> Intervention:
@@ -86,6 +86,6 @@ class EditBank(Intervention):
         return {f"slots.{k}.{n}" for k, m in enumerate(self.slots) for n in m.no_decay_parameters()}
 
 
-INTERVENTIONS.hide("edit_bank")
+INTERVENTIONS.hide("slot_bank")
 
-__all__ = ["EDIT_POS", "EDIT_SLOT", "EditBank", "row_rank"]
+__all__ = ["EDIT_POS", "EDIT_SLOT", "SlotBank", "row_rank"]

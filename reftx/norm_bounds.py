@@ -1,7 +1,7 @@
-"""Magnitude bounds on an edit's bias c: modifiers any ``EditIntervention`` accepts (``bound:``).
+"""Magnitude bounds on an edit's bias c: modifiers any ``DeltaIntervention`` accepts (``bound:``).
 
 Every edit that exposes a ``bias()`` (scale-and-bias: the shift c; the LoReFT family: the
-source bias b) can be restrained, selected by ``EditConfig.bound`` with ``bound_tau`` = τ and
+source bias b) can be restrained, selected by ``DeltaConfig.bound`` with ``bound_tau`` = τ and
 ``bound_lambda`` = λ:
 
 | bound     | what it does                                                             | acts through       |
