@@ -106,16 +106,29 @@ GATE_LABEL = "gate_label"
 Result = tuple[Tensor, dict[str, float], Any]
 
 
-def sequence_nll(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean token NLL of each example's response. logits (B, T, V), labels (B, T) -> (B,).
+def sequence_nll(logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
+    """NLL of each example's response. logits (B, T, V), labels (B, T) -> (B,).
 
-    Position t predicts token t + 1; positions whose next label is -100 are ignored. An example
-    without response tokens gets 0.
+    reduction "mean": the mean token NLL; "sum": the sequence NLL (−log p(response | prompt), what
+    NPO and TOFU compare). Position t predicts token t + 1; positions whose next label is -100 are
+    ignored. An example without response tokens gets 0.
     """
     target = labels[:, 1:]
     tok = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), target, ignore_index=IGNORE, reduction="none")
+    if reduction == "sum":
+        return tok.sum(1)
     count = (target != IGNORE).sum(1)
     return tok.sum(1) / count.clamp(min=1)
+
+
+def npo_forget_term(nll: Tensor, ref: Tensor, beta: float) -> Tensor:
+    """``−(2/β)·mean log σ(β(NLL_θ − NLL_ref))`` over the forget rows (NLLs of shape (n,)).
+
+    Its gradient with respect to row i's NLL_θ is ``−2σ(−βΔ_i)/n`` (Δ_i = NLL_θ − NLL_ref): the
+    NPO weight, 1 at the start (Δ = 0) and falling toward 0 as the row is forgotten. Reference:
+    open-unlearning ``src/trainer/utils.py`` (``compute_dpo_loss`` with no preferred answer,
+    ``compute_batch_nll``: the NLL summed over the answer tokens)."""
+    return -(2.0 / beta) * F.logsigmoid(beta * (nll - ref)).mean()
 
 
 def rmu_direction(dim: int, seed: int) -> Tensor:
@@ -217,6 +230,7 @@ class NpoOptions:
 
     beta: float = 0.1  # β: inverse temperature of the preference term (> 0)
     retain_weight: float = 1.0  # w_r: weight of the retain-set NLL (>= 0)
+    nll: Literal["sum", "mean"] = "sum"  # NLL in the preference term: sum = the sequence NLL (NPO, open-unlearning); mean = mean token NLL (reftx before the fix: β effectively 20-40x smaller, NPO ≈ GD)
 
     def __post_init__(self) -> None:
         _finite_at_least(self, 0.0, "beta", strict=True)
@@ -227,10 +241,12 @@ class NpoOptions:
 def negative_preference(model: Any, batch: dict[str, Any], options: NpoOptions) -> Result:
     """NPO: ``−(2/β)·mean_F log σ(β(NLL_θ − NLL_ref)) + w_r·NLL_R``.
 
-    NLL_ref comes from the same model with its interventions switched off (``model.disabled()``,
-    no gradients), run on the forget rows only. The forget term is (2/β)·log 2 at the start
-    (NLL_θ = NLL_ref) and falls toward 0 as NLL_θ rises above NLL_ref; unlike GD it is bounded.
-    Options: beta β (0.1), retain_weight w_r (1.0).
+    NLL_θ and NLL_ref are sequence NLLs (summed over the answer tokens, as NPO and open-unlearning
+    compute them; ``nll: mean`` gives the mean token NLL instead); NLL_R is the mean token NLL of
+    the retain rows. NLL_ref comes from the same model with its interventions switched off
+    (``model.disabled()``, no gradients), run on the forget rows only. The forget term is
+    (2/β)·log 2 at the start (NLL_θ = NLL_ref) and falls toward 0 as NLL_θ rises above NLL_ref;
+    unlike GD it is bounded. Options: beta β (0.1), retain_weight w_r (1.0), nll (sum).
     """
     o = options
     forget = _forget_rows(batch, "npo")
@@ -239,9 +255,11 @@ def negative_preference(model: Any, batch: dict[str, Any], options: NpoOptions) 
     beta = o.beta
     logs = _set_logs(nll, forget, "nll")
     if forget.any():
-        ref = sequence_nll(_reference(model, _rows(batch, forget)).logits, batch["labels"][forget])
-        npo = -(2.0 / beta) * F.logsigmoid(beta * (nll[forget] - ref)).mean()
+        ref = sequence_nll(_reference(model, _rows(batch, forget)).logits, batch["labels"][forget], o.nll)
+        mine = nll[forget] if o.nll == "mean" else sequence_nll(out.logits[forget], batch["labels"][forget], "sum")
+        npo = npo_forget_term(mine, ref, beta)
         logs["nll_ref_forget"] = float(ref.mean())
+        logs["npo_weight_forget"] = float((2 * torch.sigmoid(-beta * (mine - ref))).detach().mean())
     else:
         npo = nll.sum() * 0.0
     core = npo + o.retain_weight * _set_mean(nll, ~forget)

@@ -120,14 +120,36 @@ def test_absent_set_contributes_zero():
 
 
 def test_npo_reference():
+    """Sequence NLLs (summed over the answer tokens), as open-unlearning src/trainer/utils.py
+    (compute_batch_nll, compute_dpo_loss) computes NPO."""
     model = FakeModel()
     loss, logs, _ = OBJECTIVES.get("npo")(model, make_batch(), {"beta": 2.0, "retain_weight": 0.5})
-    # β = 2. Row 0: 2·(ln 6/2 − ln 3) = ln(2/3), σ = 2/5. Row 2: 2·(ln(5/2) − ln 3) = ln(25/36), σ = 25/61.
-    # −(2/β)·mean log σ = −(ln(2/5) + ln(25/61))/2 = ln(6.1)/2
-    assert loss.item() == pytest.approx(math.log(6.1) / 2 + 0.5 * NLL_R, abs=1e-6)
-    assert logs["nll_ref_forget"] == pytest.approx(LN3, abs=1e-6)
+    # β = 2. Row 0: NLL_θ = ln 2 + ln 3 = ln 6, NLL_ref = 2 ln 3 = ln 9; β·Δ = 2 ln(2/3) = ln(4/9),
+    # σ = (4/9)/(13/9) = 4/13. Row 2 (one token): β·Δ = 2(ln(5/2) − ln 3) = ln(25/36), σ = 25/61.
+    # −(2/β)·mean log σ = −(ln(4/13) + ln(25/61))/2 = ln(13·61/100)/2 = ln(7.93)/2; retain: mean token NLL
+    assert loss.item() == pytest.approx(math.log(7.93) / 2 + 0.5 * NLL_R, abs=1e-6)
+    assert logs["nll_ref_forget"] == pytest.approx((math.log(9) + LN3) / 2, abs=1e-6)
+    # the NPO weight 2σ(−βΔ): row 0 2·9/13, row 2 2·36/61
+    assert logs["npo_weight_forget"] == pytest.approx((18 / 13 + 72 / 61) / 2, abs=1e-6)
     # the reference: interventions off, no gradients, forget rows only
     assert model.calls == [(True, True, [0, 1, 2]), (False, False, [0, 2])]
+    # nll: mean reproduces the mean-token variant: row 0 β·Δ = 2·(ln 6/2 − ln 3) = ln(2/3), σ = 2/5
+    loss, _, _ = OBJECTIVES.get("npo")(FakeModel(), make_batch(), {"beta": 2.0, "retain_weight": 0.5, "nll": "mean"})
+    assert loss.item() == pytest.approx(math.log(6.1) / 2 + 0.5 * NLL_R, abs=1e-6)
+
+
+def test_npo_weight_moves_with_the_sequence_nll():
+    """d(forget term)/d NLL_θ = −2σ(−βΔ) (one row): with β = 0.1 and an answer of 20 tokens each
+    1 nat less likely than under the reference, the sequence NLL gives Δ = 20 and the weight
+    2σ(−2) = 0.2384; the mean token NLL gives Δ = 1 and 2σ(−0.1) = 0.9500, barely below the
+    weight 1 of gradient difference: why NPO computed on mean NLLs behaved like GD."""
+    from reftx.objectives import npo_forget_term
+
+    for delta, weight in ((0.0, 1.0), (20.0, 2 / (1 + math.exp(2.0))), (1.0, 2 / (1 + math.exp(0.1)))):
+        nll = torch.tensor([5.0 + delta], requires_grad=True)
+        npo_forget_term(nll, torch.tensor([5.0]), 0.1).backward()
+        assert -nll.grad.item() == pytest.approx(weight, abs=1e-6)
+    assert 2 / (1 + math.exp(2.0)) == pytest.approx(0.2384, abs=1e-4)
 
 
 def test_npo_default_beta_at_reference():
