@@ -59,7 +59,7 @@ from .slot_bank import EDIT_POS, EDIT_SLOT, SlotBank
 from .errors import ConfigError
 from .hooks import capture_outputs
 from .intervention import Context
-from .model import after_step, compose_loss, parameter_terms
+from .loss import after_step, compose_loss, parameter_terms
 from .positions import IGNORE
 from .schedule import SPEC_KEYS
 from .task import Example

@@ -23,7 +23,7 @@ from torch import Tensor
 from . import sites
 from .config import from_dict, require
 from .errors import DataError
-from .model import compose_loss, parameter_terms
+from .loss import compose_loss, parameter_terms
 from .positions import IGNORE
 from .registry import Registry
 from .schedule import resolve_layers

@@ -159,18 +159,26 @@ class DivergenceGuard:
 
     def __init__(self, params: list[torch.Tensor], factor: float | None):
         self.params, self.factor = params, factor
-        self.start = [max(float(p.detach().float().norm()), 1.0) for p in params]
+        self.start = self._norms().clamp(min=1.0) if params else None
         self.min_loss = math.inf
+
+    def _norms(self) -> torch.Tensor:
+        """Every trained tensor's norm in one fused call (one device sync per step, not one per tensor)."""
+        with torch.no_grad():
+            return torch.stack([n.float() for n in torch._foreach_norm([p.detach() for p in self.params])])
 
     def check(self, loss: float) -> str | None:
         if self.factor is None:
             return None
-        for i, (p, n0) in enumerate(zip(self.params, self.start)):
-            n = float(p.detach().float().norm())
-            if not math.isfinite(n):
-                return f"trained parameter {i} {tuple(p.shape)} holds non-finite values"
-            if n > self.factor * n0:
-                return (f"trained parameter {i} {tuple(p.shape)} exploded: norm {n:.3g} > train.divergence_factor "
+        if self.start is not None:
+            norms = self._norms()
+            bad = ~torch.isfinite(norms) | (norms > self.factor * self.start)
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0, 0])
+                n, n0, shape = float(norms[i]), float(self.start[i]), tuple(self.params[i].shape)
+                if not math.isfinite(n):
+                    return f"trained parameter {i} {shape} holds non-finite values"
+                return (f"trained parameter {i} {shape} exploded: norm {n:.3g} > train.divergence_factor "
                         f"{self.factor:g} x {n0:.3g}")
         if loss > 0:
             if loss > self.factor * max(self.min_loss, 1.0):
