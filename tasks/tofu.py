@@ -155,6 +155,7 @@ class TofuUnlearn(Task):
         n_forget_eval: int | None = None  # split tofu: the first N forget questions; null: all
         n_utility: int | None = 40  # split tofu: questions per utility set (retain, real/world); null: all
         retain_model: str | None = None  # split tofu: path of the retain-only model, for Forget Quality (null: none)
+        truth_ratio: Literal["geometric", "arithmetic"] = "geometric"  # split tofu: P(false) as the geometric mean of the perturbed answers' normalised probabilities (open-unlearning) or the arithmetic mean (a TOFU script variant)
 
         def __post_init__(self) -> None:
             for name in ("n_retain", "retain_authors", "n_forget_eval", "n_utility"):
@@ -232,7 +233,8 @@ class TofuUnlearn(Task):
             return super().evaluate(model, tokenizer, examples, cfg, chat, show_progress)
 
         return evaluate_tofu(model, tokenizer, examples, cfg, chat, self.options.retain_model,
-                             f"{self.options.forget}:{self.options.n_forget_eval}", show_progress)
+                             f"{self.options.forget}:{self.options.n_forget_eval}", show_progress,
+                             self.options.truth_ratio)
 
     def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
         recalls = [rouge_l_recall(p, str(ex.gold)) for p, ex in zip(predictions, examples, strict=True)]

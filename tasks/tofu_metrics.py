@@ -7,11 +7,16 @@ Per set (forget, retain, real_authors, world_facts; metric keys end in ``_{set}`
 * ``prob``: the length-normalised answer probability P(a|q)^(1/|a|) = exp(mean token log-prob),
   averaged over questions. real_authors / world_facts are multiple choice: the answer's normalised
   probability divided by the sum over the answer and its perturbed (wrong) options.
-* truth ratio: R = mean_j P(â_j|q)^(1/|â_j|) / P(ã|q)^(1/|ã|), the perturbed answers â_j against
-  the paraphrased answer ã (real_authors / world_facts: the answer itself). ``truth_ratio_forget``
-  is the mean of R itself (TOFU's forget statistic, ~1 when the model cannot tell true from false);
-  on the utility sets ``truth_ratio_{set}`` is the mean of max(0, 1 − R) (higher: prefers the truth).
-  TOFU's paper averages the perturbed probabilities (as here); its code averages their logs.
+* truth ratio (``truth_ratio: geometric``, the default, as open-unlearning
+  ``src/evals/metrics/memorization.py`` ``truth_ratio`` computes it): R = P(false) / P(true) with
+  P(true) = P(ã|q)^(1/|ã|), the paraphrased answer ã (real_authors / world_facts: the answer
+  itself), and P(false) = exp(−mean_j avg-loss(â_j)), the *geometric* mean of the perturbed
+  answers' normalised probabilities. ``truth_ratio_forget`` is mean(min(R, 1/R)) (open-unlearning's
+  ``closer_to_1_better``: 1 when the model cannot tell true from false); on the utility sets
+  ``truth_ratio_{set}`` is mean(max(0, 1 − R)) (``true_better``). ``truth_ratio: arithmetic`` takes
+  the arithmetic mean of the perturbed probabilities instead (one version of TOFU's aggregation
+  script); the aggregation is the same. Before this option existed reftx used the arithmetic mean
+  and reported mean(R) on the forget set (values above 1 appear in old results).
 * ``gate``: the mean input-gate value σ(g(h)) of GRUN-style interventions on the set's prompts
   (every gated layer; only for models with gates).
 
@@ -66,9 +71,30 @@ def normalised_prob(score: ContinuationScore) -> float:
     return math.exp(score.mean_logprob)
 
 
-def truth_ratio(paraphrased: float, perturbed: list[float]) -> float:
-    """R = mean(perturbed normalised probabilities) / paraphrased normalised probability."""
-    return sum(perturbed) / len(perturbed) / paraphrased
+TRUTH_RATIOS = ("geometric", "arithmetic")
+
+
+def truth_ratio(paraphrased: float, perturbed: list[float], mean: str = "geometric") -> float:
+    """R = P(false) / P(true): the perturbed answers' normalised probabilities, averaged
+    geometrically (open-unlearning: exp of minus the mean of their average token losses) or
+    arithmetically, over the paraphrased answer's normalised probability."""
+    if mean == "geometric":
+        false = math.exp(sum(math.log(max(p, 1e-300)) for p in perturbed) / len(perturbed))
+    elif mean == "arithmetic":
+        false = sum(perturbed) / len(perturbed)
+    else:
+        raise ValueError(f"truth ratio mean must be one of {TRUTH_RATIOS}, got {mean!r}")
+    return false / paraphrased
+
+
+def closer_to_1(ratios: list[float]) -> float:
+    """The forget-set aggregate: mean(min(R, 1/R)) (open-unlearning's ``closer_to_1_better``)."""
+    return sum(min(r, 1.0 / (r + 1e-10)) for r in ratios) / len(ratios)
+
+
+def true_better(ratios: list[float]) -> float:
+    """The other sets' aggregate: mean(max(0, 1 − R)) (open-unlearning's ``true_better``)."""
+    return sum(max(0.0, 1.0 - r) for r in ratios) / len(ratios)
 
 
 def option_prob(answer: float, perturbed: list[float]) -> float:
@@ -94,7 +120,7 @@ def model_utility(metrics: dict[str, float]) -> float:
 
 
 def likelihood_stats(model: Any, tokenizer: Any, examples: list[Example], chat: bool,
-                     batch_size: int = 16) -> list[dict[str, float]]:
+                     batch_size: int = 16, mean: str = "geometric") -> list[dict[str, float]]:
     """Per example: ``prob`` (normalised, or option share for multiple choice) and truth ratio ``R``.
     One batched ``score_continuations`` call over every answer, paraphrase and perturbed answer."""
     prompts: list[str] = []
@@ -111,7 +137,7 @@ def likelihood_stats(model: Any, tokenizer: Any, examples: list[Example], chat: 
         p = [normalised_prob(s) for s in scores[start:start + n]]
         answer, para, pert = p[0], p[1], p[2:]
         mc = ex.meta["set"] in MULTIPLE_CHOICE
-        out.append({"prob": option_prob(answer, pert) if mc else answer, "R": truth_ratio(para, pert)})
+        out.append({"prob": option_prob(answer, pert) if mc else answer, "R": truth_ratio(para, pert, mean)})
     return out
 
 
@@ -142,43 +168,48 @@ def mean_gate(model: Any, tokenizer: Any, examples: list[Example], chat: bool, b
     return total / count if count else None
 
 
-def retain_ratios(retain_model: str, examples: list[Example], chat: bool, key: str, batch_size: int) -> list[float]:
-    """The retain-only model's forget-set truth ratios, cached in ``{retain_model}/{CACHE_FILE}`` by ``key``."""
+def retain_ratios(retain_model: str, examples: list[Example], chat: bool, key: str, batch_size: int,
+                  mean: str = "geometric") -> list[float]:
+    """The retain-only model's forget-set truth ratios, cached in ``{retain_model}/{CACHE_FILE}`` by
+    ``key`` (which names the truth-ratio variant: the KS test compares like with like)."""
     from reftx.hub import load_model
     from reftx.model import atomic_write
 
     cache = Path(retain_model) / CACHE_FILE
-    key = f"{key}:chat={chat}:n={len(examples)}"
+    key = f"{key}:chat={chat}:n={len(examples)}" + ("" if mean == "arithmetic" else f":tr={mean}")
     stored = json.loads(cache.read_text()) if cache.is_file() else {}
     if key not in stored:
         model, tok = load_model(retain_model)
-        stored[key] = [r["R"] for r in likelihood_stats(model, tok, examples, chat, batch_size)]
+        stored[key] = [r["R"] for r in likelihood_stats(model, tok, examples, chat, batch_size, mean)]
         atomic_write(cache, lambda p: Path(p).write_text(json.dumps(stored)))
     return stored[key]
 
 
 def evaluate_tofu(model: Any, tokenizer: Any, examples: list[Example], cfg: Any, chat: bool,
-                  retain_model: str | None, key: str, show_progress: bool = True) -> tuple[dict[str, float], list[str]]:
-    """Every TOFU metric on split ``tofu``'s examples (see the module docstring); returns the greedy answers."""
+                  retain_model: str | None, key: str, show_progress: bool = True,
+                  mean: str = "geometric") -> tuple[dict[str, float], list[str]]:
+    """Every TOFU metric on split ``tofu``'s examples (see the module docstring); returns the greedy
+    answers. Forget Quality's KS test runs on the per-question R of both models, as open-unlearning's
+    ``ks_test`` does on ``truth_ratio``'s ``value_by_index``."""
     from reftx.evaluate import generate
 
     preds = generate(model, tokenizer, examples, cfg, chat, "tofu answers", show_progress)
-    stats = likelihood_stats(model, tokenizer, examples, chat, cfg.batch_size)
+    stats = likelihood_stats(model, tokenizer, examples, chat, cfg.batch_size, mean)
     metrics: dict[str, float] = {}
     for name in SETS:
         idx = [i for i, ex in enumerate(examples) if ex.meta["set"] == name]
         if not idx:
             continue
-        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-        metrics[f"rougeL_recall_{name}"] = mean([rouge_l_recall(preds[i], str(examples[i].gold)) for i in idx])
-        metrics[f"prob_{name}"] = mean([stats[i]["prob"] for i in idx])
+        avg = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        metrics[f"rougeL_recall_{name}"] = avg([rouge_l_recall(preds[i], str(examples[i].gold)) for i in idx])
+        metrics[f"prob_{name}"] = avg([stats[i]["prob"] for i in idx])
         ratios = [stats[i]["R"] for i in idx]
-        metrics[f"truth_ratio_{name}"] = mean(ratios) if name == "forget" else mean([max(0.0, 1 - r) for r in ratios])
+        metrics[f"truth_ratio_{name}"] = closer_to_1(ratios) if name == "forget" else true_better(ratios)
         gate = mean_gate(model, tokenizer, [examples[i] for i in idx], chat, cfg.batch_size)
         if gate is not None:
             metrics[f"gate_{name}"] = gate
         if name == "forget" and retain_model:
-            ref = retain_ratios(retain_model, [examples[i] for i in idx], chat, key, cfg.batch_size)
+            ref = retain_ratios(retain_model, [examples[i] for i in idx], chat, key, cfg.batch_size, mean)
             metrics["forget_quality"] = forget_quality(ratios, ref)
     if all(f"prob_{s}" in metrics for s in UTILITY_SETS):
         metrics["model_utility"] = model_utility(metrics)

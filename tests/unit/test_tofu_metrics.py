@@ -18,6 +18,8 @@ from reftx.tasks.tofu_metrics import (
     model_utility,
     normalised_prob,
     option_prob,
+    closer_to_1,
+    true_better,
     truth_ratio,
 )
 
@@ -31,8 +33,16 @@ def test_normalised_prob_is_geometric_mean_of_token_probs():
 
 
 def test_truth_ratio_and_option_prob():
-    assert truth_ratio(0.5, [0.1, 0.2, 0.3]) == pytest.approx(0.4)  # mean 0.2 / 0.5
+    """open-unlearning src/evals/metrics/memorization.py truth_ratio: P(false) = exp(−mean of the
+    perturbed answers' average losses), the geometric mean of their normalised probabilities."""
+    # (0.1 · 0.2 · 0.3)^(1/3) = 0.006^(1/3) = 0.1817121 -> / 0.5
+    assert truth_ratio(0.5, [0.1, 0.2, 0.3]) == pytest.approx(0.006 ** (1 / 3) / 0.5, rel=1e-12)
+    assert truth_ratio(0.5, [0.1, 0.2, 0.3]) == pytest.approx(0.3634241, abs=1e-7)
+    assert truth_ratio(0.5, [0.1, 0.2, 0.3], "arithmetic") == pytest.approx(0.4)  # mean 0.2 / 0.5
     assert truth_ratio(0.1, [0.2, 0.2]) == pytest.approx(2.0)
+    # aggregates: forget mean(min(R, 1/R)); other sets mean(max(0, 1 − R))
+    assert closer_to_1([0.5, 2.0, 1.0]) == pytest.approx(2 / 3)
+    assert true_better([0.5, 2.0]) == pytest.approx(0.25)
     assert option_prob(0.6, [0.2, 0.1, 0.1]) == pytest.approx(0.6)  # 0.6 / 1.0
     assert option_prob(0.2, [0.2, 0.2, 0.2]) == pytest.approx(0.25)
 
@@ -127,7 +137,7 @@ def test_evaluate_tofu_metrics(tiny_dir):
     assert metrics["model_utility"] == pytest.approx(model_utility(metrics))
     assert not any(k.startswith("gate_") for k in metrics)  # no gates on a plain model
     stats = likelihood_stats(base, tok, exs[:6], False)
-    assert metrics["truth_ratio_forget"] == pytest.approx(sum(s["R"] for s in stats) / 6)
+    assert metrics["truth_ratio_forget"] == pytest.approx(sum(min(s["R"], 1 / s["R"]) for s in stats) / 6)
     model = attach(base, [{"kind": "grun", "rank": 2, "layers": [2, 3], "positions": "last_prompt", "tie": "none"}])
     metrics, _ = evaluate_tofu(model, tok, exs, cfg, False, None, "x", show_progress=False)
     assert "forget_quality" not in metrics
