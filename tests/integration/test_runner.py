@@ -77,6 +77,7 @@ HUB_CONFIGS = {
     "meta-llama/Llama-2-7b-chat-hf": lambda: _llama(32, 4096, 11008, 32, 32000),
     "meta-llama/Meta-Llama-3-8B": lambda: _llama(32, 4096, 14336, 8, 128256),
     "meta-llama/Meta-Llama-3-8B-Instruct": lambda: _llama(32, 4096, 14336, 8, 128256),
+    "locuslab/tofu_ft_llama2-7b": lambda: _llama(32, 4096, 11008, 32, 32000),
     # TOFU unlearning starts from stage 1's merged checkpoint (experiments/unlearning/tofu_finetune.yaml,
     # written under runs/ by a run): the default model's architecture
     "runs/tofu_finetune/model": lambda: _default_config(),
