@@ -16,14 +16,14 @@ Splits: ``train`` (``train_set``) and ``test`` (every dataset in ``datasets``, e
 left-padded, ``eval.max_new_tokens``); a BREP-style schedule (``positions: {generated: n,
 prompt: true}``) is applied by the engine during that generation.
 
-Answer rules (both reported; ``accuracy_strict`` and ``accuracy_lenient``, and per dataset as
-``<dataset>/accuracy_*`` when there are several):
-* numbers, strict: the last number in the output equals the gold within 1e-3 (LLM-Adapters' rule).
-  Numbers may carry a sign, thousands commas ("1,234") and decimals; "a/b" counts as its value.
-* numbers, lenient (BREP's rule): the gold appears anywhere in the output: any number in it, a
-  fraction's numerator or denominator included, equals the gold within 1e-3.
-* letters (gold is one of A-E), strict: the letter after the last "answer is" (or "answer:"),
-  else the first parenthesised letter "(C)"; lenient: the gold is any of those marked letters.
+Answer rules: every rule of ``tasks/math_rules.py``, each named after its reference, reported as
+``accuracy_<rule>`` (and per dataset as ``<dataset>/accuracy_<rule>`` when there are several):
+``llm_adapters`` (LLM-Adapters' evaluate.py), ``lm_eval_strict`` and ``lm_eval_flexible``
+(lm-evaluation-harness gsm8k's two filters), ``brep_lenient`` (the gold anywhere in the output) and
+``math_verify`` (the math-verify package). The lm-eval and math-verify rules count numeric
+answers only. Before these rules reftx reported ``accuracy_strict`` (its own last-number rule,
+which read "a/b" as its value and took AQuA's letter after "answer is") and ``accuracy_lenient``
+(= ``brep_lenient``).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torchmetrics.aggregation import MeanMetric
@@ -40,72 +40,15 @@ from reftx.errors import ConfigError, DataError
 from reftx.task import Example, Task, read_jsonl, register_task, require_keys
 
 from ._llm_adapters import Record, Template, read_file, read_hub
+from .math_rules import LETTER_GOLD, RULES, is_correct, numbers  # noqa: F401  (is_correct, numbers: public here too)
+from .math_rules import _value
 
 # dataset name -> folder under math_llm_adapters/ (LLM-Adapters' spelling)
 FOLDERS = {"gsm8k": "gsm8k", "svamp": "SVAMP", "mawps": "mawps", "aqua": "AQuA", "addsub": "AddSub",
            "multiarith": "MultiArith", "singleeq": "SingleEq", "mathqa": "mathqa"}
 Dataset = Literal["gsm8k", "svamp", "mawps", "aqua", "addsub", "multiarith", "singleeq", "mathqa", "gsm8k_original"]
-TOLERANCE = 1e-3
 
-_NUM = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+"
-NUMBER = re.compile(rf"(?<![\w.])(-?)({_NUM})(?:/({_NUM}))?")
-_ANSWER_LETTER = re.compile(r"answer(?: is|:)\s*:?\s*\(?([A-E])(?![A-Za-z])", re.IGNORECASE)
-_MARKED_LETTER = re.compile(r"\(([A-E])\)")
 _GSM_CALC = re.compile(r"<<[^>]*>>")
-_LETTER_GOLD = re.compile(r"[A-E]")
-
-
-def _value(text: str) -> float:
-    return float(text.replace(",", ""))
-
-
-def numbers(text: str) -> list[tuple[float, ...]]:
-    """Each number in ``text`` as a tuple: (value,) or, for "a/b", (a/b, a, b) (b = 0: (a, b))."""
-    out = []
-    for sign, a, b in NUMBER.findall(text):
-        x = _value(a) * (-1 if sign else 1)
-        if b:
-            y = _value(b)
-            out.append((x / y, x, y) if y else (x, y))
-        else:
-            out.append((x,))
-    return out
-
-
-def extract_number(text: str) -> float | None:
-    """The strict rule's prediction: the value of the last number in ``text`` (None if there is none)."""
-    found = numbers(text)
-    return found[-1][0] if found else None
-
-
-def number_correct(text: str, gold: float) -> tuple[bool, bool]:
-    """(strict, lenient) correctness of ``text`` against a numeric gold answer."""
-    pred = extract_number(text)
-    strict = pred is not None and abs(pred - gold) <= TOLERANCE
-    lenient = any(abs(v - gold) <= TOLERANCE for n in numbers(text) for v in n)
-    return strict, lenient
-
-
-def extract_letter(text: str) -> str | None:
-    """The strict rule's prediction for A-E answers (see the module docstring)."""
-    after = _ANSWER_LETTER.findall(text)
-    if after:
-        return after[-1].upper()
-    marked = _MARKED_LETTER.search(text)
-    return marked.group(1) if marked else None
-
-
-def letter_correct(text: str, gold: str) -> tuple[bool, bool]:
-    """(strict, lenient) correctness of ``text`` against a letter gold answer."""
-    marked = {x.upper() for x in _ANSWER_LETTER.findall(text)} | set(_MARKED_LETTER.findall(text))
-    return extract_letter(text) == gold, gold in marked
-
-
-def is_correct(text: str, gold: str) -> tuple[bool, bool]:
-    """(strict, lenient) for any gold answer: a letter A-E, else a number."""
-    if _LETTER_GOLD.fullmatch(gold):
-        return letter_correct(text, gold)
-    return number_correct(text, _value(gold))
 
 
 def gsm8k_solution(answer: str, where: str) -> tuple[str, str]:
@@ -169,7 +112,7 @@ class MathReasoning(Task):
 
     def _example(self, r: Record, dataset: str, train: bool = False) -> Example:
         where = f"{r.file}:{r.line}"
-        if not _LETTER_GOLD.fullmatch(r.answer):
+        if not LETTER_GOLD.fullmatch(r.answer):
             try:
                 _value(r.answer)
             except ValueError:
@@ -190,16 +133,14 @@ class MathReasoning(Task):
         return out
 
     def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
+        """``accuracy_<rule>`` for every rule of tasks/math_rules.py (over the examples it applies
+        to), and per dataset as ``<dataset>/accuracy_<rule>`` when there are several."""
         metrics: dict[str, dict[str, MeanMetric]] = {}
         for text, ex in zip(predictions, examples, strict=True):
-            strict, lenient = is_correct(text, str(ex.gold))
+            verdicts = {name: rule(text, str(ex.gold)) for name, rule in RULES.items()}
             groups = [""] if len(self.options.datasets) == 1 else ["", f"{ex.meta.get('dataset', '?')}/"]
             for g in groups:
-                m = metrics.setdefault(g, {"strict": MeanMetric(), "lenient": MeanMetric()})
-                m["strict"].update(torch.tensor(float(strict)))
-                m["lenient"].update(torch.tensor(float(lenient)))
-        out: dict[str, Any] = {}
-        for g, m in metrics.items():
-            out[f"{g}accuracy_strict"] = float(m["strict"].compute())
-            out[f"{g}accuracy_lenient"] = float(m["lenient"].compute())
-        return out
+                for name, ok in verdicts.items():
+                    if ok is not None:
+                        metrics.setdefault(g, {}).setdefault(name, MeanMetric()).update(torch.tensor(float(ok)))
+        return {f"{g}accuracy_{name}": float(m.compute()) for g, ms in metrics.items() for name, m in ms.items()}

@@ -11,13 +11,8 @@ import reftx.tasks  # noqa: F401
 from reftx import cli
 from reftx.errors import ConfigError, DataError
 from reftx.task import Example, default_data_dir, get_task
-from reftx.tasks.math_reasoning import (
-    extract_letter,
-    extract_number,
-    gsm8k_solution,
-    is_correct,
-    numbers,
-)
+from reftx.tasks.math_reasoning import gsm8k_solution
+from reftx.tasks.math_rules import extract_letter, extract_number, is_correct, numbers
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = default_data_dir()
@@ -78,15 +73,49 @@ def test_gsm8k_solution_target():
         gsm8k_solution("no final line", "f:3")
 
 
-def test_score_reports_both_rules_per_dataset():
+def test_score_reports_every_rule_per_dataset():
     task = get_task("math", {"datasets": ["svamp", "aqua"]})
     exs = [Example("q", answer="4.0", meta={"dataset": "svamp"}), Example("q", answer="2", meta={"dataset": "svamp"}),
            Example("q", answer="B", meta={"dataset": "aqua"})]
     got = task.score(["The answer is 4.", "2 + 1 = 3", "The answer is (C)."], exs)
-    assert got == pytest.approx({"accuracy_strict": 1 / 3, "accuracy_lenient": 2 / 3, "svamp/accuracy_strict": 0.5,
-                   "svamp/accuracy_lenient": 1.0, "aqua/accuracy_strict": 0.0, "aqua/accuracy_lenient": 0.0})
+    # "The answer is 4." vs 4.0: LLM-Adapters 4.0 (yes), lm-eval "4" != "4.0" (no), BREP yes, math-verify yes;
+    # "2 + 1 = 3" vs 2: only BREP (2 appears); "(C)" vs B: no (lm-eval and math-verify skip letters)
+    assert got == pytest.approx({
+        "accuracy_llm_adapters": 1 / 3, "accuracy_lm_eval_strict": 0.0, "accuracy_lm_eval_flexible": 0.0,
+        "accuracy_brep_lenient": 2 / 3, "accuracy_math_verify": 0.5,
+        "svamp/accuracy_llm_adapters": 0.5, "svamp/accuracy_lm_eval_strict": 0.0,
+        "svamp/accuracy_lm_eval_flexible": 0.0, "svamp/accuracy_brep_lenient": 1.0, "svamp/accuracy_math_verify": 0.5,
+        "aqua/accuracy_llm_adapters": 0.0, "aqua/accuracy_brep_lenient": 0.0})
     single = get_task("math", {"datasets": ["svamp"]}).score(["7"], [Example("q", answer="7")])
-    assert single == {"accuracy_strict": 1.0, "accuracy_lenient": 1.0}
+    assert single == {"accuracy_llm_adapters": 1.0, "accuracy_lm_eval_strict": 0.0, "accuracy_lm_eval_flexible": 1.0,
+                      "accuracy_brep_lenient": 1.0, "accuracy_math_verify": 1.0}
+
+
+@pytest.mark.parametrize("rule, output, gold, expected", [
+    # LLM-Adapters evaluate.py: commas removed, the last -?\d+\.?\d*, within 0.001
+    ("llm_adapters", "He pays $1,234.50 in total.", "1234.5", True),
+    ("llm_adapters", "The answer is 3/4", "0.75", False),  # "a/b" is two numbers there: 4 is last
+    ("llm_adapters", "no number", "1", False),
+    # letters: the first A-E anywhere, so the capital A of "A farmer" decides
+    ("llm_adapters", "A farmer has... the answer is C", "C", False),
+    ("llm_adapters", "The answer is (C)", "C", True),
+    # lm-eval gsm8k strict-match: the first "#### x", then ",", "$", ".$" removed, string equality
+    ("lm_eval_strict", "so 3 boxes. #### 1,072.", "1072", True),
+    ("lm_eval_strict", "The answer is 72", "72", False),
+    # flexible-extract: the last match of (-?[$0-9.,]{2,})|(-?[0-9]+)
+    ("lm_eval_flexible", "He paid $18.00 and then 20.", "20", True),
+    ("lm_eval_flexible", "It is 72.0", "72", False),  # string equality: 72.0 is not 72
+    ("lm_eval_flexible", "pick (B)", "B", None),
+    # math-verify: equivalence of the final answer
+    ("math_verify", "The answer is $\\frac{1}{2}$", "0.5", True),
+    ("math_verify", "3", "4", False),
+    # BREP: the gold anywhere, fraction parts included
+    ("brep_lenient", "2 + 1 = 3", "2", True),
+])
+def test_each_rule_on_hand_cases(rule, output, gold, expected):
+    from reftx.tasks.math_rules import RULES
+
+    assert RULES[rule](output, gold) is expected
 
 
 def test_options_are_checked():
@@ -165,10 +194,12 @@ def test_tiny_train_and_eval_on_real_math(tiny_dir, tmp_path):
     assert cli.main(args) == 0
     results = json.loads((tmp_path / "math_brep" / "results.json").read_text())
     assert results["n_train"] == 8 and results["n_eval"] == 6 and results["train"]["steps"] == 2
-    names = {f"{p}accuracy_{r}" for p in ("", "svamp/", "mawps/", "addsub/") for r in ("strict", "lenient")}
+    from reftx.tasks.math_rules import RULES
+
+    names = {f"{p}accuracy_{r}" for p in ("", "svamp/", "mawps/", "addsub/") for r in RULES}
     assert set(results["metrics"]) == names
     samples = [json.loads(x) for x in (tmp_path / "math_brep" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 6 and "before" in samples[0]
-    rescored = [is_correct(s["after"], s["gold"]) for s in samples]  # the metrics are those of the samples
-    assert results["metrics"]["accuracy_strict"] == pytest.approx(sum(s for s, _ in rescored) / 6)
-    assert results["metrics"]["accuracy_lenient"] == pytest.approx(sum(le for _, le in rescored) / 6)
+    for name, rule in RULES.items():  # the metrics are those of the samples
+        assert results["metrics"][f"accuracy_{name}"] == pytest.approx(
+            sum(bool(rule(s["after"], s["gold"])) for s in samples) / 6)
