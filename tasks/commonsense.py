@@ -11,8 +11,12 @@ Every instruction ends with its answer labels, e.g. "Answer format: answer1/answ
 "the correct answer is <label>" and the gold is the label.
 
 Scoring (``scoring``):
-* ``generate``: greedy generation, then the first label found after the last "the correct answer
-  is" (or anywhere in the output when the phrase is missing) must equal the gold (exact match).
+* ``generate``: greedy generation, then the first label found anywhere in the output must equal the
+  gold (exact match), as LLM-Adapters ``commonsense_evaluate.py`` (``extract_answer``: the first
+  match of ``true|false``, ``answer1|...|answer5``, ... in the stripped output, case-sensitive, no
+  word boundaries) and pyreft score it. (reftx first read the label after the *last* "the correct
+  answer is", case-insensitively; no published result used it: the CPU BoolQ rows score by
+  log-likelihood, where both rules read the same label.)
 * ``loglik``: no generation; each option's continuation "the correct answer is <label>" is scored
   with teacher forcing (``reftx.scoring.multiple_choice``, summed log-probability) and the most
   likely one is the prediction. The shared prefix adds the same amount to every option, so this
@@ -49,16 +53,10 @@ def answer_options(instruction: str, where: str) -> list[str]:
 
 
 def extract_label(text: str, options: list[str]) -> str | None:
-    """The first of ``options`` named after the last "the correct answer is" (case-insensitive), or
-    anywhere in ``text`` when the phrase is absent; None when no label appears."""
-    low = text.lower()
-    at = low.rfind(PHRASE)
-    tail = low[at + len(PHRASE):] if at >= 0 else low
-    alternatives = "|".join(re.escape(o.lower()) for o in sorted(options, key=len, reverse=True))
-    m = re.search(rf"(?<![a-z0-9])({alternatives})(?![a-z0-9])", tail)
-    if not m:
-        return None
-    return next(o for o in options if o.lower() == m.group(1))
+    """LLM-Adapters' rule: the first match of the labels' alternation (in ``options`` order) in the
+    stripped output, case-sensitive and without word boundaries; None when no label appears."""
+    found = re.findall("|".join(re.escape(o) for o in options), text.strip())
+    return found[0] if found else None
 
 
 @register_task("commonsense")

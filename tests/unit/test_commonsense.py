@@ -23,14 +23,15 @@ ANSWERS = ["answer1", "answer2", "answer3", "answer4"]
 
 
 @pytest.mark.parametrize("text, options, label", [
+    # LLM-Adapters commonsense_evaluate.py extract_answer: re.findall(labels, output.strip())[0]
     ("the correct answer is answer3", ANSWERS, "answer3"),
-    ("answer1 looks odd, so the correct answer is answer2.", ANSWERS, "answer2"),  # after the phrase
-    ("The Correct Answer Is TRUE.", ["true", "false"], "true"),
-    ("I would say false, not true", ["true", "false"], "false"),     # no phrase: the first label
-    ("the correct answer is solution12", ["solution1", "solution2"], None),  # not a whole label
-    ("the correct answer is option2option1", ["option1", "option2"], None),
+    ("answer1 looks odd, so the correct answer is answer2.", ANSWERS, "answer1"),  # the first match
+    ("The Correct Answer Is TRUE.", ["true", "false"], None),        # case-sensitive
+    ("I would say false, not true", ["true", "false"], "false"),
+    ("the correct answer is solution12", ["solution1", "solution2"], "solution1"),  # no word boundaries
+    ("the correct answer is option2option1", ["option1", "option2"], "option2"),
     ("the correct answer is", ["true", "false"], None),
-    ("untrue", ["true", "false"], None),
+    ("untrue", ["true", "false"], "true"),
 ])
 def test_extract_label(text, options, label):
     assert extract_label(text, options) == label
