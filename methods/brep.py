@@ -18,7 +18,10 @@ For n = 0 generated tokens use ``positions: all_prompt``; for "always" use ``{ge
 from dataclasses import dataclass
 from typing import Literal
 
-from reftx.intervention import register_intervention
+import torch
+from torch import Tensor
+
+from reftx.intervention import Context, register_intervention
 from reftx.parts import DeltaConfig, ScaleBiasIntervention
 
 
@@ -37,3 +40,14 @@ class BREP(ScaleBiasIntervention):
     """y' = a ⊙ y + c (a = 1, c = 0 at init) with c restrained by a bound (PID by default)."""
 
     Config = BREPConfig
+
+    def forward(self, h: Tensor, ctx: Context) -> Tensor:
+        """As scale-and-bias; in training it also records ‖c‖₂ (``bias_norm``) and, under the PID
+        bound, the loss weight w (``pid_weight``) of every site, so the restraint is visible in
+        metrics.jsonl (``rec/<group>/bias_norm``) and records.png."""
+        if self.training:
+            ctx.record("bias_norm", torch.linalg.vector_norm(self.bias().detach().float()))
+            w = self.loss_scale()
+            if w is not None:
+                ctx.record("pid_weight", w.detach().float())
+        return super().forward(h, ctx)

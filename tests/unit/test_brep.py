@@ -320,3 +320,20 @@ def test_brep_config_is_frozen_and_validated():
         cfg.bound = "pid"  # type: ignore[misc]
     with pytest.raises(reftx.ConfigError, match="bound_tau"):
         make_intervention("brep", {"bound_tau": 0.0}, 8)
+
+
+def test_brep_records_bias_norm_and_pid_weight_in_training():
+    """BREP's restraint is visible: ‖c‖₂ and the PID weight w are records of every training forward
+    (rec/<group>/bias_norm, rec/<group>/pid_weight in metrics.jsonl), none in eval mode."""
+    mod = make_intervention("brep", {}, 4)
+    with torch.no_grad():
+        mod.shift.copy_(torch.tensor([3.0, 0.0, 4.0, 0.0]))  # ‖c‖ = 5
+    ctx = Context(torch.zeros(2, dtype=torch.long), 1, key="L0.mlp_up.all_prompt")
+    mod.train()
+    mod(torch.randn(2, 4), ctx)
+    assert ctx.records["L0.mlp_up.all_prompt/bias_norm"][0].item() == pytest.approx(5.0)
+    assert ctx.records["L0.mlp_up.all_prompt/pid_weight"][0].item() == pytest.approx(0.1)  # w0
+    mod.eval()
+    quiet = Context(torch.zeros(2, dtype=torch.long), 1, key="k")
+    mod(torch.randn(2, 4), quiet)
+    assert quiet.records == {}
