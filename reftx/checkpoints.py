@@ -50,14 +50,21 @@ def problem(folder: Path) -> str | None:
         files = json.loads(manifest.read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"{manifest} is unreadable ({type(e).__name__})"
+    return files_problem(folder, files)
+
+
+def files_problem(folder: Path, files: dict, full: bool = True) -> str | None:
+    """Why the files a manifest lists (``{relative name: {"size", "sha256"}}``) under ``folder``
+    do not match it, or None; ``full`` False compares sizes only (cheap). Checkpoints and the
+    default model's cache (reftx.hub) are verified with it."""
     for rel, meta in files.items():
         p = folder / rel
         if not p.is_file():
             return f"{p} is missing"
         if p.stat().st_size != meta["size"]:
-            return f"{p} has {p.stat().st_size} bytes, the manifest says {meta['size']} (truncated?)"
-        if sha256_file(p) != meta["sha256"]:
-            return f"{p} does not match its checksum (damaged)"
+            return f"{p} has {p.stat().st_size} bytes, expected {meta['size']} (truncated?)"
+        if full and sha256_file(p) != meta["sha256"]:
+            return f"{p} does not match its sha256 (damaged)"
     return None
 
 
@@ -87,4 +94,4 @@ def clean_stale(run_dir: Path, warn: Callable[[str], None]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["MANIFEST", "candidates", "clean_stale", "intact", "problem", "sha256_file", "write_manifest"]
+__all__ = ["MANIFEST", "candidates", "clean_stale", "files_problem", "intact", "problem", "sha256_file", "write_manifest"]

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from reftx.checkpoints import sha256_file
+from reftx.checkpoints import files_problem, sha256_file
 from reftx.errors import ReftError, unknown
 
 logger = logging.getLogger(__name__)
@@ -104,15 +104,7 @@ def _cache_problem(path: Path, full: bool) -> str | None:
         return f"completion marker {MARKER} is missing or unreadable ({err})"
     if not any(name.endswith(".safetensors") for name in files):
         return "the marker lists no .safetensors weight file"
-    for name, info in files.items():
-        file = path / name
-        if not file.is_file():
-            return f"{name} is missing"
-        if file.stat().st_size != info["size"]:
-            return f"{name} has {file.stat().st_size} bytes, expected {info['size']}"
-        if full and sha256_file(file) != info["sha256"]:
-            return f"{name} does not match its sha256"
-    return None
+    return files_problem(path, files, full)
 
 
 def verify_cache(path: str | os.PathLike[str], full: bool = False) -> bool:
