@@ -231,3 +231,21 @@ def test_encoding_errors_and_empty_data_name_the_file(tmp_path):
     data.write_text("\n\n")
     with pytest.raises(DataError, match=rf"data file {data} is empty"):
         list(read_jsonl(data))
+
+
+def test_checkpoint_from_another_rank_names_the_tensor(tiny_dir, tmp_path, finished):
+    """A checkpoint written by a run of another rank (copied into this run's folder) is refused with
+    the tensor, both shapes and the file, not torch's state_dict error."""
+    other = tmp_path / "other"
+    run(tiny_dir, other, "interventions.0.rank=2")
+    (finished / "results.json").unlink()
+    import shutil
+
+    for step in ("step-2", "step-4"):
+        dst = finished / "checkpoints" / step / "intervention"
+        shutil.rmtree(dst)
+        shutil.copytree(other / "runs" / "quickstart" / "checkpoints" / step / "intervention", dst)
+        (finished / "checkpoints" / step / "manifest.json").unlink()  # as if written by hand
+    with pytest.raises(ReftError, match=r"step-4/intervention/interventions.safetensors: tensor '.*' has shape "
+                                        r"\(32, 2\), but this model's interventions expect \(32, 4\)"):
+        run(tiny_dir, tmp_path, resume=True)
