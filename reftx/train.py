@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -285,6 +286,7 @@ def train(
     bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                    TimeRemainingColumn(), disable=not (show_progress and acc.is_main_process))
     task = bar.add_task("train", total=steps, completed=prog.step, info="")
+    plain = show_progress and acc.is_main_process and not sys.stderr.isatty()
     window: list[float] = []
     guard = DivergenceGuard(trained, cfg.divergence_factor)
     t0, tokens0 = time.perf_counter(), prog.tokens
@@ -339,6 +341,9 @@ def train(
                             if on_log:
                                 on_log(rec)
                         bar.update(task, completed=prog.step, info=f"loss {rec['loss']:.4f}")
+                        if plain:  # no terminal (nohup, slurm, CI): the bar draws nothing, print a line
+                            print(f"train step {prog.step}/{steps}  loss {rec['loss']:.4f}  lr {rec['lr']:.3g}  "
+                                  f"{rec['tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
                     if cfg.checkpoint_every and prog.step % cfg.checkpoint_every == 0 and prog.step < steps:
                         checkpoint()
                     if stop.requested:

@@ -160,3 +160,14 @@ def test_records_are_plotted(tmp_path):
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert runner.plot_loss(run_dir) == run_dir / "loss.png"
     assert (run_dir / "loss.png").stat().st_size > 1000 and (run_dir / "records.png").stat().st_size > 1000
+
+
+def test_progress_lines_when_output_is_not_a_terminal(tiny_dir, tmp_path, capsys):
+    """Piped to a file (nohup, slurm, CI), the rich bar draws nothing: training prints a plain line
+    at every logged step instead, and the command ends by naming the folder it wrote."""
+    exp = REPO / "experiments" / "quickstart.yaml"
+    assert cli.main(["run", str(exp), *tiny_overrides(tiny_dir, tmp_path), "train.log_every=2"]) == 0
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("train step ")]
+    assert [ln.split()[2] for ln in lines] == ["2/4", "4/4"] and all(" tok/s" in ln for ln in lines)
+    assert f"wrote {tmp_path / 'runs' / 'quickstart'}" in " ".join(err.split())
