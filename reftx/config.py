@@ -27,7 +27,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
-from .errors import ConfigError, did_you_mean, unknown
+from .errors import ConfigError, did_you_mean, unknown, utf8_error
 
 T = TypeVar("T")
 
@@ -70,10 +70,7 @@ def _read(path: Path, child: Path | None) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(field, f"config file not found: {path}{via}") from None
     except UnicodeDecodeError as err:
-        data = path.read_bytes()
-        line = data[:err.start].count(b"\n") + 1
-        raise ConfigError(field, f"{path}:{line}{via}: not valid UTF-8 (byte 0x{data[err.start]:02x}: "
-                                 f"{err.reason})") from None
+        raise ConfigError(field, utf8_error(path, path.read_bytes(), err) + via) from None
     except OSError as err:
         raise ConfigError(field, f"cannot read config file {path}{via}: {err}") from None
     try:

@@ -38,3 +38,11 @@ def unknown(field: str, name: str, options: Iterable[str], what: str = "value", 
         field,
         f"unknown {what} {name!r}{did_you_mean(name, options)}; valid: {', '.join(options)}{hint}",
     )
+
+
+def utf8_error(path: object, data: bytes, err: UnicodeDecodeError) -> str:
+    """'{path}:{line}: not valid UTF-8 ...' for a decode error at byte ``err.start`` of ``data``
+    (data files and config files alike)."""
+    line = data[:err.start].count(b"\n") + 1
+    column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+    return f"{path}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x} at column {column}: {err.reason})"

@@ -89,13 +89,12 @@ class GenerationState:
         if offset0 >= width:
             raise ReftError(f"the cache passed to generate already holds {offset0} tokens but the prompt has "
                             f"{width}: pass the whole sequence (cached prefix + new tokens) as input_ids")
-        self.width, self.ids_len, self.offset0 = width, ids_len, offset0
+        self.width, self.ids_len = width, ids_len
         self.mask, self.prompt_lengths, self.assisted = mask, prompt_lengths, assisted
         self.consumed = offset0
         self.generated = 0
         self._observed: int | None = None
         self.prompt: P.Spans | None = None  # start / prompt_end of every (expanded) row, set at prefill
-        self.forwards = 0
 
     def criterion(self) -> StoppingCriteria:
         return _Progress(self)
@@ -105,7 +104,6 @@ class GenerationState:
 
     def locate(self, length: int, cache_len: int | None) -> Window:
         """Place a forward whose input has ``length`` tokens (``cache_len``: a cross-check)."""
-        self.forwards += 1
         if self.consumed < self.width:
             # the forward that finishes the prompt may also carry candidate tokens (assisted decoding
             # verifies its first candidates together with the prompt): those are generated tokens 0, 1, ...

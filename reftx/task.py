@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .errors import ConfigError, DataError, unknown
+from .errors import ConfigError, DataError, unknown, utf8_error
 from .registry import Registry
 
 TASKS: Registry[type[Task]] = Registry("task")
@@ -132,13 +132,6 @@ class Task:
             idx = sorted(random.Random(f"{seed}:{split}").sample(range(len(data)), n))
             data = [data[i] for i in idx]
         return data
-
-
-def utf8_error(path: Path, data: bytes, err: UnicodeDecodeError) -> str:
-    """'{path}:{line}: not valid UTF-8 ...' for a decode error at byte ``err.start`` of ``data``."""
-    line = data[:err.start].count(b"\n") + 1
-    column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
-    return f"{path}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x} at column {column}: {err.reason})"
 
 
 def read_text(path: Path) -> str:
