@@ -1,8 +1,9 @@
-"""The training loop: one explicit loop on ``accelerate``; it never knows which method it trains.
+"""``reftx run``'s training: one job of the one loop (reftx.loop); it never knows which method it trains.
 
-Per optimizer step: forward (+ auxiliary losses the primitives add), a finiteness
-check, backward, gradient clipping, AdamW, the LR schedule, then each
-primitive's ``after_optimizer_step`` (e.g. a norm projection).
+Per optimizer step (reftx.loop.Loop): forward (+ auxiliary losses the primitives add), a
+finiteness check, backward, gradient clipping, AdamW, the LR schedule, then each primitive's
+``after_optimizer_step`` (e.g. a norm projection) and the divergence guard. This module adds
+what a run needs around that: the data order, logging, checkpoints, resume and Ctrl-C.
 
 Reproducible and resumable: the data order of epoch e is a permutation seeded by
 (seed, e); checkpoints (written to a temporary folder, then renamed) hold the
@@ -23,14 +24,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Sampler
 from transformers import get_scheduler
@@ -39,13 +39,10 @@ from .checkpoints import STATE_FILE, candidates, clean_stale, intact, write_mani
 from .data import Encoded, collate_train
 from .errors import ReftError
 from .experiment import TrainConfig
+from .loop import Diverged, DivergenceGuard, Job, Loop, NonFiniteLoss, Optim, StepLoss, accelerator
 from .model import ReftModel, atomic_write
 from .objectives import OBJECTIVES, objective_options
 
-
-
-class NonFiniteLoss(ReftError):
-    """The loss became NaN or inf; nothing from that step was applied."""
 
 
 def seed_everything(seed: int) -> None:
@@ -145,49 +142,6 @@ def load_checkpoint(path: Path, model: ReftModel, opt, sched) -> Progress_:
         raise ReftError(f"cannot resume from {path}: {type(e).__name__}: {e}") from None
 
 
-class Diverged(NonFiniteLoss):
-    """Training stopped because weights or loss left the finite, bounded range."""
-
-
-class DivergenceGuard:
-    """Stops a run whose weights or loss explode, before anything is saved.
-
-    After every optimizer step: any non-finite trained parameter, or a parameter tensor whose
-    norm exceeds ``factor · max(its norm at the start, 1)``, or a positive loss above
-    ``factor · max(the running minimum of the positive losses, 1)``, raises ``Diverged`` with
-    the step, the cause and the last good checkpoint. ``factor`` None disables the checks
-    (non-finite losses are always refused, before they are applied)."""
-
-    def __init__(self, params: list[torch.Tensor], factor: float | None):
-        self.params, self.factor = params, factor
-        self.start = self._norms().clamp(min=1.0) if params else None
-        self.min_loss = math.inf
-
-    def _norms(self) -> torch.Tensor:
-        """Every trained tensor's norm in one fused call (one device sync per step, not one per tensor)."""
-        with torch.no_grad():
-            return torch.stack([n.float() for n in torch._foreach_norm([p.detach() for p in self.params])])
-
-    def check(self, loss: float) -> str | None:
-        if self.factor is None:
-            return None
-        if self.start is not None:
-            norms = self._norms()
-            bad = ~torch.isfinite(norms) | (norms > self.factor * self.start)
-            if bool(bad.any()):
-                i = int(bad.nonzero()[0, 0])
-                n, n0, shape = float(norms[i]), float(self.start[i]), tuple(self.params[i].shape)
-                if not math.isfinite(n):
-                    return f"trained parameter {i} {shape} holds non-finite values"
-                return (f"trained parameter {i} {shape} exploded: norm {n:.3g} > train.divergence_factor "
-                        f"{self.factor:g} x {n0:.3g}")
-        if loss > 0:
-            if loss > self.factor * max(self.min_loss, 1.0):
-                return f"loss exploded: {loss:.4g} > train.divergence_factor {self.factor:g} x {max(self.min_loss, 1.0):.4g}"
-            self.min_loss = min(self.min_loss, loss)
-        return None
-
-
 def _truncate_log(path: Path, step: int) -> None:
     """Drop metrics logged after ``step`` (by a run that died after its last checkpoint)."""
     if path.is_file():
@@ -221,6 +175,145 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._old)
 
 
+class RunJob(Job):
+    """``reftx run``'s one job: the experiment's data in seeded epochs, its optimizer and LR schedule,
+    logging to metrics.jsonl and the progress bar, checkpoints every ``checkpoint_every`` steps."""
+
+    def __init__(self, run: _Run):
+        self.run = run
+        self.max_steps, self.clip = run.steps, run.cfg.max_grad_norm
+        self.divergence_factor = run.cfg.divergence_factor
+        self.batches = self._batches()
+        self.window: list[float] = []
+
+    def start(self, slot: int) -> Optim:
+        r = self.run
+        return Optim(r.opt, r.sched, r.trained, r.model.after_optimizer_step)
+
+    def _batches(self) -> Iterator[dict[str, Any]]:
+        r, prog = self.run, self.run.prog
+        while True:
+            # accelerate's DataLoaderShard re-sets the sampler's epoch from its own iteration counter
+            # (0 in a resumed process) on every __iter__: set the epoch through it
+            (r.loader if hasattr(r.loader, "set_epoch") else r.sampler).set_epoch(prog.epoch)
+            for i, batch in enumerate(r.loader):
+                if i < prog.batch:
+                    continue  # resuming mid-epoch: skip what the checkpoint already consumed
+                self.index = i
+                prog.tokens += int(batch["attention_mask"].sum()) * r.acc.num_processes
+                yield batch
+            prog.epoch, prog.batch = prog.epoch + 1, 0
+
+    def rows(self, slot: int) -> dict[str, Any]:
+        return next(self.batches)
+
+    def forward(self, rows: dict[int, dict[str, Any]]) -> StepLoss:
+        r = self.run
+        loss, logs, out = r.objective(r.wrapped, rows[0], r.objective_opts)
+        self.window.append(loss.item())
+        return StepLoss({0: loss}, logs=logs, out=out)
+
+    def on_step(self, step: int, loss: float, grad_norm: float | None, result: StepLoss) -> None:
+        r, prog = self.run, self.run.prog
+        prog.step, prog.batch = step, self.index + 1
+        if step % r.cfg.log_every == 0 or step == r.steps:
+            r.log(self._record(grad_norm, result))
+            self.window.clear()
+        if r.cfg.checkpoint_every and step % r.cfg.checkpoint_every == 0 and step < r.steps:
+            r.checkpoint()
+        if r.stop.requested:
+            raise Interrupted
+
+    def _record(self, grad_norm: float | None, result: StepLoss) -> dict[str, Any]:
+        r, prog = self.run, self.run.prog
+        rec = {"step": prog.step, "epoch": prog.epoch, "loss": sum(self.window) / len(self.window),
+               "lr": r.sched.get_last_lr()[0],
+               "tokens_per_s": (prog.tokens - r.tokens0) / max(time.perf_counter() - r.t0, 1e-9)}
+        if grad_norm is not None:
+            rec["grad_norm"] = grad_norm
+        rec.update({f"obj/{k}": float(v) for k, v in result.logs.items()})
+        for k, v in (result.out.get("aux_losses") or {}).items():
+            rec[f"aux/{k}"] = float(v.detach())
+        for k, v in (result.out.get("records") or {}).items():
+            rec[f"rec/{k}"] = float(torch.cat([x.float().reshape(-1) for x in v]).mean())
+        return rec
+
+
+@dataclass
+class _Run:
+    """The state of one ``train`` call that its job and helpers share."""
+
+    model: Any
+    cfg: TrainConfig
+    run_dir: Path
+    acc: Accelerator
+    steps: int = 0
+    prog: Progress_ = field(default_factory=Progress_)
+    show_progress: bool = True
+    on_log: Callable[[dict[str, Any]], None] | None = None
+    stop: _StopFlag = field(default_factory=lambda: _StopFlag())
+    t0: float = 0.0
+    tokens0: int = 0
+
+    def setup(self, data: list[Encoded], pad_id: int, seed: int) -> None:
+        """Objective, data order, optimizer and schedule, wrapped by accelerate."""
+        cfg, acc = self.cfg, self.acc
+        self.objective = OBJECTIVES.get(cfg.objective, "train.objective")
+        self.objective_opts = objective_options(cfg.objective, cfg.objective_options)
+        seed_everything(seed)
+        self.sampler = EpochSampler(len(data), seed)
+        # its own generator: iterating a DataLoader draws a worker seed from the generator it is given
+        # (the global torch RNG by default), which would shift the dropout RNG of a resumed run
+        loader = DataLoader(data, batch_size=cfg.batch_size, sampler=self.sampler,
+                            collate_fn=lambda b: collate_train(b, pad_id), generator=torch.Generator().manual_seed(seed))
+        groups = self.model.param_groups(cfg.weight_decay)
+        self.trained = [p for g in groups for p in g["params"]]  # what gradient clipping sees
+        opt = torch.optim.AdamW(groups, lr=cfg.lr)
+        self.steps = total_steps(cfg, math.ceil(len(data) / cfg.batch_size / acc.num_processes))
+        self.sched = get_scheduler(cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup", opt,
+                                   num_warmup_steps=int(cfg.warmup * self.steps), num_training_steps=self.steps)
+        self.wrapped, self.opt, self.loader = acc.prepare(self.model, opt, loader)
+
+    def restore(self, resume: bool) -> Path | None:
+        """Load the newest intact checkpoint (``resume``), or start metrics.jsonl afresh."""
+        acc, metrics = self.acc, self.run_dir / "metrics.jsonl"
+        ckpt = None
+        if resume and acc.is_main_process:
+            clean_stale(self.run_dir, acc.print)
+        if resume:
+            ckpt = intact(self.run_dir, acc.print)
+        if ckpt is not None:
+            self.prog = load_checkpoint(ckpt, self.model, self.opt, self.sched)
+            if acc.is_main_process:
+                _truncate_log(metrics, self.prog.step)
+                acc.print(f"resumed from {ckpt} (step {self.prog.step}/{self.steps})")
+        elif acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            metrics.write_text("")
+        return ckpt
+
+    def checkpoint(self) -> None:
+        if self.acc.is_main_process:
+            save_checkpoint(self.run_dir, self.model, self.opt, self.sched, self.prog, self.cfg.keep_checkpoints)
+        self.acc.wait_for_everyone()
+
+    def where(self) -> str:
+        return f" Last good checkpoint: {latest_checkpoint(self.run_dir)}"
+
+    def log(self, rec: dict[str, Any]) -> None:
+        """One logged step: metrics.jsonl, the callback, the bar, and a plain line without a terminal."""
+        if self.acc.is_main_process:
+            with (self.run_dir / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if self.on_log:
+                self.on_log(rec)
+        self.bar.update(self.bar_task, completed=self.prog.step, info=f"loss {rec['loss']:.4f}")
+        if self.show_progress and self.acc.is_main_process and not sys.stderr.isatty():
+            # no terminal (nohup, slurm, CI): the bar draws nothing, print a line
+            print(f"train step {self.prog.step}/{self.steps}  loss {rec['loss']:.4f}  lr {rec['lr']:.3g}  "
+                  f"{rec['tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
+
+
 def train(
     model: ReftModel,
     data: list[Encoded],
@@ -233,136 +326,36 @@ def train(
     on_log: Callable[[dict[str, Any]], None] | None = None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Train ``model``'s interventions on encoded examples; returns a summary of the run.
+    """Train ``model``'s interventions on encoded examples (one job of reftx.loop's loop); returns a
+    summary of the run.
 
     ``model`` is a ReftModel or any module with its training surface: forward, ``param_groups``
     (what the optimizer trains), ``after_optimizer_step``, ``save_pretrained`` and, for resuming,
     ``load_trained`` (e.g. reftx.lora.LoraReft: a LoRA adapter with or without interventions).
     """
-    run_dir = Path(run_dir)
-    objective = OBJECTIVES.get(cfg.objective, "train.objective")
-    objective_opts = objective_options(cfg.objective, cfg.objective_options)
-    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
-                      mixed_precision="bf16" if cfg.precision == "bf16" else "no",
-                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    seed_everything(seed)
-    sampler = EpochSampler(len(data), seed)
-    # its own generator: iterating a DataLoader draws a worker seed from the generator it is given
-    # (the global torch RNG by default), which would shift the dropout RNG of a resumed run
-    loader = DataLoader(data, batch_size=cfg.batch_size, sampler=sampler,
-                        collate_fn=lambda b: collate_train(b, pad_id), generator=torch.Generator().manual_seed(seed))
-    groups = model.param_groups(cfg.weight_decay)
-    trained = [p for g in groups for p in g["params"]]  # what gradient clipping sees
-    opt = torch.optim.AdamW(groups, lr=cfg.lr)
-    per_epoch = math.ceil(len(data) / cfg.batch_size / acc.num_processes)
-    steps = total_steps(cfg, per_epoch)
-    sched = get_scheduler(cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup", opt,
-                          num_warmup_steps=int(cfg.warmup * steps), num_training_steps=steps)
-    wrapped, opt, loader = acc.prepare(model, opt, loader)
-    metrics_path = run_dir / "metrics.jsonl"
-    prog = Progress_()
-    ckpt = None
-    if resume and acc.is_main_process:
-        clean_stale(run_dir, acc.print)
-    if resume:
-        ckpt = intact(run_dir, acc.print)
-    if ckpt is not None:
-        prog = load_checkpoint(ckpt, model, opt, sched)
-        if acc.is_main_process:
-            _truncate_log(metrics_path, prog.step)
-            acc.print(f"resumed from {ckpt} (step {prog.step}/{steps})")
-    elif acc.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        metrics_path.write_text("")
-    if prog.step >= steps:
-        return {"steps": prog.step, "resumed": ckpt is not None}
-
-    def checkpoint() -> None:
-        if acc.is_main_process:
-            save_checkpoint(run_dir, model, opt, sched, prog, cfg.keep_checkpoints)
-        acc.wait_for_everyone()
-
-    model.train()
-    bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                   TimeRemainingColumn(), disable=not (show_progress and acc.is_main_process))
-    task = bar.add_task("train", total=steps, completed=prog.step, info="")
-    plain = show_progress and acc.is_main_process and not sys.stderr.isatty()
-    window: list[float] = []
-    guard = DivergenceGuard(trained, cfg.divergence_factor)
-    t0, tokens0 = time.perf_counter(), prog.tokens
-    stop = _StopFlag()
+    r = _Run(model, cfg, Path(run_dir), accelerator(cfg.grad_accum, cfg.precision),
+             show_progress=show_progress, on_log=on_log)
+    r.setup(data, pad_id, seed)
+    ckpt = r.restore(resume)
+    if r.prog.step >= r.steps:
+        return {"steps": r.prog.step, "resumed": ckpt is not None}
+    main = show_progress and r.acc.is_main_process
+    r.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                     TimeRemainingColumn(), disable=not main)
+    r.bar_task = r.bar.add_task("train", total=r.steps, completed=r.prog.step, info="")
+    job = RunJob(r)
+    r.t0, r.tokens0 = time.perf_counter(), r.prog.tokens
     try:
-        with bar, stop:
-            while prog.step < steps:
-                # accelerate's DataLoaderShard re-sets the sampler's epoch from its own iteration counter
-                # (0 in a resumed process) on every __iter__: set the epoch through it
-                (loader if hasattr(loader, "set_epoch") else sampler).set_epoch(prog.epoch)
-                for i, batch in enumerate(loader):
-                    if i < prog.batch:
-                        continue  # resuming mid-epoch: skip what the checkpoint already consumed
-                    with acc.accumulate(wrapped):
-                        loss, obj_logs, out = objective(wrapped, batch, objective_opts)
-                        if not torch.isfinite(loss.detach()).all():
-                            raise NonFiniteLoss(f"loss is {loss.item()} at step {prog.step + 1}; stopped before "
-                                                f"applying it. Last good checkpoint: {latest_checkpoint(run_dir)}")
-                        acc.backward(loss)
-                        window.append(loss.item())
-                        prog.tokens += int(batch["attention_mask"].sum()) * acc.num_processes
-                        grad_norm = None
-                        if acc.sync_gradients:
-                            if cfg.max_grad_norm is not None:
-                                grad_norm = float(acc.clip_grad_norm_(trained, cfg.max_grad_norm))
-                            opt.step()
-                            sched.step()
-                            opt.zero_grad(set_to_none=True)
-                    if not acc.sync_gradients:
-                        continue
-                    model.after_optimizer_step()
-                    why = guard.check(window[-1])
-                    if why is not None:
-                        raise Diverged(f"step {prog.step + 1}: {why}; stopped before saving it. Last good "
-                                       f"checkpoint: {latest_checkpoint(run_dir)}")
-                    prog.step, prog.batch = prog.step + 1, i + 1
-                    if prog.step % cfg.log_every == 0 or prog.step == steps:
-                        rec = {"step": prog.step, "epoch": prog.epoch, "loss": sum(window) / len(window),
-                               "lr": sched.get_last_lr()[0],
-                               "tokens_per_s": (prog.tokens - tokens0) / max(time.perf_counter() - t0, 1e-9)}
-                        if grad_norm is not None:
-                            rec["grad_norm"] = grad_norm
-                        rec.update({f"obj/{k}": float(v) for k, v in obj_logs.items()})
-                        for k, v in (out.get("aux_losses") or {}).items():
-                            rec[f"aux/{k}"] = float(v.detach())
-                        for k, v in (out.get("records") or {}).items():
-                            rec[f"rec/{k}"] = float(torch.cat([x.float().reshape(-1) for x in v]).mean())
-                        window.clear()
-                        if acc.is_main_process:
-                            with metrics_path.open("a") as f:
-                                f.write(json.dumps(rec) + "\n")
-                            if on_log:
-                                on_log(rec)
-                        bar.update(task, completed=prog.step, info=f"loss {rec['loss']:.4f}")
-                        if plain:  # no terminal (nohup, slurm, CI): the bar draws nothing, print a line
-                            print(f"train step {prog.step}/{steps}  loss {rec['loss']:.4f}  lr {rec['lr']:.3g}  "
-                                  f"{rec['tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
-                    if cfg.checkpoint_every and prog.step % cfg.checkpoint_every == 0 and prog.step < steps:
-                        checkpoint()
-                    if stop.requested:
-                        raise Interrupted
-                    if prog.step >= steps:
-                        break
-                else:
-                    prog.epoch, prog.batch = prog.epoch + 1, 0
-                    continue
-                break
+        with r.bar, r.stop:
+            Loop(r.acc, r.wrapped, job.forward, where=r.where).fit([job], [r.prog.step])
     except Interrupted:
-        checkpoint()
-        acc.print(f"interrupted: saved a checkpoint at step {prog.step}; continue with --resume")
+        r.checkpoint()
+        r.acc.print(f"interrupted: saved a checkpoint at step {r.prog.step}; continue with --resume")
         raise
-    checkpoint()
-    model.eval()
-    return {"steps": prog.step, "tokens": prog.tokens, "resumed": ckpt is not None,
-            "train_seconds": time.perf_counter() - t0}
+    r.checkpoint()
+    return {"steps": r.prog.step, "tokens": r.prog.tokens, "resumed": ckpt is not None,
+            "train_seconds": time.perf_counter() - r.t0}
 
 
-__all__ = ["Diverged", "Interrupted", "NonFiniteLoss", "train", "latest_checkpoint", "load_weights", "seed_everything",
+__all__ = ["Diverged", "DivergenceGuard", "Interrupted", "RunJob", "NonFiniteLoss", "train", "latest_checkpoint", "load_weights", "seed_everything",
            "total_steps"]
