@@ -1,7 +1,8 @@
 """The knowledge-editing protocol (METHODS.md §2, §7): ``reftx edit EXPERIMENT``.
 
-A different loop from reftx/train.py: every edit (or batch of edits) trains its own intervention
-from a fresh initialisation, stops as soon as its loss is small, and the base model is loaded once.
+Every edit (or batch of edits) is one job of the one training loop (reftx/loop.py): it trains its
+own intervention from a fresh initialisation, stops as soon as its loss is small, and the base
+model is loaded once.
 The experiment names one intervention entry (e.g. ``kind: baft, rank: 4, layers: [15],
 positions: all_prompt``); the engine turns it into an ``slot_bank`` (reftx/slot_bank.py) of
 ``method.parallel`` slots, so that up to that many independent edits train side by side in one
@@ -41,8 +42,8 @@ evaluation point).
 """
 from __future__ import annotations
 
-import time
-from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -59,6 +60,7 @@ from .slot_bank import EDIT_POS, EDIT_SLOT, SlotBank
 from .errors import ConfigError
 from .hooks import capture_outputs
 from .intervention import Context
+from .loop import Job, Loop, Optim, StepLoss, accelerator
 from .loss import after_step, compose_loss, parameter_terms
 from .positions import IGNORE
 from .schedule import SPEC_KEYS
@@ -66,7 +68,6 @@ from .task import Example
 
 console = Console(stderr=True)
 LOCALITY = "locality"  # BaFT's example_info key (0 on every edit row)
-FAST_TYPES = ("llama", "mistral", "qwen2")  # backbones whose .model runs a slice of .layers from inputs_embeds
 
 
 @dataclass
@@ -114,12 +115,94 @@ def subject_position(tokenizer: Any, prompt: str, subject: str, chat: bool) -> t
     return max(t for t, (a, b) in enumerate(offsets) if a < end and b > a), True
 
 
+@contextmanager
+def _removing(handle: Any) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _padded(states: list[Tensor], batch: dict[str, Any]) -> Tensor:
+    """(B, T, d) from each row's (len, d) states, zeros on the right padding of ``batch``."""
+    mask = batch["attention_mask"]
+    h = torch.zeros(*mask.shape, states[0].shape[-1], dtype=states[0].dtype)
+    for r, st in enumerate(states):
+        h[r, : len(st)] = st
+    return h
+
+
+@contextmanager
+def replay_site(base: Any, layer: int, states: Tensor, as_tuple: bool = False) -> Iterator[None]:
+    """Within the block, a forward of ``base`` skips the layers up to ``layer``: those below pass
+    their input through and layer ``layer`` returns ``states`` (its cached output), so the hooks on
+    that layer's output (the edit) and the layers above run as usual. The embeddings still run
+    (cheap). Exact when ``states`` are what the layer would output, i.e. the unedited model's states
+    at an edited site with no edit below it. Works for any architecture the sites table describes
+    (the layers are found through reftx.sites; each layer's own ``forward`` is swapped, so hooks
+    registered on the modules stay in place); ``as_tuple``: the layers return tuples."""
+    mods = [sites.resolve(base, "block_output", i) for i in range(layer + 1)]
+    wrap = (lambda h: (h,)) if as_tuple else (lambda h: h)
+    saved = [m.__dict__.get("forward") for m in mods]
+
+    def through(*args: Any, **kwargs: Any) -> Any:
+        return wrap(args[0] if args else kwargs["hidden_states"])
+
+    for m in mods[:-1]:
+        m.forward = through
+    mods[-1].forward = lambda *args, **kwargs: wrap(states.to(args[0].device if args else states.device))
+    try:
+        yield
+    finally:
+        for m, f in zip(mods, saved):
+            if f is None:
+                del m.forward
+            else:
+                m.forward = f
+
+
 @dataclass
 class JobResult:
     state: dict[str, Tensor]  # the trained slot's weights
     steps: int  # optimiser steps taken
     loss: float  # the NLL seen at the last forward (below stop_loss when converged)
     seconds: float
+
+
+@dataclass(frozen=True)
+class _Row(Encoded):
+    """An edit's training row; ``states``: its cached site states (the fast path) or None."""
+
+    states: Tensor | None = None
+
+
+class EditJob(Job):
+    """One job of knowledge editing: a list of edits trained together in one slot of the bank,
+    from a fresh initialisation (seeded by its first edit) unless ``reset`` is False."""
+
+    def __init__(self, editor: Editor, index: int, edits: list[int], reset: bool,
+                 results: list[JobResult | None], show: bool):
+        self.editor, self.index, self.edits, self.reset, self.results, self.show = editor, index, edits, reset, results, show
+        self.max_steps, self.stop_loss, self.clip = editor.max_steps, editor.opts.stop_loss, editor.clip
+        self.divergence_factor = editor.divergence_factor
+
+    def start(self, slot: int) -> Optim:
+        ed, mod = self.editor, self.editor.bank.slots[slot]
+        if self.reset:
+            ed.bank.reset(slot, ed.init_seed(self.edits[0]))
+        opt = torch.optim.AdamW(mod.param_groups(ed.wd), lr=ed.lr)
+        return Optim(opt, None, list(mod.parameters()), lambda: after_step([mod]))
+
+    def rows(self, slot: int) -> list[_Row]:
+        ed = self.editor
+        return [_Row(ed.encoded[i].input_ids, ed.encoded[i].labels, ed.encoded[i].prompt_len,
+                     info=ed.info(slot, ed.pos[i]), states=ed.states[i] if ed.fast else None) for i in self.edits]
+
+    def finish(self, slot: int, steps: int, loss: float, seconds: float) -> None:
+        state = {n: t.detach().clone() for n, t in self.editor.bank.slots[slot].state_dict().items()}
+        self.results[self.index] = JobResult(state, steps, loss, seconds)
+        if self.show:
+            console.print(f"  job {self.index}: {steps} steps, loss {loss:.4f}")
 
 
 class Editor:
@@ -133,6 +216,8 @@ class Editor:
             raise ConfigError("interventions", "editing needs exactly one intervention entry at one layer")
         self.group, self.bank = banks[0]
         self.lr, self.wd, self.clip = train_cfg.lr, train_cfg.weight_decay, train_cfg.max_grad_norm
+        self.divergence_factor = train_cfg.divergence_factor
+        self.acc: Any = None
         self.max_steps = train_cfg.max_steps or 100
         self.max_length = train_cfg.max_length
         self.pad = pad_id(tokenizer)
@@ -150,9 +235,8 @@ class Editor:
         self.encoded = [encode(tokenizer, Example(ex.prompt, ex.target), self.max_length, chat, end_token=False)
                         for ex in examples]
         self.pos = [self._pos(ex.prompt, ex.meta.get("subject", "")) for ex in examples]
-        backbone = getattr(model.base, "model", None)
-        self.fast = (fast and model.config.model_type in FAST_TYPES and self.group.component == "block_output"
-                     and self.group.positions.mode == "all_prompt" and hasattr(backbone, "norm"))
+        self.fast = fast and self.group.component == "block_output"
+        self.site_tuple = False  # whether the site's layer returns a tuple (set by layer_states)
         self.states = self.layer_states([e.input_ids for e in self.encoded]) if self.fast else []
         self.pool: Tensor | None = None
         if opts.locality_prompts:
@@ -176,7 +260,8 @@ class Editor:
         """The unedited hidden states at the edited site, (len, d) for each token sequence."""
         target = sites.resolve(self.model.base, self.group.component, self.group.layers[0])
         out: list[Tensor] = []
-        with capture_outputs(target) as seen:
+        probe = target.register_forward_hook(lambda m, a, o: setattr(self, "site_tuple", isinstance(o, tuple)))
+        with capture_outputs(target) as seen, _removing(probe):
             for s in range(0, len(sequences), batch_size):
                 chunk = [Encoded(ids, ids, len(ids)) for ids in sequences[s:s + batch_size]]
                 batch = collate_train(chunk, self.pad)
@@ -193,7 +278,7 @@ class Editor:
         return [h[pos:pos + 1] if pos >= 0 else h for h, pos in zip(self.layer_states(ids), positions)]
 
     # -- training ----------------------------------------------------------------------------------
-    def _extra(self, k: int, edits: list[int]) -> Tensor | None:
+    def _extra(self, k: int) -> Tensor | None:
         inner, loss = self.bank.slots[k], None
         if self.pool is not None and inner.config.locality_weight > 0:
             s = inner.basis_gate(self.pool, Context(torch.zeros(len(self.pool), dtype=torch.long), 1))
@@ -206,35 +291,10 @@ class Editor:
             loss = bal if loss is None else loss + bal
         return loss
 
-    def _upper_logits(self, batch: dict[str, Any], states: list[Tensor], prompt_lengths: list[int],
-                      sel: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        """Logits at ``sel`` from the cached site states: the bank applied to the prompt rows, then
-        only the layers above the site (the layers below see no edit, so their output is the cache).
-        Returns the primitives' auxiliary losses and the logits."""
-        from .positions import part_rows, spans
-
-        base, layer = self.model.base, self.group.layers[0]
-        mask = batch["attention_mask"]
-        h = torch.zeros(*mask.shape, states[0].shape[-1], dtype=states[0].dtype)
-        for r, st in enumerate(states):
-            h[r, : len(st)] = st
-        bd = spans(mask, mask.shape[0], mask.shape[1], h.device, prompt_lengths=torch.tensor(prompt_lengths))
-        b, p = part_rows(bd, self.group.positions, "all_prompt")
-        ctx = Context(b, mask.shape[0], self.group.key, layer, example_info=batch.get("example_info", {}))
-        h = h.index_put((b, p), self.bank(h[b, p], ctx))
-        layers = base.model.layers
-        base.model.layers = layers[layer + 1:]
-        try:
-            hidden = base.model(inputs_embeds=h, attention_mask=mask, use_cache=False).last_hidden_state
-        finally:
-            base.model.layers = layers
-        aux = {k: torch.stack(v).sum() for k, v in ctx.losses.items()}
-        return aux, base.get_output_embeddings()(hidden[:, :-1][sel])
-
     def _target_logits(self, batch: dict[str, Any], prompt_lengths: list[int], sel: Tensor) -> tuple[Any, Tensor]:
         """The forward's output and the logits at the positions ``sel`` (B, T-1) that predict a target
-        token. With a final norm at ``base.model.norm`` (llama family) the LM head runs on those
-        positions only (the head is ~20% of a 135M model's forward); otherwise on every position."""
+        token. With a final norm at ``base.model.norm`` (llama-style decoders) the LM head runs on
+        those positions only (the head is ~20% of a 135M model's forward); otherwise on every position."""
         pl = torch.tensor(prompt_lengths)
         norm = getattr(getattr(self.model.base, "model", None), "norm", None)
         if norm is None:
@@ -244,63 +304,41 @@ class Editor:
             out = self.model(**batch, prompt_lengths=pl, logits_to_keep=1)
         return out, self.model.base.get_output_embeddings()(seen[-1][:, :-1][sel])
 
-    def train_jobs(self, jobs: list[list[int]], reset: bool = True, show: bool = False) -> list[JobResult]:
-        """Train each job (a list of edit indices) in its own slot; ``reset``: from a fresh init."""
-        model, bank = self.model, self.bank
-        free, queue = list(range(len(bank.slots))), deque(enumerate(jobs))
-        active: dict[int, dict[str, Any]] = {}
-        results: list[JobResult | None] = [None] * len(jobs)
-        model.train()
-        while queue or active:
-            while free and queue:
-                j, edits = queue.popleft()
-                k = free.pop(0)
-                if reset:
-                    bank.reset(k, self.init_seed(edits[0]))
-                opt = torch.optim.AdamW(bank.slots[k].param_groups(self.wd), lr=self.lr)
-                active[k] = {"job": j, "edits": edits, "opt": opt, "steps": 0, "t": time.perf_counter()}
-            rows = [(k, i) for k in sorted(active) for i in active[k]["edits"]]
-            enc = [Encoded(self.encoded[i].input_ids, self.encoded[i].labels, self.encoded[i].prompt_len,
-                           info=self.info(k, self.pos[i])) for k, i in rows]
-            batch = collate_train(enc, self.pad)
-            labels = batch.pop("labels")
-            tgt = labels[:, 1:]
-            sel = tgt != IGNORE
-            if self.fast:
-                aux, logits = self._upper_logits(batch, [self.states[i] for _, i in rows], [e.prompt_len for e in enc], sel)
-            else:
+    def step_loss(self, rows: dict[int, list[Encoded]]) -> StepLoss:
+        """One forward over the rows of every active slot: each slot's loss is the mean NLL of its
+        target tokens (+ BaFT's site-state terms), composed with its modifiers' terms (bounds: hinge,
+        PID) by reftx.loss; the primitives' auxiliary losses of the shared forward are added once."""
+        slots = [k for k in sorted(rows) for _ in rows[k]]
+        enc = [e for k in sorted(rows) for e in rows[k]]
+        batch = collate_train(enc, self.pad)
+        labels = batch.pop("labels")
+        tgt = labels[:, 1:]
+        sel = tgt != IGNORE
+        if self.fast:  # the layers up to the site replay their cached outputs; only the ones above run
+            with replay_site(self.model.base, self.group.layers[0], _padded([e.states for e in enc], batch),
+                             self.site_tuple):
                 out, logits = self._target_logits(batch, [e.prompt_len for e in enc], sel)
-                aux = out.get("aux_losses") or {}
-            tok_nll = F.cross_entropy(logits.float(), tgt[sel], reduction="none")
-            slot_of = torch.tensor([k for k, _ in rows])[sel.nonzero()[:, 0]]
-            nll = {k: tok_nll[slot_of == k].mean() for k in active}
-            done = [k for k in active if nll[k].item() < self.opts.stop_loss or active[k]["steps"] >= self.max_steps]
-            train = [k for k in active if k not in done]
-            if train:
-                loss = sum(aux.values(), torch.zeros(()))
-                for k in train:  # each slot's loss, with its modifiers' terms (bounds: hinge, PID)
-                    params, scale = parameter_terms([bank.slots[k]])
-                    extra = self._extra(k, active[k]["edits"])
-                    loss = loss + compose_loss(nll[k] if extra is None else nll[k] + extra, params, scale)
-                loss.backward()
-            for k in sorted(active):
-                a, params = active[k], list(bank.slots[k].parameters())
-                if k in train:
-                    if self.clip is not None:
-                        torch.nn.utils.clip_grad_norm_(params, self.clip)
-                    a["opt"].step()
-                    after_step([bank.slots[k]])
-                    a["steps"] += 1
-                bank.slots[k].zero_grad(set_to_none=True)
-                if k in done:
-                    state = {n: t.detach().clone() for n, t in bank.slots[k].state_dict().items()}
-                    results[a["job"]] = JobResult(state, a["steps"], nll[k].item(), time.perf_counter() - a["t"])
-                    del active[k]
-                    free.append(k)
-                    free.sort()
-                    if show:
-                        console.print(f"  job {a['job']}: {a['steps']} steps, loss {nll[k].item():.4f}")
-        model.eval()
+        else:
+            out, logits = self._target_logits(batch, [e.prompt_len for e in enc], sel)
+        aux = out.get("aux_losses") or {}
+        tok_nll = F.cross_entropy(logits.float(), tgt[sel], reduction="none")
+        slot_of = torch.tensor(slots)[sel.nonzero()[:, 0]]
+        nll = {k: tok_nll[slot_of == k].mean() for k in sorted(rows)}
+        losses = {}
+        for k in sorted(rows):
+            params, scale = parameter_terms([self.bank.slots[k]])
+            extra = self._extra(k)
+            losses[k] = compose_loss(nll[k] if extra is None else nll[k] + extra, params, scale)
+        return StepLoss(losses, stop={k: v.item() for k, v in nll.items()}, shared=sum(aux.values(), torch.zeros(())))
+
+    def train_jobs(self, jobs: list[list[int]], reset: bool = True, show: bool = False) -> list[JobResult]:
+        """Train each job (a list of edit indices) in its own slot of the bank, as jobs of the one
+        loop (reftx.loop), ``len(bank.slots)`` at a time; ``reset``: each from a fresh init."""
+        results: list[JobResult | None] = [None] * len(jobs)
+        todo = [EditJob(self, j, edits, reset, results, show) for j, edits in enumerate(jobs)]
+        if self.acc is None:
+            self.acc = accelerator()
+        Loop(self.acc, self.model, self.step_loss, slots=len(self.bank.slots)).fit(todo)
         return results  # type: ignore[return-value]
 
     # -- evaluation --------------------------------------------------------------------------------

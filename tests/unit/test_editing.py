@@ -20,6 +20,7 @@ from reftx.intervention import Context, make_intervention
 from reftx.task import Example, default_data_dir, get_task
 from reftx.tasks.knowledge_edit import (argmax_agreement, edit_scores, read_edits, read_known, summarize,
                                         unedited_argmax)
+from tests.conftest import tiny_config
 from tests.integration.test_runner import REPO
 
 DATA = default_data_dir()
@@ -201,18 +202,50 @@ def test_upper_layer_path_equals_the_full_forward(tiny_dir, subject):
             torch.testing.assert_close(a.state[k], b.state[k], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("model_type", ["llama", "qwen3", "gemma3_text", "gpt2"])
+def test_replayed_site_equals_the_full_forward_on_every_architecture(tiny_dir, model_type):
+    """The upper-layer path (reftx.editing.replay_site) is an option of the one loop for any
+    architecture the sites table describes: same steps, loss and weights as the full forward,
+    at a middle layer and with a position schedule other than all_prompt."""
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+
+    def make(fast):
+        cfg = tiny_config(model_type)
+        cfg.vocab_size = len(tok)
+        torch.manual_seed(0)
+        base = AutoModelForCausalLM.from_config(cfg).eval()
+        with torch.no_grad():
+            base.get_output_embeddings().weight.mul_(100)
+        model = reftx.attach(base, [bank_spec({"kind": "loreft", "rank": 4, "layers": [2],
+                                               "positions": {"first": 1, "last": 2},
+                                               "tie": "positions"}, 2)])
+        return Editor(model, tok, examples(), EditOptions(), TrainConfig(lr=2e-2, max_steps=4, max_grad_norm=1.0),
+                      False, seed=3, fast=fast)
+
+    fast, slow = make(True), make(False)
+    assert fast.fast and not slow.fast
+    a_res, b_res = fast.train_jobs([[0, 1], [2]]), slow.train_jobs([[0, 1], [2]])
+    assert [r.steps for r in a_res] == [4, 4]
+    for a, b in zip(a_res, b_res):
+        assert a.steps == b.steps and a.loss == pytest.approx(b.loss, rel=1e-5)
+        for k in a.state:
+            torch.testing.assert_close(a.state[k], b.state[k], rtol=1e-4, atol=1e-5)
+    # the replay leaves the model as it was: a full forward after it equals one before it
+    assert all("forward" not in m.__dict__ for m in fast.model.base.modules())
+
+
 def test_baft_site_state_losses_on_a_fresh_gate(tiny_dir):
     # a fresh sigmoid gate is 0.9 everywhere: locality loss = weight · 0.9, sequence variance = 0
     opts = EditOptions(mode="sequential", locality_prompts=2, sequence_balance_weight=1.0)
     ed = editor(tiny_dir, 1, kind="baft", opts=opts, locality_weight=2.0)
     assert ed.pool.shape[0] == len(ed.tok("Paris is in")["input_ids"]) + len(ed.tok("Rome is in")["input_ids"])
     ed.seq_states = ed.site_states([ed.examples[0].prompt], [-1])
-    assert ed._extra(0, [0]).item() == pytest.approx(2.0 * 0.9, abs=1e-6)
+    assert ed._extra(0).item() == pytest.approx(2.0 * 0.9, abs=1e-6)
     # with locality_margin m the pull is on the excess over m: 2 · (0.9 − 0.5); none once under m
     for margin, expected in ((0.5, 2.0 * 0.4), (0.95, 0.0)):
         ed = editor(tiny_dir, 1, kind="baft", opts=opts, locality_weight=2.0, locality_margin=margin)
         ed.seq_states = ed.site_states([ed.examples[0].prompt], [-1])
-        assert ed._extra(0, [0]).item() == pytest.approx(expected, abs=1e-6)
+        assert ed._extra(0).item() == pytest.approx(expected, abs=1e-6)
     with pytest.raises(ConfigError, match="basis-gated"):
         editor(tiny_dir, 1, kind="loreft", opts=EditOptions(locality_prompts=2))
 
