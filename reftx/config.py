@@ -172,8 +172,10 @@ def _join(prefix: str, key: str | int) -> str:
     return f"{prefix}.{key}" if prefix else str(key)
 
 
-def from_dict(cls: type[T], d: Any, field_prefix: str = "") -> T:
-    """Build dataclass ``cls`` from mapping ``d``, strictly, checking types against annotations."""
+def from_dict(cls: type[T], d: Any, field_prefix: str = "", what: str = "key") -> T:
+    """Build dataclass ``cls`` from mapping ``d``, strictly, checking types against annotations:
+    the one converter of every config section (experiment, primitive, task, objective and recipe
+    options). ``what`` names an unknown key in the error (e.g. "option of intervention 'loreft'")."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
     if not isinstance(d, dict):
@@ -184,7 +186,7 @@ def from_dict(cls: type[T], d: Any, field_prefix: str = "") -> T:
         if not isinstance(key, str):
             raise ConfigError(_join(field_prefix, str(key)), f"keys must be strings, got {_describe(key)}")
         if key not in names:
-            raise unknown(_join(field_prefix, key), key, names, "key")
+            raise unknown(_join(field_prefix, key), key, names, what)
     hints = get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for f in fields:

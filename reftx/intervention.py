@@ -20,14 +20,13 @@ Nothing else needs editing anywhere to add a primitive.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from .errors import ConfigError, did_you_mean
+from .errors import ConfigError
 from .registry import Registry
 
 INTERVENTIONS: Registry[type[Intervention]] = Registry("intervention")
@@ -88,58 +87,12 @@ class Context:
         return Context(batch_index, self.batch_size, key, layer, self.example_info, self.records, self.losses)
 
 
-def _check_type(name: str, value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin is typing.Literal:
-        return value in typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        return any(_check_type(name, value, a) for a in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is tuple:
-        return isinstance(value, (tuple, list))
-    return isinstance(value, hint) if isinstance(hint, type) else True
-
-
 def build_config(cls: type[Intervention], options: dict[str, Any], prefix: str = "") -> Any:
-    """Build ``cls.Config`` from a plain dict, strictly: unknown keys and wrong types raise."""
-    cfg_cls = cls.Config
-    hints = typing.get_type_hints(cfg_cls)
-    names = [f.name for f in dataclasses.fields(cfg_cls)]
-    kwargs = {}
-    for key, value in options.items():
-        if key not in hints:
-            raise ConfigError(
-                f"{prefix}{key}",
-                f"unknown option {key!r} for intervention {cls.kind!r}{did_you_mean(key, names)}; "
-                f"valid: {', '.join(names)}",
-            )
-        if not _check_type(key, value, hints[key]):
-            raise ConfigError(f"{prefix}{key}", f"expected {_type_name(hints[key])}, got {value!r}")
-        if typing.get_origin(hints[key]) is tuple and isinstance(value, list):
-            value = tuple(value)
-        kwargs[key] = value
-    missing = [f.name for f in dataclasses.fields(cfg_cls)
-               if f.name not in kwargs and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise ConfigError(f"{prefix}{missing[0]}", f"required option of intervention {cls.kind!r} is missing")
-    try:
-        return cfg_cls(**kwargs)
-    except ConfigError as e:  # re-root the field under the caller's prefix
-        raise ConfigError(f"{prefix}{e.field}", str(e).split(": ", 1)[-1]) from None
+    """Build ``cls.Config`` from a plain dict with the one strict converter (reftx.config.from_dict):
+    unknown keys (with a did-you-mean) and wrong types raise, naming the dotted path."""
+    from .config import from_dict  # config imports nothing from here
 
-
-def _type_name(hint: Any) -> str:
-    if typing.get_origin(hint) is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
+    return from_dict(cls.Config, options, prefix.rstrip("."), f"option of intervention {cls.kind!r}")
 
 
 class Intervention(nn.Module):
