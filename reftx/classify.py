@@ -1,5 +1,6 @@
 """Sequence classification on a frozen model: the head's input (pooling), class logits of examples,
-and the metrics of a binary detector.
+and the metrics of a binary detector (registered as metrics by the tasks that report them, e.g.
+tasks/logs.py).
 
 A task with a class per example gives each ``Example`` an empty target and ``info={"label": k}``;
 the whole text is the prompt, so intervention positions such as ``{first: 3, last: 3}`` mean the
@@ -78,13 +79,15 @@ def class_logits(model: Any, tokenizer: Any, examples: list[Example], chat: bool
     return torch.stack(out)  # type: ignore[arg-type]
 
 
-def binary_metrics(logits_or_preds: Tensor, labels: Tensor) -> dict[str, float]:
-    """Precision, recall and F1 of the positive class (1, e.g. "anomaly"), accuracy, and AUROC.
+BINARY = ("precision", "recall", "f1", "accuracy", "auroc")  # binary_metric's names
 
-    ``logits_or_preds``: (N, 2) logits (prediction = argmax; AUROC from softmax p(1)) or (N,)
-    0/1 predictions (no AUROC). Precision (or F1) is 0 when nothing (or nothing right) is
-    predicted positive; AUROC is NaN when ``labels`` hold one class only.
-    """
+
+def binary_metric(name: str, preds: Tensor, labels: Tensor, prob: Tensor | None = None) -> float:
+    """One metric of a binary detector, positive class 1 (e.g. "anomaly"), by torchmetrics'
+    ``binary_*`` functions: ``precision``, ``recall``, ``f1`` and ``accuracy`` of the (N,) 0/1
+    ``preds`` against the (N,) ``labels``, or ``auroc`` of the (N,) scores ``prob`` = p(1).
+    Precision (or F1) is 0 when nothing (or nothing right) is predicted positive; AUROC is NaN
+    when ``labels`` hold one class only."""
     from torchmetrics.functional.classification import (
         binary_accuracy,
         binary_auroc,
@@ -94,15 +97,36 @@ def binary_metrics(logits_or_preds: Tensor, labels: Tensor) -> dict[str, float]:
     )
 
     labels = labels.long()
+    if name == "auroc":
+        if prob is None:
+            raise ValueError("auroc needs the scores prob = p(1)")
+        both = bool(labels.any()) and not bool(labels.all())
+        return float(binary_auroc(prob, labels)) if both else float("nan")
+    fns = {"precision": binary_precision, "recall": binary_recall, "f1": binary_f1_score, "accuracy": binary_accuracy}
+    if name not in fns:
+        raise ValueError(f"unknown binary metric {name!r}; valid: {', '.join(BINARY)}")
+    return float(fns[name](preds.long(), labels))
+
+
+def class_predictions(logits: Tensor) -> list[tuple[int, float]]:
+    """(argmax class, softmax p(class 1)) of each row of (N, 2) logits: the per-example
+    predictions that binary metrics read (computed for the whole batch at once)."""
+    scores = logits.float()
+    return list(zip(scores.argmax(-1).tolist(), scores.softmax(-1)[:, 1].tolist()))
+
+
+def binary_metrics(logits_or_preds: Tensor, labels: Tensor) -> dict[str, float]:
+    """Precision, recall and F1 of the positive class (1, e.g. "anomaly"), accuracy, and AUROC
+    (each as :func:`binary_metric` computes it).
+
+    ``logits_or_preds``: (N, 2) logits (prediction = argmax; AUROC from softmax p(1)) or (N,)
+    0/1 predictions (no AUROC).
+    """
     scores = logits_or_preds.float()
     preds = scores.argmax(-1) if scores.ndim == 2 else scores.long()
-    out = {"precision": binary_precision(preds, labels), "recall": binary_recall(preds, labels),
-           "f1": binary_f1_score(preds, labels), "accuracy": binary_accuracy(preds, labels)}
-    if scores.ndim == 2:
-        both = bool(labels.any()) and not bool(labels.all())
-        prob = scores.softmax(-1)[:, 1]
-        out["auroc"] = binary_auroc(prob, labels) if both else torch.tensor(float("nan"))
-    return {k: float(v) for k, v in out.items()}
+    prob = scores.softmax(-1)[:, 1] if scores.ndim == 2 else None
+    return {k: binary_metric(k, preds, labels, prob) for k in BINARY if k != "auroc" or prob is not None}
 
 
-__all__ = ["LABEL", "POOLINGS", "binary_metrics", "class_logits", "labels_of", "set_pooling"]
+__all__ = ["BINARY", "LABEL", "POOLINGS", "binary_metric", "binary_metrics", "class_logits", "class_predictions",
+           "labels_of", "set_pooling"]

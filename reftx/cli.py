@@ -82,6 +82,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
         for name in TASKS.names():
             doc = (TASKS.get(name).__doc__ or "").strip().splitlines()
             print(f"{name:14s} {doc[0] if doc else ''}")
+    elif args.what == "metrics":
+        from .metrics import METRICS
+
+        for name in METRICS.names():
+            m = METRICS.get(name)
+            better = {True: "higher is better", False: "lower is better", None: "descriptive"}[m.higher_is_better]
+            reported = f" (reported as {m.key})" if m.key != name else ""
+            print(f"{name:26s} {better:17s} {(m.doc.splitlines() or [''])[0]}{reported}")
     else:
         for path in _expand([]):
             print(path.relative_to(EXPERIMENTS.parent))
@@ -141,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("experiments", nargs="*", help="files or folders (searched recursively)")
     v.add_argument("--set", dest="overrides", action="append", default=[], help="an override for every file")
     v.set_defaults(fn=cmd_validate)
-    ls = sub.add_parser("ls", help="list registered interventions, tasks or shipped experiments")
-    ls.add_argument("what", choices=["interventions", "tasks", "experiments"])
+    ls = sub.add_parser("ls", help="list registered interventions, tasks, metrics or shipped experiments")
+    ls.add_argument("what", choices=["interventions", "tasks", "metrics", "experiments"])
     ls.set_defaults(fn=cmd_ls)
     e = sub.add_parser("eval", help="re-evaluate a finished run directory")
     e.add_argument("run_dir")

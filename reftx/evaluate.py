@@ -1,6 +1,7 @@
 """Evaluation: batched, left-padded generation and the task's scorer; one explicit loop."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -47,7 +48,11 @@ def generate(model: Any, tokenizer: Any, examples: list[Example], cfg: EvalConfi
 
 
 def evaluate(model: Any, tokenizer: Any, task: Task, examples: list[Example], cfg: EvalConfig, chat: bool,
-             show_progress: bool = True) -> tuple[dict[str, float], list[str]]:
+             show_progress: bool = True, references: dict[str, Callable[[], tuple[Any, Any]]] | None = None,
+             ) -> tuple[dict[str, float], list[str]]:
     """The task's metrics on ``examples`` and the predictions they were computed from
-    (``Task.evaluate``: generation + ``score`` unless the task scores another way)."""
-    return task.evaluate(model, tokenizer, examples, cfg, chat, show_progress)
+    (``Task.evaluate``: generation + ``score`` unless the task scores another way).
+    ``references``: loaders of the task's reference models (``Task.reference_models``), passed
+    on only when there are any, so a task without reference models need not take the keyword."""
+    extra = {"references": references} if references else {}
+    return task.evaluate(model, tokenizer, examples, cfg, chat, show_progress, **extra)

@@ -66,6 +66,18 @@ def load_base(exp: Experiment) -> tuple[Any, Any]:
     return model, tok
 
 
+def reference_loaders(task: Task) -> dict[str, Any]:
+    """``Task.evaluate``'s ``references``: for each model the task compares against
+    (``task.reference_models()``, e.g. TOFU's ``retain_model``), a loader that calls
+    ``reftx.hub.load_model(path)`` (default dtype) and returns (model, tokenizer). The task calls
+    it only when it needs the model, so a cached comparison loads nothing; tasks never load models."""
+    from functools import partial
+
+    from .hub import load_model
+
+    return {name: partial(load_model, path) for name, path in task.reference_models().items()}
+
+
 def plan_table(groups: list, title: str = "interventions") -> Table:
     table = Table(title=title)
     table.add_column("key", no_wrap=True, min_width=max(len(g.key) for g in groups))
@@ -272,7 +284,7 @@ def _run(exp: Experiment, run_dir: Path, resume: bool, show_progress: bool) -> d
     plot_loss(run_dir)
 
     t_eval = time.perf_counter()
-    metrics, preds = evaluate(model, tok, task, eval_ex, exp.eval, chat, show_progress)
+    metrics, preds = evaluate(model, tok, task, eval_ex, exp.eval, chat, show_progress, reference_loaders(task))
     results = {"name": exp.name, "config_hash": chash, "task": task.name, "eval_split": eval_split,
                "n_train": len(train_ex), "n_eval": len(eval_ex), "metrics": metrics,
                "trainable_parameters": summary.get("trainable_parameters", model.count_parameters()), "train": summary,
@@ -330,7 +342,7 @@ def _evaluate_run(run_dir: Path, show_progress: bool) -> dict[str, Any]:
     else:
         model = ReftModel.from_pretrained(base, run_dir / "intervention")
     metrics, _ = evaluate(model, tok, task, eval_ex, exp.eval, use_chat(tok, exp.model.chat_template),
-                          show_progress)
+                          show_progress, reference_loaders(task))
     results = {"name": exp.name, "config_hash": config_hash(exp.to_dict()), "metrics": metrics,
                "versions": _versions()}
     _write_json(run_dir / "eval.json", results)
@@ -362,8 +374,8 @@ def _evaluate_base(exp: Experiment, out: Path, show_progress: bool) -> dict[str,
     _, eval_split = splits(exp, task)
     examples = task.examples(eval_split, exp.task.n_eval, exp.seed)
     model, tok = load_base(exp)
-    metrics, preds = task.evaluate(model, tok, examples, exp.eval, use_chat(tok, exp.model.chat_template),
-                                   show_progress)
+    metrics, preds = evaluate(model, tok, task, examples, exp.eval, use_chat(tok, exp.model.chat_template),
+                              show_progress, reference_loaders(task))
     results = {"name": exp.name, "config_hash": config_hash(resolved), "model": exp.model.name,
                "task": task.name, "eval_split": eval_split, "n_eval": len(examples), "metrics": metrics,
                "trainable_parameters": 0, "wall_seconds": time.perf_counter() - t0, "versions": _versions()}

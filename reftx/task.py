@@ -8,13 +8,18 @@ A task is one file in ``tasks/`` with a class registered by ``@register_task("na
         class Options:            # task-specific YAML keys under task.options
             file: str = "persona.jsonl"
         splits = ("train", "eval")
+        metrics = ("persona_open", "persona_close")   # registered metrics (reftx.metrics)
 
         def load(self, split): ...           # -> list[Example]
-        def score(self, predictions, examples): ...   # -> {metric: float}
 
-The task never sees hooks or models: it turns data into ``Example``s and
-generated text into metrics. Tokenisation, padding and label masking are done
-once, for every task, by ``reftx.data``.
+``score`` is provided: it computes the metrics the task names (``reftx.metrics.score_metrics``);
+a task overrides it only to add per-group variants, or ``evaluate`` to score without generating.
+
+The task never sees hooks, never loads a model and never imports the run driver: it turns data
+into ``Example``s and predictions into metrics. A model it compares against (TOFU's retain-only
+model) is named by ``reference_models()`` and loaded by the runner, which hands it to
+``evaluate`` (``references=``). Tokenisation, padding and label masking are done once, for every
+task, by ``reftx.data``.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .errors import ConfigError, DataError, unknown, utf8_error
+from .metrics import get_metric, score_metrics
 from .registry import Registry
 
 TASKS: Registry[type[Task]] = Registry("task")
@@ -78,12 +84,16 @@ def default_data_dir() -> Path | None:
     return shared if shared.is_dir() else None
 
 
+Loader = Callable[[], tuple[Any, Any]]  # loads a reference model: () -> (model, tokenizer)
+
+
 class Task:
-    """Base class of tasks. Subclasses define ``Options``, ``splits``, ``load`` and ``score``."""
+    """Base class of tasks. Subclasses define ``Options``, ``splits``, ``load`` and ``metrics``."""
 
     name: ClassVar[str] = ""
     splits: ClassVar[tuple[str, ...]] = ("train", "eval")
     generate: ClassVar[bool] = True  # evaluation generates text (False: e.g. log-likelihood scoring)
+    metrics: ClassVar[tuple[str, ...]] = ()  # the registered metrics it reports (reftx.metrics; reftx ls metrics)
 
     @dataclass(frozen=True)
     class Options:
@@ -107,14 +117,30 @@ class Task:
         raise NotImplementedError
 
     def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
-        raise NotImplementedError
+        """The metrics named in ``metrics``, each aggregated over the examples it applies to
+        (``reftx.metrics.score_metrics``)."""
+        if not self.metrics:
+            raise NotImplementedError(f"task {self.name!r} names no metrics: set {type(self).__name__}.metrics "
+                                      "(registered metrics, reftx ls metrics) or override score")
+        return score_metrics(self.metrics, predictions, examples, field=f"task {self.name!r}: metrics")
+
+    def reference_models(self) -> dict[str, str]:
+        """The models the evaluation compares against, ``{name: path or hub id}`` (default: none),
+        e.g. ``{"retain_model": ...}`` for TOFU's Forget Quality. The task never loads a model:
+        the runner makes a loader of each (``reftx.hub.load_model``) and passes them to
+        ``evaluate`` as ``references={name: loader}``; a loader, called with no argument, returns
+        ``(model, tokenizer)``, so a task calls it only when it needs the model (not when a cache
+        of its numbers already answers)."""
+        return {}
 
     def evaluate(self, model: Any, tokenizer: Any, examples: list[Example], cfg: Any, chat: bool,
-                 show_progress: bool = True) -> tuple[dict[str, float], list[str]]:
+                 show_progress: bool = True, references: dict[str, Loader] | None = None,
+                 ) -> tuple[dict[str, float], list[str]]:
         """Metrics on ``examples`` and one prediction string per example. The default generates
         (``cfg``: the experiment's EvalConfig) and calls ``score``; a task that scores without
         generating (log-likelihood of options, a classifier head, teacher-forced edit metrics)
-        overrides this, building on ``reftx.scoring``."""
+        overrides this, building on ``reftx.scoring``. ``references``: loaders of the models
+        named by ``reference_models()`` (given by the runner; see there)."""
         from .evaluate import generate
 
         preds = generate(model, tokenizer, examples, cfg, chat, "eval", show_progress)
@@ -177,5 +203,7 @@ def get_task(name: str, options: dict[str, Any] | None = None, data_dir: str | P
     from .config import from_dict  # local: config imports nothing from here
 
     cls = TASKS.get(name, "task.name")
+    for metric in cls.metrics:  # a typo in a task's list fails when the task is built, not after training
+        get_metric(metric, f"task {name!r}: metrics")
     opts = from_dict(cls.Options, options or {}, "task.options")
     return cls(opts, data_dir)

@@ -30,10 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-from torchmetrics.aggregation import MeanMetric
-
 from reftx.errors import DataError
+from reftx.metrics import mean_float32, register_metric
 from reftx.task import Example, Task, register_task
 
 from ._llm_adapters import Record, Template, read_file, read_hub
@@ -59,6 +57,18 @@ def extract_label(text: str, options: list[str]) -> str | None:
     return found[0] if found else None
 
 
+@register_metric("commonsense_accuracy", aggregate=mean_float32, key="accuracy")
+def commonsense_accuracy(prediction: str, example: Example) -> float:
+    """Commonsense accuracy: the first answer label in the output (LLM-Adapters' rule) is the gold."""
+    return float(extract_label(prediction, example.meta["options"]) == example.gold)
+
+
+@register_metric("commonsense_answered", aggregate=mean_float32, key="answered")
+def commonsense_answered(prediction: str, example: Example) -> float:
+    """Share of commonsense outputs naming any answer label (generated answers only)."""
+    return float(extract_label(prediction, example.meta["options"]) is not None)
+
+
 @register_task("commonsense")
 class Commonsense(Task):
     """One commonsense dataset in the LLM-Adapters format. Metric: accuracy (exact label match)."""
@@ -72,10 +82,13 @@ class Commonsense(Task):
         hub_id: str = ""  # a Hub dataset with LLM-Adapters columns: its train/test splits replace the local files (online only)
 
     splits = ("train", "test")
+    metrics = ("commonsense_accuracy", "commonsense_answered")
 
     def __init__(self, options: Any = None, data_dir: str | Path | None = None):
         super().__init__(options, data_dir)
         self.generate = self.options.scoring == "generate"  # the runner skips "before" generations otherwise
+        if not self.generate:  # every log-likelihood pick names a label: "answered" says nothing
+            self.metrics = ("commonsense_accuracy",)
 
     def load(self, split: str) -> list[Example]:
         if self.options.hub_id:
@@ -93,7 +106,8 @@ class Commonsense(Task):
                        meta={"options": options, "file": r.file, "line": r.line})
 
     def evaluate(self, model: Any, tokenizer: Any, examples: list[Example], cfg: Any, chat: bool,
-                 show_progress: bool = True) -> tuple[dict[str, float], list[str]]:
+                 show_progress: bool = True, references: Any = None) -> tuple[dict[str, float], list[str]]:
+        """Generate (``scoring: generate``) or pick the most likely label (``loglik``), then ``score``."""
         if self.options.scoring == "generate":
             return super().evaluate(model, tokenizer, examples, cfg, chat, show_progress)
         from reftx.scoring import multiple_choice
@@ -103,14 +117,3 @@ class Commonsense(Task):
                                 [[f"{PHRASE} {o}" for o in opts] for opts in options], chat, cfg.batch_size)
         preds = [f"{PHRASE} {opts[i]}" for opts, i in zip(options, picks)]
         return self.score(preds, examples), preds
-
-    def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
-        acc, answered = MeanMetric(), MeanMetric()
-        for text, ex in zip(predictions, examples, strict=True):
-            label = extract_label(text, ex.meta["options"])
-            acc.update(torch.tensor(float(label == ex.gold)))
-            answered.update(torch.tensor(float(label is not None)))
-        out = {"accuracy": float(acc.compute())}
-        if self.options.scoring == "generate":
-            out["answered"] = float(answered.compute())
-        return out

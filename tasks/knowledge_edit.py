@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from reftx.errors import DataError
+from reftx.metrics import get_metric, register_metric, score_metrics
 from reftx.task import Example, Task, read_text, register_task
 
 FILES = {"counterfact": "counterfact/counterfact-edit.json", "zsre": "zsre/zsre_mend_train-1k.json"}
@@ -127,10 +128,6 @@ def argmax_agreement(edited: tuple[int, ...], unedited: tuple[int, ...]) -> floa
     return sum(a == b for a, b in zip(edited, unedited)) / len(edited)
 
 
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
-
-
 def edit_scores(model: Any, tokenizer: Any, examples: list[Example], chat: bool, batch_size: int = 16,
                 unedited_locality: list[tuple[int, ...]] | None = None,
                 example_info: list[dict[str, float]] | None = None) -> list[dict[str, float]]:
@@ -199,9 +196,25 @@ def known_accuracy(model: Any, tokenizer: Any, facts: list[KnownFact], chat: boo
     return [s.token_accuracy for s in scores]
 
 
+def _column(name: str, doc: str):
+    def compute(row: dict[str, float], example: Any) -> float:
+        return row[name]  # the edit's value, from edit_scores
+
+    compute.__qualname__ = name
+    return register_metric(name, compute, doc=doc)  # aggregate: the mean over the edits
+
+
+EDIT_METRICS = tuple(_column(name, doc).name for name, doc in (
+    ("reliability", "Token accuracy of the new target after the edit prompt (EasyEdit), mean over edits."),
+    ("generality", "Token accuracy of the new target after the rephrased prompt (EasyEdit), mean over edits."),
+    ("locality", "Share of the locality answer's argmax tokens unchanged by the edit (EasyEdit), mean over edits."),
+))
+
+
 def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Means of every metric over the edits."""
-    return {k: mean([r[k] for r in rows]) for k in ("reliability", "generality", "locality")}
+    """Means of every metric over the edits (``edit_scores`` rows; NaN for no edits)."""
+    metrics = [get_metric(name) for name in EDIT_METRICS]
+    return {m.key: m.aggregate([m.compute(r, None) for r in rows]) for m in metrics}
 
 
 @register_task("knowledge_edit")
@@ -216,6 +229,7 @@ class KnowledgeEdit(Task):
 
     splits = ("edit",)
     generate = False
+    metrics = EDIT_METRICS
 
     @property
     def file(self) -> str:
@@ -231,6 +245,8 @@ class KnowledgeEdit(Task):
         raise NotImplementedError("knowledge_edit scores with teacher forcing (evaluate), not generated text")
 
     def evaluate(self, model: Any, tokenizer: Any, examples: list[Example], cfg: Any, chat: bool,
-                 show_progress: bool = True) -> tuple[dict[str, float], list[str]]:
+                 show_progress: bool = True, references: Any = None) -> tuple[dict[str, float], list[str]]:
+        """Per-edit reliability, generality and locality (``edit_scores``, teacher forcing), then
+        their means; the predictions are each edit's row as JSON."""
         rows = edit_scores(model, tokenizer, examples, chat, cfg.batch_size)
-        return summarize(rows), [json.dumps(r) for r in rows]
+        return score_metrics(self.metrics, rows, examples), [json.dumps(r) for r in rows]

@@ -29,8 +29,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from reftx.classify import binary_metrics, class_logits, labels_of
-from reftx.errors import ConfigError
+import torch
+
+from reftx.classify import BINARY, LABEL, binary_metric, class_logits, class_predictions
+from reftx.errors import ConfigError, DataError
+from reftx.metrics import register_metric, score_metrics
 from reftx.task import Example, Task, register_task
 
 from .log_parsing import (
@@ -50,11 +53,80 @@ from .log_parsing import (
 ANOMALY, NORMAL = "anomaly", "normal"
 
 
+def _label(example: Example) -> float:
+    if LABEL not in example.info:
+        raise DataError(f"example {example.prompt[:40]!r} carries no info[{LABEL!r}]: not a classification task")
+    return example.info[LABEL]
+
+
+def _verdict(prediction: Any, example: Example) -> tuple[int, int, float | None]:
+    """(predicted class, gold class, p(anomaly) or None) of one example. ``prediction``: a word
+    ("anomaly"; anything else counts as normal) or a (class, p(anomaly)) pair of the classifier."""
+    if isinstance(prediction, str):
+        return int(prediction.strip().lower() == ANOMALY), int(_label(example)), None
+    k, p = prediction
+    return int(k), int(_label(example)), float(p)
+
+
+def _scored(prediction: Any, example: Example) -> tuple[int, int, float] | None:
+    v = _verdict(prediction, example)
+    return v if v[2] is not None else None  # AUROC applies to scored predictions only
+
+
+def _binary(name: str):
+    def aggregate(rows: list[tuple[int, int, float | None]]) -> float:
+        preds, labels = (torch.tensor([r[i] for r in rows], dtype=torch.long) for i in (0, 1))
+        prob = torch.tensor([r[2] for r in rows]) if name == "auroc" else None  # float32, as the logits' softmax
+        return binary_metric(name, preds, labels, prob)
+
+    aggregate.__qualname__ = f"binary_{name}"
+    return aggregate
+
+
+_BINARY_DOCS = {
+    "precision": "Precision of the anomaly class (0 when nothing is flagged).",
+    "recall": "Recall of the anomaly class.",
+    "f1": "F1 of the anomaly class (0 when nothing right is flagged).",
+    "accuracy": "Accuracy of anomaly/normal predictions.",
+    "auroc": "AUROC of the classifier's p(anomaly) (NaN when the eval set has one class; not from words).",
+}
+for _name in BINARY:  # binary_precision, ... reported as precision, ... (reftx.classify.binary_metric)
+    register_metric(f"binary_{_name}", _scored if _name == "auroc" else _verdict, aggregate=_binary(_name),
+                    doc=_BINARY_DOCS[_name], key=_name)
+
+
+def _total(values: list[float]) -> float:
+    return float(sum(values))
+
+
+def _f1_all(values: list[float]) -> float:
+    share = sum(values) / len(values)
+    return 2 * share / (1 + share)
+
+
+def _is_anomaly(prediction: Any, example: Example) -> float:
+    return float(_label(example) > 0.5)
+
+
+def _is_normal(prediction: Any, example: Example) -> float:
+    return 1.0 - _is_anomaly(prediction, example)
+
+
+register_metric("n_anomaly", _is_anomaly, aggregate=_total, higher_is_better=None,
+                doc="Anomalous examples in the eval set (a count: it describes the data, not the model).")
+register_metric("n_normal", _is_normal, aggregate=_total, higher_is_better=None,
+                doc="Normal examples in the eval set (a count).")
+register_metric("f1_all_anomaly", _is_anomaly, aggregate=_f1_all, higher_is_better=None,
+                doc="F1 of flagging every example as an anomaly: 2s / (1 + s), s the anomaly share (for scale).")
+
+
 class LogAnomaly(Task):
     """Shared parts: examples from line sequences, classifier evaluation, metrics."""
 
     splits = ("train", "test")
     generate = False
+    metrics = ("binary_precision", "binary_recall", "binary_f1", "binary_accuracy", "binary_auroc", "n_anomaly",
+               "n_normal", "f1_all_anomaly")
 
     def _lines(self, lines: list[str]) -> list[str]:
         return collapse_repeats(lines) if self.options.repeats == "count" else lines
@@ -65,25 +137,13 @@ class LogAnomaly(Task):
                        meta={**meta, "lines": len(lines)})
 
     def evaluate(self, model: Any, tokenizer: Any, examples: list[Example], cfg: Any, chat: bool,
-                 show_progress: bool = True) -> tuple[dict[str, float], list[str]]:
-        """Argmax of the classifier's logits per example; metrics of the anomaly class and AUROC."""
+                 show_progress: bool = True, references: Any = None) -> tuple[dict[str, float], list[str]]:
+        """Argmax of the classifier's logits per example; metrics of the anomaly class and AUROC.
+        (``score`` gives the same metrics, but AUROC, from predicted words.)"""
         logits = class_logits(model, tokenizer, examples, chat, cfg.batch_size, cfg.max_length)
-        preds = [ANOMALY if k else NORMAL for k in logits.argmax(-1).tolist()]
-        return {**binary_metrics(logits, labels_of(examples)), **self._counts(examples)}, preds
-
-    def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
-        """The same metrics from predicted words ("anomaly"/"normal"; anything else counts as normal)."""
-        import torch
-
-        preds = torch.tensor([p.strip().lower() == ANOMALY for p in predictions], dtype=torch.long)
-        return {**binary_metrics(preds, labels_of(examples)), **self._counts(examples)}
-
-    @staticmethod
-    def _counts(examples: list[Example]) -> dict[str, float]:
-        n_anomaly = sum(ex.info["label"] > 0.5 for ex in examples)
-        share = n_anomaly / len(examples)
-        return {"n_anomaly": float(n_anomaly), "n_normal": float(len(examples) - n_anomaly),
-                "f1_all_anomaly": 2 * share / (1 + share)}
+        picks = class_predictions(logits)
+        preds = [ANOMALY if k else NORMAL for k, _ in picks]
+        return score_metrics(self.metrics, picks, examples), preds
 
 
 @register_task("hdfs")

@@ -33,10 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import torch
-from torchmetrics.aggregation import MeanMetric
-
 from reftx.errors import ConfigError, DataError
+from reftx.metrics import Metric, mean_float32, register_metric, score_metrics
 from reftx.task import Example, Task, read_jsonl, register_task, require_keys
 
 from ._llm_adapters import Record, Template, read_file, read_hub
@@ -49,6 +47,29 @@ FOLDERS = {"gsm8k": "gsm8k", "svamp": "SVAMP", "mawps": "mawps", "aqua": "AQuA",
 Dataset = Literal["gsm8k", "svamp", "mawps", "aqua", "addsub", "multiarith", "singleeq", "mathqa", "gsm8k_original"]
 
 _GSM_CALC = re.compile(r"<<[^>]*>>")
+RULE_DOCS = {  # the first line of each accuracy_<rule> metric's doc (details: tasks/math_rules.py)
+    "llm_adapters": "Math accuracy by LLM-Adapters' evaluate.py: the last number within 0.001, or the first A-E.",
+    "lm_eval_strict": "Math accuracy by lm-eval gsm8k's strict-match: the first '#### <number>' (numeric golds only).",
+    "lm_eval_flexible": "Math accuracy by lm-eval gsm8k's flexible-extract: the last number (numeric golds only).",
+    "brep_lenient": "Math accuracy by BREP's lenient rule: the gold anywhere in the output.",
+    "math_verify": "Math accuracy by math-verify: the final answer's equivalence (numeric golds only).",
+}
+
+
+def rule_metric(rule: str) -> Metric:
+    """Register ``accuracy_<rule>``: the share of outputs that ``math_rules.RULES[rule]`` marks correct,
+    over the examples the rule applies to (float32 mean, as reported before metrics were objects)."""
+    judge = RULES[rule]
+
+    def compute(prediction: str, example: Example) -> float | None:
+        ok = judge(prediction, str(example.gold))
+        return None if ok is None else float(ok)
+
+    compute.__qualname__ = f"accuracy_{rule}"
+    return register_metric(f"accuracy_{rule}", compute, aggregate=mean_float32, doc=RULE_DOCS[rule])
+
+
+ACCURACY = tuple(rule_metric(rule).name for rule in RULES)  # accuracy_llm_adapters, ...
 
 
 def gsm8k_solution(answer: str, where: str) -> tuple[str, str]:
@@ -62,7 +83,7 @@ def gsm8k_solution(answer: str, where: str) -> tuple[str, str]:
 
 @register_task("math")
 class MathReasoning(Task):
-    """Math word problems. Metrics: accuracy_strict and accuracy_lenient (see the module docstring)."""
+    """Math word problems. Metrics: accuracy_<rule> for each answer rule (see the module docstring)."""
 
     @dataclass(frozen=True)
     class Options:
@@ -80,6 +101,7 @@ class MathReasoning(Task):
                 raise ConfigError("n_per_dataset", f"must be >= 1 (or null), got {self.n_per_dataset}")
 
     splits = ("train", "test")
+    metrics = ACCURACY
 
     def load(self, split: str) -> list[Example]:
         if split == "train":
@@ -135,12 +157,6 @@ class MathReasoning(Task):
     def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
         """``accuracy_<rule>`` for every rule of tasks/math_rules.py (over the examples it applies
         to), and per dataset as ``<dataset>/accuracy_<rule>`` when there are several."""
-        metrics: dict[str, dict[str, MeanMetric]] = {}
-        for text, ex in zip(predictions, examples, strict=True):
-            verdicts = {name: rule(text, str(ex.gold)) for name, rule in RULES.items()}
-            groups = [""] if len(self.options.datasets) == 1 else ["", f"{ex.meta.get('dataset', '?')}/"]
-            for g in groups:
-                for name, ok in verdicts.items():
-                    if ok is not None:
-                        metrics.setdefault(g, {}).setdefault(name, MeanMetric()).update(torch.tensor(float(ok)))
-        return {f"{g}accuracy_{name}": float(m.compute()) for g, ms in metrics.items() for name, m in ms.items()}
+        several = len(self.options.datasets) > 1
+        by = (lambda ex: ex.meta.get("dataset", "?")) if several else None
+        return score_metrics(self.metrics, predictions, examples, by=by, key="{group}/{metric}")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from reftx.errors import DataError
+from reftx.metrics import register_metric
 from reftx.scoring import multiple_choice
 from reftx.task import Example, Task, read_jsonl, read_text, register_task
 
@@ -65,6 +66,12 @@ def format_question(question: str, choices: list[str], subject: str) -> str:
     return head + question.strip() + "\n" + "\n".join(lines) + "\nAnswer:"
 
 
+@register_metric("mcq_accuracy", key="accuracy")
+def mcq_accuracy(prediction: str, example: Example) -> float:
+    """Multiple-choice accuracy: the predicted letter (stripped) is the gold letter."""
+    return float(prediction.strip() == example.gold)
+
+
 @register_task("mcq")
 class MCQ(Task):
     """Multiple choice by the letters' log-probabilities. Metric: accuracy."""
@@ -76,6 +83,7 @@ class MCQ(Task):
 
     splits = ("test",)
     generate = False
+    metrics = ("mcq_accuracy",)
 
     def load(self, split: str) -> list[Example]:
         path = Path(self.options.file) if self.options.file else DATA / "mcq_sample.jsonl"
@@ -83,12 +91,9 @@ class MCQ(Task):
                         meta={"where": where, "n_choices": len(r["choices"])}) for where, r in read_mcq(path)]
 
     def evaluate(self, model: Any, tokenizer: Any, examples: list[Example], cfg: Any, chat: bool,
-                 show_progress: bool = True) -> tuple[dict[str, float], list[str]]:
+                 show_progress: bool = True, references: Any = None) -> tuple[dict[str, float], list[str]]:
+        """The letter with the highest log-probability per question, then ``score``."""
         options = [[f" {LETTERS[i]}" for i in range(ex.meta["n_choices"])] for ex in examples]
         picks = multiple_choice(model, tokenizer, [ex.prompt for ex in examples], options, chat, cfg.batch_size)
         preds = [LETTERS[p] for p in picks]
         return self.score(preds, examples), preds
-
-    def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
-        right = sum(p.strip() == ex.gold for p, ex in zip(predictions, examples, strict=True))
-        return {"accuracy": right / len(examples) if examples else 0.0}

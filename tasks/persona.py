@@ -9,13 +9,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torchmetrics.aggregation import MeanMetric
-
 from reftx.errors import DataError
+from reftx.metrics import mean_float32, register_metric
 from reftx.task import Example, Task, read_jsonl, register_task, require_keys
 
 DATA = Path(__file__).resolve().parent / "data"
+
+
+@register_metric("persona_open", aggregate=mean_float32)
+def persona_open(prediction: str, example: Example) -> float:
+    """Share of answers that open in the persona: the stripped, lowercased answer starts with "arr"."""
+    return float(prediction.strip().lower().startswith("arr"))
+
+
+@register_metric("persona_close", aggregate=mean_float32)
+def persona_close(prediction: str, example: Example) -> float:
+    """Share of answers that close in the persona: "yo ho ho" anywhere in the lowercased answer."""
+    return float("yo ho ho" in prediction.strip().lower())
 
 
 @register_task("persona")
@@ -27,6 +37,7 @@ class Persona(Task):
         file: str = ""  # a JSONL file with prompt/response/split; empty: the shipped persona.jsonl
 
     splits = ("train", "eval")
+    metrics = ("persona_open", "persona_close")
 
     def load(self, split: str) -> list[Example]:
         path = Path(self.options.file) if self.options.file else DATA / "persona.jsonl"
@@ -38,11 +49,3 @@ class Persona(Task):
             if rec["split"] == split:
                 out.append(Example(rec["prompt"], rec["response"], meta={"line": lineno}))
         return out
-
-    def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
-        opens, closes = MeanMetric(), MeanMetric()
-        for text in predictions:
-            t = text.strip().lower()
-            opens.update(torch.tensor(float(t.startswith("arr"))))
-            closes.update(torch.tensor(float("yo ho ho" in t)))
-        return {"persona_open": float(opens.compute()), "persona_close": float(closes.compute())}

@@ -39,9 +39,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from reftx.errors import ConfigError, DataError
-from reftx.task import Example, Task, read_text, register_task
+from reftx.metrics import score_metrics
+from reftx.task import Example, Loader, Task, read_text, register_task
 
-from .tofu_metrics import evaluate_tofu, rouge_l_recall
+from .tofu_metrics import SET_METRICS, evaluate_tofu
 
 RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 IDK_FILE = "idontknow.jsonl"
@@ -164,6 +165,7 @@ class TofuUnlearn(Task):
                     raise ConfigError(name, f"must be >= 1 (or null), got {value}")
 
     splits = ("train", "retain", "forget", "eval", "tofu")
+    metrics = SET_METRICS  # rougel_recall on every split; split tofu also prob and the truth ratios
 
     def __init__(self, options: Any = None, data_dir: str | Path | None = None):
         super().__init__(options, data_dir)
@@ -226,24 +228,25 @@ class TofuUnlearn(Task):
             out += [_tofu_example(r, name) for r in rows]
         return out
 
+    def reference_models(self) -> dict[str, str]:
+        """``{"retain_model": path}`` when ``retain_model`` is set: the reference of Forget Quality."""
+        return {"retain_model": self.options.retain_model} if self.options.retain_model else {}
+
     def evaluate(self, model: Any, tokenizer: Any, examples: list[Example], cfg: Any, chat: bool,
-                 show_progress: bool = True) -> tuple[dict[str, float], list[str]]:
-        """Split ``tofu``: TOFU's metrics (tasks/tofu_metrics.py); other splits: ROUGE-L recall."""
+                 show_progress: bool = True, references: dict[str, Loader] | None = None,
+                 ) -> tuple[dict[str, float], list[str]]:
+        """Split ``tofu``: TOFU's metrics (tasks/tofu_metrics.py; ``references["retain_model"]``
+        loads the retain model when its truth ratios are not cached); other splits: ROUGE-L recall."""
         if not any("perturbed" in ex.meta for ex in examples):
             return super().evaluate(model, tokenizer, examples, cfg, chat, show_progress)
 
         return evaluate_tofu(model, tokenizer, examples, cfg, chat, self.options.retain_model,
                              f"{self.options.forget}:{self.options.n_forget_eval}", show_progress,
-                             self.options.truth_ratio)
+                             self.options.truth_ratio, (references or {}).get("retain_model"))
 
     def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
-        recalls = [rouge_l_recall(p, str(ex.gold)) for p, ex in zip(predictions, examples, strict=True)]
-        out = {"rougeL_recall": sum(recalls) / len(recalls) if recalls else 0.0}
-        for tag, label in (("forget", 1.0), ("retain", 0.0)):
-            part = [r for r, ex in zip(recalls, examples) if ex.info.get("gate_label") == label]
-            if part:
-                out[f"rougeL_recall_{tag}"] = sum(part) / len(part)
-        return out
+        """``rougeL_recall`` overall and per set (``rougeL_recall_forget`` / ``_retain``, by gate label)."""
+        return score_metrics(["rougel_recall"], predictions, examples, by=_set_of, key="{metric}_{group}")
 
 
 @dataclass(frozen=True)
@@ -278,6 +281,10 @@ def read_perturbed(path: Path, paraphrased: bool = False) -> list[Perturbed]:
         para = rec["paraphrased_answer"] if paraphrased else rec["answer"]
         out.append(Perturbed(rec["question"], rec["answer"], para, tuple(pert), path.name, line, index))
     return out
+
+
+def _set_of(example: Example) -> str | None:
+    return {1.0: "forget", 0.0: "retain"}.get(example.info.get("gate_label"))
 
 
 def _tofu_example(r: Perturbed, name: str) -> Example:

@@ -20,11 +20,17 @@ Per set (forget, retain, real_authors, world_facts; metric keys end in ``_{set}`
 * ``gate``: the mean input-gate value σ(g(h)) of GRUN-style interventions on the set's prompts
   (every gated layer; only for models with gates).
 
+ROUGE-L recall, prob and the two truth-ratio aggregates are registered metrics (reftx.metrics:
+``rougel_recall``, ``tofu_prob``, ``truth_ratio_closer_to_1``, ``truth_ratio_true_better``), computed
+per example from the answer or from ``likelihood_stats``' row and aggregated per set.
+
 Overall:
 
 * ``forget_quality``: the p-value of the two-sample Kolmogorov–Smirnov test (scipy.stats.ks_2samp)
   between the forget-set truth ratios R of the evaluated model and of the retain-only model
-  (``retain_model``); high: indistinguishable from a model that never saw the forget set.
+  (``retain_model``); high: indistinguishable from a model that never saw the forget set. The
+  retain model's R are cached in its folder; on a miss it is loaded by the loader the runner
+  passes (``Task.reference_models``): this module never loads a model.
 * ``model_utility``: the harmonic mean of the 9 numbers {prob, rougeL_recall, truth_ratio} ×
   {retain, real_authors, world_facts} (0 if any is 0).
 
@@ -44,8 +50,10 @@ import torch
 from scipy.stats import ks_2samp
 
 from reftx.data import collate_train, encode
+from reftx.errors import ConfigError
+from reftx.metrics import register_metric, score_metrics
 from reftx.scoring import ContinuationScore, score_continuations
-from reftx.task import Example
+from reftx.task import Example, Loader
 
 
 UTILITY_SETS = ("retain", "real_authors", "world_facts")
@@ -60,6 +68,12 @@ def rouge_l_recall(prediction: str, reference: str) -> float:
     from torchmetrics.functional.text import rouge_score
 
     return float(rouge_score(prediction, reference, use_stemmer=True, rouge_keys="rougeL")["rougeL_recall"])
+
+
+@register_metric("rougel_recall", key="rougeL_recall")
+def rougel_recall(prediction: str, example: Example) -> float:
+    """ROUGE-L recall of the answer against the gold, as TOFU scores it (on a forget set: lower is forgotten)."""
+    return rouge_l_recall(prediction, str(example.gold))
 
 MULTIPLE_CHOICE = ("real_authors", "world_facts")
 UTILITY_METRICS = ("prob", "rougeL_recall", "truth_ratio")
@@ -100,6 +114,23 @@ def true_better(ratios: list[float]) -> float:
 def option_prob(answer: float, perturbed: list[float]) -> float:
     """The answer's normalised probability as a share of all options' (answer + perturbed)."""
     return answer / (answer + sum(perturbed))
+
+
+@register_metric("tofu_prob", key="prob")
+def tofu_prob(stats: dict[str, float], example: Example) -> float:
+    """TOFU answer probability P(a|q)^(1/|a|) (multiple choice: the answer's share), mean per set."""
+    return stats["prob"]
+
+
+def _ratio(stats: dict[str, float], example: Example) -> float:
+    return stats["R"]
+
+
+register_metric("truth_ratio_closer_to_1", _ratio, aggregate=closer_to_1, key="truth_ratio",
+                doc="TOFU truth ratio on the forget set: mean(min(R, 1/R)), 1 when true and false look alike.")
+register_metric("truth_ratio_true_better", _ratio, aggregate=true_better, key="truth_ratio",
+                doc="TOFU truth ratio on the utility sets: mean(max(0, 1 - R)), high when true beats false.")
+SET_METRICS = ("rougel_recall", "tofu_prob", "truth_ratio_closer_to_1", "truth_ratio_true_better")
 
 
 def forget_quality(model_ratios: list[float], retain_ratios: list[float]) -> float:
@@ -169,17 +200,21 @@ def mean_gate(model: Any, tokenizer: Any, examples: list[Example], chat: bool, b
 
 
 def retain_ratios(retain_model: str, examples: list[Example], chat: bool, key: str, batch_size: int,
-                  mean: str = "geometric") -> list[float]:
+                  mean: str = "geometric", load: Loader | None = None) -> list[float]:
     """The retain-only model's forget-set truth ratios, cached in ``{retain_model}/{CACHE_FILE}`` by
-    ``key`` (which names the truth-ratio variant: the KS test compares like with like)."""
-    from reftx.hub import load_model
+    ``key`` (which names the truth-ratio variant: the KS test compares like with like). On a cache
+    miss ``load()`` gives the model and tokenizer (the runner's loader of ``retain_model``)."""
     from reftx.model import atomic_write
 
     cache = Path(retain_model) / CACHE_FILE
     key = f"{key}:chat={chat}:n={len(examples)}" + ("" if mean == "arithmetic" else f":tr={mean}")
     stored = json.loads(cache.read_text()) if cache.is_file() else {}
     if key not in stored:
-        model, tok = load_model(retain_model)
+        if load is None:
+            raise ConfigError("task.options.retain_model", f"{cache} holds no truth ratios for {key!r} and no "
+                                                           "loader of the retain model was given: evaluate with "
+                                                           "reftx run / eval / baseline, whose runner loads it")
+        model, tok = load()
         stored[key] = [r["R"] for r in likelihood_stats(model, tok, examples, chat, batch_size, mean)]
         atomic_write(cache, lambda p: Path(p).write_text(json.dumps(stored)))
     return stored[key]
@@ -187,10 +222,11 @@ def retain_ratios(retain_model: str, examples: list[Example], chat: bool, key: s
 
 def evaluate_tofu(model: Any, tokenizer: Any, examples: list[Example], cfg: Any, chat: bool,
                   retain_model: str | None, key: str, show_progress: bool = True,
-                  mean: str = "geometric") -> tuple[dict[str, float], list[str]]:
+                  mean: str = "geometric", load_retain: Loader | None = None) -> tuple[dict[str, float], list[str]]:
     """Every TOFU metric on split ``tofu``'s examples (see the module docstring); returns the greedy
     answers. Forget Quality's KS test runs on the per-question R of both models, as open-unlearning's
-    ``ks_test`` does on ``truth_ratio``'s ``value_by_index``."""
+    ``ks_test`` does on ``truth_ratio``'s ``value_by_index``; ``load_retain`` loads the retain model
+    (``retain_model``) when its ratios are not cached yet."""
     from reftx.evaluate import generate
 
     preds = generate(model, tokenizer, examples, cfg, chat, "tofu answers", show_progress)
@@ -200,17 +236,17 @@ def evaluate_tofu(model: Any, tokenizer: Any, examples: list[Example], cfg: Any,
         idx = [i for i, ex in enumerate(examples) if ex.meta["set"] == name]
         if not idx:
             continue
-        avg = lambda xs: sum(xs) / len(xs)  # noqa: E731
-        metrics[f"rougeL_recall_{name}"] = avg([rouge_l_recall(preds[i], str(examples[i].gold)) for i in idx])
-        metrics[f"prob_{name}"] = avg([stats[i]["prob"] for i in idx])
-        ratios = [stats[i]["R"] for i in idx]
-        metrics[f"truth_ratio_{name}"] = closer_to_1(ratios) if name == "forget" else true_better(ratios)
-        gate = mean_gate(model, tokenizer, [examples[i] for i in idx], chat, cfg.batch_size)
+        subset = [examples[i] for i in idx]
+        ratio = "truth_ratio_closer_to_1" if name == "forget" else "truth_ratio_true_better"
+        scores = {**score_metrics(["rougel_recall"], [preds[i] for i in idx], subset),
+                  **score_metrics(["tofu_prob", ratio], [stats[i] for i in idx], subset)}
+        metrics |= {f"{k}_{name}": v for k, v in scores.items()}  # rougeL_recall_forget, prob_forget, ...
+        gate = mean_gate(model, tokenizer, subset, chat, cfg.batch_size)
         if gate is not None:
             metrics[f"gate_{name}"] = gate
         if name == "forget" and retain_model:
-            ref = retain_ratios(retain_model, [examples[i] for i in idx], chat, key, cfg.batch_size, mean)
-            metrics["forget_quality"] = forget_quality(ratios, ref)
+            ref = retain_ratios(retain_model, subset, chat, key, cfg.batch_size, mean, load_retain)
+            metrics["forget_quality"] = forget_quality([stats[i]["R"] for i in idx], ref)
     if all(f"prob_{s}" in metrics for s in UTILITY_SETS):
         metrics["model_utility"] = model_utility(metrics)
     return metrics, preds

@@ -8,9 +8,12 @@ import torch
 from torch import nn
 
 import reftx.tasks  # noqa: F401  (registers the zoo)
+from reftx.errors import ConfigError
 from reftx.scoring import ContinuationScore
 from reftx.task import Example, default_data_dir, get_task
 from reftx.tasks.tofu_metrics import (
+    CACHE_FILE,
+    closer_to_1,
     evaluate_tofu,
     forget_quality,
     harmonic_mean,
@@ -18,7 +21,6 @@ from reftx.tasks.tofu_metrics import (
     model_utility,
     normalised_prob,
     option_prob,
-    closer_to_1,
     true_better,
     truth_ratio,
 )
@@ -131,7 +133,22 @@ def test_evaluate_tofu_metrics(tiny_dir):
     exs = task.load("tofu")
     base, tok = load_model(str(tiny_dir))
     cfg = EvalConfig(batch_size=8, max_new_tokens=4)
-    metrics, preds = evaluate_tofu(base, tok, exs, cfg, False, str(tiny_dir), "forget01:6", show_progress=False)
+    loads = []
+
+    def load_retain():  # the runner's loader (reftx.runner.reference_loaders): called on a cache miss only
+        loads.append(1)
+        return load_model(str(tiny_dir))
+
+    cache = tiny_dir / CACHE_FILE
+    cache.unlink(missing_ok=True)
+    with pytest.raises(ConfigError, match="task.options.retain_model: .* no loader of the retain model"):
+        evaluate_tofu(base, tok, exs, cfg, False, str(tiny_dir), "forget01:6", show_progress=False)
+    metrics, preds = evaluate_tofu(base, tok, exs, cfg, False, str(tiny_dir), "forget01:6", show_progress=False,
+                                   load_retain=load_retain)
+    assert loads == [1] and cache.is_file()
+    again, _ = evaluate_tofu(base, tok, exs, cfg, False, str(tiny_dir), "forget01:6", show_progress=False,
+                             load_retain=load_retain)
+    assert loads == [1] and again == metrics  # the cached ratios: the retain model is not loaded again
     assert len(preds) == len(exs) == 15
     assert metrics["forget_quality"] == pytest.approx(1.0)  # the retain model is this very model
     assert metrics["model_utility"] == pytest.approx(model_utility(metrics))
