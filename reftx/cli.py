@@ -1,4 +1,4 @@
-"""The ``reftx`` command line: run, plan, validate, ls, eval, baseline, edit."""
+"""The ``reftx`` command line: run, plan, validate, ls, eval, baseline, edit, tofu-finetune."""
 from __future__ import annotations
 
 import argparse
@@ -129,6 +129,14 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tofu_finetune(args: argparse.Namespace) -> int:
+    from .recipes.tofu_stage1 import finetune
+
+    out = finetune(_experiment(args.experiment, args.overrides), show_progress=not args.no_progress)
+    print(f"merged model: {out}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reftx", description="Representation finetuning experiments.")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
@@ -178,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--max-new-tokens", type=int, default=12)
     ed.add_argument("--no-progress", action="store_true")
     ed.set_defaults(fn=cmd_edit)
+    tf = sub.add_parser("tofu-finetune", help="TOFU stage 1: train a lora {mode: only} experiment, then write the "
+                                              "merged model as a HF checkpoint to {run_dir}/model")
+    tf.add_argument("experiment", help="e.g. experiments/unlearning/tofu_finetune.yaml")
+    tf.add_argument("overrides", nargs="*", help="dotted overrides, e.g. task.options.retain_authors=4")
+    tf.add_argument("--no-progress", action="store_true")
+    tf.set_defaults(fn=cmd_tofu_finetune)
     return p
 
 

@@ -1,30 +1,29 @@
-"""Commands of the task zoo besides ``reftx run``:
+"""The old spelling of a command that moved to the ``reftx`` command line:
 
-    python -m reftx.tasks tofu-finetune CONFIG [key=value ...]   # TOFU stage 1: train, then a merged HF checkpoint
+    python -m reftx.tasks tofu-finetune CONFIG [key=value ...]   # now: reftx tofu-finetune CONFIG [key=value ...]
 
-To evaluate a model as it is (a hub id, or a checkpoint such as stage 1's), use ``reftx baseline
-CONFIG`` (reftx.runner.evaluate_base).
+TOFU's stage 1 trains and merges a model, which is a recipe's work (reftx/recipes/tofu_stage1.py),
+not a task's. This alias says so and runs ``reftx tofu-finetune`` with the same arguments (same
+exit status: 0, or 2 on an error). It imports the command line inside the function: the one
+import of a layer above the zoo in ``tasks/``, allowed by tests/unit/test_layers.py.
 """
 from __future__ import annotations
 
 import sys
 
-from reftx.errors import ReftError
+MOVED = ("tofu-finetune",)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .tofu_finetune import main as tofu_finetune
-
-    commands = {"tofu-finetune": tofu_finetune}
+    """Run ``reftx <command> ...`` for a moved ``command`` (after a note on stderr); else print the usage."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) < 2 or args[0] not in commands:
+    if len(args) < 2 or args[0] not in MOVED:
         print(__doc__.strip(), file=sys.stderr)
         return 2
-    try:
-        return commands[args[0]](args[1:])
-    except ReftError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    print(f"note: `python -m reftx.tasks {args[0]}` is now `reftx {args[0]}`; running that", file=sys.stderr)
+    from reftx.cli import main as reftx_main
+
+    return reftx_main(args)
 
 
 if __name__ == "__main__":

@@ -10,26 +10,24 @@ authors of ``forget`` (null: all 200 authors); ``retain_only: true`` leaves the 
 (the retain-only model). Splits: ``train`` (every kept pair) and ``eval`` (the same pairs: the
 metric is how well the trained questions are answered, ROUGE-L recall of greedy answers).
 
-The command below trains the experiment (a LoRA adapter, ``lora: {mode: only}``), then merges
-the adapter into the weights and writes an ordinary Hugging Face checkpoint (model + tokenizer,
-``save_pretrained``) to ``{run_dir}/model``, which unlearning experiments name as ``model.name``:
+The recipe ``reftx tofu-finetune`` (reftx/recipes/tofu_stage1.py) trains the experiment (a LoRA
+adapter, ``lora: {mode: only}``), then merges the adapter into the weights and writes an ordinary
+Hugging Face checkpoint (model + tokenizer, ``save_pretrained``) to ``{run_dir}/model``, which
+unlearning experiments name as ``model.name``:
 
-    python -m reftx.tasks tofu-finetune experiments/unlearning/tofu_finetune.yaml [key=value ...]
+    reftx tofu-finetune experiments/unlearning/tofu_finetune.yaml [key=value ...]
+
+This file is the task only (data and metric); it never trains or loads a model.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from reftx.errors import ConfigError
 from reftx.task import Example, Task, register_task
 
 from .tofu import N_AUTHORS, author_of, forget_authors, read_qa
-from .tofu_metrics import rouge_l_recall
-
-MODEL_DIR = "model"  # the merged checkpoint inside the run dir
 
 
 @register_task("tofu_qa")
@@ -47,6 +45,7 @@ class TofuQA(Task):
                 raise ConfigError("retain_authors", f"must be in 1..180 (or null), got {self.retain_authors}")
 
     splits = ("train", "eval")
+    metrics = ("rougel_recall",)  # tasks/tofu_metrics.py
 
     def load(self, split: str) -> list[Example]:
         o, forget = self.options, forget_authors(self.options.forget)
@@ -58,35 +57,3 @@ class TofuQA(Task):
                 out.append(Example(q.question, q.answer, meta={"file": q.file, "line": q.line, "index": q.index,
                                                                  "author": a}))
         return out
-
-    def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
-        recalls = [rouge_l_recall(p, str(ex.gold)) for p, ex in zip(predictions, examples, strict=True)]
-        return {"rougeL_recall": sum(recalls) / len(recalls) if recalls else 0.0}
-
-
-def export_merged(run_dir: str | Path, exp: Any) -> Path:
-    """Merge a finished ``lora: {mode: only}`` run's adapter into its base model and save the result
-    (weights + tokenizer) as an ordinary HF checkpoint in ``{run_dir}/model``."""
-    from reftx.lora import load_run
-    from reftx.runner import load_base
-
-    base, tok = load_base(exp)
-    model = load_run(base, run_dir, exp.lora)
-    merged = model.adapter.merge_and_unload()
-    out = Path(run_dir) / MODEL_DIR
-    merged.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
-def main(args: list[str]) -> int:
-    """``python -m reftx.tasks tofu-finetune CONFIG [key=value ...]``: train, then export the merged model."""
-    from reftx.experiment import load_experiment
-    from reftx.runner import run
-
-    exp = load_experiment(args[0], args[1:])
-    if exp.lora is None or exp.lora.mode != "only":
-        raise ConfigError("lora.mode", "tofu_finetune exports a merged LoRA adapter: set lora: {mode: only}")
-    run(exp)
-    print(f"merged model: {export_merged(exp.run_dir, exp)}", file=sys.stderr)
-    return 0

@@ -1,5 +1,5 @@
-"""TOFU end to end on the tiny model: stage 1 (tofu_qa + merged checkpoint), `python -m reftx.tasks
-evaluate`, and a few unlearning steps of GRUN / LoReFT / LoRA with every TOFU metric."""
+"""TOFU end to end on the tiny model: stage 1 (tofu_qa + merged checkpoint, `reftx tofu-finetune`),
+`reftx baseline`, and a few unlearning steps of GRUN / LoReFT / LoRA with every TOFU metric."""
 from __future__ import annotations
 
 import json
@@ -11,13 +11,13 @@ import torch
 
 import reftx.tasks  # noqa: F401  (registers the zoo)
 from reftx import runner
+from reftx.cli import main as cli_main
 from reftx.config import config_hash, load_yaml
 from reftx.errors import ConfigError
 from reftx.experiment import load_experiment
+from reftx.recipes.tofu_stage1 import export_merged
 from reftx.task import default_data_dir, get_task
-from reftx.cli import main as cli_main
 from reftx.tasks.__main__ import main as tasks_main
-from reftx.tasks.tofu_finetune import export_merged
 
 REPO = Path(__file__).resolve().parents[2]
 UNLEARN = REPO / "experiments" / "unlearning"
@@ -46,8 +46,9 @@ def test_stage1_merged_checkpoint(tiny_dir, tmp_path, capsys):
 
     over = [f"model.name={tiny_dir}", f"output_dir={tmp_path}", "lora.max_steps=2", "task.n_eval=2",
             "eval.max_new_tokens=4", "eval.show_examples=0", "task.options.retain_authors=1"]
-    assert tasks_main(["tofu-finetune", str(UNLEARN / "tofu_finetune.yaml"), *over]) == 0
+    assert cli_main(["tofu-finetune", str(UNLEARN / "tofu_finetune.yaml"), *over]) == 0
     run_dir = tmp_path / "tofu_finetune"
+    assert f"merged model: {run_dir / 'model'}" in capsys.readouterr().err
     merged = AutoModelForCausalLM.from_pretrained(run_dir / "model")  # an ordinary HF checkpoint
     exp = load_experiment(UNLEARN / "tofu_finetune.yaml", over)
     adapter = load_run(runner.load_base(exp)[0], run_dir, exp.lora)
@@ -55,8 +56,14 @@ def test_stage1_merged_checkpoint(tiny_dir, tmp_path, capsys):
     assert not torch.equal(merged(ids).logits, AutoModelForCausalLM.from_pretrained(tiny_dir)(ids).logits)
     torch.testing.assert_close(merged(ids).logits, adapter(input_ids=ids).logits, atol=1e-5, rtol=1e-4)
     assert export_merged(run_dir, exp) == run_dir / "model"
-    assert tasks_main(["tofu-finetune", str(UNLEARN / "tofu_grun.yaml")]) == 1
+    assert cli_main(["tofu-finetune", str(UNLEARN / "tofu_grun.yaml")]) == 2
     assert "lora.mode: tofu_finetune exports a merged LoRA adapter" in capsys.readouterr().err
+    # the old spelling says that the command moved, then runs it (same exit status)
+    assert tasks_main(["tofu-finetune", str(UNLEARN / "tofu_grun.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "`python -m reftx.tasks tofu-finetune` is now `reftx tofu-finetune`" in err
+    assert "lora.mode: tofu_finetune exports a merged LoRA adapter" in err
+    assert tasks_main(["no-such-command", "x"]) == 2 and "reftx tofu-finetune CONFIG" in capsys.readouterr().err
 
 
 def tiny(tiny_dir, tmp_path, *extra):
