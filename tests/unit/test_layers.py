@@ -8,10 +8,15 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = {"reftx": "reftx", "reftx.methods": "methods", "reftx.tasks": "tasks"}
+PACKAGES = {"reftx": "reftx", "reftx.recipes": "reftx/recipes", "reftx.methods": "methods", "reftx.tasks": "tasks"}
 ZOO = ("reftx.methods", "reftx.tasks")
 # recipes and front ends may use a task's metric functions; nothing below them may import the zoo
 RECIPES = {"reftx.cli", "reftx.runner", "reftx.edit_run", "reftx.editing", "reftx.plugins", "reftx.docgen"}
+RECIPE_PACKAGES = ("reftx.recipes",)  # every module of reftx/recipes/ is a recipe
+# a task turns data and predictions into metrics: it never trains, loads a model or drives a run
+ABOVE_TASKS = {"reftx.runner", "reftx.lora", "reftx.hub", "reftx.edit_run", "reftx.editing", "reftx.cli"}
+# the old spelling `python -m reftx.tasks tofu-finetune` says the command moved and runs `reftx tofu-finetune`
+TASK_ALIASES = {"reftx.tasks.__main__": {"reftx.cli"}}
 
 
 def modules() -> dict[str, Path]:
@@ -96,11 +101,35 @@ def test_no_import_circles():
     assert cycles(graph()) == []
 
 
+def is_recipe(module: str) -> bool:
+    return module in RECIPES or module.startswith(RECIPE_PACKAGES)
+
+
 def test_core_never_imports_the_zoo():
     g = graph()
     bad = {m: sorted(d for d in deps if d.startswith(ZOO)) for m, deps in g.items()
-           if m.startswith("reftx") and not m.startswith(ZOO) and m not in RECIPES}
+           if m.startswith("reftx") and not m.startswith(ZOO) and not is_recipe(m)}
     assert {m: d for m, d in bad.items() if d} == {}
+
+
+def test_tasks_never_load_models_or_drive_runs():
+    """No module of tasks/ imports the run driver, LoRA, the hub, the editing engine, the recipes or
+    the command line (at module level or inside a function), except the documented alias."""
+    g = graph()
+    bad = {}
+    for m, deps in g.items():
+        if m.startswith("reftx.tasks"):
+            above = {d for d in deps if d in ABOVE_TASKS or d.startswith(RECIPE_PACKAGES)}
+            if above - TASK_ALIASES.get(m, set()):
+                bad[m] = sorted(above - TASK_ALIASES.get(m, set()))
+    assert bad == {}
+
+
+def test_the_graph_sees_recipes_and_the_alias():
+    g = graph()
+    assert {"reftx.runner", "reftx.lora"} <= g["reftx.recipes.tofu_stage1"]  # inside functions
+    assert g["reftx.tasks.__main__"] == {"reftx.cli"}
+    assert "reftx.recipes.tofu_stage1" in g["reftx.cli"]
 
 
 def test_cycle_finder_finds_a_cycle():
