@@ -42,10 +42,9 @@ from torch import Tensor
 
 from reftx.basis_gates import locality_gate_loss, switch_balance, variance_balance
 from reftx.errors import ConfigError, DataError
-from reftx.intervention import Context, register_intervention
-from reftx.methods.loreft import LoReFT
+from reftx.intervention import Context
 from reftx.objectives import register_objective
-from reftx.parts import SubspaceConfig
+from reftx.parts import Delta, SubspaceConfig, register_primitive, subspace
 from reftx.positions import IGNORE, spans
 
 LOCALITY = "locality"  # the example_info key marking unrelated prompts (1) and edits (0)
@@ -88,28 +87,25 @@ def _locality_rows(ctx: Context) -> Tensor | None:
     return None if info is None else (info.to(ctx.batch_index.device)[ctx.batch_index] == 1)
 
 
-@register_intervention("baft")
-class BaFT(LoReFT):
-    """h' = h + Rᵀ diag(s(h)) (W h + b − R h); trains R, W, b and the gate (A, c)."""
-
-    Config = BaftConfig
-
-    def basis_weights(self, h: Tensor, ctx: Context) -> Tensor:
-        s = super().basis_weights(h, ctx)
-        cfg = self.config
-        loc = _locality_rows(ctx)
-        if cfg.locality_weight > 0 and loc is None and self.training and torch.is_grad_enabled():
-            raise DataError(f"baft: locality_weight > 0 needs example_info[{LOCALITY!r}] (1 for unrelated "
-                            f"prompts, 0 for edits) in training; this batch has {sorted(ctx.example_info)}")
-        if cfg.balance_weight > 0:
-            edit = torch.ones_like(s[:, 0]) if loc is None else (~loc).float()
-            ctx.add_loss("baft_balance", cfg.balance_weight * BALANCE[cfg.balance_loss](s, edit))
-        if cfg.locality_weight > 0 and loc is not None:
-            ctx.add_loss("baft_locality", cfg.locality_weight * locality_gate_loss(s, loc, cfg.locality_margin))
-        return s
+def baft_losses(delta: Delta, s: Tensor, ctx: Context) -> None:
+    """BaFT's two auxiliary losses on the basis weights s(h) (see the module docstring)."""
+    cfg = delta.config
+    loc = _locality_rows(ctx)
+    if cfg.locality_weight > 0 and loc is None and delta.training and torch.is_grad_enabled():
+        raise DataError(f"baft: locality_weight > 0 needs example_info[{LOCALITY!r}] (1 for unrelated "
+                        f"prompts, 0 for edits) in training; this batch has {sorted(ctx.example_info)}")
+    if cfg.balance_weight > 0:
+        edit = torch.ones_like(s[:, 0]) if loc is None else (~loc).float()
+        ctx.add_loss("baft_balance", cfg.balance_weight * BALANCE[cfg.balance_loss](s, edit))
+    if cfg.locality_weight > 0 and loc is not None:
+        ctx.add_loss("baft_locality", cfg.locality_weight * locality_gate_loss(s, loc, cfg.locality_margin))
 
 
-# -- the KL locality objective ---------------------------------------------------------------------
+# LoReFT's parts and rule, with the basis gate always on and its losses on s(h)
+register_primitive("baft", BaftConfig, subspace(True, "linear", True, on_weights=baft_losses),
+                   "h' = h + Rᵀ diag(s(h)) (W h + b − R h); trains R, W, b and the gate (A, c).")
+
+
 @dataclass(frozen=True)
 class KlOptions:
     """Options of baft_locality_kl."""
@@ -180,4 +176,4 @@ def baft_locality_kl(model: Any, batch: dict[str, Any],
                   "locality_rows": float(loc.sum())}, out
 
 
-__all__ = ["BaFT", "BaftConfig", "locality_gate_loss", "next_token_kl", "switch_balance", "variance_balance"]
+__all__ = ["BaftConfig", "baft_losses", "locality_gate_loss", "next_token_kl", "switch_balance", "variance_balance"]

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import Tensor
 
-from reftx.intervention import Context, register_intervention
-from reftx.parts import DeltaConfig, ScaleBiasIntervention
+from reftx.intervention import Context
+from reftx.parts import Delta, DeltaConfig, register_primitive, scale_bias
 
 
 @dataclass(frozen=True)
@@ -35,19 +34,21 @@ class BREPConfig(DeltaConfig):
     bound_tau: float = 1.0
 
 
-@register_intervention("brep")
-class BREP(ScaleBiasIntervention):
-    """y' = a ⊙ y + c (a = 1, c = 0 at init) with c restrained by a bound (PID by default)."""
-
-    Config = BREPConfig
-
-    def forward(self, h: Tensor, ctx: Context) -> Tensor:
-        """As scale-and-bias; in training it also records ‖c‖₂ (``bias_norm``) and, under the PID
-        bound, the loss weight w (``pid_weight``) of every site, so the restraint is visible in
-        metrics.jsonl (``rec/<group>/bias_norm``) and records.png."""
-        if self.training:
-            ctx.record("bias_norm", torch.linalg.vector_norm(self.bias().detach().float()))
-            w = self.loss_scale()
+def record_restraint(delta: Delta, ctx: Context) -> None:
+    """In training, record ‖c‖₂ (``bias_norm``) and, under the PID bound, the loss weight w
+    (``pid_weight``) of every site, so the restraint is visible in metrics.jsonl
+    (``rec/<group>/bias_norm``) and records.png."""
+    if delta.training:
+        ctx.record("bias_norm", torch.linalg.vector_norm(delta.bias().detach().float()))
+        for m in delta.modifiers():
+            w = m.scale()
             if w is not None:
                 ctx.record("pid_weight", w.detach().float())
-        return super().forward(h, ctx)
+
+
+def _brep(config: BREPConfig, dim: int) -> dict:
+    return {**scale_bias(config, dim), "on_forward": record_restraint}
+
+
+register_primitive("brep", BREPConfig, _brep,
+                   "y' = a ⊙ y + c (a = 1, c = 0 at init) with c restrained by a bound (PID by default).")

@@ -1,12 +1,5 @@
 """ConsReFT: the subspace coordinates are pulled to a learned constant."""
-from reftx.intervention import register_intervention
-from reftx.parts import SubspaceIntervention
+from reftx.parts import SubspaceConfig, register_primitive, subspace
 
-
-@register_intervention("consreft")
-class ConsReFT(SubspaceIntervention):
-    """h' = h + Rᵀ(b − R h); R orthonormal; trains R, b."""
-
-    orthogonal = True
-    source_kind = "bias"
-    subtract = True
+register_primitive("consreft", SubspaceConfig, subspace(orthogonal=True, source="bias", subtract=True),
+                   "h' = h + Rᵀ(b − R h); R orthonormal; trains R, b.")

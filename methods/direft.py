@@ -1,12 +1,5 @@
 """DiReFT (the ReFT paper's DiReFT; pyreft calls it NodiReFT): no orthogonality, no subtraction."""
-from reftx.intervention import register_intervention
-from reftx.parts import SubspaceIntervention
+from reftx.parts import SubspaceConfig, register_primitive, subspace
 
-
-@register_intervention("direft")
-class DiReFT(SubspaceIntervention):
-    """h' = h + W2ᵀ(W1 h + b); trains W1, W2, b."""
-
-    orthogonal = False
-    source_kind = "linear"
-    subtract = False
+register_primitive("direft", SubspaceConfig, subspace(orthogonal=False, source="linear", subtract=False),
+                   "h' = h + W2ᵀ(W1 h + b); trains W1, W2, b.")

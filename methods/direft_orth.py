@@ -1,12 +1,5 @@
 """DiReFT with an orthonormal up-projection (pyreft's Direft)."""
-from reftx.intervention import register_intervention
-from reftx.parts import SubspaceIntervention
+from reftx.parts import SubspaceConfig, register_primitive, subspace
 
-
-@register_intervention("direft_orth")
-class DiReFTOrth(SubspaceIntervention):
-    """h' = h + Rᵀ(W h + b); R orthonormal; trains R, W, b."""
-
-    orthogonal = True
-    source_kind = "linear"
-    subtract = False
+register_primitive("direft_orth", SubspaceConfig, subspace(orthogonal=True, source="linear", subtract=False),
+                   "h' = h + Rᵀ(W h + b); R orthonormal; trains R, W, b.")

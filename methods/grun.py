@@ -18,8 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from reftx.intervention import register_intervention
-from reftx.parts import SubspaceConfig, SubspaceIntervention
+from reftx.parts import SubspaceConfig, register_primitive, subspace
 
 
 @dataclass(frozen=True)
@@ -32,11 +31,5 @@ class GrunConfig(SubspaceConfig):
     gate_loss_weight: float = 10.0
 
 
-@register_intervention("grun")
-class GRUN(SubspaceIntervention):
-    """h' = h + σ(g(h)) · Rᵀ(W h + b − R h); trains R, W, b and the gate g."""
-
-    Config = GrunConfig
-    orthogonal = True
-    source_kind = "linear"
-    subtract = True
+register_primitive("grun", GrunConfig, subspace(orthogonal=True, source="linear", subtract=True),
+                   "h' = h + σ(g(h)) · Rᵀ(W h + b − R h); trains R, W, b and the gate g.")

@@ -1,12 +1,5 @@
 """LoBiReFT: a learned bias inside a low-rank subspace."""
-from reftx.intervention import register_intervention
-from reftx.parts import SubspaceIntervention
+from reftx.parts import SubspaceConfig, register_primitive, subspace
 
-
-@register_intervention("lobireft")
-class LoBiReFT(SubspaceIntervention):
-    """h' = h + Rᵀ b; R orthonormal; trains R, b."""
-
-    orthogonal = True
-    source_kind = "bias"
-    subtract = False
+register_primitive("lobireft", SubspaceConfig, subspace(orthogonal=True, source="bias", subtract=False),
+                   "h' = h + Rᵀ b; R orthonormal; trains R, b.")

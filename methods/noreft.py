@@ -1,12 +1,5 @@
 """NoReFT: LoReFT without the orthogonality constraint."""
-from reftx.intervention import register_intervention
-from reftx.parts import SubspaceIntervention
+from reftx.parts import SubspaceConfig, register_primitive, subspace
 
-
-@register_intervention("noreft")
-class NoReFT(SubspaceIntervention):
-    """h' = h + W2ᵀ(W1 h + b − W2 h); trains W1, W2, b."""
-
-    orthogonal = False
-    source_kind = "linear"
-    subtract = True
+register_primitive("noreft", SubspaceConfig, subspace(orthogonal=False, source="linear", subtract=True),
+                   "h' = h + W2ᵀ(W1 h + b − W2 h); trains W1, W2, b.")

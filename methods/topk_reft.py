@@ -5,8 +5,8 @@ import torch
 from torch import Tensor
 
 from reftx.errors import ConfigError
-from reftx.intervention import Context, register_intervention
-from reftx.parts import SubspaceConfig, SubspaceIntervention
+from reftx.intervention import Context
+from reftx.parts import Delta, SubspaceConfig, register_primitive, subspace
 
 
 @dataclass(frozen=True)
@@ -22,16 +22,14 @@ class TopKReftConfig(SubspaceConfig):
             raise ConfigError("k", f"must be in [1, rank={self.rank}], got {self.k}")
 
 
-@register_intervention("topk_reft")
-class TopKReFT(SubspaceIntervention):
-    """h' = h + Rᵀ top_k(W h + b − R h): the other r − k coordinates of the edit are zeroed."""
+def keep_top_k(delta: Delta, z: Tensor, ctx: Context) -> Tensor:
+    """Zero all but the k largest-magnitude coordinates of each row of the (n, r) edit."""
+    keep = z.abs().topk(delta.config.k, dim=-1).indices
+    sparse = torch.zeros_like(z).scatter(-1, keep, z.gather(-1, keep))
+    ctx.record("kept_norm_share", sparse.norm(dim=-1) / z.norm(dim=-1).clamp_min(1e-12))
+    return sparse
 
-    Config = TopKReftConfig
-    orthogonal, source_kind, subtract = True, "linear", True  # LoReFT's R, W h + b and − R h
 
-    def coordinates(self, h: Tensor, basis: Tensor, ctx: Context) -> Tensor:
-        z = super().coordinates(h, basis, ctx)  # (n, r), after any basis gate
-        keep = z.abs().topk(self.config.k, dim=-1).indices
-        sparse = torch.zeros_like(z).scatter(-1, keep, z.gather(-1, keep))
-        ctx.record("kept_norm_share", sparse.norm(dim=-1) / z.norm(dim=-1).clamp_min(1e-12))
-        return sparse
+# LoReFT's R, W h + b and − R h, with the top-k step after any basis gate
+register_primitive("topk_reft", TopKReftConfig, subspace(True, "linear", True, on_coordinates=keep_top_k),
+                   "h' = h + Rᵀ top_k(W h + b − R h): the other r − k coordinates of the edit are zeroed.")

@@ -1,6 +1,6 @@
 """Basis gates: per-basis weights s(h) in [0, 1]^r inside a subspace edit (BaFT, METHODS.md §2).
 
-``SubspaceIntervention`` builds one as ``BASIS_GATES.get(config.basis_gate)(dim, config)`` and
+``reftx.parts.subspace`` builds one as ``BASIS_GATES.get(config.basis_gate)(dim, config)`` and
 multiplies the subspace coordinates by ``gate(h, ctx)``: h (n, d) -> s (n, r). Every gate reads
 the same router logits ℓ(h) = A h + c (``nn.Linear(d, r)``, kept as ``router``):
 

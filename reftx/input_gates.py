@@ -1,6 +1,6 @@
 """Input gates: one scalar σ(g(h)) per row that scales an edit (GRUN, METHODS.md §4).
 
-``DeltaIntervention`` builds one as ``INPUT_GATES.get(config.input_gate)(dim, config)`` and
+``reftx.parts.Delta`` builds one as ``INPUT_GATES.get(config.input_gate)(dim, config)`` and
 computes ``h' = h + σ(g(h)) · Δ(h)``: the gate reads the same hidden state h (n, d) that the edit
 changes and returns the multiplier (n, 1).
 

@@ -127,6 +127,11 @@ class Intervention(nn.Module):
     def loss_scale(self) -> Tensor | None:
         return None
 
+    def modifiers(self) -> list[Any]:
+        """The modifiers acting on this primitive (reftx.parts.Modifier: ``loss``, ``scale``,
+        ``after_step``, ``group``); the training loop reaches them only through this list."""
+        return []
+
     def no_decay_parameters(self) -> set[str]:
         """Names (relative to this module) of parameters excluded from weight decay."""
         out = set()

@@ -28,30 +28,35 @@ def compose_loss(task: Tensor, aux: dict[str, Tensor], scale: Tensor | None) -> 
 
 def parameter_terms(mods: list[Intervention]) -> tuple[dict[str, Tensor], Tensor | None]:
     """The parameter losses (summed per key, e.g. ``bound_hinge``) and the loss scale (mean of the
-    modules' scales, e.g. BREP's PID weight; None when no module scales) of ``mods``: what every
-    training loop adds to, and multiplies into, its task loss."""
+    scales, e.g. BREP's PID weight; None when nothing scales) of ``mods``: each primitive's own
+    ``parameter_losses``/``loss_scale`` and its modifiers' ``loss``/``scale`` (the modifier
+    protocol of reftx.parts.Modifier); what every training loop adds to, and multiplies into,
+    its task loss."""
     losses: dict[str, list[Tensor]] = defaultdict(list)
     scales = []
     for mod in mods:
-        for k, v in mod.parameter_losses().items():
-            losses[k].append(v)
-        s = mod.loss_scale()
-        if s is not None:
-            scales.append(s)
+        terms = [(mod.parameter_losses(), mod.loss_scale())] + [(m.loss(), m.scale()) for m in mod.modifiers()]
+        for found, s in terms:
+            for k, v in found.items():
+                losses[k].append(v)
+            if s is not None:
+                scales.append(s)
     scale = torch.stack(scales).mean() if scales else None
     return {k: torch.stack(v).sum() for k, v in losses.items()}, scale
 
 
 def after_step(mods: list[Intervention]) -> None:
-    """After an optimizer step: each module's own work (e.g. a norm projection), then group-level
-    updates of shared modifiers (a bound class with ``after_step_all`` sees every (bound, bias)
-    pair of ``mods`` at once, e.g. the PID controller)."""
+    """After an optimizer step: each primitive's own work and its modifiers' ``after_step`` (e.g. a
+    norm projection), then group-level updates: a modifier whose ``group`` class has
+    ``after_step_all`` is updated with every other modifier of that class in ``mods`` at once
+    (BREP's PID controller, which follows the mean bias norm over the sites)."""
     shared: dict[type, list] = defaultdict(list)
     for mod in mods:
         mod.after_optimizer_step()
-        bound = getattr(mod, "bound", None)
-        if bound is not None and hasattr(type(bound), "after_step_all"):
-            shared[type(bound)].append((bound, mod.bias()))
+        for m in mod.modifiers():
+            m.after_step()
+            if m.group is not None:
+                shared[m.group].append((m.module, m.bias))
     for cls, pairs in shared.items():
         cls.after_step_all(pairs)
 

@@ -1,4 +1,4 @@
-"""Magnitude bounds on an edit's bias c: modifiers any ``DeltaIntervention`` accepts (``bound:``).
+"""Magnitude bounds on an edit's bias c: modifiers any ``Delta`` primitive accepts (``bound:``).
 
 Every edit that exposes a ``bias()`` (scale-and-bias: the shift c; the LoReFT family: the
 source bias b) can be restrained, selected by ``DeltaConfig.bound`` with ``bound_tau`` = τ and

@@ -3,11 +3,16 @@
 * ``OrthoBasis``: a rank-r basis R (r x d) with orthonormal rows.
 * ``FreeBasis``: an unconstrained r x d projection.
 * ``BiasSource`` / ``nn.Linear``: the "target" inside the subspace (b, or W h + b).
-* ``DeltaIntervention``: ``h + dropout(σ(g(h)) · Δ(h))``, an edit Δ with the shared modifiers
-  (input gate, dropout, magnitude bound on the edit's bias), configured by ``DeltaConfig``.
-* ``SubspaceIntervention``: Δ(h) = Rᵀ (s(h) ⊙ (act(source(h)) − [R h])), the whole ReFT
-  family (LoReFT, DiReFT, NoReFT, ...) as one recipe with flags, s a per-basis gate (BaFT).
-* ``ScaleBiasIntervention``: Δ(h) = (a − 1) ⊙ h + c, elementwise scale and bias (RED, BREP).
+* ``Delta``: ``h + dropout(σ(g(h)) · Δ(h))``, the one composed primitive: parts, an edit rule
+  Δ that reads them, and the shared modifiers (input gate, dropout, a bound on the edit's bias)
+  configured by ``DeltaConfig``. Methods are registered compositions (``register_primitive``),
+  never subclasses; options compose the same way (``compose_config``).
+* ``subspace(...)``: Δ(h) = Rᵀ (s(h) ⊙ (act(source(h)) − [R h])), the whole ReFT family
+  (LoReFT, DiReFT, NoReFT, ...) as parts and a rule chosen by three arguments, s a per-basis
+  gate (BaFT), with hooks on s(h) and on the coordinates.
+* ``scale_bias``: Δ(h) = (a − 1) ⊙ h + c, elementwise scale and bias (RED, BREP).
+* ``Modifier``: the protocol the training loop reaches modifiers through (``loss``, ``scale``,
+  ``after_step``); a new modifier is a registration in ``BOUNDS``/``INPUT_GATES``/``BASIS_GATES``.
 
 Orthonormality is kept by a QR parametrization: the parameter is a free d x r
 matrix A, and R = Qᵀ where A = QU is its reduced QR with diag(U) > 0 (the sign
@@ -19,12 +24,14 @@ unchanged, so R can never collapse to zero under AdamW.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -157,62 +164,133 @@ class DeltaConfig:
             raise ConfigError("bound_tau", f"must be > 0, got {self.bound_tau}")
 
 
-class DeltaIntervention(Intervention):
-    """``h' = h + dropout(σ(g(h)) · Δ(h))``: an edit Δ plus the shared modifiers.
+class Modifier:
+    """A modifier's protocol, as the training loop sees it (reftx.loss): ``loss() -> {name: tensor}``
+    (added to the task loss), ``scale() -> tensor | None`` (multiplies the loss), ``after_step()``
+    (after each optimizer step). ``group`` names a class whose ``after_step_all(items)`` updates
+    every modifier of that class in the model together (BREP's PID controller), or None."""
 
-    Subclasses implement ``delta(h, ctx) -> (n, d)`` and ``bias()`` (the parameter a bound
-    restrains, or None). The gate, dropout and bound come from ``DeltaConfig``.
-    """
+    __slots__ = ("module", "bias")
 
-    Config = DeltaConfig
+    def __init__(self, module: nn.Module, bias: nn.Parameter):
+        self.module, self.bias = module, bias
 
-    def __init__(self, config: DeltaConfig, dim: int):
+    def loss(self) -> dict[str, Tensor]:
+        return self.module.loss(self.bias)
+
+    def scale(self) -> Tensor | None:
+        return self.module.loss_scale()
+
+    def after_step(self) -> None:
+        self.module.after_step(self.bias)
+
+    @property
+    def group(self) -> Any:
+        return type(self.module) if hasattr(type(self.module), "after_step_all") else None
+
+
+EditRule = Callable[["Delta", Tensor, Context], Tensor]
+
+
+class Delta(Intervention):
+    """``h' = h + dropout(σ(g(h)) · Δ(h))``: the one composed primitive.
+
+    Composed of *parts* (submodules, e.g. a basis and a source), an *edit rule* ``rule(self, h,
+    ctx) -> Δ(h)`` that reads them, and the shared *modifiers* that ``DeltaConfig`` switches on
+    (input gate, dropout, a bound on the parameter named ``bias``). Every method of the zoo is a
+    ``Delta`` built by :func:`register_primitive`, not a subclass."""
+
+    def __init__(self, config: Any, dim: int, kind: str, build: Callable[[Any, int], dict[str, Any]]):
         super().__init__(config, dim)
+        self.kind = kind
         self.input_gate = _modifier(INPUT_GATES, config.input_gate, "input_gate", dim, config)
-        self.bound: nn.Module | None = None  # set by _init_bound once the bias exists
-
-    def _init_bound(self) -> None:
-        if self.config.bound != "none":
-            if self.bias() is None:
-                raise ConfigError("bound", f"{self.kind!r} has no bias to bound")
-            self.bound = _modifier(BOUNDS, self.config.bound, "bound", self.config)
-
-    def delta(self, h: Tensor, ctx: Context) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+        spec = build(config, dim)  # after the input gate: the order parameters are initialised in
+        for name, part in spec["parts"].items():
+            setattr(self, name, part)
+        self.rule: EditRule = spec["rule"]
+        self.on_forward = spec.get("on_forward")
+        self._bias: str | None = spec.get("bias")
+        self.bound = None
+        if config.bound != "none":
+            if self._bias is None:
+                raise ConfigError("bound", f"{kind!r} has no bias to bound")
+            self.bound = _modifier(BOUNDS, config.bound, "bound", config)
 
     def bias(self) -> nn.Parameter | None:
-        return None
+        """The parameter a bound restrains (the edit's bias), or None."""
+        return None if self._bias is None else self.get_parameter(self._bias)
 
     def forward(self, h: Tensor, ctx: Context) -> Tensor:
-        d = self.delta(h, ctx)
+        if self.on_forward is not None:
+            self.on_forward(self, ctx)
+        d = self.rule(self, h, ctx)
         if self.input_gate is not None:
             d = self.input_gate(h, ctx) * d
         if self.config.dropout > 0:
             d = F.dropout(d, self.config.dropout, self.training)
         return h + d
 
-    def parameter_losses(self) -> dict[str, Tensor]:
-        return self.bound.loss(self.bias()) if self.bound is not None else {}
+    def modifiers(self) -> list[Modifier]:
+        return [] if self.bound is None else [Modifier(self.bound, self.bias())]
 
-    def loss_scale(self) -> Tensor | None:
-        return self.bound.loss_scale() if self.bound is not None else None
 
-    def after_optimizer_step(self) -> None:
-        if self.bound is not None:
-            self.bound.after_step(self.bias())
+class Primitive:
+    """A registered composition: ``Primitive(config, dim)`` builds its ``Delta``. It carries what
+    the registry and the docs read of a primitive: ``kind``, ``Config``, ``__doc__``, ``__module__``."""
+
+    def __init__(self, kind: str, config: type, build: Callable[[Any, int], dict[str, Any]], doc: str, module: str):
+        self.kind, self.Config, self.build, self.__doc__, self.__module__ = kind, config, build, doc, module
+
+    def __call__(self, config: Any, dim: int) -> Delta:
+        return Delta(config, dim, self.kind, self.build)
+
+    def __repr__(self) -> str:
+        return f"<primitive {self.kind!r} ({self.__module__})>"
+
+
+def register_primitive(kind: str, config: type, build: Callable[[Any, int], dict[str, Any]], doc: str) -> Primitive:
+    """Register a composed primitive: ``build(config, dim)`` returns ``Delta``'s keyword arguments
+    (``parts``, ``rule``, and optionally ``bias`` and ``on_forward``). ``config`` is a frozen
+    dataclass holding the ``DeltaConfig`` modifier fields (``compose_config`` makes one)."""
+    import inspect
+
+    from .intervention import INTERVENTIONS
+
+    missing = [f for f in ("dropout", "input_gate", "bound") if f not in {x.name for x in dataclasses.fields(config)}]
+    if missing:
+        raise TypeError(f"register_primitive({kind!r}): {config.__name__} lacks the modifier fields {missing} "
+                        "(build it with compose_config(..., DeltaConfig, ...))")
+    module = inspect.currentframe().f_back.f_globals.get("__name__", __name__)
+    return INTERVENTIONS.register(kind)(Primitive(kind, config, build, doc, module))
+
+
+def compose_config(name: str, *groups: type, doc: str = "", module: str | None = None) -> type:
+    """A flat frozen dataclass with the fields of every option group (later groups override a
+    field's default) and a ``__post_init__`` that runs each group's checks: a primitive's options
+    are composed from its parts' options, not inherited. The YAML keys stay flat."""
+    import inspect
+
+    fields: dict[str, tuple] = {}
+    for g in groups:
+        hints = typing.get_type_hints(g)
+        for f in dataclasses.fields(g):
+            default = (dataclasses.field(default_factory=f.default_factory) if f.default is dataclasses.MISSING
+                       else dataclasses.field(default=f.default))
+            fields[f.name] = (f.name, hints[f.name], default)
+    checks = [g.__post_init__ for g in groups if hasattr(g, "__post_init__")]
+
+    def __post_init__(self: Any) -> None:
+        for check in checks:
+            check(self)
+
+    caller = module or inspect.currentframe().f_back.f_globals.get("__name__", __name__)
+    return dataclasses.make_dataclass(name, list(fields.values()), frozen=True,
+                                      namespace={"__post_init__": __post_init__, "__doc__": doc, "__module__": caller})
 
 
 @dataclass(frozen=True)
-class SubspaceConfig(DeltaConfig):
-    """The subspace family: every DeltaConfig modifier, plus
-
-    rank: r, the subspace dimension (1 <= r <= hidden width).
-    activation: applied to the target ``W h + b`` (identity in the ReFT paper).
-    basis_gate: per-basis weights s(h) in the subspace (BaFT): none | sigmoid | softmax | topk.
-    basis_topk: k for the topk gate (0: rank // 2).
-    basis_gate_input: what the gate's router reads: raw (h itself) | unit (h / ‖h‖₂, so the size of
-      one optimiser step on the router does not grow with the norm of the hidden states).
-    """
+class SubspaceOptions:
+    """The subspace family's own options (see ``SubspaceConfig``)."""
 
     rank: int = 4
     activation: Activation = "identity"
@@ -221,93 +299,91 @@ class SubspaceConfig(DeltaConfig):
     basis_gate_input: Literal["raw", "unit"] = "raw"
 
     def __post_init__(self):
-        super().__post_init__()
         if self.rank < 1:
             raise ConfigError("rank", f"must be >= 1, got {self.rank}")
         if not 0 <= self.basis_topk <= self.rank:
             raise ConfigError("basis_topk", f"must be in [0, rank={self.rank}], got {self.basis_topk}")
 
 
-class SubspaceIntervention(DeltaIntervention):
-    """``Δ(h) = Bᵀ (s(h) ⊙ (act(T(h)) − [B h]))``.
+SubspaceConfig = compose_config("SubspaceConfig", DeltaConfig, SubspaceOptions, doc="""The subspace family: every DeltaConfig modifier, plus
 
-    Class flags select the family member:
-      orthogonal: B has orthonormal rows (``OrthoBasis``) or is free (``FreeBasis``);
-      source:     T(h) = W h + b ("linear") or the constant b ("bias");
-      subtract:   whether the current coordinates B h are subtracted.
-    ``basis_gate`` maps h (n, d) to per-basis weights s(h) in [0, 1]^r (BaFT); none: s ≡ 1.
-    """
+    rank: r, the subspace dimension (1 <= r <= hidden width).
+    activation: applied to the target ``W h + b`` (identity in the ReFT paper).
+    basis_gate: per-basis weights s(h) in the subspace (BaFT): none | sigmoid | softmax | topk.
+    basis_topk: k for the topk gate (0: rank // 2).
+    basis_gate_input: what the gate's router reads: raw (h itself) | unit (h / ‖h‖₂, so the size of
+      one optimiser step on the router does not grow with the norm of the hidden states).
+    """)
 
-    Config = SubspaceConfig
-    orthogonal: ClassVar[bool] = True
-    source_kind: ClassVar[Literal["linear", "bias"]] = "linear"
-    subtract: ClassVar[bool] = True
+Hook = Callable[[Delta, Tensor, Context], Tensor]
 
-    def __init__(self, config: SubspaceConfig, dim: int):
-        super().__init__(config, dim)
+
+def subspace(orthogonal: bool = True, source: Literal["linear", "bias"] = "linear", subtract: bool = True,
+             on_weights: Callable[[Delta, Tensor, Context], None] | None = None,
+             on_coordinates: Hook | None = None) -> Callable[[Any, int], dict[str, Any]]:
+    """The ReFT family as parts and a rule: ``Δ(h) = Bᵀ (s(h) ⊙ (act(T(h)) − [B h]))``.
+
+    orthogonal: B has orthonormal rows (``OrthoBasis``, kept so under AdamW) or is free
+    (``FreeBasis``); source: T(h) = W h + b ("linear") or the constant b ("bias"); subtract:
+    whether the current coordinates B h are subtracted. s(h): the config's ``basis_gate`` (none:
+    s ≡ 1). Hooks: ``on_weights(delta, s, ctx)`` sees s(h) (BaFT adds its losses there);
+    ``on_coordinates(delta, z, ctx) -> z`` changes the (n, r) edit before it is mapped back (top-k)."""
+
+    def rule(m: Delta, h: Tensor, ctx: Context) -> Tensor:
+        basis = m.basis.matrix()
+        z = m.act(m.source(h))
+        if subtract:
+            z = z - h @ basis.T
+        if m.basis_gate is not None:
+            s = m.basis_gate(h, ctx)
+            if on_weights is not None:
+                on_weights(m, s, ctx)
+            z = z * s
+        if on_coordinates is not None:
+            z = on_coordinates(m, z, ctx)
+        return z @ basis
+
+    def build(config: Any, dim: int) -> dict[str, Any]:
         if config.rank > dim:
             raise ConfigError("rank", f"rank {config.rank} is larger than the hidden width {dim} at this site")
-        self.basis = (OrthoBasis if self.orthogonal else FreeBasis)(dim, config.rank)
-        self.source = nn.Linear(dim, config.rank) if self.source_kind == "linear" else BiasSource(config.rank)
-        self.act = ACTIVATIONS[config.activation]()
-        self.basis_gate = _modifier(BASIS_GATES, config.basis_gate, "basis_gate", dim, config)
-        self._init_bound()
+        parts = {"basis": (OrthoBasis if orthogonal else FreeBasis)(dim, config.rank),
+                 "source": nn.Linear(dim, config.rank) if source == "linear" else BiasSource(config.rank),
+                 "act": ACTIVATIONS[config.activation](),
+                 "basis_gate": _modifier(BASIS_GATES, config.basis_gate, "basis_gate", dim, config)}
+        return {"parts": parts, "rule": rule, "bias": "source.bias"}
 
-    def bias(self) -> nn.Parameter:
-        return self.source.bias
-
-    def coordinates(self, h: Tensor, basis: Tensor, ctx: Context) -> Tensor:
-        """The edit in subspace coordinates, shape (n, r)."""
-        z = self.act(self.source(h))
-        if self.subtract:
-            z = z - h @ basis.T
-        if self.basis_gate is not None:
-            z = z * self.basis_weights(h, ctx)
-        return z
-
-    def basis_weights(self, h: Tensor, ctx: Context) -> Tensor:
-        """s(h), shape (n, r): the basis gate's weights (override to add losses on them, as BaFT does)."""
-        return self.basis_gate(h, ctx)
-
-    def delta(self, h: Tensor, ctx: Context) -> Tensor:
-        basis = self.basis.matrix()
-        return self.coordinates(h, basis, ctx) @ basis
+    return build
 
 
-class ScaleBiasIntervention(DeltaIntervention):
-    """Elementwise scale and bias (RED, BREP): ``h' = a ⊙ h + c``, i.e. ``Δ(h) = (a − 1) ⊙ h + c``.
+def scale_bias(config: Any, dim: int) -> dict[str, Any]:
+    """Elementwise scale and bias (RED, BREP): ``Δ(h) = (a − 1) ⊙ h + c``, i.e. ``h' = a ⊙ h + c``;
+    a starts at 1 and c at 0, so the edit starts as the identity. Width = the site's width."""
 
-    a starts at 1 and c at 0, so the edit starts as the identity. Width = the site's width.
-    """
+    def rule(m: Delta, h: Tensor, ctx: Context) -> Tensor:
+        return (m.scale - 1) * h + m.shift
 
-    Config = DeltaConfig
-
-    def __init__(self, config: DeltaConfig, dim: int):
-        super().__init__(config, dim)
-        self.scale = nn.Parameter(torch.ones(dim))
-        self.shift = nn.Parameter(torch.zeros(dim))
-        self._init_bound()
-
-    def bias(self) -> nn.Parameter:
-        return self.shift
-
-    def delta(self, h: Tensor, ctx: Context) -> Tensor:
-        return (self.scale - 1) * h + self.shift
+    parts = {"scale": nn.Parameter(torch.ones(dim)), "shift": nn.Parameter(torch.zeros(dim))}
+    return {"parts": parts, "rule": rule, "bias": "shift"}
 
 
 __all__ = [
     "ACTIVATIONS",
     "BASIS_GATES",
     "BOUNDS",
-    "DeltaConfig",
-    "DeltaIntervention",
-    "INPUT_GATES",
-    "ScaleBiasIntervention",
     "BiasSource",
+    "Delta",
+    "DeltaConfig",
     "FreeBasis",
+    "INPUT_GATES",
+    "Modifier",
     "OrthoBasis",
+    "Primitive",
     "SubspaceConfig",
-    "SubspaceIntervention",
+    "SubspaceOptions",
+    "compose_config",
     "orthonormalize",
+    "register_primitive",
+    "scale_bias",
     "shared_rotations",
+    "subspace",
 ]

@@ -120,35 +120,36 @@ register_metric("f1_all_anomaly", _is_anomaly, aggregate=_f1_all, higher_is_bett
                 doc="F1 of flagging every example as an anomaly: 2s / (1 + s), s the anomaly share (for scale).")
 
 
-class LogAnomaly(Task):
-    """Shared parts: examples from line sequences, classifier evaluation, metrics."""
-
-    splits = ("train", "test")
-    generate = False
-    metrics = ("binary_precision", "binary_recall", "binary_f1", "binary_accuracy", "binary_auroc", "n_anomaly",
+LOG_METRICS = ("binary_precision", "binary_recall", "binary_f1", "binary_accuracy", "binary_auroc", "n_anomaly",
                "n_normal", "f1_all_anomaly")
 
-    def _lines(self, lines: list[str]) -> list[str]:
-        return collapse_repeats(lines) if self.options.repeats == "count" else lines
 
-    @staticmethod
-    def _example(lines: list[str], label: int, **meta: Any) -> Example:
-        return Example("\n".join(lines), "", ANOMALY if label else NORMAL, info={"label": float(label)},
-                       meta={**meta, "lines": len(lines)})
+def log_lines(task: Task, lines: list[str]) -> list[str]:
+    """A session's lines as the task's ``repeats`` option asks (runs collapsed to "(xN)" or kept)."""
+    return collapse_repeats(lines) if task.options.repeats == "count" else lines
 
-    def evaluate(self, model: Any, tokenizer: Any, examples: list[Example], cfg: Any, chat: bool,
+
+def log_example(lines: list[str], label: int, **meta: Any) -> Example:
+    """One classification example: the lines joined, the label as the answer word and ``info["label"]``."""
+    return Example("\n".join(lines), "", ANOMALY if label else NORMAL, info={"label": float(label)},
+                   meta={**meta, "lines": len(lines)})
+
+
+def log_evaluate(task: Task, model: Any, tokenizer: Any, examples: list[Example], cfg: Any, chat: bool,
                  show_progress: bool = True, references: Any = None) -> tuple[dict[str, float], list[str]]:
-        """Argmax of the classifier's logits per example; metrics of the anomaly class and AUROC.
-        (``score`` gives the same metrics, but AUROC, from predicted words.)"""
-        logits = class_logits(model, tokenizer, examples, chat, cfg.batch_size, cfg.max_length)
-        picks = class_predictions(logits)
-        preds = [ANOMALY if k else NORMAL for k, _ in picks]
-        return score_metrics(self.metrics, picks, examples), preds
+    """Argmax of the classifier's logits per example; metrics of the anomaly class and AUROC.
+    (``score`` gives the same metrics, but AUROC, from predicted words.)"""
+    logits = class_logits(model, tokenizer, examples, chat, cfg.batch_size, cfg.max_length)
+    picks = class_predictions(logits)
+    preds = [ANOMALY if k else NORMAL for k, _ in picks]
+    return score_metrics(task.metrics, picks, examples), preds
 
 
 @register_task("hdfs")
-class Hdfs(LogAnomaly):
+class Hdfs(Task):
     """HDFS block sessions (DeepLog's event-id files), normal vs anomalous."""
+
+    splits, generate, metrics, evaluate = ("train", "test"), False, LOG_METRICS, log_evaluate
 
     @dataclass(frozen=True)
     class Options:
@@ -192,7 +193,7 @@ class Hdfs(LogAnomaly):
         unknown_ids = sorted({e for s, _ in sessions for e in s if f"E{e}" not in templates})
         if unknown_ids:
             raise ConfigError("task.options.line", f"event ids {unknown_ids} have no template in {path}")
-        pieces = [tuple(tuple(c) for c in cut(self._lines([self._line(e, templates) for e in events]),
+        pieces = [tuple(tuple(c) for c in cut(log_lines(self, [self._line(e, templates) for e in events]),
                                               o.max_lines, o.long)) for events, _ in sessions]
         labels = [y for _, y in sessions]
         train, test = group_split(pieces, labels, o.test_fraction, o.split_seed, o.duplicates)
@@ -200,14 +201,16 @@ class Hdfs(LogAnomaly):
         for name, idx in (("train", train), ("test", test)):
             if o.balance:
                 idx = balance(idx, labels, o.split_seed)
-            out[name] = [self._example(list(c), labels[i], session=i, chunk=j)
+            out[name] = [log_example(list(c), labels[i], session=i, chunk=j)
                          for i in idx for j, c in enumerate(pieces[i])]
         return out
 
 
 @register_task("bgl")
-class Bgl(LogAnomaly):
+class Bgl(Task):
     """BGL_2k windows of lines, normal vs containing an alert; split by time."""
+
+    splits, generate, metrics, evaluate = ("train", "test"), False, LOG_METRICS, log_evaluate
 
     @dataclass(frozen=True)
     class Options:
@@ -243,5 +246,5 @@ class Bgl(LogAnomaly):
         lines = self.lines()
         text = [template_text(ln.template) if self.options.line == "template" else clean_message(ln.message)
                 for ln in lines]
-        return [self._example(self._lines(text[w.start:w.end]), int(w.anomalous), start=w.start, end=w.end)
+        return [log_example(log_lines(self, text[w.start:w.end]), int(w.anomalous), start=w.start, end=w.end)
                 for w in self.windows(split)]

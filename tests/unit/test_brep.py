@@ -12,6 +12,7 @@ import reftx
 from reftx.norm_bounds import PID_DEFAULTS, HingeBound, PIDBound, ProjectBound
 from reftx.data import Encoded
 from reftx.intervention import Context, make_intervention
+from reftx.loss import after_step, parameter_terms
 from reftx.prefix import prefix_truncate, truncate_labels
 from tests.conftest import batch, tiny_model
 
@@ -31,13 +32,13 @@ def test_project_hand_computed(kind, options):
     mod = make_intervention(kind, {**options, "bound": "project", "bound_tau": 2.0}, 16)
     assert isinstance(mod.bound, ProjectBound)
     set_bias(mod, [3.0, 4.0])  # ||c|| = 5 > τ = 2: c <- c * 2/5
-    mod.after_optimizer_step()
+    after_step([mod])
     assert mod.bias()[:2].tolist() == pytest.approx([1.2, 1.6])
     assert float(mod.bias().detach()[2:].abs().sum()) == 0.0
     set_bias(mod, [0.6, 0.8])  # ||c|| = 1 <= τ: unchanged
-    mod.after_optimizer_step()
+    after_step([mod])
     assert mod.bias()[:2].tolist() == pytest.approx([0.6, 0.8])
-    assert mod.parameter_losses() == {} and mod.loss_scale() is None
+    assert parameter_terms([mod])[0] == {} and parameter_terms([mod])[1] is None
 
 
 def test_project_through_the_model_every_layer():
@@ -56,19 +57,19 @@ def test_hinge_hand_computed(kind, options):
     mod = make_intervention(kind, {**options, "bound": "hinge", "bound_tau": 2.0, "bound_lambda": 0.5}, 16)
     assert isinstance(mod.bound, HingeBound)
     set_bias(mod, [3.0, 4.0])
-    loss = mod.parameter_losses()["bound_hinge"]
+    loss = parameter_terms([mod])[0]["bound_hinge"]
     assert loss.item() == pytest.approx(0.5 * (5 - 2) ** 2)  # 4.5
     loss.backward()
     # d/dc λ (||c|| − τ)² = 2 λ (||c|| − τ) c / ||c|| = 2 · 0.5 · 3 · [0.6, 0.8]
     assert mod.bias().grad[:2].tolist() == pytest.approx([1.8, 2.4])
     set_bias(mod, [0.6, 0.8])  # inside the ball: no loss, no gradient
     mod.bias().grad = None
-    loss = mod.parameter_losses()["bound_hinge"]
+    loss = parameter_terms([mod])[0]["bound_hinge"]
     loss.backward()
     assert loss.item() == 0.0 and float(mod.bias().grad.abs().sum()) == 0.0
     before = mod.bias().detach().clone()
-    mod.after_optimizer_step()
-    assert torch.equal(mod.bias(), before) and mod.loss_scale() is None
+    after_step([mod])
+    assert torch.equal(mod.bias(), before) and parameter_terms([mod])[1] is None
 
 
 def test_hinge_adds_to_the_loss_summed_over_layers():

@@ -8,7 +8,8 @@ import torch
 
 import reftx
 from reftx.intervention import Context, make_intervention
-from reftx.parts import DeltaConfig, ScaleBiasIntervention
+from reftx.parts import DeltaConfig
+from reftx.intervention import make_intervention
 from tests.conftest import batch, tiny_model
 
 LN3 = math.log(3.0)
@@ -100,7 +101,7 @@ def test_mlp_gate_on_scale_bias():
     # mlp gate: the first unit of each hidden layer carries relu(h1), the output is relu(h1) − 1
     # row 0: h = [1 + ln 3, 4]: g = ln 3, σ = 3/4 -> h' = [1.75·(1 + ln 3), 4.75]
     # row 1: h = [−2, 0]: g = −1, σ = 1/(1 + e) -> h' = [−2 − 2/(1 + e), 1/(1 + e)]
-    mod = ScaleBiasIntervention(DeltaConfig(input_gate="mlp", gate_loss_weight=1.0), 2)
+    mod = make_intervention("scale_bias", {"input_gate": "mlp", "gate_loss_weight": 1.0}, 2)
     gate = mod.input_gate
     with torch.no_grad():
         mod.scale.copy_(torch.tensor([2.0, 1.0]))

@@ -134,3 +134,37 @@ def test_the_graph_sees_recipes_and_the_alias():
 
 def test_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def project_classes() -> list[type]:
+    """Every class defined in a reftx module (core, zoo, recipes), after importing them all."""
+    import importlib
+    import inspect
+
+    found = []
+    for name in sorted(graph()):
+        mod = importlib.import_module(name)
+        found += [c for _, c in inspect.getmembers(mod, inspect.isclass) if c.__module__ == name]
+    return found
+
+
+def chain(cls: type) -> list[str]:
+    return [c.__qualname__ for c in cls.__mro__ if c.__module__.startswith("reftx")]
+
+
+def test_no_project_class_chain_is_deeper_than_two():
+    """Composition over inheritance: a class and at most one project class above it (e.g. a
+    primitive's config extends SubspaceConfig; a custom primitive extends Intervention). The error
+    taxonomy is exempt: ``except NonFiniteLoss`` must also catch ``Diverged``."""
+    classes = [c for c in project_classes() if not issubclass(c, BaseException)]
+    assert len(classes) > 50  # the walk did find the project's classes
+    deep = {c.__qualname__: chain(c) for c in classes if len(chain(c)) > 2}
+    assert deep == {}
+
+
+def test_chain_depth_counts_project_classes_only():
+    class A: ...
+    class B(A): ...
+    A.__module__ = B.__module__ = "reftx.fake"
+    assert chain(B) == ["test_chain_depth_counts_project_classes_only.<locals>.B",
+                        "test_chain_depth_counts_project_classes_only.<locals>.A"]
