@@ -28,7 +28,7 @@ FAMILIES = [
     ("math_brep", "run", "experiments/math/math_brep.yaml",
      ["train.max_steps=3", "task.n_train=24", "task.n_eval=4", "eval.max_new_tokens=16"]),
     ("counterfact_baft", "edit", "experiments/editing/counterfact_baft.yaml",
-     ["task.n_eval=4", "train.max_steps=8", "method.mode=single", "method.parallel=2", "method.locality_prompts=4"]),
+     ["task.n_eval=4", "train.max_steps=8", "recipe.mode=single", "recipe.parallel=2", "recipe.locality_prompts=4"]),
     ("tofu_grun", "run", "experiments/unlearning/tofu_grun.yaml",
      ["model.name=default", "task.options.retain_model=null", "train.max_steps=3", "task.options.n_utility=4",
       "task.options.n_forget_eval=4", "eval.max_new_tokens=8"]),

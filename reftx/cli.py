@@ -20,12 +20,12 @@ def _experiment(path: str, overrides: list[str]):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import runner
+    from .recipes import run_experiment
     from .train import NonFiniteLoss
 
     exp = _experiment(args.experiment, args.overrides)
     try:
-        runner.run(exp, resume=args.resume, show_progress=not args.no_progress)
+        run_experiment(exp, resume=args.resume, show_progress=not args.no_progress)
     except NonFiniteLoss as e:
         console.print(f"[red bold]stopped:[/] {e}")
         return 3
@@ -35,13 +35,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from . import runner
+    from . import recipes, runner
     from .config import config_hash, dump_yaml
 
     exp = _experiment(args.experiment, args.overrides)
     console.rule(f"[bold]{exp.name}  (config {config_hash(exp.to_dict())})")
     console.print(dump_yaml(exp.to_dict()), highlight=False)
-    console.print(runner.plan_table(runner.validate(exp)))
+    console.print(runner.plan_table(recipes.validate(exp)))
     return 0
 
 
@@ -53,12 +53,12 @@ def _expand(paths: list[str]) -> list[Path]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from . import runner
+    from . import recipes
 
     failed = 0
     for path in _expand(args.experiments):
         try:
-            groups = runner.validate(_experiment(str(path), args.overrides))
+            groups = recipes.validate(_experiment(str(path), args.overrides))
             console.print(f"[green]ok[/]    {path}  ({len(groups)} groups, "
                           f"{sum(g.params for g in groups):,} parameters)")
         except (ReftError, ValueError) as e:
@@ -118,7 +118,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     if args.experiment and (args.prompt or args.target):
         console.print("[red bold]error:[/] give an experiment file or --prompt/--target, not both")
         return 2
-    if args.experiment:
+    if args.experiment:  # the edit recipe (an experiment naming no recipe is read as one)
         run_edit(_experiment(args.experiment, args.overrides), show_progress=not args.no_progress)
         return 0
     if not (args.prompt and args.target):
@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(fn=cmd_baseline)
     ed = sub.add_parser("edit", help="knowledge editing: an editing experiment, or one fact from the command line")
     ed.add_argument("experiment", nargs="?", help="editing experiment YAML (experiments/editing/)")
-    ed.add_argument("overrides", nargs="*", help="dotted overrides, e.g. method.mode=sequential task.n_eval=100")
+    ed.add_argument("overrides", nargs="*", help="dotted overrides, e.g. recipe.mode=sequential task.n_eval=100")
     ed.add_argument("--prompt", help='the fact\'s prompt, e.g. "The Eiffel Tower is located in the city of"')
     ed.add_argument("--target", help='the new answer, e.g. "Rome"')
     ed.add_argument("--rephrase", help="a rephrased prompt to show before and after")

@@ -325,6 +325,12 @@ def config_hash(d: Any) -> str:
     d = to_dict(d)
     if isinstance(d, dict):
         d = {k: v for k, v in d.items() if k not in NOT_HASHED}
+        if "recipe" in d:  # hashed as schema 1 spelled it (``method:``), so published hashes stay valid
+            recipe = dict(d.pop("recipe") or {})
+            name = recipe.pop("name", "train")
+            d["method"] = recipe if name == "edit" else {}
+            if name not in ("train", "edit", "tofu_stage1"):  # tofu_stage1 = train + a deterministic merge
+                d["recipe"] = {"name": name, **recipe}
         for (section, key), default in HASHED_UNLESS_DEFAULT.items():
             sec = d.get(section)
             if isinstance(sec, dict) and key in sec and sec[key] == default:

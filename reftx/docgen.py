@@ -93,7 +93,22 @@ def config_reference() -> str:
     lines += ["", "## Objectives and their options (`train.objective`, `train.objective_options`)", "",
               "| objective | what | options |", "|---|---|---|"]
     lines += _objectives()
+    lines += ["", "## Recipes and their options (`recipe: {name: ..., ...}`)", "",
+              "How the one training loop runs the experiment (reftx/recipes); `train` when none is named.", "",
+              "| recipe | what | options |", "|---|---|---|"]
+    lines += _recipes()
     return "\n".join(lines) + "\n"
+
+
+def _recipes() -> list[str]:
+    from .recipes import RECIPES
+
+    rows = []
+    for name in RECIPES.names():
+        r = RECIPES.get(name)
+        opts = [f"`{k}={v}`: {c}" for k, (v, c) in _comments(r.options).items()]
+        rows.append(f"| `{name}` | {_cell(r.doc)} | {_cell('; '.join(opts)) or 'none'} |")
+    return rows
 
 
 def _objectives() -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from rich.table import Table
 
-from .config import config_hash, dump_yaml, from_dict
+from .config import config_hash, dump_yaml
 from .data import use_chat
 from .editing import EditOptions, Editor, JobResult, bank_spec, console
 from .errors import ConfigError
@@ -38,13 +38,23 @@ def _means(rows: list[dict[str, Any]], keys=METRICS, suffix: str = "") -> dict[s
     return {f"{k}{suffix}": _mean([r[k] for r in rows]) for k in keys}
 
 
-def run_edit(exp: Experiment, show_progress: bool = True) -> dict[str, Any]:
-    """Run the editing protocol of ``exp`` (its ``method:`` section is an ``EditOptions``) and
-    write ``{output_dir}/{name}-{mode}/`` (its own folder, locked while written; a finished one is
-    never overwritten)."""
+def run_edit(exp: Experiment, show_progress: bool = True, options: EditOptions | None = None) -> dict[str, Any]:
+    """Run the editing protocol of ``exp`` (the ``edit`` recipe: its ``recipe:`` options are an
+    ``EditOptions``; an experiment naming no recipe is read as ``recipe: {name: edit}``) and write
+    ``{output_dir}/{name}-{mode}/`` (its own folder, locked while written; a finished one is never
+    overwritten)."""
     from .rundir import locked
 
-    opts = from_dict(EditOptions, exp.method, "method")
+    if options is None:  # the recipe's options, typed by the one converter
+        from .config import from_dict
+
+        name = exp.recipe.get("name", "edit")
+        if name != "edit":
+            raise ConfigError("recipe.name", f"reftx edit runs the edit recipe, but this experiment names {name!r}")
+        opts = from_dict(EditOptions, {k: v for k, v in exp.recipe.items() if k != "name"}, "recipe",
+                         "option of recipe 'edit'")
+    else:
+        opts = options
     run_dir = Path(exp.output_dir) / f"{exp.name}-{opts.mode}"
     with locked(run_dir, f"reftx edit {exp.name}"):
         if (run_dir / "results.json").is_file():

@@ -5,33 +5,33 @@ own intervention from a fresh initialisation, stops as soon as its loss is small
 model is loaded once.
 The experiment names one intervention entry (e.g. ``kind: baft, rank: 4, layers: [15],
 positions: all_prompt``); the engine turns it into an ``slot_bank`` (reftx/slot_bank.py) of
-``method.parallel`` slots, so that up to that many independent edits train side by side in one
-forward pass, each with its own parameters and optimiser. Modes (``method.mode``):
+``recipe.parallel`` slots, so that up to that many independent edits train side by side in one
+forward pass, each with its own parameters and optimiser. Modes (``recipe.mode``):
 
 * ``single``: each edit alone, from the unedited model. Edit i's intervention is initialised
   from seed ``seed * 1_000_003 + i``; slots are refilled as edits finish, so the result of an edit
   does not depend on which others trained beside it (up to float rounding of batched matmuls;
   tests/unit/test_editing.py checks parallel == one at a time).
-* ``batch``: consecutive groups of ``method.batch_edits`` edits, each group one intervention
+* ``batch``: consecutive groups of ``recipe.batch_edits`` edits, each group one intervention
   trained on its edits together (loss: mean NLL over the group's target tokens).
 * ``sequential``: one intervention edited one fact after another (a fresh Adam per edit, the
-  parameters carried over); after ``method.checkpoints`` edits (default 10, 50, 100) every edit
+  parameters carried over); after ``recipe.checkpoints`` edits (default 10, 50, 100) every edit
   so far is evaluated.
 
 Per step, the loss of a slot is the NLL of its target tokens (mean over them) plus the
 primitive's auxiliary losses (BaFT's balance loss); a slot stops before its next step once that
-NLL is below ``method.stop_loss`` or after ``train.max_steps`` (null: 100) optimiser steps
+NLL is below ``recipe.stop_loss`` or after ``train.max_steps`` (null: 100) optimiser steps
 (Adam, lr ``train.lr``, ``train.weight_decay``, clipping at ``train.max_grad_norm`` per slot, no
 schedule). Targets are trained without an end token, as EasyEdit does.
 
 BaFT extras, computed on the *site states* (the hidden states at the one edited site, which no
 intervention changes because it is the only one, so they are computed once with the unedited model):
 
-* ``method.locality_prompts`` = n > 0: the first n prompts of ROME's known_1000 (never an evaluated
+* ``recipe.locality_prompts`` = n > 0: the first n prompts of ROME's known_1000 (never an evaluated
   prompt) are locality rows; each step adds ``locality_weight · mean max(s(h) − locality_margin, 0)``
   over their states (BaFT's gate-toward-0 locality loss, ``reftx.methods.baft.locality_gate_loss``)
   for each slot.
-* ``method.sequence_balance_weight`` = w > 0 (sequential mode): BaFT's incremental load
+* ``recipe.sequence_balance_weight`` = w > 0 (sequential mode): BaFT's incremental load
   balancing: w · Var_k(u_k), u_k the mean weight of basis k over the states of *every edit so
   far* (``variance_balance``), so later edits are pushed onto bases earlier ones used little.
 
@@ -72,7 +72,7 @@ LOCALITY = "locality"  # BaFT's example_info key (0 on every edit row)
 
 @dataclass
 class EditOptions:
-    """The ``method:`` section of an editing experiment (``reftx edit``)."""
+    """The options of the ``edit`` recipe (``recipe: {name: edit, ...}``; ``reftx edit``)."""
 
     mode: Literal["single", "batch", "sequential"] = "single"  # single: each edit from the unedited model | batch | sequential
     batch_edits: int = 10  # batch mode: edits trained together in one intervention
@@ -224,7 +224,7 @@ class Editor:
         inner = self.bank.slots[0]
         self.gate = getattr(inner, "basis_gate", None) is not None
         if (opts.locality_prompts or opts.sequence_balance_weight) and not self.gate:
-            raise ConfigError("method", "locality_prompts and sequence_balance_weight need a basis-gated "
+            raise ConfigError("recipe", "locality_prompts and sequence_balance_weight need a basis-gated "
                                         f"primitive (baft), not {self.bank.config.inner!r}")
         needs_prompt = opts.subject_positions or opts.locality_prompts or opts.sequence_balance_weight
         if needs_prompt and self.group.positions.mode != "all_prompt":

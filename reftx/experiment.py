@@ -153,7 +153,7 @@ class Experiment:
     train: TrainConfig = field(default_factory=TrainConfig)  # training settings
     eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation settings
     lora: LoraConfig | None = None  # a LoRA adapter trained before/with/instead of the interventions; null: none
-    method: dict[str, Any] = field(default_factory=dict)  # method-level options
+    recipe: dict[str, Any] = field(default_factory=dict)  # how the one loop runs this experiment: {name: train (default) | edit | tofu_stage1, ...that recipe's options} (reftx/recipes); checked by reftx validate
     imports: list[str] = field(default_factory=list)  # modules imported before anything is built, for their registrations (your own primitives, tasks, objectives): dotted names on sys.path or .py files; installed plugins (entry points, group reftx.plugins) need no entry
 
     def __post_init__(self) -> None:
@@ -184,7 +184,24 @@ class Experiment:
 
 def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> Experiment:
     """Load an experiment YAML (with ``extends:``), apply ``key.path=value`` overrides, validate."""
-    data = apply_overrides(load_yaml(path), list(overrides))
+    data = migrate(apply_overrides(load_yaml(path), list(overrides)), str(path))
     if data.get("name") is None:
         data["name"] = Path(path).stem
     return from_dict(Experiment, data)
+
+
+def migrate(data: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Schema-1 spellings that moved: ``method:`` (knowledge editing's options) is now
+    ``recipe: {name: edit, ...}``; said once on stderr when it carries options (an empty
+    ``method: {}``, as every older resolved config.yaml holds, is dropped silently)."""
+    if isinstance(data, dict) and "method" in data:
+        data = dict(data)
+        method = data.pop("method") or {}
+        if method:
+            import sys
+
+            recipe = data.get("recipe") or {}
+            data["recipe"] = {"name": "edit", **method, **recipe}
+            print(f"note: {where or 'the config'}: `method:` is now `recipe: {{name: edit, ...}}` (read as such)",
+                  file=sys.stderr)
+    return data

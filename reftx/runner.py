@@ -95,11 +95,6 @@ def validate(exp: Experiment, model_config: Any = None) -> list:
     from .objectives import objective_options
 
     objective_options(exp.train.objective, exp.train.objective_options)  # typos fail here, with the path
-    if exp.method:  # the method: section (knowledge editing's options, read by reftx edit)
-        from .config import from_dict
-        from .editing import EditOptions
-
-        from_dict(EditOptions, exp.method, "method")
     task = load_task(exp)
     train_split, eval_split = splits(exp, task)
     task.examples(train_split, exp.task.n_train, exp.seed)

@@ -244,8 +244,21 @@ def test_missing_required_keys(tmp_path: Path) -> None:
 
 
 def test_empty_sections_mean_defaults(tmp_path: Path) -> None:
-    exp = experiment(tmp_path, "train:\nmethod:\ninterventions:\n")
-    assert exp.train == TrainConfig() and exp.method == {} and exp.interventions == []
+    exp = experiment(tmp_path, "train:\nmethod:\nrecipe:\ninterventions:\n")
+    assert exp.train == TrainConfig() and exp.recipe == {} and exp.interventions == []
+
+
+def test_schema1_method_section_reads_as_the_edit_recipe_with_a_notice(tmp_path: Path, capsys) -> None:
+    from reftx.config import config_hash
+
+    exp = experiment(tmp_path, "method: {mode: batch}\n", overrides=("method.parallel=4",))
+    assert exp.recipe == {"name": "edit", "mode": "batch", "parallel": 4}
+    assert "`method:` is now `recipe: {name: edit, ...}`" in capsys.readouterr().err
+    # hashed as schema 1 spelled it: a published hash of a method: config stays valid
+    old = {**{k: v for k, v in exp.to_dict().items() if k != "recipe"}, "method": {"mode": "batch", "parallel": 4}}
+    assert config_hash(exp.to_dict()) == config_hash(old)
+    plain = experiment(tmp_path, "")
+    assert config_hash(plain.to_dict()) == config_hash({**plain.to_dict(), "method": {}})
 
 
 def test_dump_is_ordered_plain_and_round_trips(tmp_path: Path) -> None:
@@ -253,7 +266,7 @@ def test_dump_is_ordered_plain_and_round_trips(tmp_path: Path) -> None:
     text = dump_yaml(exp)
     assert "!!" not in text
     assert list(yaml.safe_load(text)) == [
-        "schema", "name", "seed", "output_dir", "model", "task", "interventions", "train", "eval", "lora", "method",
+        "schema", "name", "seed", "output_dir", "model", "task", "interventions", "train", "eval", "lora", "recipe",
         "imports",
     ]
     assert list(yaml.safe_load(text)["train"])[:3] == ["epochs", "max_steps", "batch_size"]

@@ -253,8 +253,8 @@ def test_baft_site_state_losses_on_a_fresh_gate(tiny_dir):
 @pytest.mark.skipif(DATA is None or not (DATA / "zsre").is_dir(), reason="shared data absent")
 def test_reftx_edit_sequential_run_and_demo(tiny_dir, tmp_path, capsys):
     args = ["edit", str(REPO / "experiments/editing/zsre_baft.yaml"), f"model.name={tiny_dir}",
-            f"output_dir={tmp_path}", "task.n_eval=4", "method.mode=sequential", "method.checkpoints=[2, 4]",
-            "interventions.0.layers=[1]", "train.max_steps=3", "method.locality_prompts=2", "--no-progress"]
+            f"output_dir={tmp_path}", "task.n_eval=4", "recipe.mode=sequential", "recipe.checkpoints=[2, 4]",
+            "interventions.0.layers=[1]", "train.max_steps=3", "recipe.locality_prompts=2", "--no-progress"]
     assert cli.main(args) == 0
     run = tmp_path / "zsre_baft-sequential"
     res = json.loads((run / "results.json").read_text())
@@ -270,12 +270,12 @@ def test_reftx_edit_sequential_run_and_demo(tiny_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("path", sorted((REPO / "experiments/editing").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_editing_experiments_have_valid_edit_options(path):
-    from reftx.config import from_dict
     from reftx.experiment import load_experiment
+    from reftx.recipes import recipe_of
 
     exp = load_experiment(path)
-    opts = from_dict(EditOptions, exp.method, "method")
-    assert opts.mode == "single" and len(exp.interventions) == 1 and exp.model.chat_template is False
+    recipe, opts = recipe_of(exp)
+    assert recipe.name == "edit" and isinstance(opts, EditOptions) and opts.mode == "single" and len(exp.interventions) == 1 and exp.model.chat_template is False
     assert exp.train.max_steps == 100 and exp.train.lr == 5e-4 and exp.interventions[0]["rank"] == 4
 
 

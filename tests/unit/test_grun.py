@@ -8,8 +8,6 @@ import torch
 
 import reftx
 from reftx.intervention import Context, make_intervention
-from reftx.parts import DeltaConfig
-from reftx.intervention import make_intervention
 from tests.conftest import batch, tiny_model
 
 LN3 = math.log(3.0)

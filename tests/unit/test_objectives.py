@@ -59,7 +59,8 @@ class FakeModel:
 
     def named_interventions(self):
         if self.scale is not None:
-            yield "k", SimpleNamespace(loss_scale=lambda: torch.tensor(self.scale), parameter_losses=lambda: {})
+            yield "k", SimpleNamespace(loss_scale=lambda: torch.tensor(self.scale), parameter_losses=lambda: {},
+                                  modifiers=lambda: [])
 
     def __call__(self, input_ids, attention_mask, labels=None, example_info=None, output_hidden_states=False):
         rows = input_ids[:, 0]
@@ -237,12 +238,13 @@ def test_objectives_train_grun_on_a_real_model(name):
 
 
 def test_every_objective_has_typed_options_checked_before_training(tmp_path):
-    """One converter for every section: objective options and the method: section are checked by
-    ``reftx validate`` / ``plan`` (runner.validate) with the dotted path and a did-you-mean, and
-    an objective without options rejects any key (nll used to ignore them)."""
+    """One converter for every section: objective options and the recipe: section (and a schema-1
+    method: section, read as the edit recipe) are checked by ``reftx validate`` / ``plan``
+    (recipes.validate) with the dotted path and a did-you-mean, and an objective without options
+    rejects any key (nll used to ignore them)."""
     import yaml
 
-    from reftx import runner
+    from reftx import recipes
     from reftx.experiment import load_experiment
     from reftx.objectives import objective_options
 
@@ -255,9 +257,12 @@ def test_every_objective_has_typed_options_checked_before_training(tmp_path):
             "interventions": [{"kind": "loreft", "rank": 2, "layers": [1]}]}
     cases = [({"train": {"objective": "npo", "objective_options": {"betta": 0.1}}},
               r"train\.objective_options\.betta: unknown key.*did you mean 'beta'"),
-             ({"method": {"mdoe": "batch"}}, r"method\.mdoe: unknown key.*did you mean 'mode'")]
+             ({"recipe": {"name": "edit", "mdoe": "batch"}},
+              r"recipe\.mdoe: unknown option of recipe 'edit' 'mdoe'.*did you mean 'mode'"),
+             ({"method": {"mdoe": "batch"}}, r"recipe\.mdoe: unknown option of recipe 'edit'.*did you mean 'mode'"),
+             ({"recipe": {"name": "edti"}}, r"recipe\.name: unknown recipe 'edti'.*did you mean 'edit'")]
     for i, (patch, message) in enumerate(cases):
         path = tmp_path / f"e{i}.yaml"
         path.write_text(yaml.safe_dump({**base, **patch}))
         with pytest.raises(reftx.ConfigError, match=message):
-            runner.validate(load_experiment(path), model_config=object())
+            recipes.validate(load_experiment(path), model_config=object())
