@@ -11,7 +11,6 @@ Run dir ``{output_dir}/{name}-{mode}``:
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -41,9 +40,10 @@ def _means(rows: list[dict[str, Any]], keys=METRICS, suffix: str = "") -> dict[s
 def run_edit(exp: Experiment, show_progress: bool = True, options: EditOptions | None = None) -> dict[str, Any]:
     """Run the editing protocol of ``exp`` (the ``edit`` recipe: its ``recipe:`` options are an
     ``EditOptions``; an experiment naming no recipe is read as ``recipe: {name: edit}``) and write
-    ``{output_dir}/{name}-{mode}/`` (its own folder, locked while written; a finished one is never
-    overwritten)."""
-    from .rundir import locked
+    ``{output_dir}/{name}-{mode}/`` through the one run-folder writer (reftx.rundir.run_folder:
+    locked while written; when it already holds a run, ``{name}-{mode}-2``, ... so a finished
+    run is never overwritten)."""
+    from .rundir import run_folder
 
     if options is None:  # the recipe's options, typed by the one converter
         from .config import from_dict
@@ -51,22 +51,15 @@ def run_edit(exp: Experiment, show_progress: bool = True, options: EditOptions |
         name = exp.recipe.get("name", "edit")
         if name != "edit":
             raise ConfigError("recipe.name", f"reftx edit runs the edit recipe, but this experiment names {name!r}")
-        opts = from_dict(EditOptions, {k: v for k, v in exp.recipe.items() if k != "name"}, "recipe",
-                         "option of recipe 'edit'")
-    else:
-        opts = options
-    run_dir = Path(exp.output_dir) / f"{exp.name}-{opts.mode}"
-    with locked(run_dir, f"reftx edit {exp.name}"):
-        if (run_dir / "results.json").is_file():
-            raise ConfigError("name", f"{run_dir} already holds a finished editing run; choose a new name "
-                                      "(name=...) or output_dir")
-        results = _run_edit(exp, opts, run_dir, show_progress)
-    console.print(f"wrote {run_dir}")
-    return results
+        options = from_dict(EditOptions, {k: v for k, v in exp.recipe.items() if k != "name"}, "recipe",
+                            "option of recipe 'edit'")
+    base = Path(exp.output_dir) / f"{exp.name}-{options.mode}"
+    with run_folder(base, f"reftx edit {exp.name}", say=console.print) as out:
+        return _run_edit(exp, options, out, show_progress)
 
 
-def _run_edit(exp: Experiment, opts: EditOptions, run_dir: Path, show_progress: bool) -> dict[str, Any]:
-    from .runner import _versions, _write_json, load_base, load_task
+def _run_edit(exp: Experiment, opts: EditOptions, out: Any, show_progress: bool) -> dict[str, Any]:
+    from .runner import _versions, load_base, load_task
     from .train import seed_everything
     from reftx.tasks.knowledge_edit import unedited_scores
 
@@ -75,71 +68,88 @@ def _run_edit(exp: Experiment, opts: EditOptions, run_dir: Path, show_progress: 
         raise ConfigError("interventions", f"editing needs exactly one intervention entry, got {len(exp.interventions)}")
     resolved = exp.to_dict()
     chash = config_hash(resolved)
-    (run_dir / "config.yaml").write_text(dump_yaml(resolved))
+    out.text("config.yaml", dump_yaml(resolved))
     console.rule(f"[bold]reftx edit {exp.name} ({opts.mode}, config {chash})")
     seed_everything(exp.seed)
     task = load_task(exp)
     examples = task.examples(exp.task.eval_split or task.splits[-1], exp.task.n_eval, exp.seed)
     base, tok = load_base(exp)
     chat = use_chat(tok, exp.model.chat_template)
-    slots = 1 if opts.mode == "sequential" else opts.parallel
-    model = attach(base, [bank_spec(exp.interventions[0], slots)])
+    model = attach(base, [bank_spec(exp.interventions[0], 1 if opts.mode == "sequential" else opts.parallel)])
     known = [(k.prompt, k.subject) for k in task.known()] if opts.locality_prompts else []
     editor = Editor(model, tok, examples, opts, exp.train, chat, exp.seed, known)
-    n = len(examples)
-
     t_eval = time.perf_counter()
     before, reference = unedited_scores(model, tok, examples, chat)
-    unedited = dict(enumerate(reference))
-    eval_s = time.perf_counter() - t_eval
-    lines: list[dict[str, Any]] = []
+    clock = {"eval": time.perf_counter() - t_eval}
     metrics: dict[str, float] = _means(before, METRICS[:2], "_unedited")
-    t_train = time.perf_counter()
-    if opts.mode in ("single", "batch"):
-        size = 1 if opts.mode == "single" else opts.batch_edits
-        jobs = [list(range(s, min(s + size, n))) for s in range(0, n, size)]
-        results = editor.train_jobs(jobs, show=show_progress)
-        train_s = time.perf_counter() - t_train
-        t_eval = time.perf_counter()
-        rows = editor.evaluate_jobs(jobs, results, unedited)
-        eval_s += time.perf_counter() - t_eval
-        per_edit = [results[j] for j, job in enumerate(jobs) for _ in job]
-        lines = [_line(examples[i], before[i], rows[i], per_edit[i]) for i in range(n)]
-        metrics.update(_means(rows))
-        metrics.update(_steps(results, opts.stop_loss))
-    else:
-        editor.bank.reset(0, editor.init_seed(0))
-        results, eval_s2 = [], 0.0
-        points = [c for c in opts.checkpoints if c <= n] or [n]
-        for i in range(n):
-            if opts.sequence_balance_weight:
-                editor.seq_states += editor.site_states([examples[i].prompt], [editor.pos[i]])
-            results += editor.train_jobs([[i]], reset=False)
-            if i + 1 in points:
-                t_eval = time.perf_counter()
-                rows = editor.evaluate(list(range(i + 1)), [0] * (i + 1), unedited)
-                eval_s2 += time.perf_counter() - t_eval
-                lines += [{**_line(examples[j], before[j], rows[j], results[j]), "after": i + 1} for j in range(i + 1)]
-                metrics.update(_means(rows, suffix=f"@{i + 1}"))
-                console.print(f"after {i + 1} edits: " + ", ".join(f"{k} {v:.3f}" for k, v in _means(rows).items()))
-        train_s = time.perf_counter() - t_train - eval_s2
-        eval_s += eval_s2
-        metrics.update(_steps(results, opts.stop_loss))
-    out = {"name": exp.name, "mode": opts.mode, "config_hash": chash, "task": task.name,
-           "dataset": task.options.dataset, "n_edits": n, "metrics": metrics,
+    edit = _sequential if opts.mode == "sequential" else _independent
+    lines, results = edit(editor, examples, before, dict(enumerate(reference)), metrics, clock, show_progress)
+    metrics.update(_steps(results, opts.stop_loss))
+    res = {"name": exp.name, "mode": opts.mode, "config_hash": chash, "task": task.name,
+           "dataset": task.options.dataset, "n_edits": len(examples), "metrics": metrics,
            "trainable_parameters_per_slot": sum(p.numel() for p in editor.bank.slots[0].parameters()),
-           "train_seconds": train_s, "eval_seconds": eval_s, "wall_seconds": time.perf_counter() - t0,
+           "train_seconds": clock["train"], "eval_seconds": clock["eval"], "wall_seconds": time.perf_counter() - t0,
            "versions": _versions()}
-    _write_json(run_dir / "results.json", out)
-    (run_dir / "edits.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    table = Table(title=f"{exp.name} ({opts.mode}, {n} edits, config {chash})")
+    out.json("results.json", res)
+    out.jsonl("edits.jsonl", lines)
+    _table(res, metrics)
+    return res
+
+
+def _independent(editor: Editor, examples: list[Example], before: list[dict[str, float]],
+                 unedited: dict[int, tuple[int, ...]], metrics: dict[str, float], clock: dict[str, float],
+                 show: bool) -> tuple[list[dict[str, Any]], list[JobResult]]:
+    """single / batch: every job from a fresh initialisation, in slots; then each edit evaluated
+    with its own job's weights."""
+    n, opts = len(examples), editor.opts
+    size = 1 if opts.mode == "single" else opts.batch_edits
+    jobs = [list(range(s, min(s + size, n))) for s in range(0, n, size)]
+    t = time.perf_counter()
+    results = editor.train_jobs(jobs, show=show)
+    clock["train"] = time.perf_counter() - t
+    t = time.perf_counter()
+    rows = editor.evaluate_jobs(jobs, results, unedited)
+    clock["eval"] += time.perf_counter() - t
+    per_edit = [results[j] for j, job in enumerate(jobs) for _ in job]
+    metrics.update(_means(rows))
+    return [_line(examples[i], before[i], rows[i], per_edit[i]) for i in range(n)], results
+
+
+def _sequential(editor: Editor, examples: list[Example], before: list[dict[str, float]],
+                unedited: dict[int, tuple[int, ...]], metrics: dict[str, float], clock: dict[str, float],
+                show: bool) -> tuple[list[dict[str, Any]], list[JobResult]]:
+    """sequential: one intervention edited fact after fact; every edit so far evaluated at each
+    of ``checkpoints``."""
+    n, opts = len(examples), editor.opts
+    editor.bank.reset(0, editor.init_seed(0))
+    lines: list[dict[str, Any]] = []
+    results: list[JobResult] = []
+    t0, eval_s = time.perf_counter(), 0.0
+    points = [c for c in opts.checkpoints if c <= n] or [n]
+    for i in range(n):
+        if opts.sequence_balance_weight:
+            editor.seq_states += editor.site_states([examples[i].prompt], [editor.pos[i]])
+        results += editor.train_jobs([[i]], reset=False)
+        if i + 1 in points:
+            t = time.perf_counter()
+            rows = editor.evaluate(list(range(i + 1)), [0] * (i + 1), unedited)
+            eval_s += time.perf_counter() - t
+            lines += [{**_line(examples[j], before[j], rows[j], results[j]), "after": i + 1} for j in range(i + 1)]
+            metrics.update(_means(rows, suffix=f"@{i + 1}"))
+            console.print(f"after {i + 1} edits: " + ", ".join(f"{k} {v:.3f}" for k, v in _means(rows).items()))
+    clock["train"] = time.perf_counter() - t0 - eval_s
+    clock["eval"] += eval_s
+    return lines, results
+
+
+def _table(res: dict[str, Any], metrics: dict[str, float]) -> None:
+    table = Table(title=f"{res['name']} ({res['mode']}, {res['n_edits']} edits, config {res['config_hash']})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in metrics.items():
         table.add_row(k, f"{v:.4f}")
-    table.add_row("wall time (s)", f"{out['wall_seconds']:.1f}")
+    table.add_row("wall time (s)", f"{res['wall_seconds']:.1f}")
     console.print(table)
-    return out
 
 
 def _line(ex: Example, before: dict[str, float], row: dict[str, float], res: JobResult) -> dict[str, Any]:

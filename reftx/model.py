@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +31,7 @@ from .generation import GenerationState, cache_length, find_cache
 from .loss import after_step, compose_loss, parameter_terms
 from .hooks import HookManager, Overrides
 from .intervention import Intervention, make_intervention
+from .rundir import atomic_write
 from .schedule import DTYPES, Group, InterventionSpec, plan
 from .version import __version__
 
@@ -355,19 +355,6 @@ def _checkpointing(base: nn.Module) -> bool:
         if hasattr(type(base), name) or name in vars(base):
             return bool(getattr(base, name))
     return False
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write ``path`` through ``write(tmp)`` to a temporary file beside it, then rename it into
-    place: a crash leaves the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def attach(base: nn.Module, interventions: list[dict[str, Any]], train_modules: Any = ()) -> ReftModel:

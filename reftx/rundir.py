@@ -1,4 +1,10 @@
-"""Run folders that one process writes at a time.
+"""Run folders: the one writer every command uses, one process at a time.
+
+``RunFolder`` (below) is how ``reftx run``, ``edit``, ``baseline`` and ``eval`` write their
+folders: ``free_folder`` picks ``{base}`` or, when that already holds a run, the first free
+``{base}-2``, ``{base}-3``, ... (so no command overwrites another's output and the same command
+works every time); every file goes through ``atomic_write`` (a crash leaves the old file or the
+new one); and the command ends by printing the folder it wrote.
 
 Every command that writes a folder (``reftx run`` its run folder, ``baseline`` its ``baseline/``
 subfolder, ``edit`` its ``{name}-{mode}`` folder) holds an OS lock on ``.lock`` inside it for as
@@ -10,11 +16,14 @@ Where ``fcntl`` does not exist (Windows) the lock degrades to the PID file alone
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .errors import ReftError
 
@@ -60,4 +69,65 @@ def locked(folder: Path, what: str) -> Iterator[Path]:
         os.close(fd)  # releases the flock
 
 
-__all__ = ["LOCK_NAME", "locked"]
+def atomic_write(path: Path, write: Any) -> None:
+    """Write ``path`` through ``write(tmp)`` to a temporary file beside it, then rename it into
+    place: a crash leaves the old file or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether ``folder`` already holds a run's output (its config, results or a checkpoint)."""
+    folder = Path(folder)
+    return ((folder / "config.yaml").is_file() or (folder / "results.json").is_file()
+            or any((folder / "checkpoints").glob("step-*")))
+
+
+def free_folder(base: Path) -> Path:
+    """``base`` if it holds no run, else the first of ``base-2``, ``base-3``, ... that holds none."""
+    k, folder = 1, Path(base)
+    while holds_run(folder):
+        k += 1
+        folder = Path(base).with_name(f"{Path(base).name}-{k}")
+    return folder
+
+
+class RunFolder:
+    """A locked run folder and its files, each written atomically (see the module docstring)."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder)
+
+    def text(self, name: str, text: str) -> Path:
+        path = self.path / name
+        atomic_write(path, lambda p: Path(p).write_text(text))
+        return path
+
+    def json(self, name: str, obj: Any) -> Path:
+        return self.text(name, json.dumps(obj, indent=2) + "\n")
+
+    def jsonl(self, name: str, rows: list[dict[str, Any]]) -> Path:
+        return self.text(name, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+@contextmanager
+def run_folder(base: Path, what: str, *, reuse: bool = False, say: Any = None) -> Iterator[RunFolder]:
+    """Open the folder a command writes: ``base`` when ``reuse`` (``--resume``, ``eval``) or when it
+    holds no run, else the next free ``base-N`` (said through ``say``); locked while the block
+    runs; "wrote <folder>" is said when it ends without an error."""
+    say = say or (lambda text: print(text, file=sys.stderr))
+    folder = Path(base) if reuse else free_folder(base)
+    if folder != Path(base):
+        say(f"{base} already holds a run (continue it with --resume); this run writes {folder}")
+    with locked(folder, what):
+        yield RunFolder(folder)
+    say(f"wrote {folder}")
+
+
+__all__ = ["LOCK_NAME", "RunFolder", "atomic_write", "free_folder", "holds_run", "locked", "run_folder"]

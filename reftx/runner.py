@@ -29,9 +29,9 @@ from .data import encode, pad_id, use_chat
 from .errors import ConfigError, ReftError
 from .evaluate import evaluate, generate
 from .experiment import Experiment
-from .model import ReftModel, atomic_write, attach
+from .model import ReftModel, attach
 from .prefix import prefix_truncate
-from .rundir import locked
+from .rundir import RunFolder, locked, run_folder
 from .schedule import plan
 from .task import Task, get_task
 from .train import latest_checkpoint, seed_everything, train
@@ -128,18 +128,15 @@ def _versions() -> dict[str, str]:
             "accelerate": accelerate.__version__, "python": platform.python_version()}
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2) + "\n"))
-
-
-def write_samples(run_dir: Path, examples: list, preds: list[str], before: list[str] | None = None) -> None:
+def write_samples(out: RunFolder, examples: list, preds: list[str], before: list[str] | None = None) -> None:
     """samples.jsonl: prompt, gold and prediction ("after") per example, plus "before" where given."""
-    with (run_dir / "samples.jsonl").open("w") as f:
-        for i, ex in enumerate(examples):
-            rec = {"prompt": ex.prompt, "gold": str(ex.gold), "after": preds[i]}
-            if before is not None and i < len(before):
-                rec["before"] = before[i]
-            f.write(json.dumps(rec) + "\n")
+    rows = []
+    for i, ex in enumerate(examples):
+        rec = {"prompt": ex.prompt, "gold": str(ex.gold), "after": preds[i]}
+        if before is not None and i < len(before):
+            rec["before"] = before[i]
+        rows.append(rec)
+    out.jsonl("samples.jsonl", rows)
 
 
 def plot_loss(run_dir: Path) -> Path | None:
@@ -179,29 +176,9 @@ def run(exp: Experiment, resume: bool = False, show_progress: bool = True) -> di
     The run folder is ``{output_dir}/{name}``; when that already holds a run (and this is not
     ``--resume``), the next free ``{name}-2``, ``{name}-3``, ... (said on the console), so running
     the same experiment twice never fails and never touches the first run. The folder is locked
-    while this process writes it (reftx.rundir): a concurrent writer of it gets an error."""
-    folder = exp.run_dir if resume else free_folder(exp.run_dir)
-    if folder != exp.run_dir:
-        console.print(f"[yellow]{exp.run_dir} already holds a run (continue it with --resume); this run "
-                      f"writes {folder}")
-    with locked(folder, f"reftx run {exp.name}"):
-        results = _run(exp, folder, resume, show_progress)
-    console.print(f"wrote {folder}")
-    return results
-
-
-def _holds_run(folder: Path) -> bool:
-    return (folder / "config.yaml").is_file() or latest_checkpoint(folder) is not None
-
-
-def free_folder(base: Path) -> Path:
-    """``base`` if it holds no run, else the first of ``base-2``, ``base-3``, ... that holds none."""
-    k = 1
-    folder = base
-    while _holds_run(folder):
-        k += 1
-        folder = base.with_name(f"{base.name}-{k}")
-    return folder
+    while this process writes it (reftx.rundir.run_folder, the one run-folder writer)."""
+    with run_folder(exp.run_dir, f"reftx run {exp.name}", reuse=resume, say=console.print) as out:
+        return _run(exp, out, resume, show_progress)
 
 
 def _check_resume(run_dir: Path, resume: bool, chash: str) -> dict[str, Any] | None:
@@ -228,15 +205,54 @@ def _check_resume(run_dir: Path, resume: bool, chash: str) -> dict[str, Any] | N
     return None
 
 
-def _run(exp: Experiment, run_dir: Path, resume: bool, show_progress: bool) -> dict[str, Any]:
-    t_start = time.perf_counter()
+def _build(exp: Experiment, base: Any) -> Any:
+    """The trained model: interventions attached to ``base``, or reftx.lora's LoRA adapter
+    before/with/instead of them (``lora:``); its plan table is printed."""
+    if exp.lora is None:
+        model = attach(base, exp.interventions, exp.model.train_modules)
+        console.print(plan_table(model.plan()))
+        return model
+    from . import lora
+
+    console.print(plan_table(lora.planned(exp, base.config)))
+    return lora.prepare(base, exp)
+
+
+def _encode(exp: Experiment, tok: Any, examples: list, chat: bool) -> list:
+    """Training examples tokenised (with BREP's prefix truncation); truncations are said."""
+    end_token = exp.model.task == "causal-lm"  # a classifier reads the text alone
+    encoded = [encode(tok, ex, exp.train.max_length, chat, end_token) for ex in examples]
+    encoded = prefix_truncate(encoded, exp.train.prefix_fraction, exp.train.prefix_tokens, exp.seed)
+    n_trunc = sum(e.truncated for e in encoded)
+    if n_trunc:
+        console.print(f"[yellow]{n_trunc} of {len(encoded)} training examples truncated to "
+                      f"train.max_length={exp.train.max_length}")
+    return encoded
+
+
+def _fit(exp: Experiment, model: Any, encoded: list, tok: Any, run_dir: Path, resume: bool,
+         show_progress: bool) -> tuple[Any, dict[str, Any]]:
+    """Train (one job of the one loop, or reftx.lora's stages) and save the trained weights."""
+    train_kw = {"pad_id": pad_id(tok), "seed": exp.seed, "resume": resume, "show_progress": show_progress}
+    if exp.lora is None:
+        summary = train(model, encoded, exp.train, run_dir, **train_kw)
+        model.save_pretrained(run_dir / "intervention")
+    else:
+        from . import lora
+
+        model, summary = lora.train_stages(model, exp, encoded, run_dir, **train_kw)
+    plot_loss(run_dir)
+    return model, summary
+
+
+def _run(exp: Experiment, out: RunFolder, resume: bool, show_progress: bool) -> dict[str, Any]:
+    t_start, run_dir = time.perf_counter(), out.path
     resolved = exp.to_dict()
     chash = config_hash(resolved)
-    cfg_file = run_dir / "config.yaml"
     finished = _check_resume(run_dir, resume, chash)
     if finished is not None:
         return finished
-    atomic_write(cfg_file, lambda p: Path(p).write_text(dump_yaml(resolved)))
+    out.text("config.yaml", dump_yaml(resolved))
     console.rule(f"[bold]reftx run {exp.name}  (config {chash})")
     console.print(dump_yaml(resolved), highlight=False)
 
@@ -247,36 +263,12 @@ def _run(exp: Experiment, run_dir: Path, resume: bool, show_progress: bool) -> d
     eval_ex = task.examples(eval_split, exp.task.n_eval, exp.seed)
     base, tok = load_base(exp)
     chat = use_chat(tok, exp.model.chat_template)
-    if exp.lora is None:
-        model = attach(base, exp.interventions, exp.model.train_modules)
-        console.print(plan_table(model.plan()))
-    else:  # a LoRA adapter before/with/instead of the interventions: reftx.lora runs the stages
-        from . import lora
-
-        console.print(plan_table(lora.planned(exp, base.config)))
-        model = lora.prepare(base, exp)
-    generative = task.generate and exp.model.task == "causal-lm"
-
-    before = None
-    shown = eval_ex[: exp.eval.show_examples]
-    if generative and shown:  # also when resuming: samples.jsonl keeps its "before" answers
+    model = _build(exp, base)
+    before, shown = None, eval_ex[: exp.eval.show_examples]
+    if task.generate and exp.model.task == "causal-lm" and shown:  # also when resuming: samples keep "before"
         with model.disabled():
             before = generate(model, tok, shown, exp.eval, chat, "before", show_progress)
-
-    end_token = exp.model.task == "causal-lm"  # a classifier reads the text alone
-    encoded = [encode(tok, ex, exp.train.max_length, chat, end_token) for ex in train_ex]
-    encoded = prefix_truncate(encoded, exp.train.prefix_fraction, exp.train.prefix_tokens, exp.seed)
-    n_trunc = sum(e.truncated for e in encoded)
-    if n_trunc:
-        console.print(f"[yellow]{n_trunc} of {len(encoded)} training examples truncated to "
-                      f"train.max_length={exp.train.max_length}")
-    train_kw = {"pad_id": pad_id(tok), "seed": exp.seed, "resume": resume, "show_progress": show_progress}
-    if exp.lora is None:
-        summary = train(model, encoded, exp.train, run_dir, **train_kw)
-        model.save_pretrained(run_dir / "intervention")
-    else:
-        model, summary = lora.train_stages(model, exp, encoded, run_dir, **train_kw)
-    plot_loss(run_dir)
+    model, summary = _fit(exp, model, _encode(exp, tok, train_ex, chat), tok, run_dir, resume, show_progress)
 
     t_eval = time.perf_counter()
     metrics, preds = evaluate(model, tok, task, eval_ex, exp.eval, chat, show_progress, reference_loaders(task))
@@ -285,8 +277,8 @@ def _run(exp: Experiment, run_dir: Path, resume: bool, show_progress: bool) -> d
                "trainable_parameters": summary.get("trainable_parameters", model.count_parameters()), "train": summary,
                "eval_seconds": time.perf_counter() - t_eval, "wall_seconds": time.perf_counter() - t_start,
                "versions": _versions()}
-    _write_json(run_dir / "results.json", results)
-    write_samples(run_dir, eval_ex, preds, before)
+    out.json("results.json", results)
+    write_samples(out, eval_ex, preds, before)
     report(results, shown, before, preds[: len(shown)])
     return results
 
@@ -316,7 +308,7 @@ def evaluate_run(run_dir: str | Path, show_progress: bool = True) -> dict[str, A
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ReftError(f"{run_dir} has no config.yaml: not a reftx run directory")
-    with locked(run_dir, "reftx eval"):  # never while a run still writes the folder
+    with locked(run_dir, "reftx eval"):  # never while a run still writes the folder (eval.json only)
         results = _evaluate_run(run_dir, show_progress)
     console.print(f"wrote {run_dir / 'eval.json'}")
     return results
@@ -340,7 +332,7 @@ def _evaluate_run(run_dir: Path, show_progress: bool) -> dict[str, Any]:
                           show_progress, reference_loaders(task))
     results = {"name": exp.name, "config_hash": config_hash(exp.to_dict()), "metrics": metrics,
                "versions": _versions()}
-    _write_json(run_dir / "eval.json", results)
+    RunFolder(run_dir).json("eval.json", results)
     return results
 
 
@@ -355,16 +347,14 @@ def evaluate_base(exp: Experiment, show_progress: bool = True) -> dict[str, Any]
     Writes ``{run_dir}/baseline/``: ``config.yaml`` (the resolved config), ``results.json`` (same
     config hash as ``reftx run`` of this experiment) and ``samples.jsonl``; the interventions, lora
     and train sections are not used. A ``reftx run`` of the same experiment is never touched."""
-    with locked(baseline_dir(exp), f"reftx baseline {exp.name}") as out:
-        results = _evaluate_base(exp, out, show_progress)
-    console.print(f"wrote {out}")
-    return results
+    with run_folder(baseline_dir(exp), f"reftx baseline {exp.name}", say=console.print) as out:
+        return _evaluate_base(exp, out, show_progress)
 
 
-def _evaluate_base(exp: Experiment, out: Path, show_progress: bool) -> dict[str, Any]:
+def _evaluate_base(exp: Experiment, out: RunFolder, show_progress: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     resolved = exp.to_dict()
-    atomic_write(out / "config.yaml", lambda p: Path(p).write_text(dump_yaml(resolved)))
+    out.text("config.yaml", dump_yaml(resolved))
     task = load_task(exp)
     _, eval_split = splits(exp, task)
     examples = task.examples(eval_split, exp.task.n_eval, exp.seed)
@@ -374,7 +364,7 @@ def _evaluate_base(exp: Experiment, out: Path, show_progress: bool) -> dict[str,
     results = {"name": exp.name, "config_hash": config_hash(resolved), "model": exp.model.name,
                "task": task.name, "eval_split": eval_split, "n_eval": len(examples), "metrics": metrics,
                "trainable_parameters": 0, "wall_seconds": time.perf_counter() - t0, "versions": _versions()}
-    _write_json(out / "results.json", results)
+    out.json("results.json", results)
     write_samples(out, examples, preds)
     report(results, [], None, [])
     return results

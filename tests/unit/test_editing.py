@@ -262,6 +262,13 @@ def test_reftx_edit_sequential_run_and_demo(tiny_dir, tmp_path, capsys):
     assert {"reliability@2", "generality@2", "locality@4", "reliability_unedited", "steps_mean"} <= set(res["metrics"])
     lines = [json.loads(x) for x in (run / "edits.jsonl").read_text().splitlines()]
     assert [x["after"] for x in lines] == [2, 2, 4, 4, 4, 4] and all(1 <= x["steps"] <= 3 for x in lines)
+    # the same command again: the one run-folder writer picks the next free folder, the first is untouched
+    first = (run / "results.json").read_bytes()
+    assert cli.main(args) == 0
+    assert (run / "results.json").read_bytes() == first
+    again = json.loads((tmp_path / "zsre_baft-sequential-2" / "results.json").read_text())
+    assert again["metrics"] == res["metrics"] and again["config_hash"] == res["config_hash"]
+    assert f"wrote {tmp_path / 'zsre_baft-sequential-2'}" in capsys.readouterr().err.replace("\n", "")
     assert cli.main(["edit", "--model", str(tiny_dir), "--prompt", "The capital of Norway is", "--target", "Lima",
                      "--steps", "2", "--max-new-tokens", "3"]) == 0
     assert "The capital of Norway is" in capsys.readouterr().err
