@@ -201,6 +201,32 @@ def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
     return DTYPES[dtype]
 
 
+def _load_default(load: Any) -> tuple[Any, Any]:
+    """The default model from its cache; a cache that fails to load and does not verify is rebuilt once."""
+    path = default_model_path()
+    try:
+        return load(str(path))
+    except Exception as err:  # noqa: BLE001 - a broken cache of any kind is rebuilt once
+        if verify_cache(path, full=True):
+            raise  # every byte is as written, so the failure is not the cache's (e.g. bad kwargs)
+        logger.warning("loading the default model cache %s failed (%s); rebuilding it", path, err)
+        return load(str(default_model_path(rebuild=True)))
+
+
+def _load_named(load: Any, name: str) -> tuple[Any, Any]:
+    """A Hub id or local path; one that is neither found nor downloadable is a ReftError saying so."""
+    try:
+        return load(name)
+    except OSError as err:  # includes ConnectionError and huggingface_hub's offline/HTTP errors
+        if Path(name).expanduser().exists():
+            raise
+        raise ReftError(
+            f"cannot load model {name!r}: it is neither a local path nor in the Hugging Face cache, "
+            f"and it could not be downloaded from the Hub ({type(err).__name__}: {err}). "
+            f"Check the id and your network; `model: default` (SmolLM2-135M-Instruct) works offline."
+        ) from err
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     *,
@@ -240,27 +266,7 @@ def load_model(
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         return model, tokenizer
 
-    if name == DEFAULT_MODEL:
-        path = default_model_path()
-        try:
-            model, tokenizer = load(str(path))
-        except Exception as err:  # noqa: BLE001 - a broken cache of any kind is rebuilt once
-            if verify_cache(path, full=True):
-                raise  # every byte is as written, so the failure is not the cache's (e.g. bad kwargs)
-            logger.warning("loading the default model cache %s failed (%s); rebuilding it", path, err)
-            model, tokenizer = load(str(default_model_path(rebuild=True)))
-    else:
-        name = resolve_name(name)
-        try:
-            model, tokenizer = load(name)
-        except OSError as err:  # includes ConnectionError and huggingface_hub's offline/HTTP errors
-            if Path(name).expanduser().exists():
-                raise
-            raise ReftError(
-                f"cannot load model {name!r}: it is neither a local path nor in the Hugging Face cache, "
-                f"and it could not be downloaded from the Hub ({type(err).__name__}: {err}). "
-                f"Check the id and your network; `model: default` (SmolLM2-135M-Instruct) works offline."
-            ) from err
+    model, tokenizer = _load_default(load) if name == DEFAULT_MODEL else _load_named(load, resolve_name(name))
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:

@@ -168,3 +168,16 @@ def test_chain_depth_counts_project_classes_only():
     A.__module__ = B.__module__ = "reftx.fake"
     assert chain(B) == ["test_chain_depth_counts_project_classes_only.<locals>.B",
                         "test_chain_depth_counts_project_classes_only.<locals>.A"]
+
+
+def test_files_and_functions_stay_short():
+    """Measures of the architecture issue: no file over 400 lines, no function over 60."""
+    long_files, long_functions = {}, {}
+    for path in sorted(modules().values()):
+        text = path.read_text()
+        if len(text.splitlines()) > 400:
+            long_files[path.name] = len(text.splitlines())
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long_functions[f"{path.name}:{node.name}"] = node.end_lineno - node.lineno + 1
+    assert long_files == {} and long_functions == {}
