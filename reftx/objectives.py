@@ -93,7 +93,7 @@ def classify(model: Any, batch: dict[str, Any], options: dict[str, Any]) -> tupl
     target = info[LABEL].to(out.logits.device).long()
     core = F.cross_entropy(out.logits.float(), target)
     logs = {"accuracy": float((out.logits.argmax(-1) == target).float().mean())}
-    return _finish(model, out, core, logs)
+    return finish(model, out, core, logs)
 
 
 # -- unlearning objectives (GRUN, METHODS.md §4) ---------------------------------------------------
@@ -180,10 +180,16 @@ def _set_logs(values: Tensor, forget: Tensor, what: str) -> dict[str, float]:
     return logs
 
 
-def _finish(model: Any, out: Any, core: Tensor, logs: dict[str, float]) -> Result:
-    """core + the primitives' auxiliary losses, times their loss scale (``model.compose_loss``)."""
-    _, scale = parameter_terms([m for _, m in _unwrap(model).named_interventions()])
-    loss = compose_loss(core, out.get("aux_losses") or {}, scale)
+def finish(model: Any, out: Any, core: Tensor, logs: dict[str, float]) -> Result:
+    """An objective's result from its core term: ``(core + the primitives' auxiliary losses + the
+    modifiers' parameter losses) · their loss scale`` (reftx.loss.compose_loss), with ``core``
+    logged as ``objective``. The parameter losses (e.g. a hinge bound) are added here when the
+    forward did not add them (it does only when it was given labels), so no objective drops them."""
+    params, scale = parameter_terms([m for _, m in _unwrap(model).named_interventions()])
+    aux = dict(out.get("aux_losses") or {})
+    for k, v in params.items():
+        aux.setdefault(k, v)
+    loss = compose_loss(core, aux, scale)
     logs["objective"] = float(core.detach())
     return loss, logs, out
 
@@ -209,7 +215,7 @@ def gradient_difference(model: Any, batch: dict[str, Any], options: RetainOption
     out = model(**batch)
     nll = sequence_nll(out.logits, batch["labels"])
     core = -_set_mean(nll, forget) + o.retain_weight * _set_mean(nll, ~forget)
-    return _finish(model, out, core, _set_logs(nll, forget, "nll"))
+    return finish(model, out, core, _set_logs(nll, forget, "nll"))
 
 
 @register_objective("idk", RetainOptions)
@@ -221,7 +227,7 @@ def i_dont_know(model: Any, batch: dict[str, Any], options: RetainOptions) -> Re
     out = model(**batch)
     nll = sequence_nll(out.logits, batch["labels"])
     core = _set_mean(nll, forget) + o.retain_weight * _set_mean(nll, ~forget)
-    return _finish(model, out, core, _set_logs(nll, forget, "nll"))
+    return finish(model, out, core, _set_logs(nll, forget, "nll"))
 
 
 @dataclass(frozen=True)
@@ -263,7 +269,7 @@ def negative_preference(model: Any, batch: dict[str, Any], options: NpoOptions) 
     else:
         npo = nll.sum() * 0.0
     core = npo + o.retain_weight * _set_mean(nll, ~forget)
-    return _finish(model, out, core, logs)
+    return finish(model, out, core, logs)
 
 
 @dataclass(frozen=True)
@@ -320,4 +326,4 @@ def representation_misdirection(model: Any, batch: dict[str, Any], options: RmuO
         retain_term = h.sum() * 0.0
     core = forget_term + o.alpha * retain_term
     logs = {"rmu_forget": float(forget_term.detach()), "rmu_retain": float(retain_term.detach())}
-    return _finish(model, out, core, logs)
+    return finish(model, out, core, logs)

@@ -266,3 +266,25 @@ def test_every_objective_has_typed_options_checked_before_training(tmp_path):
         path.write_text(yaml.safe_dump({**base, **patch}))
         with pytest.raises(reftx.ConfigError, match=message):
             recipes.validate(load_experiment(path), model_config=object())
+
+
+def test_classify_keeps_the_modifiers_parameter_losses():
+    """The classifier's forward has no labels, so the model adds no parameter loss itself; the
+    objective must: loss = CE + λ·max(0, ‖c‖ − τ)² (a hinge bound with λ = 0.5, τ = 0.1)."""
+    import torch.nn.functional as F
+
+    from tests.conftest import batch, tiny_model
+
+    model = reftx.attach(tiny_model("bert"), [{"kind": "scale_bias", "layers": [1], "positions": {"first": 1},
+                                               "bound": "hinge", "bound_tau": 0.1, "bound_lambda": 0.5}])
+    (_, mod), = model.named_interventions()
+    with torch.no_grad():
+        mod.bias().copy_(torch.zeros_like(mod.bias()))
+        mod.bias()[:2] = torch.tensor([0.3, 0.4])  # ‖c‖ = 0.5: hinge = 0.5 · 0.4² = 0.08
+    ids, mask = batch()
+    target = torch.tensor([1, 0, 1])
+    loss, logs, out = OBJECTIVES.get("classify")(model, {"input_ids": ids, "attention_mask": mask,
+                                                         "example_info": {"label": target.float()}}, None)
+    ce = F.cross_entropy(out.logits.float(), target)
+    assert logs["objective"] == pytest.approx(float(ce), abs=1e-6)
+    assert loss.item() == pytest.approx(float(ce) + 0.08, abs=1e-6)
