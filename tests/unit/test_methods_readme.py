@@ -71,3 +71,57 @@ def test_trains_saves_and_loads(tmp_path):
     again = reftx.ReftModel.from_pretrained(base, tmp_path)
     assert torch.equal(again(input_ids=ids, attention_mask=mask).logits, ref)
     assert again.intervention("L1.block_output.all").config.k == 2
+
+
+def test_worked_examples_of_a_metric_a_task_and_an_objective_run(tiny_dir, tmp_path):
+    """The README's metric, task and objective blocks, written to one module and named in an
+    experiment's ``imports:``, register and run end to end; each is checked against hand values."""
+    import yaml
+    import torch.nn.functional as F
+
+    from reftx.experiment import load_experiment
+    from reftx.metrics import get_metric
+    from reftx.objectives import OBJECTIVES, objective_options
+    from reftx.recipes import run_experiment
+    from reftx.task import Example, get_task
+
+    readme = (METHODS / "README.md").read_text()
+    blocks = dict(re.findall(r"<!-- example-run: (\w+) -->\n```python\n(.*?)```", readme, re.S))
+    assert sorted(blocks) == ["metric", "objective", "task"]
+    module = tmp_path / "shout_example.py"
+    module.write_text("\n\n".join(blocks[k] for k in ("metric", "task", "objective")))
+    exp_file = tmp_path / "shout.yaml"
+    exp_file.write_text(yaml.safe_dump({
+        "schema": 1, "name": "shout", "output_dir": str(tmp_path / "runs"), "imports": [str(module)],
+        "model": {"name": str(tiny_dir), "chat_template": False}, "task": {"name": "shout", "options": {"n": 4}},
+        "interventions": [{"kind": "loreft", "rank": 2, "layers": [1], "positions": {"last": 1}}],
+        "train": {"objective": "smoothed_nll", "objective_options": {"eps": 0.05}, "max_steps": 2, "batch_size": 2},
+        "eval": {"max_new_tokens": 3, "batch_size": 4}}))
+    exp = load_experiment(exp_file)  # imports the module: the three register
+
+    # the metric: 1 for "APPLE" and "A1", 0 for "Apple" and "123" (no letters)
+    m = get_metric("all_caps")
+    assert [m.compute(p, Example("x")) for p in ("APPLE", "A1", "Apple", "123")] == [1.0, 1.0, 0.0, 0.0]
+    # the task reports it: mean over its examples = 2/4
+    task = get_task("shout", {"n": 4})
+    examples = task.examples("eval")
+    assert [e.target for e in examples] == [" APPLE", " RIVER", " STONE", " CLOUD"]
+    assert task.score(["APPLE", "river", "STONE", "cloud"], examples) == {"all_caps": 0.5}
+    # the objective: eps = 0 is the plain mean token NLL of the response (the nll objective)
+    model = reftx.attach(tiny_model("llama"), [{"kind": "loreft", "rank": 2, "layers": [1]}])
+    ids = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]])
+    labels = ids.clone()
+    labels[:, :2] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    smooth = OBJECTIVES.get("smoothed_nll")
+    plain, _, _ = OBJECTIVES.get("nll")(model, batch, None)
+    assert smooth(model, batch, objective_options("smoothed_nll", {"eps": 0.0}))[0].item() == \
+        pytest.approx(plain.item(), abs=1e-6)
+    logits = model(**batch).logits[:, :-1].float()
+    expected = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100,
+                               label_smoothing=0.1)
+    assert smooth(model, batch, objective_options("smoothed_nll", {}))[0].item() == \
+        pytest.approx(expected.item(), abs=1e-6)
+    # and all three by name from YAML: trained, evaluated, the metric reported
+    results = run_experiment(exp, show_progress=False)
+    assert set(results["metrics"]) == {"all_caps"} and results["train"]["steps"] == 2
