@@ -59,7 +59,6 @@ from .data import Encoded, collate_train, encode, format_prompt, pad_id
 from .slot_bank import EDIT_POS, EDIT_SLOT, SlotBank
 from .errors import ConfigError
 from .hooks import capture_outputs
-from .intervention import Context
 from .loop import Job, Loop, Optim, StepLoss, accelerator
 from .loss import after_step, compose_loss, parameter_terms
 from .positions import IGNORE
@@ -222,7 +221,7 @@ class Editor:
         self.max_length = train_cfg.max_length
         self.pad = pad_id(tokenizer)
         inner = self.bank.slots[0]
-        self.gate = getattr(inner, "basis_gate", None) is not None
+        self.gate = bool(getattr(inner, "has_basis_gate", False))
         if (opts.locality_prompts or opts.sequence_balance_weight) and not self.gate:
             raise ConfigError("recipe", "locality_prompts and sequence_balance_weight need a basis-gated "
                                         f"primitive (baft), not {self.bank.config.inner!r}")
@@ -281,12 +280,12 @@ class Editor:
     def _extra(self, k: int) -> Tensor | None:
         inner, loss = self.bank.slots[k], None
         if self.pool is not None and inner.config.locality_weight > 0:
-            s = inner.basis_gate(self.pool, Context(torch.zeros(len(self.pool), dtype=torch.long), 1))
+            s = inner.gate_weights(self.pool)
             loss = inner.config.locality_weight * locality_gate_loss(s, torch.ones(len(self.pool)),
                                                                      inner.config.locality_margin)
         if self.opts.sequence_balance_weight and self.opts.mode == "sequential":
             h = torch.cat(self.seq_states)
-            s = inner.basis_gate(h, Context(torch.zeros(len(h), dtype=torch.long), 1))
+            s = inner.gate_weights(h)
             bal = self.opts.sequence_balance_weight * variance_balance(s, torch.ones(len(h)))
             loss = bal if loss is None else loss + bal
         return loss

@@ -233,6 +233,16 @@ class Delta(Intervention):
     def modifiers(self) -> list[Modifier]:
         return [] if self.bound is None else [Modifier(self.bound, self.bias())]
 
+    @property
+    def has_basis_gate(self) -> bool:
+        return getattr(self, "basis_gate", None) is not None
+
+    def gate_weights(self, h: Tensor) -> Tensor | None:
+        """s(h), the per-basis weights of its basis gate on rows ``h`` (None without a gate):
+        what BaFT's site-state losses read (reftx.editing), without reaching into the parts."""
+        gate = getattr(self, "basis_gate", None)
+        return None if gate is None else gate(h, Context(torch.zeros(len(h), dtype=torch.long, device=h.device), 1))
+
 
 class Primitive:
     """A registered composition: ``Primitive(config, dim)`` builds its ``Delta``. It carries what
