@@ -17,7 +17,9 @@ Data under ``{data_dir}`` (see shared/data/SOURCES.md):
 Every edit becomes one ``Example``: prompt = the edit prompt, target = " " + target_new (the
 continuation is tokenised on its own, so it carries its leading space), meta = subject, rephrase,
 locality prompt and answer, ground truth, file and record index. Split ``edit`` is every record.
-Neither file has portability prompts, so there is no portability metric.
+Neither file has portability prompts (EasyEdit's ``portability`` fields) nor ROME's
+``generation_prompts``, so there is no portability metric and ROME's fluency (``ngram_entropy``,
+registered, on generated text) is not reported by the task.
 
 Metrics (EasyEdit's definitions, teacher forcing through ``reftx.scoring``), per edit, then averaged:
 
@@ -27,12 +29,19 @@ Metrics (EasyEdit's definitions, teacher forcing through ``reftx.scoring``), per
 * locality: after the locality prompt, teacher-forced on locality_ground_truth, the share of its
   token positions whose argmax token is the same under the edited and the unedited model.
 
+And ROME/MEMIT's CounterFact protocol on CounterFact edits (``counterfact_scores``; not on zsRE,
+which has no old target): efficacy, paraphrase and neighborhood scores and magnitudes, computed
+on the edited model by ``edit_scores`` and on the unedited one (``model.disabled()``) by
+``unedited_scores``, never one from the other.
+
 ``reftx run`` on this task trains one intervention on all edits at once (a batch edit through the
 ordinary training loop); ``reftx edit`` runs the editing protocol (single, batch, sequential).
 """
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -128,10 +137,108 @@ def argmax_agreement(edited: tuple[int, ...], unedited: tuple[int, ...]) -> floa
     return sum(a == b for a, b in zip(edited, unedited)) / len(edited)
 
 
+# -- ROME/MEMIT's CounterFact protocol (kmeng01/rome: experiments/py/eval_utils_counterfact.py for the
+# per-prompt numbers, experiments/summarize.py for the scores). Its "probability" of a target is
+# exp(-mean token NLL) (test_batch_prediction divides the summed NLL by the target's length): the
+# geometric mean of the token probabilities, not their product. Comparisons are strict, as there.
+def rome_prob(nll: float) -> float:
+    """ROME's P(target) from the target's mean token NLL: exp(-nll)."""
+    return math.exp(-nll)
+
+
+def counterfact_scores(edit: tuple[float, float], rephrase: tuple[float, float],
+                       neighborhood: tuple[float, float]) -> dict[str, float]:
+    """One edit's ROME scores from (mean NLL of target_new, mean NLL of target_true) after the edit
+    prompt, the rephrase and the neighborhood (locality) prompt. A score is 1.0 when the wanted
+    target is the more likely (new for efficacy and paraphrase, true for neighborhood), a magnitude
+    the gap P(wanted) - P(other); ROME averages them over an edit's prompts (one each here), then
+    over edits."""
+    def pair(wanted: float, other: float) -> tuple[float, float]:
+        return float(other > wanted), rome_prob(wanted) - rome_prob(other)
+
+    out: dict[str, float] = {}
+    for name, (wanted, other) in (("efficacy", edit), ("paraphrase", rephrase),
+                                  ("neighborhood", neighborhood[::-1])):
+        out[f"{name}_score"], out[f"{name}_magnitude"] = pair(wanted, other)
+    return out
+
+
+def compute_n_gram_entropy(sentence: str, ns: tuple[int, ...] = (2, 3), weights: tuple[float, ...] = (2 / 3, 4 / 3),
+                           agg: Literal["arith", "geom"] = "arith") -> float:
+    """ROME's fluency of one text: for each n, the entropy (bits) of its word n-gram frequencies,
+    times its weight (2/3 for bigrams, 4/3 for trigrams), then their mean (or geometric mean).
+    Words: nltk's Treebank word tokenizer on the whole text (ROME's ``nltk.word_tokenize`` also
+    splits sentences first with punkt, whose model is not installed: a period inside the text
+    stays on its word here)."""
+    from nltk.tokenize import word_tokenize
+
+    words = word_tokenize(sentence, preserve_line=True)
+    values = []
+    for n, w in zip(ns, weights):
+        counts = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+        total = sum(counts.values())
+        values.append(w * sum(-c / total * math.log2(c / total) for c in counts.values()))
+    return _agg(values, agg)
+
+
+def n_gram_entropy(texts: list[str], agg: Literal["arith", "geom"] = "arith") -> float:
+    """ROME's ``ngram_entropy`` of a set of generations: the mean of ``compute_n_gram_entropy``."""
+    return _agg([compute_n_gram_entropy(t) for t in texts], agg)
+
+
+def _agg(values: list[float], agg: str) -> float:
+    if agg == "geom":  # scipy.stats.mstats.gmean: 0 when any value is 0
+        return 0.0 if min(values) <= 0 else math.exp(sum(map(math.log, values)) / len(values))
+    return sum(values) / len(values)
+
+
+def edit_pairs(examples: list[Example], info: list[dict[str, float]] | None = None
+               ) -> tuple[list[str], list[str], list[dict[str, float]], dict[int, tuple[int, int, int, int]]]:
+    """The teacher-forced (prompt, continuation, example_info) triples of ``examples``: the edit
+    prompts, the rephrases and the locality prompts (EasyEdit: 3n pairs, in that order), then, for
+    each CounterFact edit (one with a ground truth), ROME's extra pairs: the old target after the
+    edit prompt and after the rephrase, the new target after the locality prompt, and the old
+    target there unless it is the locality answer (it is in every shipped record). Returns the
+    pairs and, per CounterFact edit, the indices of P(old | prompt), P(old | rephrase),
+    P(new | locality prompt) and P(old | locality prompt)."""
+    n = len(examples)
+    info = info or [{} for _ in range(3 * n)]
+    prompts = [ex.prompt for ex in examples] + [ex.meta["rephrase"] for ex in examples]
+    prompts += [ex.meta["locality_prompt"] for ex in examples]
+    conts = [ex.target for ex in examples] * 2 + [ex.meta["locality_answer"] for ex in examples]
+    infos, extra = list(info), {}
+    for i, ex in enumerate(examples):
+        old = " " + ex.meta.get("ground_truth", "")
+        if not old.strip():
+            continue
+        k = len(prompts)
+        extra[i] = (k, k + 1, k + 2, 2 * n + i if ex.meta["locality_answer"] == old else k + 3)
+        more = [(ex.prompt, old, info[i]), (ex.meta["rephrase"], old, info[n + i]),
+                (ex.meta["locality_prompt"], ex.target, info[2 * n + i])]
+        if ex.meta["locality_answer"] != old:
+            more.append((ex.meta["locality_prompt"], old, info[2 * n + i]))
+        for p, c, d in more:
+            prompts.append(p), conts.append(c), infos.append(d)
+    return prompts, conts, infos, extra
+
+
+def _rows(scores: list[Any], examples: list[Example], extra: dict[int, tuple[int, int, int, int]]
+          ) -> list[dict[str, float]]:
+    """Reliability and generality (EasyEdit) and, for CounterFact edits, ROME's scores per edit."""
+    n = len(examples)
+    rows = [{"reliability": scores[i].token_accuracy, "generality": scores[n + i].token_accuracy} for i in range(n)]
+    nll = [-s.mean_logprob for s in scores]  # ROME's "probs": the mean token NLL of a target
+    for i, (old, old_r, new_loc, old_loc) in extra.items():
+        rows[i].update(counterfact_scores((nll[i], nll[old]), (nll[n + i], nll[old_r]), (nll[new_loc], nll[old_loc])))
+    return rows
+
+
 def edit_scores(model: Any, tokenizer: Any, examples: list[Example], chat: bool, batch_size: int = 16,
                 unedited_locality: list[tuple[int, ...]] | None = None,
                 example_info: list[dict[str, float]] | None = None) -> list[dict[str, float]]:
-    """Per-edit reliability, generality and locality of ``model`` (a ReftModel) on ``examples``.
+    """Per-edit reliability, generality and locality of ``model`` (a ReftModel) on ``examples``,
+    and for CounterFact edits ROME's efficacy/paraphrase/neighborhood scores and magnitudes
+    (``counterfact_scores``) of the same model.
 
     ``unedited_locality``: the unedited model's argmax tokens on each locality continuation
     (computed here with ``model.disabled()`` when None). ``example_info``: floats passed to the
@@ -144,32 +251,30 @@ def edit_scores(model: Any, tokenizer: Any, examples: list[Example], chat: bool,
     if len(info) not in (n, 3 * n):
         raise ValueError(f"example_info needs {n} or {3 * n} entries, got {len(info)}")
     info = info * 3 if len(info) == n else info
-    prompts = [ex.prompt for ex in examples] + [ex.meta["rephrase"] for ex in examples]
-    prompts += [ex.meta["locality_prompt"] for ex in examples]
-    conts = [ex.target for ex in examples] * 2 + [ex.meta["locality_answer"] for ex in examples]
-    scores = score_continuations(model, tokenizer, prompts, conts, chat, batch_size, example_info=info)
+    prompts, conts, infos, extra = edit_pairs(examples, info)
+    scores = score_continuations(model, tokenizer, prompts, conts, chat, batch_size, example_info=infos)
     if unedited_locality is None:
         unedited_locality = unedited_argmax(model, tokenizer, examples, chat, batch_size)
-    return [{"reliability": scores[i].token_accuracy, "generality": scores[n + i].token_accuracy,
-             "locality": argmax_agreement(scores[2 * n + i].argmax, unedited_locality[i])} for i in range(n)]
+    rows = _rows(scores, examples, extra)
+    for i, row in enumerate(rows):
+        row["locality"] = argmax_agreement(scores[2 * n + i].argmax, unedited_locality[i])
+    return [{k: r[k] for k in ("reliability", "generality", "locality")} | r for r in rows]
 
 
 def unedited_scores(model: Any, tokenizer: Any, examples: list[Example], chat: bool,
                     batch_size: int = 16) -> tuple[list[dict[str, float]], list[tuple[int, ...]]]:
     """The unedited model (``model.disabled()`` for a ReftModel) in one pass: per-edit reliability
-    and generality, and its argmax tokens on each locality continuation (locality's reference)."""
+    and generality (and ROME's CounterFact scores where the edit has a ground truth), and its
+    argmax tokens on each locality continuation (locality's reference)."""
     from contextlib import nullcontext
 
     from reftx.scoring import score_continuations
 
     n = len(examples)
-    prompts = [ex.prompt for ex in examples] + [ex.meta["rephrase"] for ex in examples]
-    prompts += [ex.meta["locality_prompt"] for ex in examples]
-    conts = [ex.target for ex in examples] * 2 + [ex.meta["locality_answer"] for ex in examples]
+    prompts, conts, _, extra = edit_pairs(examples)
     with model.disabled() if hasattr(model, "disabled") else nullcontext():
         s = score_continuations(model, tokenizer, prompts, conts, chat, batch_size)
-    rows = [{"reliability": s[i].token_accuracy, "generality": s[n + i].token_accuracy} for i in range(n)]
-    return rows, [s[2 * n + i].argmax for i in range(n)]
+    return _rows(s, examples, extra), [s[2 * n + i].argmax for i in range(n)]
 
 
 def unedited_argmax(model: Any, tokenizer: Any, examples: list[Example], chat: bool,
@@ -197,8 +302,8 @@ def known_accuracy(model: Any, tokenizer: Any, facts: list[KnownFact], chat: boo
 
 
 def _column(name: str, doc: str):
-    def compute(row: dict[str, float], example: Any) -> float:
-        return row[name]  # the edit's value, from edit_scores
+    def compute(row: dict[str, float], example: Any) -> float | None:
+        return row.get(name)  # the edit's value, from edit_scores (None: not a CounterFact edit)
 
     compute.__qualname__ = name
     return register_metric(name, compute, doc=doc)  # aggregate: the mean over the edits
@@ -209,17 +314,38 @@ EDIT_METRICS = tuple(_column(name, doc).name for name, doc in (
     ("generality", "Token accuracy of the new target after the rephrased prompt (EasyEdit), mean over edits."),
     ("locality", "Share of the locality answer's argmax tokens unchanged by the edit (EasyEdit), mean over edits."),
 ))
+_ROME = "(ROME's CounterFact protocol; P = exp(-mean token NLL)), mean over CounterFact edits."
+COUNTERFACT_METRICS = tuple(_column(name, doc).name for name, doc in (
+    ("efficacy_score", f"Share of edit prompts with P(new) > P(true) {_ROME}"),
+    ("efficacy_magnitude", f"P(new) - P(true) after the edit prompt {_ROME}"),
+    ("paraphrase_score", f"Share of rephrased prompts with P(new) > P(true) {_ROME}"),
+    ("paraphrase_magnitude", f"P(new) - P(true) after the rephrased prompt {_ROME}"),
+    ("neighborhood_score", f"Share of neighborhood prompts with P(true) > P(new) {_ROME}"),
+    ("neighborhood_magnitude", f"P(true) - P(new) after the neighborhood prompt {_ROME}"),
+))
+
+
+@register_metric("ngram_entropy")
+def ngram_entropy(prediction: str, example: Any) -> float:
+    """ROME's fluency: weighted 2-/3-gram entropy (bits) of a generated text, mean over texts."""
+    return compute_n_gram_entropy(prediction)
 
 
 def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Means of every metric over the edits (``edit_scores`` rows; NaN for no edits)."""
-    metrics = [get_metric(name) for name in EDIT_METRICS]
-    return {m.key: m.aggregate([m.compute(r, None) for r in rows]) for m in metrics}
+    """Means of every metric over the edits (``edit_scores`` rows; NaN for no edits); ROME's
+    CounterFact metrics where some edit has them."""
+    out = {}
+    for m in (get_metric(name) for name in EDIT_METRICS + COUNTERFACT_METRICS):
+        values = [v for v in (m.compute(r, None) for r in rows) if v is not None]
+        if values or m.name in EDIT_METRICS:
+            out[m.key] = m.aggregate(values)
+    return out
 
 
 @register_task("knowledge_edit")
 class KnowledgeEdit(Task):
-    """CounterFact / zsRE edits (EasyEdit format). Metrics: reliability, generality, locality."""
+    """CounterFact / zsRE edits (EasyEdit format). Metrics: reliability, generality, locality;
+    on CounterFact also ROME's efficacy, paraphrase and neighborhood scores and magnitudes."""
 
     @dataclass(frozen=True)
     class Options:
@@ -229,7 +355,7 @@ class KnowledgeEdit(Task):
 
     splits = ("edit",)
     generate = False
-    metrics = EDIT_METRICS
+    metrics = EDIT_METRICS + COUNTERFACT_METRICS
 
     @property
     def file(self) -> str:
@@ -246,7 +372,7 @@ class KnowledgeEdit(Task):
 
     def evaluate(self, model: Any, tokenizer: Any, examples: list[Example], cfg: Any, chat: bool,
                  show_progress: bool = True, references: Any = None) -> tuple[dict[str, float], list[str]]:
-        """Per-edit reliability, generality and locality (``edit_scores``, teacher forcing), then
-        their means; the predictions are each edit's row as JSON."""
+        """Per-edit reliability, generality, locality and ROME's scores (``edit_scores``, teacher
+        forcing), then their means; the predictions are each edit's row as JSON."""
         rows = edit_scores(model, tokenizer, examples, chat, cfg.batch_size)
         return score_metrics(self.metrics, rows, examples), [json.dumps(r) for r in rows]

@@ -306,3 +306,24 @@ def test_edit_honours_every_bound(tiny_dir, bound):
     else:
         # the controller ran after every step of the editor and moved its weight below w0 = 0.1
         assert int(slot.bound.pid_steps) == res.steps and float(slot.bound.pid_weight) < 0.1
+
+
+def test_counterfact_scores_on_the_edited_and_the_unedited_model(tiny_dir):
+    """ROME's scores: ``unedited_scores`` (the ReftModel under ``disabled()``) equals a plain copy
+    of the base model; after the edit ``edit_scores`` reports the edited model's own values."""
+    from reftx.tasks.knowledge_edit import COUNTERFACT_METRICS, unedited_scores
+
+    ed = editor(tiny_dir, 1)
+    ed.examples[0] = Example(ed.examples[0].prompt, ed.examples[0].target,
+                             meta={**ed.examples[0].meta, "ground_truth": "Oslo"})
+    exs = ed.examples[:1]
+    before, reference = unedited_scores(ed.model, ed.tok, exs, False)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    with torch.no_grad():
+        plain.lm_head.weight.mul_(100)
+    assert before[0] == pytest.approx({k: v for k, v in edit_scores(plain, ed.tok, exs, False)[0].items()
+                                       if k != "locality"}, abs=1e-5)
+    res = ed.train_jobs([[0]])[0]
+    after = ed.evaluate_jobs([[0]], [res], {0: reference[0]})[0]
+    assert set(COUNTERFACT_METRICS) <= set(after) and after["reliability"] == 1.0
+    assert after["efficacy_score"] == 1.0 and after["efficacy_magnitude"] > before[0]["efficacy_magnitude"]
