@@ -22,7 +22,10 @@ and the unlearning objectives read):
   ``real_authors`` and ``world_facts`` (their _perturbed files), ``n_utility`` of each, fixed by
   ``seed``. Each carries its paraphrased and perturbed answers in ``meta``; evaluating it gives
   TOFU's metrics (tasks/tofu_metrics.py: answer probability, truth ratio, Forget Quality against
-  ``retain_model``, Model Utility, mean gate value per set).
+  ``retain_model``, Model Utility, mean gate value per set). With ``memorization: true`` it also
+  holds set ``holdout`` (holdoutNN.json: questions on authors outside TOFU's training data, the
+  first ``n_forget_eval``), and the evaluation adds open-unlearning's exact memorization,
+  extraction strength, MIA AUCs (forget vs holdout) and privleak (docs/protocols.md).
 
 Metric of the other splits: ROUGE-L recall of the generated answer against the gold answer
 (longest common subsequence over the gold length, tokenised and stemmed as TOFU's scorer does:
@@ -43,6 +46,7 @@ from reftx.metrics import score_metrics
 from reftx.task import Example, Loader, Task, read_text, register_task
 
 from .tofu_metrics import SET_METRICS, evaluate_tofu
+from .unlearning_metrics import MEMORIZATION_METRICS
 
 RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 IDK_FILE = "idontknow.jsonl"
@@ -153,10 +157,11 @@ class TofuUnlearn(Task):
         idk: bool = False  # train on "I don't know" answers for the forget set (idontknow.jsonl)
         seed: int = 0  # seed of the retain subset, of the IDK answers and of the utility subsets
         retain_authors: int | None = None  # reduced TOFU: the retain set is authors 0..N-1 only; null: all
-        n_forget_eval: int | None = None  # split tofu: the first N forget questions; null: all
+        n_forget_eval: int | None = None  # split tofu: the first N forget (and holdout) questions; null: all
         n_utility: int | None = 40  # split tofu: questions per utility set (retain, real/world); null: all
         retain_model: str | None = None  # split tofu: path of the retain-only model, for Forget Quality (null: none)
         truth_ratio: Literal["geometric", "arithmetic"] = "geometric"  # split tofu: P(false) as the geometric mean of the perturbed answers' normalised probabilities (open-unlearning) or the arithmetic mean (a TOFU script variant)
+        memorization: bool = False  # split tofu: also open-unlearning's exact memorization, extraction strength, MIA AUCs (forget vs holdoutNN) and privleak (with retain_model)
 
         def __post_init__(self) -> None:
             for name in ("n_retain", "retain_authors", "n_forget_eval", "n_utility"):
@@ -165,7 +170,7 @@ class TofuUnlearn(Task):
                     raise ConfigError(name, f"must be >= 1 (or null), got {value}")
 
     splits = ("train", "retain", "forget", "eval", "tofu")
-    metrics = SET_METRICS  # rougel_recall on every split; split tofu also prob and the truth ratios
+    metrics = SET_METRICS + MEMORIZATION_METRICS  # rougel_recall on every split; split tofu the rest
 
     def __init__(self, options: Any = None, data_dir: str | Path | None = None):
         super().__init__(options, data_dir)
@@ -226,6 +231,11 @@ class TofuUnlearn(Task):
                 pick = random.Random(f"{o.seed}:tofu-{name}").sample(range(len(rows)), o.n_utility)
                 rows = [rows[i] for i in sorted(pick)]
             out += [_tofu_example(r, name) for r in rows]
+        if o.memorization:  # MIA non-members: as many holdout questions as forget questions
+            holdout = read_qa(root / f"holdout{o.forget[-2:]}.json", ("question", "answer"))[: o.n_forget_eval]
+            out += [Example(q.question, q.answer, info={"gate_label": 0.0},
+                            meta={"set": "holdout", "file": q.file, "line": q.line, "index": q.index})
+                    for q in holdout]
         return out
 
     def reference_models(self) -> dict[str, str]:
@@ -236,13 +246,14 @@ class TofuUnlearn(Task):
                  show_progress: bool = True, references: dict[str, Loader] | None = None,
                  ) -> tuple[dict[str, float], list[str]]:
         """Split ``tofu``: TOFU's metrics (tasks/tofu_metrics.py; ``references["retain_model"]``
-        loads the retain model when its truth ratios are not cached); other splits: ROUGE-L recall."""
+        loads the retain model when its values are not cached); other splits: ROUGE-L recall."""
         if not any("perturbed" in ex.meta for ex in examples):
             return super().evaluate(model, tokenizer, examples, cfg, chat, show_progress)
 
         return evaluate_tofu(model, tokenizer, examples, cfg, chat, self.options.retain_model,
                              f"{self.options.forget}:{self.options.n_forget_eval}", show_progress,
-                             self.options.truth_ratio, (references or {}).get("retain_model"))
+                             self.options.truth_ratio, (references or {}).get("retain_model"),
+                             self.options.memorization)
 
     def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
         """``rougeL_recall`` overall and per set (``rougeL_recall_forget`` / ``_retain``, by gate label)."""

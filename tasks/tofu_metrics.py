@@ -34,6 +34,17 @@ Overall:
 * ``model_utility``: the harmonic mean of the 9 numbers {prob, rougeL_recall, truth_ratio} ×
   {retain, real_authors, world_facts} (0 if any is 0).
 
+open-unlearning's memorization and privacy metrics (``task.options.memorization: true``; formulas
+and their reference files in tasks/unlearning_metrics.py; ``memorization_metrics`` below), from one
+teacher-forced pass over question + answer + EOS of the forget set and of the holdout set (set
+``holdout``: TOFU's holdoutNN, authors never trained on; its answers are not generated):
+
+* ``exact_memorization_forget``, ``extraction_strength_forget``: means over the forget set.
+* ``mia_loss_auc``, ``mia_zlib_auc``, ``mia_min_k_auc``, ``mia_min_k_plus_plus_auc``: the AUC of
+  each attack between forget (members) and holdout (non-members); 1: the forget set looks trained on.
+* ``privleak``: Min-K%'s AUC against the retain model's on the same sets (cached in its folder
+  like the truth ratios), (AUC_retain − AUC) / (1 − AUC_retain) · 100 as open-unlearning computes it.
+
 A model as it is (the stage-1 or the retain-only model, before any unlearning) is evaluated by
 ``reftx baseline`` (reftx.runner.evaluate_base) on an unlearning experiment's split ``tofu``:
 
@@ -49,11 +60,26 @@ from typing import Any
 import torch
 from scipy.stats import ks_2samp
 
+import torch.nn.functional as F
+
 from reftx.data import collate_train, encode
-from reftx.errors import ConfigError
+from reftx.errors import ConfigError, DataError
 from reftx.metrics import register_metric, score_metrics
-from reftx.scoring import ContinuationScore, score_continuations
+from reftx.positions import IGNORE
+from reftx.scoring import ContinuationScore, batched_forward, score_continuations
 from reftx.task import Example, Loader
+
+from .unlearning_metrics import (
+    MIN_K,
+    exact_memorization,
+    extraction_strength,
+    mia_loss,
+    mia_min_k,
+    mia_min_k_plus_plus,
+    mia_zlib,
+    next_token_moments,
+    privleak,
+)
 
 
 UTILITY_SETS = ("retain", "real_authors", "world_facts")
@@ -199,54 +225,145 @@ def mean_gate(model: Any, tokenizer: Any, examples: list[Example], chat: bool, b
     return total / count if count else None
 
 
+def _cached(retain_model: str, key: str, compute: Any, load: Loader | None) -> Any:
+    """``{retain_model}/{CACHE_FILE}[key]``; on a miss ``compute(*load())``, stored there."""
+    from reftx.model import atomic_write
+
+    cache = Path(retain_model) / CACHE_FILE
+    stored = json.loads(cache.read_text()) if cache.is_file() else {}
+    if key not in stored:
+        if load is None:
+            raise ConfigError("task.options.retain_model", f"{cache} holds no values for {key!r} and no "
+                                                           "loader of the retain model was given: evaluate with "
+                                                           "reftx run / eval / baseline, whose runner loads it")
+        stored[key] = compute(*load())
+        atomic_write(cache, lambda p: Path(p).write_text(json.dumps(stored)))
+    return stored[key]
+
+
 def retain_ratios(retain_model: str, examples: list[Example], chat: bool, key: str, batch_size: int,
                   mean: str = "geometric", load: Loader | None = None) -> list[float]:
     """The retain-only model's forget-set truth ratios, cached in ``{retain_model}/{CACHE_FILE}`` by
     ``key`` (which names the truth-ratio variant: the KS test compares like with like). On a cache
     miss ``load()`` gives the model and tokenizer (the runner's loader of ``retain_model``)."""
-    from reftx.model import atomic_write
-
-    cache = Path(retain_model) / CACHE_FILE
     key = f"{key}:chat={chat}:n={len(examples)}" + ("" if mean == "arithmetic" else f":tr={mean}")
-    stored = json.loads(cache.read_text()) if cache.is_file() else {}
-    if key not in stored:
-        if load is None:
-            raise ConfigError("task.options.retain_model", f"{cache} holds no truth ratios for {key!r} and no "
-                                                           "loader of the retain model was given: evaluate with "
-                                                           "reftx run / eval / baseline, whose runner loads it")
-        model, tok = load()
-        stored[key] = [r["R"] for r in likelihood_stats(model, tok, examples, chat, batch_size, mean)]
-        atomic_write(cache, lambda p: Path(p).write_text(json.dumps(stored)))
-    return stored[key]
+    return _cached(retain_model, key, lambda model, tok: [
+        r["R"] for r in likelihood_stats(model, tok, examples, chat, batch_size, mean)], load)
+
+
+def retain_auc(retain_model: str, examples: list[Example], chat: bool, key: str, batch_size: int,
+               load: Loader | None = None) -> float:
+    """The retain-only model's Min-K% AUC on the forget and holdout ``examples`` (privleak's
+    reference), cached like ``retain_ratios``."""
+    key = f"{key}:chat={chat}:n={len(examples)}:mia_min_k:k={MIN_K}"
+    return _cached(retain_model, key, lambda model, tok: score_metrics(
+        ["mia_min_k"], token_scores(model, tok, examples, chat, batch_size), examples)["mia_min_k_auc"], load)
+
+
+MIA_MAX_LENGTH = 512  # open-unlearning configs/data/datasets/TOFU_MIA.yaml max_length
+
+
+def token_scores(model: Any, tokenizer: Any, examples: list[Example], chat: bool, batch_size: int = 16,
+                 max_length: int = MIA_MAX_LENGTH) -> list[dict[str, float | None]]:
+    """Per example, from one teacher-forced pass over prompt + gold answer + EOS (reftx.scoring's
+    batched forward; log-softmax in float32): ``em``, ``es``, ``mia_loss``, ``mia_zlib``,
+    ``mia_min_k``, ``mia_min_k_plus_plus`` (tasks/unlearning_metrics.py). The EOS counts in LOSS
+    and ZLib only, as in open-unlearning; the ZLib text is the gold tokens decoded."""
+    encoded = [encode(tokenizer, Example(ex.prompt, str(ex.gold)), max_length, chat, end_token=True)
+               for ex in examples]
+    out: list[dict[str, float | None]] = [{} for _ in encoded]
+    for idx, labels, result in batched_forward(model, tokenizer, encoded, batch_size):
+        logp = F.log_softmax(result.logits[:, :-1].float(), dim=-1)
+        target = labels[:, 1:]
+        for row, i in enumerate(idx):
+            keep = target[row] != IGNORE
+            out[i] = _example_scores(logp[row][keep].cpu(), target[row][keep].cpu(), tokenizer)
+    return out
+
+
+def _example_scores(logp: Any, targets: Any, tokenizer: Any) -> dict[str, float | None]:
+    tok_lp = logp.gather(-1, targets[:, None]).squeeze(-1)
+    argmax = logp.argmax(-1)
+    mu, var = next_token_moments(logp)
+    loss = mia_loss(tok_lp) if targets.numel() else 0.0
+    body = slice(0, max(targets.numel() - 1, 0))  # every answer token but the EOS
+    return {"em": exact_memorization(argmax[body], targets[body]),
+            "es": extraction_strength(argmax[body], targets[body]),
+            "mia_loss": loss,
+            "mia_zlib": mia_zlib(loss, tokenizer.decode(targets.tolist(), skip_special_tokens=True)),
+            "mia_min_k": mia_min_k(tok_lp[body]),
+            "mia_min_k_plus_plus": mia_min_k_plus_plus(tok_lp[body], mu[body], var[body])}
+
+
+def memorization_metrics(model: Any, tokenizer: Any, examples: list[Example], chat: bool, batch_size: int,
+                         retain_model: str | None = None, key: str = "", load: Loader | None = None
+                         ) -> dict[str, float]:
+    """EM and ES on the forget set, the four MIA AUCs between the forget and holdout sets and, with
+    ``retain_model``, privleak (see the module docstring). Other sets in ``examples`` are ignored."""
+    mia = [ex for ex in examples if ex.meta["set"] in ("forget", "holdout")]
+    forget = [j for j, ex in enumerate(mia) if ex.meta["set"] == "forget"]
+    if not forget or len(forget) == len(mia):
+        raise DataError("tofu memorization metrics need forget and holdout examples "
+                        f"(got {len(forget)} forget, {len(mia) - len(forget)} holdout)")
+    scores = token_scores(model, tokenizer, mia, chat, batch_size)
+    out = {f"{k}_forget": v for k, v in score_metrics(["exact_memorization", "extraction_strength"],
+                                                      [scores[j] for j in forget], [mia[j] for j in forget]).items()}
+    out |= score_metrics(["mia_loss", "mia_zlib", "mia_min_k", "mia_min_k_plus_plus"], scores, mia)
+    if retain_model:
+        out["privleak"] = privleak(out["mia_min_k_auc"], retain_auc(retain_model, mia, chat, key, batch_size, load))
+    return out
+
+
+def _once(load: Loader | None) -> Loader | None:
+    """``load`` called at most once (Forget Quality and privleak share the retain model)."""
+    if load is None:
+        return None
+    loaded: list[tuple[Any, Any]] = []
+
+    def get() -> tuple[Any, Any]:
+        if not loaded:
+            loaded.append(load())
+        return loaded[0]
+
+    return get
 
 
 def evaluate_tofu(model: Any, tokenizer: Any, examples: list[Example], cfg: Any, chat: bool,
                   retain_model: str | None, key: str, show_progress: bool = True,
-                  mean: str = "geometric", load_retain: Loader | None = None) -> tuple[dict[str, float], list[str]]:
+                  mean: str = "geometric", load_retain: Loader | None = None,
+                  memorization: bool = False) -> tuple[dict[str, float], list[str]]:
     """Every TOFU metric on split ``tofu``'s examples (see the module docstring); returns the greedy
-    answers. Forget Quality's KS test runs on the per-question R of both models, as open-unlearning's
-    ``ks_test`` does on ``truth_ratio``'s ``value_by_index``; ``load_retain`` loads the retain model
-    (``retain_model``) when its ratios are not cached yet."""
+    answers ("" for holdout examples, which are not generated). Forget Quality's KS test runs on
+    the per-question R of both models, as open-unlearning's ``ks_test`` does on ``truth_ratio``'s
+    ``value_by_index``; ``load_retain`` loads the retain model (``retain_model``) when its values
+    are not cached yet. ``memorization``: also open-unlearning's EM, ES, MIA AUCs and privleak."""
     from reftx.evaluate import generate
 
-    preds = generate(model, tokenizer, examples, cfg, chat, "tofu answers", show_progress)
-    stats = likelihood_stats(model, tokenizer, examples, chat, cfg.batch_size, mean)
+    main = [i for i, ex in enumerate(examples) if ex.meta["set"] in SETS]
+    tofu = [examples[i] for i in main]
+    preds = [""] * len(examples)
+    for i, pred in zip(main, generate(model, tokenizer, tofu, cfg, chat, "tofu answers", show_progress)):
+        preds[i] = pred
+    stats = likelihood_stats(model, tokenizer, tofu, chat, cfg.batch_size, mean)
+    load = _once(load_retain)
     metrics: dict[str, float] = {}
     for name in SETS:
-        idx = [i for i, ex in enumerate(examples) if ex.meta["set"] == name]
+        idx = [i for i, ex in enumerate(tofu) if ex.meta["set"] == name]
         if not idx:
             continue
-        subset = [examples[i] for i in idx]
+        subset = [tofu[i] for i in idx]
         ratio = "truth_ratio_closer_to_1" if name == "forget" else "truth_ratio_true_better"
-        scores = {**score_metrics(["rougel_recall"], [preds[i] for i in idx], subset),
+        scores = {**score_metrics(["rougel_recall"], [preds[main[i]] for i in idx], subset),
                   **score_metrics(["tofu_prob", ratio], [stats[i] for i in idx], subset)}
         metrics |= {f"{k}_{name}": v for k, v in scores.items()}  # rougeL_recall_forget, prob_forget, ...
         gate = mean_gate(model, tokenizer, subset, chat, cfg.batch_size)
         if gate is not None:
             metrics[f"gate_{name}"] = gate
         if name == "forget" and retain_model:
-            ref = retain_ratios(retain_model, subset, chat, key, cfg.batch_size, mean, load_retain)
+            ref = retain_ratios(retain_model, subset, chat, key, cfg.batch_size, mean, load)
             metrics["forget_quality"] = forget_quality([stats[i]["R"] for i in idx], ref)
     if all(f"prob_{s}" in metrics for s in UTILITY_SETS):
         metrics["model_utility"] = model_utility(metrics)
+    if memorization:
+        metrics |= memorization_metrics(model, tokenizer, examples, chat, cfg.batch_size, retain_model, key, load)
     return metrics, preds

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import reftx.tasks  # noqa: F401  (registers the zoo)
-from reftx.errors import ConfigError
+from reftx.errors import ConfigError, DataError
 from reftx.scoring import ContinuationScore
 from reftx.task import Example, default_data_dir, get_task
 from reftx.tasks.tofu_metrics import (
@@ -18,8 +18,10 @@ from reftx.tasks.tofu_metrics import (
     forget_quality,
     harmonic_mean,
     likelihood_stats,
+    memorization_metrics,
     model_utility,
     normalised_prob,
+    token_scores,
     option_prob,
     true_better,
     truth_ratio,
@@ -103,6 +105,66 @@ def test_likelihood_stats_uniform_model(tiny_dir):
     assert stats[1] == pytest.approx({"prob": 0.25, "R": 1.0})
 
 
+class HalfEos(nn.Module):
+    """A causal LM that gives the EOS token probability 1/2 at every position and 1 / (2 (V − 1))
+    to each other token: logits 0 except ln(V − 1) on EOS."""
+
+    def __init__(self, vocab: int, eos: int):
+        super().__init__()
+        self.vocab, self.eos = vocab, eos
+        self.p = nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask=None, **kw):
+        logits = torch.zeros(*input_ids.shape, self.vocab) + 0 * self.p
+        logits[..., self.eos] = math.log(self.vocab - 1)
+
+        class Out:
+            pass
+
+        out = Out()
+        out.logits = logits
+        return out
+
+
+def test_token_scores_half_eos_model(tiny_dir):
+    """tasks/unlearning_metrics.py through tofu_metrics.token_scores: the EOS counts in LOSS only, as
+    in open-unlearning (evaluate_probability keeps it, tokenwise_logprobs drops the last label)."""
+    from transformers import AutoTokenizer
+
+    from reftx.tasks.unlearning_metrics import zlib_length
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    V, answer = len(tok), "Paris is the capital"
+    n = len(tok(answer, add_special_tokens=False)["input_ids"])  # answer tokens; the EOS is one more
+    a, b = math.log(2), math.log(2 * (V - 1))  # NLL of the EOS and of any other token
+    [s] = token_scores(HalfEos(V, tok.eos_token_id), tok, [Example("Where?", answer)], chat=False)
+    assert s["em"] == 0.0  # argmax is always EOS, never an answer token (the EOS itself is left out)
+    assert s["es"] == pytest.approx(1 / n)  # nothing reproduced: k stops at n − 1
+    # rel 1e-4: the log-softmax runs in float32 over V ≈ 49k logits
+    assert s["mia_loss"] == pytest.approx((n * b + a) / (n + 1), rel=1e-4)  # mean over n + 1 tokens
+    assert s["mia_zlib"] == pytest.approx(s["mia_loss"] / zlib_length(answer), rel=1e-9)  # text decoded back
+    assert s["mia_min_k"] == pytest.approx(b, rel=1e-4)  # every answer token has the same NLL
+    # log p takes the values −a (prob 1/2) and −b (total prob 1/2): μ = −(a + b)/2, σ = (b − a)/2;
+    # an answer token: z = (−b + (a + b)/2) / ((b − a)/2) = −1 -> score 1
+    assert s["mia_min_k_plus_plus"] == pytest.approx(1.0, rel=1e-3)
+
+
+def test_memorization_metrics_uniform_model(tiny_dir):
+    # every token has log-probability −ln V under the uniform model: all scores tie, every AUC is 1/2
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    exs = [Example("Who?", "An author", meta={"set": "forget"}), Example("Where?", "Paris", meta={"set": "holdout"}),
+           Example("What?", "A book", meta={"set": "retain"})]
+    out = memorization_metrics(Uniform(len(tok)), tok, exs, chat=False, batch_size=2)
+    assert {k: out[k] for k in ("mia_loss_auc", "mia_min_k_auc", "mia_min_k_plus_plus_auc")} == \
+        {"mia_loss_auc": 0.5, "mia_min_k_auc": 0.5, "mia_min_k_plus_plus_auc": 0.5}
+    assert set(out) == {"exact_memorization_forget", "extraction_strength_forget", "mia_loss_auc", "mia_zlib_auc",
+                        "mia_min_k_auc", "mia_min_k_plus_plus_auc"}  # no retain model: no privleak
+    with pytest.raises(DataError, match="forget and holdout"):
+        memorization_metrics(Uniform(len(tok)), tok, exs[:1], chat=False, batch_size=2)
+
+
 @needs_data
 def test_tofu_split_real_files():
     task = get_task("tofu_unlearn", {"forget": "forget01", "retain_authors": 2, "n_utility": 25})
@@ -161,3 +223,38 @@ def test_evaluate_tofu_metrics(tiny_dir):
     # gates start at σ(0) = 0.5 (zero-initialised gate layers)
     gates = [metrics[f"gate_{s}"] for s in ("forget", "retain", "real_authors", "world_facts")]
     assert gates == pytest.approx([0.5] * 4)
+
+
+@needs_data
+def test_evaluate_tofu_memorization(tiny_dir):
+    from reftx.experiment import EvalConfig
+    from reftx.hub import load_model
+
+    task = get_task("tofu_unlearn", {"retain_authors": 2, "n_utility": 2, "n_forget_eval": 4, "memorization": True})
+    exs = task.load("tofu")
+    assert [e.meta["set"] for e in exs].count("holdout") == 4
+    base, tok = load_model(str(tiny_dir))
+    cfg = EvalConfig(batch_size=8, max_new_tokens=2)
+    loads = []
+
+    def load_retain():
+        loads.append(1)
+        return load_model(str(tiny_dir))
+
+    (tiny_dir / CACHE_FILE).unlink(missing_ok=True)
+    metrics, preds = evaluate_tofu(base, tok, exs, cfg, False, str(tiny_dir), "forget01:4", show_progress=False,
+                                   load_retain=load_retain, memorization=True)
+    assert loads == [1]  # one load serves Forget Quality and privleak
+    assert preds[-4:] == [""] * 4 and len(preds) == len(exs)  # holdout answers are not generated
+    assert metrics["privleak"] == 0.0  # the retain model is this very model: the same AUC
+    mia = [e for e in exs if e.meta["set"] in ("forget", "holdout")]
+    alone = memorization_metrics(base, tok, mia, False, 8)  # the same numbers, the other sets ignored
+    assert set(alone) == {"exact_memorization_forget", "extraction_strength_forget", "mia_loss_auc", "mia_zlib_auc",
+                          "mia_min_k_auc", "mia_min_k_plus_plus_auc"}
+    assert {k: metrics[k] for k in alone} == alone
+    again, _ = evaluate_tofu(base, tok, exs, cfg, False, str(tiny_dir), "forget01:4", show_progress=False,
+                             load_retain=load_retain, memorization=True)
+    assert loads == [1] and again == metrics  # both cached in the retain model's folder
+    plain, _ = evaluate_tofu(base, tok, [e for e in exs if e.meta["set"] != "holdout"], cfg, False, None, "x",
+                             show_progress=False)
+    assert not any("mia" in k or k == "privleak" for k in plain)

@@ -163,3 +163,23 @@ def test_perturbed_bad_rows(tmp_path):
         read_perturbed(path)
     with pytest.raises(DataError, match=r":1 \(record 0\): missing or malformed field\(s\) paraphrased_answer"):
         read_perturbed(path, paraphrased=True)
+
+
+@needs_data
+def test_holdout_files_and_memorization_split():
+    # holdout01/05/10 (40/200/400): open-unlearning's MIA non-members, questions on authors outside full.json
+    full = {q.question for q in read_qa(TOFU / "full.json", ("question", "answer"))}
+    holdout10 = read_qa(TOFU / "holdout10.json", ("question", "answer"))
+    for name, n in (("holdout01", 40), ("holdout05", 200)):
+        rows = read_qa(TOFU / f"{name}.json", ("question", "answer"))
+        assert [q.question for q in rows] == [q.question for q in holdout10[:n]]  # nested: prefixes of holdout10
+    assert len(holdout10) == 400 and not full & {q.question for q in holdout10}
+    plain = get_task("tofu_unlearn", {"forget": "forget05", "retain_authors": 2, "n_forget_eval": 30}).load("tofu")
+    task = get_task("tofu_unlearn", {"forget": "forget05", "retain_authors": 2, "n_forget_eval": 30,
+                                     "memorization": True})
+    exs = task.load("tofu")
+    assert exs[:len(plain)] == plain and all(e.meta["set"] != "holdout" for e in plain)  # off: unchanged
+    holdout = exs[len(plain):]
+    assert len(holdout) == 30 and {e.meta["set"] for e in holdout} == {"holdout"}
+    assert holdout[0].meta["file"] == "holdout05.json" and holdout[0].prompt == holdout10[0].question
+    assert all(e.info["gate_label"] == 0.0 for e in holdout)
