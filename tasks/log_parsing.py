@@ -159,6 +159,20 @@ def collapse_repeats(events: Sequence[str]) -> list[str]:
     return out
 
 
+COUNT = re.compile(r" \(x\d+\)$")
+
+
+def without_counts(lines: Sequence[str]) -> tuple[str, ...]:
+    """A sequence with its repeat counts removed: "(xN)" suffixes dropped and runs of one line
+    collapsed, so ["a (x3)", "b"], ["a", "a", "b"] and ["a (x2)", "b"] are all ("a", "b")."""
+    out: list[str] = []
+    for line in lines:
+        text = COUNT.sub("", line)
+        if not out or out[-1] != text:
+            out.append(text)
+    return tuple(out)
+
+
 def cut(events: Sequence[str], max_lines: int, long: str) -> list[list[str]]:
     """A session of lines as one or more sequences of at most ``max_lines``: ``truncate`` keeps the
     first ``max_lines``; ``chunk`` cuts it into consecutive pieces (the last may be shorter)."""
@@ -196,7 +210,9 @@ def group_split(keys: Sequence[object], labels: Sequence[int], test_fraction: fl
 
     ``keep``: every item splits on its own (equal sequences may land on both sides);
     ``group``: equal sequences go to the same side (all copies kept);
-    ``drop``: one item per distinct (sequence, label) is kept, the copies are dropped.
+    ``drop``: one item per distinct (sequence, label) is kept, the copies are dropped;
+    ``drop_ignoring_counts``: the same (the caller passes keys with the counts removed:
+    ``without_counts``).
     A seeded ``round(test_fraction * n)`` of each label's groups goes to test.
     """
     groups: dict[tuple[int, object], list[int]] = defaultdict(list)
@@ -206,7 +222,7 @@ def group_split(keys: Sequence[object], labels: Sequence[int], test_fraction: fl
     train: list[int] = []
     test: list[int] = []
     for y in sorted(set(labels)):
-        gs = [g if duplicates != "drop" else g[:1] for (gy, _), g in groups.items() if gy == y]
+        gs = [g[:1] if duplicates.startswith("drop") else g for (gy, _), g in groups.items() if gy == y]
         rng.shuffle(gs)
         n_test = round(test_fraction * len(gs))
         test += [i for g in gs[:n_test] for i in g]

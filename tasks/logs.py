@@ -11,6 +11,17 @@ from these two files). A line is its loghub template (``HDFS_templates.csv``, E1
 checked in tasks/log_parsing.py) or the bare event id. Many sessions are the same sequence (839
 distinct normal, 4,123 distinct anomalous; no sequence is in both files): ``duplicates`` decides
 whether copies are dropped (default), kept together on one side, or split freely (leaky).
+``drop`` compares the sequences as the model sees them, so with ``repeats: count`` two sessions
+that differ only in a "(xN)" count are both kept (123 of the 336 test sessions of
+experiments/logs/hdfs_minilm_loreft.yaml match a same-label training session that way);
+``drop_ignoring_counts`` keeps one session per sequence with the counts removed.
+
+Prevalence: DeepLog's files are 26% normal sessions while HDFS_v1 is 2.9% anomalous, and the
+shipped experiments balance the classes (``balance: true``). Precision depends on the class mix;
+recall and the false positive rate do not. ``eval_prevalence: 0.0293`` adds
+``precision_at_prevalence`` and ``f1_at_prevalence``: the same predictions' precision and F1 as if
+that share of the eval sessions were anomalous, pi·TPR / (pi·TPR + (1 - pi)·FPR), beside the
+metrics at the eval set's own mix. BGL's windows keep the log's own mix (no balancing).
 
 bgl — loghub's BGL_2k (2,000 lines, 143 alerts). A line is its loghub template or its message with
 numbers, ids, IPs and paths masked. Windows of ``window_size`` lines (fixed, or sliding by
@@ -22,7 +33,10 @@ Length: keep examples within ``train.max_length`` and ``eval.max_length`` (``max
 ``window_size``, ``repeats: count``); a longer one loses its start, and on BERT its [CLS] token.
 
 Metrics: precision, recall and F1 of the anomaly class, accuracy, AUROC, the eval set's anomaly
-count and, for scale, the F1 of flagging everything (``f1_all_anomaly``).
+count and, for scale, the F1 of flagging everything (``f1_all_anomaly``); on HDFS with
+``eval_prevalence`` also precision and F1 at that prevalence. Classic baselines on the same splits
+(loglizer's logistic regression, PCA, invariant mining; BGL's unseen-template rule):
+tasks/log_baselines.py, benchmarks/log_baselines.py.
 """
 from __future__ import annotations
 
@@ -48,6 +62,7 @@ from .log_parsing import (
     template_text,
     time_split,
     windows,
+    without_counts,
 )
 
 ANOMALY, NORMAL = "anomaly", "normal"
@@ -112,6 +127,36 @@ def _is_normal(prediction: Any, example: Example) -> float:
     return 1.0 - _is_anomaly(prediction, example)
 
 
+def _at_prevalence(prediction: Any, example: Example) -> tuple[int, int, float] | None:
+    pi = example.meta.get("prevalence")
+    return None if pi is None else (*_verdict(prediction, example)[:2], float(pi))
+
+
+def precision_at_prevalence(rows: list[tuple[int, int, float]]) -> float:
+    """Precision if anomalies made up a share pi of the eval set, from its recall (TPR) and false
+    positive rate, which do not depend on the class mix: pi·TPR / (pi·TPR + (1 - pi)·FPR); 0 when
+    nothing would be flagged, NaN when the eval set lacks a class."""
+    pi = rows[0][2]
+    pos, neg = [p for p, y, _ in rows if y], [p for p, y, _ in rows if not y]
+    if not pos or not neg:
+        return float("nan")
+    tpr, fpr = sum(pos) / len(pos), sum(neg) / len(neg)
+    flagged = pi * tpr + (1 - pi) * fpr
+    return pi * tpr / flagged if flagged else 0.0
+
+
+def f1_at_prevalence(rows: list[tuple[int, int, float]]) -> float:
+    """F1 of the anomaly class at prevalence pi: from ``precision_at_prevalence`` and the recall."""
+    p = precision_at_prevalence(rows)
+    pos = [k for k, y, _ in rows if y]
+    r = sum(pos) / len(pos) if pos else float("nan")
+    return 2 * p * r / (p + r) if p + r else 0.0
+
+
+register_metric("precision_at_prevalence", _at_prevalence, aggregate=precision_at_prevalence,
+                doc="Precision of the anomaly class reweighted to the task's eval_prevalence (from recall and FPR).")
+register_metric("f1_at_prevalence", _at_prevalence, aggregate=f1_at_prevalence,
+                doc="F1 of the anomaly class reweighted to the task's eval_prevalence (recall is unchanged).")
 register_metric("n_anomaly", _is_anomaly, aggregate=_total, higher_is_better=None,
                 doc="Anomalous examples in the eval set (a count: it describes the data, not the model).")
 register_metric("n_normal", _is_normal, aggregate=_total, higher_is_better=None,
@@ -121,7 +166,7 @@ register_metric("f1_all_anomaly", _is_anomaly, aggregate=_f1_all, higher_is_bett
 
 
 LOG_METRICS = ("binary_precision", "binary_recall", "binary_f1", "binary_accuracy", "binary_auroc", "n_anomaly",
-               "n_normal", "f1_all_anomaly")
+               "n_normal", "f1_all_anomaly", "precision_at_prevalence", "f1_at_prevalence")
 
 
 def log_lines(task: Task, lines: list[str]) -> list[str]:
@@ -157,8 +202,9 @@ class Hdfs(Task):
         repeats: Literal["keep", "count"] = "keep"  # count: a run of one event becomes one line "<text> (xN)"
         max_lines: int = 64  # lines per example (after repeats); longer sessions are cut as `long` says
         long: Literal["truncate", "chunk"] = "truncate"  # truncate: keep the first max_lines; chunk: consecutive pieces, each an example with the session's label (same split)
-        duplicates: Literal["drop", "group", "keep"] = "drop"  # equal sequences: drop copies | group (one side) | keep (split freely: leaks)
+        duplicates: Literal["drop", "group", "keep", "drop_ignoring_counts"] = "drop"  # equal sequences: drop copies | group (one side) | keep (split freely: leaks) | drop_ignoring_counts (equal up to repeat counts: "(xN)" and run lengths)
         balance: bool = False  # cut the larger class to the smaller one's size in each split (seeded)
+        eval_prevalence: float | None = None  # also report precision and F1 as if this share of sessions were anomalous (HDFS_v1: 16,838 / 575,061 = 0.0293)
         test_fraction: float = 0.2  # share of each class's (distinct) sessions in test
         split_seed: int = 0  # seed of the split and of balancing (the subset seed is the experiment's)
 
@@ -169,6 +215,8 @@ class Hdfs(Task):
             raise ConfigError("task.options.max_lines", f"must be >= 1, got {o.max_lines}")
         if not 0 < o.test_fraction < 1:
             raise ConfigError("task.options.test_fraction", f"must be in (0, 1), got {o.test_fraction}")
+        if o.eval_prevalence is not None and not 0 < o.eval_prevalence < 1:
+            raise ConfigError("task.options.eval_prevalence", f"must be in (0, 1) or null, got {o.eval_prevalence}")
         self._cache: dict[str, list[Example]] | None = None
 
     def _line(self, event: int, templates: dict[str, str]) -> str:
@@ -196,12 +244,14 @@ class Hdfs(Task):
         pieces = [tuple(tuple(c) for c in cut(log_lines(self, [self._line(e, templates) for e in events]),
                                               o.max_lines, o.long)) for events, _ in sessions]
         labels = [y for _, y in sessions]
-        train, test = group_split(pieces, labels, o.test_fraction, o.split_seed, o.duplicates)
+        keys = [tuple(map(without_counts, p)) for p in pieces] if o.duplicates == "drop_ignoring_counts" else pieces
+        train, test = group_split(keys, labels, o.test_fraction, o.split_seed, o.duplicates)
+        extra = {} if o.eval_prevalence is None else {"prevalence": o.eval_prevalence}
         out = {}
         for name, idx in (("train", train), ("test", test)):
             if o.balance:
                 idx = balance(idx, labels, o.split_seed)
-            out[name] = [log_example(list(c), labels[i], session=i, chunk=j)
+            out[name] = [log_example(list(c), labels[i], session=i, chunk=j, **extra)
                          for i in idx for j, c in enumerate(pieces[i])]
         return out
 

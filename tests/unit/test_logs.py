@@ -113,6 +113,34 @@ def test_group_split_by_hand():
     assert Counter(labels[i] for i in kept) == {0: 2, 1: 2} and {6, 7} <= set(kept)
 
 
+def test_drop_ignoring_counts_by_hand():
+    """Sessions equal up to "(xN)" counts (and run lengths) are one group: one copy kept."""
+    sessions = [["a (x3)", "b"], ["a (x2)", "b"], ["a", "a", "b"], ["a", "b (x2)", "a"], ["c"], ["c (x5)"],
+                ["x"], ["y"]]
+    labels = [0, 0, 0, 0, 0, 0, 1, 1]
+    assert lp.without_counts(sessions[0]) == lp.without_counts(sessions[2]) == ("a", "b")
+    assert lp.without_counts(sessions[3]) == ("a", "b", "a")
+    keys = [lp.without_counts(s) for s in sessions]
+    train, test = lp.group_split(keys, labels, 0.5, 0, "drop_ignoring_counts")
+    assert len(train) + len(test) == 5 and {0, 3, 4, 6, 7} == set(train + test)  # first of each group
+    assert not {keys[i] for i in train} & {keys[i] for i in test}
+    exact = lp.group_split([tuple(s) for s in sessions], labels, 0.5, 0, "drop")
+    assert len(exact[0]) + len(exact[1]) == 8  # "drop" sees eight different sequences
+
+
+@needs_data
+def test_hdfs_drop_ignoring_counts_leaves_no_count_only_match():
+    """With the experiments' options, 123 of the 336 test sessions equal a same-label training
+    session up to the counts under "drop"; none under "drop_ignoring_counts"."""
+    opts = {"line": "template", "repeats": "count", "max_lines": 24, "balance": True}
+    for dup, matched, n_test in (("drop", 123, 336), ("drop_ignoring_counts", 0, 202)):
+        task = get_task("hdfs", {**opts, "duplicates": dup})
+        key = lambda e: (lp.without_counts(e.prompt.split("\n")), e.gold)  # noqa: E731
+        seen = {key(e) for e in task.load("train")}
+        test = task.load("test")
+        assert (len(test), sum(key(e) in seen for e in test)) == (n_test, matched)
+
+
 @needs_data
 def test_hdfs_splits_do_not_leak_and_report_balance():
     drop = get_task("hdfs", {"balance": True, "repeats": "count"})
@@ -145,6 +173,19 @@ def test_binary_metrics_by_hand():
     s = get_task("bgl").score(["anomaly", "anomaly", "normal"], ex)
     assert s["precision"] == 0.5 and s["recall"] == 0.5 and s["n_anomaly"] == 2
     assert s["f1_all_anomaly"] == pytest.approx(2 * (2 / 3) / (1 + 2 / 3))
+
+
+def test_metrics_at_prevalence_by_hand():
+    """4 anomalies, 3 flagged (recall 0.75); 4 normals, 1 flagged (FPR 0.25). At prevalence 0.1:
+    precision 0.1·0.75 / (0.1·0.75 + 0.9·0.25) = 0.25, F1 2·0.25·0.75 / (0.25 + 0.75) = 0.375."""
+    words = ["anomaly"] * 3 + ["normal", "anomaly"] + ["normal"] * 3
+    ex = [Example(str(i), info={"label": float(i < 4)}, meta={"prevalence": 0.1}) for i in range(8)]
+    s = get_task("bgl").score(words, ex)
+    assert s["precision"] == 0.75 and s["recall"] == 0.75
+    assert s["precision_at_prevalence"] == pytest.approx(0.25) and s["f1_at_prevalence"] == pytest.approx(0.375)
+    assert "precision_at_prevalence" not in get_task("bgl").score(words, [Example(e.prompt, info=e.info) for e in ex])
+    with pytest.raises(ConfigError, match="eval_prevalence"):
+        get_task("hdfs", {"eval_prevalence": 1.5})
 
 
 # -- engine: head training, save/load, pooling, objective --------------------------------------------------
