@@ -61,7 +61,7 @@ class BaftConfig(SubspaceConfig):
     locality_margin: gates at or below it on locality rows are not pulled further (0: always pulled).
     """
 
-    basis_gate: Literal["sigmoid", "softmax", "topk"] = "sigmoid"
+    basis_gate: str = "sigmoid"
     balance_loss: Literal["switch", "variance"] = "switch"
     balance_weight: float = 0.0
     locality_weight: float = 0.0

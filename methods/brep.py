@@ -16,7 +16,6 @@ schedule and a data option, e.g. (experiments/methods/brep.yaml)::
 For n = 0 generated tokens use ``positions: all_prompt``; for "always" use ``{generated: -1, prompt: true}``.
 """
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
@@ -30,7 +29,7 @@ class BREPConfig(DeltaConfig):
     gives for Llama-3-8B (the PID set point is 0.8·τ on the mean ||c||₂ over layers; retune τ for
     other models). Every other modifier (project, hinge, none, dropout, input gate) is available."""
 
-    bound: Literal["none", "pid", "project", "hinge"] = "pid"
+    bound: str = "pid"
     bound_tau: float = 1.0
 
 

@@ -16,8 +16,8 @@ The schedule belongs in the experiment, as the paper's placement expressed as de
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
+from reftx.errors import ConfigError
 from reftx.parts import SubspaceConfig, register_primitive, subspace
 
 
@@ -27,8 +27,13 @@ class GrunConfig(SubspaceConfig):
     (the paper's TOFU value; it needs ``example_info["gate_label"]``, absent it adds nothing)."""
 
     rank: int = 4
-    input_gate: Literal["linear", "mlp"] = "linear"
+    input_gate: str = "linear"
     gate_loss_weight: float = 10.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.input_gate == "none":
+            raise ConfigError("input_gate", "GRUN needs an input gate (linear or mlp); without one it is loreft")
 
 
 register_primitive("grun", GrunConfig, subspace(orthogonal=True, source="linear", subtract=True),

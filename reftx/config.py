@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import inspect
 import json
 import math
 import re
@@ -207,6 +208,28 @@ def from_dict(cls: type[T], d: Any, field_prefix: str = "", what: str = "key") -
         text, head = str(err), f"{err.field}: "
         message = text[len(head):] if err.field and text.startswith(head) else text
         raise ConfigError(_join(field_prefix, err.field) if err.field else field_prefix, message) from None
+
+
+def compose_config(name: str, *groups: type, doc: str = "", module: str | None = None) -> type:
+    """A flat frozen dataclass with the fields of every option group (later groups override a
+    field's default) and a ``__post_init__`` that runs each group's checks: a primitive's options
+    are composed from its parts' options, not inherited. The YAML keys stay flat."""
+    fields: dict[str, tuple] = {}
+    for g in groups:
+        hints = get_type_hints(g)
+        for f in dataclasses.fields(g):
+            default = (dataclasses.field(default_factory=f.default_factory) if f.default is dataclasses.MISSING
+                       else dataclasses.field(default=f.default))
+            fields[f.name] = (f.name, hints[f.name], default)
+    checks = [g.__post_init__ for g in groups if hasattr(g, "__post_init__")]
+
+    def __post_init__(self: Any) -> None:
+        for check in checks:
+            check(self)
+
+    caller = module or inspect.currentframe().f_back.f_globals.get("__name__", __name__)
+    return dataclasses.make_dataclass(name, list(fields.values()), frozen=True,
+                                      namespace={"__post_init__": __post_init__, "__doc__": doc, "__module__": caller})
 
 
 def _describe(value: Any) -> str:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import typing
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -37,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ConfigError
+from .config import compose_config
+from .errors import ConfigError, unknown
 from .intervention import Context, Intervention
 from .registry import Registry
 
@@ -129,6 +129,13 @@ INPUT_GATES: Registry[Callable[..., nn.Module]] = Registry("input gate")
 BOUNDS: Registry[Callable[..., nn.Module]] = Registry("bound")
 
 
+def check_modifier(registry: Registry, name: str, field: str) -> None:
+    """``name`` is "none" or a modifier registered in ``registry`` (installed plugins included):
+    a new modifier is one registration, with no list of names to edit anywhere."""
+    if name != "none" and name not in registry.names():
+        raise unknown(field, name, ["none", *registry.names()], registry.what)
+
+
 def _modifier(registry: Registry, name: str, field: str, *args: Any) -> nn.Module | None:
     return None if name == "none" else registry.get(name, field)(*args)
 
@@ -147,13 +154,15 @@ class DeltaConfig:
     """
 
     dropout: float = 0.0
-    input_gate: Literal["none", "linear", "mlp"] = "none"
+    input_gate: str = "none"
     gate_loss_weight: float = 0.0
-    bound: Literal["none", "pid", "project", "hinge"] = "none"
+    bound: str = "none"
     bound_tau: float = 1.0
     bound_lambda: float = 1.0
 
     def __post_init__(self):
+        check_modifier(INPUT_GATES, self.input_gate, "input_gate")
+        check_modifier(BOUNDS, self.bound, "bound")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("dropout", f"must be in [0, 1), got {self.dropout}")
         if self.gate_loss_weight < 0:
@@ -274,41 +283,18 @@ def register_primitive(kind: str, config: type, build: Callable[[Any, int], dict
     return INTERVENTIONS.register(kind)(Primitive(kind, config, build, doc, module))
 
 
-def compose_config(name: str, *groups: type, doc: str = "", module: str | None = None) -> type:
-    """A flat frozen dataclass with the fields of every option group (later groups override a
-    field's default) and a ``__post_init__`` that runs each group's checks: a primitive's options
-    are composed from its parts' options, not inherited. The YAML keys stay flat."""
-    import inspect
-
-    fields: dict[str, tuple] = {}
-    for g in groups:
-        hints = typing.get_type_hints(g)
-        for f in dataclasses.fields(g):
-            default = (dataclasses.field(default_factory=f.default_factory) if f.default is dataclasses.MISSING
-                       else dataclasses.field(default=f.default))
-            fields[f.name] = (f.name, hints[f.name], default)
-    checks = [g.__post_init__ for g in groups if hasattr(g, "__post_init__")]
-
-    def __post_init__(self: Any) -> None:
-        for check in checks:
-            check(self)
-
-    caller = module or inspect.currentframe().f_back.f_globals.get("__name__", __name__)
-    return dataclasses.make_dataclass(name, list(fields.values()), frozen=True,
-                                      namespace={"__post_init__": __post_init__, "__doc__": doc, "__module__": caller})
-
-
 @dataclass(frozen=True)
 class SubspaceOptions:
     """The subspace family's own options (see ``SubspaceConfig``)."""
 
     rank: int = 4
     activation: Activation = "identity"
-    basis_gate: Literal["none", "sigmoid", "softmax", "topk"] = "none"
+    basis_gate: str = "none"
     basis_topk: int = 0
     basis_gate_input: Literal["raw", "unit"] = "raw"
 
     def __post_init__(self):
+        check_modifier(BASIS_GATES, self.basis_gate, "basis_gate")
         if self.rank < 1:
             raise ConfigError("rank", f"must be >= 1, got {self.rank}")
         if not 0 <= self.basis_topk <= self.rank:
@@ -390,6 +376,7 @@ __all__ = [
     "Primitive",
     "SubspaceConfig",
     "SubspaceOptions",
+    "check_modifier",
     "compose_config",
     "orthonormalize",
     "register_primitive",
