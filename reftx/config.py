@@ -339,7 +339,7 @@ def dump_yaml(d: Any) -> str:
 NOT_HASHED = ("imports",)  # top-level keys that do not determine a result (where code is found)
 # keys added after results were published: hashed only when set away from their default, so every
 # published config hash stays valid
-HASHED_UNLESS_DEFAULT = {("train", "divergence_factor"): 1.0e4}
+HASHED_UNLESS_DEFAULT = {("train", "divergence_factor"): 1.0e4, ("train", "init_from"): None}
 
 
 def config_hash(d: Any) -> str:

@@ -82,6 +82,7 @@ class TrainConfig:
     objective_options: dict[str, Any] = field(default_factory=dict)  # options of the objective
     prefix_fraction: float = 0.0  # share of examples supervised only on their first prefix_tokens answer tokens (BREP); 0 = off
     prefix_tokens: int = 64  # k: answer tokens kept in the labels of prefix-truncated examples (>= 1)
+    init_from: str | None = None  # start from trained interventions (a run's intervention/ folder) instead of a fresh init, e.g. the previous stage of the sequential recipe; null: fresh
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "epochs", "max_steps", "batch_size", "grad_accum", "max_length")

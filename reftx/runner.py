@@ -211,7 +211,12 @@ def _build(exp: Experiment, base: Any) -> Any:
     if exp.lora is None:
         model = attach(base, exp.interventions, exp.model.train_modules)
         console.print(plan_table(model.plan()))
+        if exp.train.init_from:  # trained weights instead of a fresh init (checked: shapes, finite values)
+            model.load_trained(exp.train.init_from)
+            console.print(f"interventions initialised from {exp.train.init_from}")
         return model
+    if exp.train.init_from:
+        raise ConfigError("train.init_from", "starts interventions from a saved run; with a lora: section it is not supported")
     from . import lora
 
     console.print(plan_table(lora.planned(exp, base.config)))

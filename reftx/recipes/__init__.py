@@ -6,6 +6,7 @@
 |---|---|---|
 | ``train`` (default) | one job over the training data (interventions, LoRA, or both: ``lora:``), then the task's evaluation (reftx.runner) | none |
 | ``edit`` | knowledge editing: one job per edit or batch of edits, trained side by side in slots (reftx.edit_run) | ``reftx.editing.EditOptions`` |
+| ``sequential`` | ``train`` once per stage, in order, each stage the experiment with its overrides (e.g. ``task.options.forget=forget05``) and ``train.init_from`` the previous stage's interventions: sequential unlearning forget01 → forget05 → forget10 | ``SequentialOptions`` |
 | ``tofu_stage1`` | ``train`` with ``lora: {mode: only}``, then the adapter merged into an HF checkpoint ``{run}/model`` (reftx.recipes.tofu_stage1) | none |
 
 Every recipe's options are a frozen dataclass built by the one strict converter
@@ -19,7 +20,7 @@ them (tests/unit/test_layers.py).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import from_dict
@@ -89,6 +90,41 @@ def _tofu_stage1(exp: Experiment, options: NoOptions, resume: bool, show_progres
     return {"model": str(finetune(exp, show_progress=show_progress))}
 
 
+@dataclass(frozen=True)
+class SequentialOptions:
+    """Options of the ``sequential`` recipe."""
+
+    stages: list[list[str]] = field(default_factory=list)  # per stage, dotted overrides of the experiment (e.g. [task.options.forget=forget05]); stage k starts from stage k-1's interventions
+
+    def __post_init__(self) -> None:
+        if len(self.stages) < 2:
+            from ..errors import ConfigError
+
+            raise ConfigError("stages", f"needs at least two stages (lists of key=value overrides), got {self.stages}")
+
+
+def _sequential(exp: Experiment, options: SequentialOptions, resume: bool, show_progress: bool) -> dict[str, Any]:
+    """Each stage is ``train`` on the experiment with that stage's overrides, named
+    ``{name}-s{k}``, its interventions initialised from the previous stage's; returns every
+    stage's results (also in each stage's own run folder)."""
+    from ..config import apply_overrides
+    from ..rundir import free_folder
+    from ..runner import run
+
+    stages, previous = [], None
+    for k, overrides in enumerate(options.stages, 1):
+        data = apply_overrides(exp.to_dict(), [*overrides, f"name={exp.name}-s{k}"])
+        data["recipe"] = {}
+        if previous is not None:
+            data["train"]["init_from"] = str(previous)
+        stage = from_dict(Experiment, data)
+        folder = exp.run_dir.parent / f"{exp.name}-s{k}" if resume else free_folder(stage.run_dir)
+        stages.append({"stage": k, "overrides": list(overrides), "run_dir": str(folder),
+                       **run(stage, resume=resume, show_progress=show_progress)})
+        previous = folder / "intervention"
+    return {"name": exp.name, "stages": stages}
+
+
 def _edit_options() -> type:
     from ..editing import EditOptions
 
@@ -97,6 +133,8 @@ def _edit_options() -> type:
 
 register_recipe("train", NoOptions, _train, "train the interventions (and/or LoRA) as one job, then evaluate")
 register_recipe("edit", _edit_options(), _edit, "knowledge editing: one job per edit (or batch), in slots")
+register_recipe("sequential", SequentialOptions, _sequential,
+                "train once per stage (its overrides), each stage from the previous stage's interventions")
 register_recipe("tofu_stage1", NoOptions, _tofu_stage1, "train a LoRA adapter alone, then merge it into {run}/model")
 
-__all__ = ["RECIPES", "NoOptions", "Recipe", "recipe_of", "register_recipe", "run_experiment", "validate"]
+__all__ = ["RECIPES", "NoOptions", "Recipe", "SequentialOptions", "recipe_of", "register_recipe", "run_experiment", "validate"]

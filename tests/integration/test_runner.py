@@ -81,6 +81,7 @@ HUB_CONFIGS = {
     # TOFU unlearning starts from stage 1's merged checkpoint (experiments/unlearning/tofu_finetune.yaml,
     # written under runs/ by a run): the default model's architecture
     "runs/tofu_finetune/model": lambda: _default_config(),
+    "runs/tofu_finetune_forget10/model": lambda: _default_config(),
 }
 
 

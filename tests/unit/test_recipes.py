@@ -1,0 +1,58 @@
+"""reftx/recipes: the recipe: section (typed options, did-you-mean), train.init_from, and the
+sequential recipe chaining stages on a tiny model."""
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+import reftx
+from reftx import runner
+from reftx.config import load_yaml
+from reftx.errors import ReftError
+from reftx.experiment import load_experiment
+from reftx.recipes import RECIPES, recipe_of, run_experiment
+
+QUICKSTART = runner.__file__.rsplit("/reftx/", 1)[0] + "/experiments/quickstart.yaml"
+
+
+def _exp(tiny_dir, tmp_path, *extra):
+    return load_experiment(QUICKSTART, [f"model.name={tiny_dir}", f"output_dir={tmp_path}", "train.max_steps=2",
+                                        "train.batch_size=4", "task.n_eval=2", "eval.max_new_tokens=2",
+                                        "eval.show_examples=0", "interventions.0.layers=[1, 2]", *extra])
+
+
+def test_every_recipe_is_listed_with_typed_options():
+    assert RECIPES.names() == ["edit", "sequential", "tofu_stage1", "train"]
+    with pytest.raises(reftx.ConfigError, match=r"recipe\.stages: needs at least two stages"):
+        recipe_of(load_experiment(QUICKSTART, ["recipe={name: sequential, stages: [[seed=1]]}"]))
+
+
+def test_init_from_starts_from_saved_interventions(tiny_dir, tmp_path):
+    first = run_experiment(_exp(tiny_dir, tmp_path, "name=a"), show_progress=False)
+    saved = tmp_path / "a" / "intervention"
+    exp = _exp(tiny_dir, tmp_path, "name=b", f"train.init_from={saved}")
+    base, _ = runner.load_base(exp)
+    model = runner._build(exp, base)
+    again = reftx.ReftModel.from_pretrained(runner.load_base(exp)[0], saved)
+    for (_, m), (_, n) in zip(model.named_interventions(), again.named_interventions(), strict=True):
+        for (k, a), (_, b) in zip(m.state_dict().items(), n.state_dict().items(), strict=True):
+            assert torch.equal(a, b), k
+    # hashed only when set: the same run without it keeps its (published) hash
+    assert first["config_hash"] != runner.config_hash(exp.to_dict())
+    assert runner.config_hash(_exp(tiny_dir, tmp_path, "name=a").to_dict()) == first["config_hash"]
+    with pytest.raises(ReftError, match="not found"):
+        runner._build(_exp(tiny_dir, tmp_path, f"train.init_from={tmp_path / 'nowhere'}"), runner.load_base(exp)[0])
+
+
+def test_sequential_recipe_chains_the_stages(tiny_dir, tmp_path):
+    stages = [["train.lr=0.01"], ["train.lr=0.02"], ["train.lr=0.03"]]
+    out = run_experiment(_exp(tiny_dir, tmp_path, "name=seq", "recipe.name=sequential",
+                              f"recipe.stages={yaml.safe_dump(stages, default_flow_style=True).strip()}"),
+                         show_progress=False)
+    assert [s["stage"] for s in out["stages"]] == [1, 2, 3]
+    cfgs = [load_yaml(tmp_path / f"seq-s{k}" / "config.yaml") for k in (1, 2, 3)]
+    assert [c["train"]["lr"] for c in cfgs] == [0.01, 0.02, 0.03]
+    assert [c["train"]["init_from"] for c in cfgs] == [None, str(tmp_path / "seq-s1" / "intervention"),
+                                                       str(tmp_path / "seq-s2" / "intervention")]
+    assert all((tmp_path / f"seq-s{k}" / "results.json").is_file() for k in (1, 2, 3))
