@@ -352,7 +352,7 @@ def config_hash(d: Any) -> str:
             recipe = dict(d.pop("recipe") or {})
             name = recipe.pop("name", "train")
             d["method"] = recipe if name == "edit" else {}
-            if name not in ("train", "edit", "tofu_stage1"):  # tofu_stage1 = train + a deterministic merge
+            if name not in ("train", "edit", "tofu_stage1", "baseline"):  # tofu_stage1 = train + a deterministic merge
                 d["recipe"] = {"name": name, **recipe}
         for (section, key), default in HASHED_UNLESS_DEFAULT.items():
             sec = d.get(section)

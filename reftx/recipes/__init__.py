@@ -7,6 +7,7 @@
 | ``train`` (default) | one job over the training data (interventions, LoRA, or both: ``lora:``), then the task's evaluation (reftx.runner) | none |
 | ``edit`` | knowledge editing: one job per edit or batch of edits, trained side by side in slots (reftx.edit_run) | ``reftx.editing.EditOptions`` |
 | ``sequential`` | ``train`` once per stage, in order, each stage the experiment with its overrides (e.g. ``task.options.forget=forget05``) and ``train.init_from`` the previous stage's interventions: sequential unlearning forget01 → forget05 → forget10 | ``SequentialOptions`` |
+| ``baseline`` | the model as it is (no interventions, no training) on the eval split, into ``{run}/baseline/`` (reftx.runner.evaluate_base; ``reftx baseline``) | none |
 | ``tofu_stage1`` | ``train`` with ``lora: {mode: only}``, then the adapter merged into an HF checkpoint ``{run}/model`` (reftx.recipes.tofu_stage1) | none |
 
 Every recipe's options are a frozen dataclass built by the one strict converter
@@ -125,6 +126,12 @@ def _sequential(exp: Experiment, options: SequentialOptions, resume: bool, show_
     return {"name": exp.name, "stages": stages}
 
 
+def _baseline(exp: Experiment, options: NoOptions, resume: bool, show_progress: bool) -> dict[str, Any]:
+    from ..runner import evaluate_base
+
+    return evaluate_base(exp, show_progress=show_progress)
+
+
 def _edit_options() -> type:
     from ..editing import EditOptions
 
@@ -132,6 +139,7 @@ def _edit_options() -> type:
 
 
 register_recipe("train", NoOptions, _train, "train the interventions (and/or LoRA) as one job, then evaluate")
+register_recipe("baseline", NoOptions, _baseline, "the model as it is (no interventions, no training) on the eval split")
 register_recipe("edit", _edit_options(), _edit, "knowledge editing: one job per edit (or batch), in slots")
 register_recipe("sequential", SequentialOptions, _sequential,
                 "train once per stage (its overrides), each stage from the previous stage's interventions")

@@ -23,7 +23,7 @@ def _exp(tiny_dir, tmp_path, *extra):
 
 
 def test_every_recipe_is_listed_with_typed_options():
-    assert RECIPES.names() == ["edit", "sequential", "tofu_stage1", "train"]
+    assert RECIPES.names() == ["baseline", "edit", "sequential", "tofu_stage1", "train"]
     with pytest.raises(reftx.ConfigError, match=r"recipe\.stages: needs at least two stages"):
         recipe_of(load_experiment(QUICKSTART, ["recipe={name: sequential, stages: [[seed=1]]}"]))
 
@@ -56,3 +56,12 @@ def test_sequential_recipe_chains_the_stages(tiny_dir, tmp_path):
     assert [c["train"]["init_from"] for c in cfgs] == [None, str(tmp_path / "seq-s1" / "intervention"),
                                                        str(tmp_path / "seq-s2" / "intervention")]
     assert all((tmp_path / f"seq-s{k}" / "results.json").is_file() for k in (1, 2, 3))
+
+
+def test_baseline_recipe_is_reftx_baseline(tiny_dir, tmp_path):
+    """recipe: {name: baseline} evaluates the model as it is into {run}/baseline/, with the same
+    config hash as ``reftx run`` of the experiment (the recipe does not change what is measured)."""
+    exp = _exp(tiny_dir, tmp_path, "name=z", "recipe.name=baseline")
+    out = run_experiment(exp, show_progress=False)
+    assert out["trainable_parameters"] == 0 and (tmp_path / "z" / "baseline" / "results.json").is_file()
+    assert out["config_hash"] == runner.config_hash(_exp(tiny_dir, tmp_path, "name=z").to_dict())

@@ -76,14 +76,14 @@ def test_duplicate_keys_need_names():
 @pytest.mark.parametrize("patch, msg", [
     ({"kind": "lorft"}, r"interventions.0.kind: unknown intervention 'lorft' \(did you mean 'loreft'\?\)"),
     ({"rnak": 4}, r"interventions.0.rnak: unknown key \(did you mean 'rank'\?\)"),
-    ({"rank": "four"}, r"interventions.0.rank: expected int, got 'four'"),
+    ({"rank": "four"}, r"interventions.0.rank: expected int, got str 'four'"),
     ({"rank": 0}, r"interventions.0.rank: must be >= 1"),
     ({"component": "block_outptu"}, r"interventions.0.component: unknown component 'block_outptu' \(did you mean 'block_output'\?\)"),
     ({"positions": "last"}, r"interventions.0.positions: unknown positions 'last'"),
     ({"positions": {"frist": 3}}, r"interventions.0.positions.frist: unexpected key \(did you mean 'first'\?\)"),
     ({"tie": "position"}, r"interventions.0.tie: unknown tie 'position' \(did you mean 'positions'\?\)"),
     ({"layers": [2, 6]}, r"interventions.0.layers.1: layer 6 is out of range"),
-    ({"activation": "swish"}, r"interventions.0.activation: expected one of 'identity'"),
+    ({"activation": "swish"}, r"interventions.0.activation: invalid value 'swish'; choices: 'identity', 'relu'"),
 ])
 def test_bad_entries_name_the_field(patch, msg):
     with pytest.raises(reftx.ConfigError, match=msg):
