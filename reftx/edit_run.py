@@ -88,6 +88,10 @@ def _run_edit(exp: Experiment, opts: EditOptions, out: Any, show_progress: bool)
     edit = _sequential if opts.mode == "sequential" else _independent
     lines, results = edit(editor, examples, before, dict(enumerate(reference)), metrics, clock, show_progress)
     metrics.update(_steps(results, opts.stop_loss))
+    if opts.fluency_tokens:
+        t_eval = time.perf_counter()
+        metrics.update(fluency(editor, examples, results, opts.fluency_tokens))
+        clock["eval"] += time.perf_counter() - t_eval
     res = {"name": exp.name, "mode": opts.mode, "config_hash": chash, "task": task.name,
            "dataset": task.options.dataset, "n_edits": len(examples), "metrics": metrics,
            "trainable_parameters_per_slot": sum(p.numel() for p in editor.bank.slots[0].parameters()),
@@ -99,14 +103,45 @@ def _run_edit(exp: Experiment, opts: EditOptions, out: Any, show_progress: bool)
     return res
 
 
+def _jobs(n: int, opts: EditOptions) -> list[list[int]]:
+    """The edits of each job: one per job (single), ``batch_edits`` per job (batch), all (sequential)."""
+    size = {"single": 1, "batch": opts.batch_edits, "sequential": n}[opts.mode]
+    return [list(range(s, min(s + size, n))) for s in range(0, n, size)]
+
+
+def fluency(editor: Editor, examples: list[Example], results: list[JobResult], tokens: int) -> dict[str, float]:
+    """ROME's fluency, the n-gram entropy of generated text (``tasks/knowledge_edit.n_gram_entropy``),
+    of each edit's prompt and paraphrase followed by ``tokens`` greedy tokens: ``fluency_unedited``
+    with the interventions off, ``fluency`` with each job's trained weights (loaded into slot 0,
+    where generation routes every row; sequential: the final weights). ROME samples from its
+    records' generation prompts, which EasyEdit's files lack (docs/protocols.md)."""
+    from .evaluate import generate
+    from reftx.tasks.knowledge_edit import n_gram_entropy
+
+    cfg = EvalConfig(batch_size=16, max_new_tokens=tokens)
+    ed = editor
+
+    def texts(idx: list[int]) -> list[str]:
+        shown = [Example(p) for i in idx for p in (examples[i].prompt, examples[i].meta.get("rephrase") or examples[i].prompt)]
+        return [f"{e.prompt} {g}" for e, g in zip(shown, generate(ed.model, ed.tok, shown, cfg, ed.chat, "fluency", False))]
+
+    with ed.model.disabled():
+        before = texts(list(range(len(examples))))
+    jobs = _jobs(len(examples), ed.opts)
+    after: list[str] = []
+    for job, res in zip(jobs, results if ed.opts.mode != "sequential" else results[-1:]):
+        ed.bank.slots[0].load_state_dict(res.state)
+        after += texts(job)
+    return {"fluency": n_gram_entropy(after), "fluency_unedited": n_gram_entropy(before)}
+
+
 def _independent(editor: Editor, examples: list[Example], before: list[dict[str, float]],
                  unedited: dict[int, tuple[int, ...]], metrics: dict[str, float], clock: dict[str, float],
                  show: bool) -> tuple[list[dict[str, Any]], list[JobResult]]:
     """single / batch: every job from a fresh initialisation, in slots; then each edit evaluated
     with its own job's weights."""
     n, opts = len(examples), editor.opts
-    size = 1 if opts.mode == "single" else opts.batch_edits
-    jobs = [list(range(s, min(s + size, n))) for s in range(0, n, size)]
+    jobs = _jobs(n, opts)
     t = time.perf_counter()
     results = editor.train_jobs(jobs, show=show)
     clock["train"] = time.perf_counter() - t

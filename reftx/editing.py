@@ -81,6 +81,7 @@ class EditOptions:
     subject_positions: bool = False  # edit only the prompt's last subject token (needs positions: all_prompt)
     locality_prompts: int = 0  # BaFT: known_1000 prompts whose site states feed the locality gate loss
     sequence_balance_weight: float = 0.0  # sequential BaFT: weight of Var_k of the basis usage over every edit so far
+    fluency_tokens: int = 0  # > 0: fluency (ROME's n-gram entropy) of greedy continuations of this many tokens of each edit's prompt and paraphrase, edited and unedited; 0: off
 
     def __post_init__(self) -> None:
         for name in ("batch_edits", "parallel"):
@@ -88,6 +89,7 @@ class EditOptions:
         require(self.stop_loss >= 0, "stop_loss", f"must be >= 0, got {self.stop_loss}")
         require(self.locality_prompts >= 0, "locality_prompts", f"must be >= 0, got {self.locality_prompts}")
         require(self.sequence_balance_weight >= 0, "sequence_balance_weight", "must be >= 0")
+        require(self.fluency_tokens >= 0, "fluency_tokens", f"must be >= 0, got {self.fluency_tokens}")
         ok = all(n >= 1 for n in self.checkpoints) and self.checkpoints == sorted(set(self.checkpoints))
         require(ok and bool(self.checkpoints), "checkpoints", f"must be increasing counts >= 1, got {self.checkpoints}")
 

@@ -18,8 +18,9 @@ Every edit becomes one ``Example``: prompt = the edit prompt, target = " " + tar
 continuation is tokenised on its own, so it carries its leading space), meta = subject, rephrase,
 locality prompt and answer, ground truth, file and record index. Split ``edit`` is every record.
 Neither file has portability prompts (EasyEdit's ``portability`` fields) nor ROME's
-``generation_prompts``, so there is no portability metric and ROME's fluency (``ngram_entropy``,
-registered, on generated text) is not reported by the task.
+``generation_prompts``, so there is no portability metric; ROME's fluency (``ngram_entropy``, on
+generated text) is reported by ``reftx edit`` with ``recipe.fluency_tokens`` > 0, on greedy
+continuations of each edit's prompt and paraphrase instead (reftx.edit_run.fluency).
 
 Metrics (EasyEdit's definitions, teacher forcing through ``reftx.scoring``), per edit, then averaged:
 

@@ -327,3 +327,33 @@ def test_counterfact_scores_on_the_edited_and_the_unedited_model(tiny_dir):
     after = ed.evaluate_jobs([[0]], [res], {0: reference[0]})[0]
     assert set(COUNTERFACT_METRICS) <= set(after) and after["reliability"] == 1.0
     assert after["efficacy_score"] == 1.0 and after["efficacy_magnitude"] > before[0]["efficacy_magnitude"]
+
+
+def test_fluency_edited_and_unedited_separately(tiny_dir):
+    """recipe.fluency_tokens: ROME's n-gram entropy of the prompt and paraphrase continued greedily,
+    unedited with the interventions off, edited with each job's own weights (in slot 0)."""
+    from reftx.edit_run import fluency
+    from reftx.evaluate import generate
+    from reftx.experiment import EvalConfig
+    from reftx.tasks.knowledge_edit import n_gram_entropy
+
+    ed = editor(tiny_dir, 2, steps=4)
+    exs = examples()[:2]
+    ed.examples, ed.encoded, ed.pos = exs, ed.encoded[:2], ed.pos[:2]
+    results = ed.train_jobs([[0], [1]])
+    out = fluency(ed, exs, results, 4)
+    cfg = EvalConfig(batch_size=4, max_new_tokens=4)
+
+    def texts(prompts):
+        gen = generate(ed.model, ed.tok, [Example(p) for p in prompts], cfg, False, "t", False)
+        return [f"{p} {g}" for p, g in zip(prompts, gen)]
+
+    pairs = [[e.prompt, e.meta["rephrase"]] for e in exs]
+    with ed.model.disabled():
+        assert out["fluency_unedited"] == pytest.approx(n_gram_entropy(texts(pairs[0] + pairs[1])), abs=1e-9)
+    edited = []
+    for res, prompts in zip(results, pairs):
+        ed.bank.slots[0].load_state_dict(res.state)
+        edited += texts(prompts)
+    assert out["fluency"] == pytest.approx(n_gram_entropy(edited), abs=1e-9)
+    assert out["fluency"] > 0 and out["fluency_unedited"] > 0
