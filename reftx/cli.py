@@ -100,8 +100,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from . import runner
 
     results = runner.evaluate_run(args.run_dir, show_progress=not args.no_progress)
-    for k, v in results["metrics"].items():
-        print(f"{k}: {v}")
+    for k, v in results["metrics"].items():  # rounded; eval.json keeps every digit
+        print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
     return 0
 
 
@@ -147,28 +147,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("experiment", help="experiment YAML file")
     r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3 interventions.0.rank=8")
     r.add_argument("--resume", action="store_true", help="continue from the run dir's latest checkpoint")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars (a plain line per logged step when output is not a terminal)")
     r.set_defaults(fn=cmd_run)
     pl = sub.add_parser("plan", help="print the resolved config and intervention groups; runs nothing")
-    pl.add_argument("experiment")
-    pl.add_argument("overrides", nargs="*")
+    pl.add_argument("experiment", help="experiment YAML file")
+    pl.add_argument("overrides", nargs="*", help="dotted overrides, as for run")
     pl.set_defaults(fn=cmd_plan)
     v = sub.add_parser("validate", help="check experiment files (default: every file in experiments/)")
     v.add_argument("experiments", nargs="*", help="files or folders (searched recursively)")
     v.add_argument("--set", dest="overrides", action="append", default=[], help="an override for every file")
     v.set_defaults(fn=cmd_validate)
     ls = sub.add_parser("ls", help="list registered interventions, tasks, metrics or shipped experiments")
-    ls.add_argument("what", choices=["interventions", "tasks", "metrics", "experiments"])
+    ls.add_argument("what", choices=["interventions", "tasks", "metrics", "experiments"], help="what to list")
     ls.set_defaults(fn=cmd_ls)
     e = sub.add_parser("eval", help="re-evaluate a finished run directory")
-    e.add_argument("run_dir")
-    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("run_dir", help="a finished run folder (holds config.yaml and intervention/)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars (a plain line per logged step when output is not a terminal)")
     e.set_defaults(fn=cmd_eval)
     b = sub.add_parser("baseline", help="evaluate the experiment's model as it is (no training): the zero-shot "
                                         "baseline on the same eval set, or a saved checkpoint")
-    b.add_argument("experiment")
+    b.add_argument("experiment", help="experiment YAML file")
     b.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.name=runs/tofu_finetune/model")
-    b.add_argument("--no-progress", action="store_true")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars (a plain line per logged step when output is not a terminal)")
     b.set_defaults(fn=cmd_baseline)
     ed = sub.add_parser("edit", help="knowledge editing: an editing experiment, or one fact from the command line")
     ed.add_argument("experiment", nargs="?", help="editing experiment YAML (experiments/editing/)")
@@ -180,17 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--model", default="default", help="model name or path (default: SmolLM2-135M-Instruct)")
     ed.add_argument("--kind", default="loreft", help="intervention primitive (loreft, baft, ...)")
     ed.add_argument("--layer", type=int, help="edited layer (default: the middle one)")
-    ed.add_argument("--rank", type=int, default=4)
-    ed.add_argument("--lr", type=float, default=5e-3)
+    ed.add_argument("--rank", type=int, default=4, help="rank of the edit (default 4)")
+    ed.add_argument("--lr", type=float, default=5e-3, help="learning rate (default 5e-3)")
     ed.add_argument("--steps", type=int, default=100, help="at most this many steps (stops at loss < 0.01)")
-    ed.add_argument("--max-new-tokens", type=int, default=12)
-    ed.add_argument("--no-progress", action="store_true")
+    ed.add_argument("--max-new-tokens", type=int, default=12, help="tokens generated before and after (default 12)")
+    ed.add_argument("--no-progress", action="store_true", help="no progress bars (a plain line per logged step when output is not a terminal)")
     ed.set_defaults(fn=cmd_edit)
     tf = sub.add_parser("tofu-finetune", help="TOFU stage 1: train a lora {mode: only} experiment, then write the "
                                               "merged model as a HF checkpoint to {run_dir}/model")
     tf.add_argument("experiment", help="e.g. experiments/unlearning/tofu_finetune.yaml")
     tf.add_argument("overrides", nargs="*", help="dotted overrides, e.g. task.options.retain_authors=4")
-    tf.add_argument("--no-progress", action="store_true")
+    tf.add_argument("--no-progress", action="store_true", help="no progress bars (a plain line per logged step when output is not a terminal)")
     tf.set_defaults(fn=cmd_tofu_finetune)
     return p
 

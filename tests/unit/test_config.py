@@ -286,3 +286,17 @@ def test_config_hash_is_stable_across_key_order() -> None:
 def test_config_hash_of_experiment_matches_its_dict(tmp_path: Path) -> None:
     exp = experiment(tmp_path)
     assert config_hash(exp) == config_hash(exp.to_dict())
+
+
+def test_every_cli_argument_has_a_help_text() -> None:
+    import argparse
+
+    from reftx.cli import build_parser
+
+    parser = build_parser()
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)][0]
+    missing = [f"{name} {a.dest}" for name, sub in [("reftx", parser), *subs.choices.items()]
+               for a in sub._actions if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and not a.help]
+    assert missing == []
+    assert all(any(a.dest == "no_progress" for a in sub._actions) for name, sub in subs.choices.items()
+               if name in ("run", "eval", "baseline", "edit", "tofu-finetune"))
