@@ -257,10 +257,6 @@ def _run(exp: Experiment, out: RunFolder, resume: bool, show_progress: bool) -> 
     finished = _check_resume(run_dir, resume, chash)
     if finished is not None:
         return finished
-    out.text("config.yaml", dump_yaml(resolved))
-    console.rule(f"[bold]reftx run {exp.name}  (config {chash})")
-    console.print(dump_yaml(resolved), highlight=False)
-
     seed_everything(exp.seed)
     task = load_task(exp)
     train_split, eval_split = splits(exp, task)
@@ -268,7 +264,10 @@ def _run(exp: Experiment, out: RunFolder, resume: bool, show_progress: bool) -> 
     eval_ex = task.examples(eval_split, exp.task.n_eval, exp.seed)
     base, tok = load_base(exp)
     chat = use_chat(tok, exp.model.chat_template)
-    model = _build(exp, base)
+    model = _build(exp, base)  # a bad intervention spec fails here: no config.yaml, no config dump
+    out.text("config.yaml", dump_yaml(resolved))
+    console.rule(f"[bold]reftx run {exp.name}  (config {chash})")
+    console.print(dump_yaml(resolved), highlight=False)
     before, shown = None, eval_ex[: exp.eval.show_examples]
     if task.generate and exp.model.task == "causal-lm" and shown:  # also when resuming: samples keep "before"
         with model.disabled():

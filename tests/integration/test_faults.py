@@ -249,3 +249,16 @@ def test_checkpoint_from_another_rank_names_the_tensor(tiny_dir, tmp_path, finis
     with pytest.raises(ReftError, match=r"step-4/intervention/interventions.safetensors: tensor '.*' has shape "
                                         r"\(32, 2\), but this model's interventions expect \(32, 4\)"):
         run(tiny_dir, tmp_path, resume=True)
+
+
+def test_bad_intervention_spec_fails_before_the_config_dump(tiny_dir, tmp_path, capsys):
+    """A spec the engine rejects (rank above the width) stops the run before config.yaml is written
+    and before the resolved config is printed: nothing stray is left to look like a run."""
+    args = ["run", str(QUICKSTART), *overrides(tiny_dir, tmp_path, "interventions.0.rank=999"), "--no-progress"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "interventions.0.rank" in err and "larger than the hidden width" in err
+    assert "prefix_tokens" not in err  # the resolved-config dump never started
+    assert not (tmp_path / "runs" / "quickstart" / "config.yaml").exists()
+    assert cli.main(args[:-2] + ["interventions.0.rank=2", "--no-progress"]) == 0  # the same folder serves the next run
+    assert (tmp_path / "runs" / "quickstart" / "results.json").is_file()
