@@ -72,16 +72,20 @@ def run(out: Path, only: set[str] | None) -> None:
 
 
 def compare(before: Path, after: Path) -> int:
+    """Max |difference| per family over the metrics both runs report; a metric the "after" run lost
+    fails the comparison, a metric it added (a new protocol) is listed, not compared."""
     a, b = json.loads(before.read_text()), json.loads(after.read_text())
     worst_all = 0.0
     for fam in a:
-        keys = sorted(set(a[fam]) | set(b.get(fam, {})))
-        diffs = [abs(a[fam][k] - b[fam][k]) if k in a[fam] and k in b.get(fam, {}) else math.inf for k in keys]
-        diffs = [0.0 if math.isnan(d) and math.isnan(a[fam][k]) and math.isnan(b[fam][k]) else d
-                 for d, k in zip(diffs, keys)]
-        worst = max(diffs, default=0.0)
+        new = b.get(fam, {})
+        lost = sorted(set(a[fam]) - set(new))
+        diffs = [0.0 if math.isnan(a[fam][k]) and math.isnan(new[k]) else abs(a[fam][k] - new[k])
+                 for k in a[fam] if k in new]
+        worst = math.inf if lost else max(diffs, default=0.0)
         worst_all = max(worst_all, worst)
-        print(f"{fam:20s} {len(keys):3d} metrics  max |diff| {worst:.2e}")
+        added = sorted(set(new) - set(a[fam]))
+        print(f"{fam:20s} {len(diffs):3d} metrics  max |diff| {worst:.2e}" + (f"  lost: {lost}" if lost else "")
+              + (f"  (+{len(added)} new: {', '.join(added)})" if added else ""))
     return 0 if worst_all <= 1e-6 else 1
 
 
