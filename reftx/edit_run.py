@@ -62,7 +62,7 @@ def run_edit(exp: Experiment, show_progress: bool = True, options: EditOptions |
 
 
 def _run_edit(exp: Experiment, opts: EditOptions, out: Any, show_progress: bool) -> dict[str, Any]:
-    from .runner import _versions, load_base, load_task
+    from .runner import versions, load_base, load_task
     from .train import seed_everything
     from reftx.tasks.knowledge_edit import unedited_scores
 
@@ -96,7 +96,7 @@ def _run_edit(exp: Experiment, opts: EditOptions, out: Any, show_progress: bool)
            "dataset": task.options.dataset, "n_edits": len(examples), "metrics": metrics,
            "trainable_parameters_per_slot": sum(p.numel() for p in editor.bank.slots[0].parameters()),
            "train_seconds": clock["train"], "eval_seconds": clock["eval"], "wall_seconds": time.perf_counter() - t0,
-           "versions": _versions()}
+           "versions": versions()}
     out.json("results.json", res)
     out.jsonl("edits.jsonl", lines)
     _table(res, metrics)

@@ -120,7 +120,8 @@ def validate(exp: Experiment, model_config: Any = None) -> list:
     return plan(exp.interventions, model_config)[1]
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """The versions of reftx, torch, transformers, accelerate and Python (results.json records them)."""
     import accelerate
     import transformers
 
@@ -280,7 +281,7 @@ def _run(exp: Experiment, out: RunFolder, resume: bool, show_progress: bool) -> 
                "n_train": len(train_ex), "n_eval": len(eval_ex), "metrics": metrics,
                "trainable_parameters": summary.get("trainable_parameters", model.count_parameters()), "train": summary,
                "eval_seconds": time.perf_counter() - t_eval, "wall_seconds": time.perf_counter() - t_start,
-               "versions": _versions()}
+               "versions": versions()}
     out.json("results.json", results)
     write_samples(out, eval_ex, preds, before)
     report(results, shown, before, preds[: len(shown)])
@@ -335,7 +336,7 @@ def _evaluate_run(run_dir: Path, show_progress: bool) -> dict[str, Any]:
     metrics, _ = evaluate(model, tok, task, eval_ex, exp.eval, use_chat(tok, exp.model.chat_template),
                           show_progress, reference_loaders(task))
     results = {"name": exp.name, "config_hash": config_hash(exp.to_dict()), "metrics": metrics,
-               "versions": _versions()}
+               "versions": versions()}
     RunFolder(run_dir).json("eval.json", results)
     return results
 
@@ -367,7 +368,7 @@ def _evaluate_base(exp: Experiment, out: RunFolder, show_progress: bool) -> dict
                               show_progress, reference_loaders(task))
     results = {"name": exp.name, "config_hash": config_hash(resolved), "model": exp.model.name,
                "task": task.name, "eval_split": eval_split, "n_eval": len(examples), "metrics": metrics,
-               "trainable_parameters": 0, "wall_seconds": time.perf_counter() - t0, "versions": _versions()}
+               "trainable_parameters": 0, "wall_seconds": time.perf_counter() - t0, "versions": versions()}
     out.json("results.json", results)
     write_samples(out, examples, preds)
     report(results, [], None, [])
