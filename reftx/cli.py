@@ -58,9 +58,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     failed = 0
     for path in _expand(args.experiments):
         try:
-            groups = recipes.validate(_experiment(str(path), args.overrides))
+            notices: list[str] = []
+            groups = recipes.validate(_experiment(str(path), args.overrides), notices=notices)
             console.print(f"[green]ok[/]    {path}  ({len(groups)} groups, "
                           f"{sum(g.params for g in groups):,} parameters)")
+            for text in notices:  # prerequisites and offline facts: not errors
+                console.print(f"      [yellow]notice:[/] {text}")
         except (ReftError, ValueError) as e:
             failed += 1
             console.print(f"[red]error[/] {path}: {e}")

@@ -201,6 +201,30 @@ def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
     return DTYPES[dtype]
 
 
+# The published architecture (the Hub's config.json) of each paper-size model the shipped experiments
+# name: (model_type, layers, hidden, intermediate, attention heads, key/value heads, vocabulary).
+# `reftx validate` needs only layer counts and widths, so it checks those configs offline with these.
+PUBLISHED = {
+    "huggyllama/llama-7b": ("llama", 32, 4096, 11008, 32, 32, 32000),
+    "meta-llama/Llama-2-7b-hf": ("llama", 32, 4096, 11008, 32, 32, 32000),
+    "meta-llama/Llama-2-7b-chat-hf": ("llama", 32, 4096, 11008, 32, 32, 32000),
+    "meta-llama/Meta-Llama-3-8B": ("llama", 32, 4096, 14336, 32, 8, 128256),
+    "meta-llama/Meta-Llama-3-8B-Instruct": ("llama", 32, 4096, 14336, 32, 8, 128256),
+    "locuslab/tofu_ft_llama2-7b": ("llama", 32, 4096, 11008, 32, 32, 32000),
+}
+
+
+def published_config(name: str) -> Any:
+    """The architecture of a ``PUBLISHED`` model as a transformers config (no download), or None."""
+    if name not in PUBLISHED:
+        return None
+    from transformers import AutoConfig
+
+    kind, layers, hidden, inter, heads, kv, vocab = PUBLISHED[name]
+    return AutoConfig.for_model(kind, num_hidden_layers=layers, hidden_size=hidden, intermediate_size=inter,
+                                num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab)
+
+
 def _load_default(load: Any) -> tuple[Any, Any]:
     """The default model from its cache; a cache that fails to load and does not verify is rebuilt once."""
     path = default_model_path()

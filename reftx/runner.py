@@ -90,8 +90,31 @@ def plan_table(groups: list, title: str = "interventions") -> Table:
     return table
 
 
-def validate(exp: Experiment, model_config: Any = None) -> list:
-    """Check everything that can be checked without weights: task, splits, data files, schedule."""
+def model_config_of(exp: Experiment, notices: list[str] | None = None) -> Any:
+    """The model's config without its weights: from a local folder or the Hugging Face cache; offline,
+    a published paper-size model's architecture (``hub.PUBLISHED``, said in ``notices``); else a
+    ConfigError naming ``model.name``."""
+    from transformers import AutoConfig
+
+    from .hub import DEFAULT_MODEL, default_cache_dir, default_model_path, published_config, resolve_name
+
+    name = str(default_cache_dir()) if exp.model.name == DEFAULT_MODEL else resolve_name(exp.model.name)
+    if exp.model.name == DEFAULT_MODEL and not (Path(name) / "config.json").is_file():
+        name = str(default_model_path())
+    try:
+        return AutoConfig.from_pretrained(name, local_files_only=published_config(name) is not None)
+    except OSError as e:
+        published = published_config(name)
+        if published is None:
+            raise ConfigError("model.name", f"cannot read the config of {exp.model.name!r}: {e}") from None
+        if notices is not None:
+            notices.append(f"{name} is not cached: checked against its published architecture (hub.PUBLISHED)")
+        return published
+
+
+def validate(exp: Experiment, model_config: Any = None, notices: list[str] | None = None) -> list:
+    """Check everything that can be checked without weights: task, splits, data files, schedule.
+    Offline facts that are not errors (a published architecture used) are appended to ``notices``."""
     from .objectives import objective_options
 
     objective_options(exp.train.objective, exp.train.objective_options)  # typos fail here, with the path
@@ -100,19 +123,7 @@ def validate(exp: Experiment, model_config: Any = None) -> list:
     task.examples(train_split, exp.task.n_train, exp.seed)
     task.examples(eval_split, exp.task.n_eval, exp.seed)
     if model_config is None:
-        from transformers import AutoConfig
-
-        from .hub import DEFAULT_MODEL, default_cache_dir, resolve_name
-
-        name = str(default_cache_dir()) if exp.model.name == DEFAULT_MODEL else resolve_name(exp.model.name)
-        if exp.model.name == DEFAULT_MODEL and not (Path(name) / "config.json").is_file():
-            from .hub import default_model_path
-
-            name = str(default_model_path())
-        try:
-            model_config = AutoConfig.from_pretrained(name)
-        except OSError as e:
-            raise ConfigError("model.name", f"cannot read the config of {exp.model.name!r}: {e}") from None
+        model_config = model_config_of(exp, notices)
     if exp.lora is not None:  # a LoRA adapter (reftx.lora): its row, then the interventions' groups
         from . import lora
 

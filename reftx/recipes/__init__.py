@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..config import from_dict
@@ -58,13 +59,38 @@ def recipe_of(exp: Experiment) -> tuple[Recipe, Any]:
     return recipe, from_dict(recipe.options, raw, "recipe", f"option of recipe {recipe.name!r}")
 
 
-def validate(exp: Experiment, model_config: Any = None) -> list:
+def validate(exp: Experiment, model_config: Any = None, notices: list[str] | None = None) -> list:
     """Everything ``reftx validate`` checks without weights: the recipe and its options, then the
-    run driver's checks (reftx.runner.validate: task, splits, data, objective, schedule)."""
+    run driver's checks (reftx.runner.validate: task, splits, data, objective, schedule). A model
+    that another shipped experiment writes (``runs/<name>/model``, not there yet) is a prerequisite,
+    not an error: it is checked with that experiment's model and said in ``notices``."""
     from ..runner import validate as check_run
 
     recipe_of(exp)
-    return check_run(exp, model_config)
+    if model_config is None:
+        model_config = _prerequisite(exp, notices)
+    return check_run(exp, model_config, notices)
+
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+
+
+def _prerequisite(exp: Experiment, notices: list[str] | None) -> Any:
+    """The config of a not-yet-written ``<output_dir>/<name>/model`` from the shipped experiment
+    ``<name>.yaml`` whose recipe writes it (tofu_stage1), or None."""
+    path = Path(exp.model.name)
+    if path.exists() or path.name != "model" or len(path.parts) < 2 or not EXPERIMENTS.is_dir():
+        return None
+    for candidate in sorted(EXPERIMENTS.rglob(f"{path.parent.name}.yaml")):
+        from ..experiment import load_experiment
+        from ..runner import model_config_of
+
+        stage = load_experiment(candidate)
+        if stage.recipe.get("name") == "tofu_stage1" and Path(stage.output_dir) / (stage.name or "") == path.parent:
+            if notices is not None:
+                notices.append(f"needs {exp.model.name}: run `reftx run {candidate.relative_to(EXPERIMENTS.parent)}` first")
+            return model_config_of(stage, notices)
+    return None
 
 
 def run_experiment(exp: Experiment, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:

@@ -172,3 +172,26 @@ def test_progress_lines_when_output_is_not_a_terminal(tiny_dir, tmp_path, capsys
     lines = [ln for ln in err.splitlines() if ln.startswith("train step ")]
     assert [ln.split()[2] for ln in lines] == ["2/4", "4/4"] and all(" tok/s" in ln for ln in lines)
     assert f"wrote {tmp_path / 'runs' / 'quickstart'}" in " ".join(err.split())
+
+
+def test_validate_offline_reports_prerequisites_as_notices(capsys):
+    """On a fresh machine `reftx validate` checks what it can and exits 0: a paper-size model that
+    is not cached is checked against its published architecture, a model another shipped experiment
+    writes is a named prerequisite; neither is an error."""
+    paper = REPO / "experiments" / "unlearning" / "paper_tofu_grun_llama2_7b.yaml"
+    stage2 = REPO / "experiments" / "unlearning" / "tofu_grun.yaml"
+    assert cli.main(["validate", str(paper), str(stage2)]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "notice: locuslab/tofu_ft_llama2-7b is not cached: checked against its published architecture" in err
+    assert "notice: needs runs/tofu_finetune/model: run `reftx run experiments/unlearning/tofu_finetune.yaml` first" in err
+    assert "error" not in err
+    # the published architecture plans exactly as the Hub's config (layer count and widths)
+    from reftx.hub import published_config
+
+    for name, make in HUB_CONFIGS.items():
+        if name.startswith("runs/"):
+            continue
+        got, want = published_config(name), make()
+        assert (got.num_hidden_layers, got.hidden_size, got.intermediate_size, got.num_key_value_heads,
+                got.vocab_size) == (want.num_hidden_layers, want.hidden_size, want.intermediate_size,
+                                    want.num_key_value_heads, want.vocab_size), name
