@@ -140,6 +140,11 @@ def cmd_tofu_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _no_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (a plain line per logged step when output is not a terminal)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reftx", description="Representation finetuning experiments.")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
@@ -150,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("experiment", help="experiment YAML file")
     r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3 interventions.0.rank=8")
     r.add_argument("--resume", action="store_true", help="continue from the run dir's latest checkpoint")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars (a plain line per logged step when output is not a terminal)")
+    _no_progress(r)
     r.set_defaults(fn=cmd_run)
     pl = sub.add_parser("plan", help="print the resolved config and intervention groups; runs nothing")
     pl.add_argument("experiment", help="experiment YAML file")
@@ -165,13 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(fn=cmd_ls)
     e = sub.add_parser("eval", help="re-evaluate a finished run directory")
     e.add_argument("run_dir", help="a finished run folder (holds config.yaml and intervention/)")
-    e.add_argument("--no-progress", action="store_true", help="no progress bars (a plain line per logged step when output is not a terminal)")
+    _no_progress(e)
     e.set_defaults(fn=cmd_eval)
     b = sub.add_parser("baseline", help="evaluate the experiment's model as it is (no training): the zero-shot "
                                         "baseline on the same eval set, or a saved checkpoint")
     b.add_argument("experiment", help="experiment YAML file")
     b.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.name=runs/tofu_finetune/model")
-    b.add_argument("--no-progress", action="store_true", help="no progress bars (a plain line per logged step when output is not a terminal)")
+    _no_progress(b)
     b.set_defaults(fn=cmd_baseline)
     ed = sub.add_parser("edit", help="knowledge editing: an editing experiment, or one fact from the command line")
     ed.add_argument("experiment", nargs="?", help="editing experiment YAML (experiments/editing/)")
@@ -187,13 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--lr", type=float, default=5e-3, help="learning rate (default 5e-3)")
     ed.add_argument("--steps", type=int, default=100, help="at most this many steps (stops at loss < 0.01)")
     ed.add_argument("--max-new-tokens", type=int, default=12, help="tokens generated before and after (default 12)")
-    ed.add_argument("--no-progress", action="store_true", help="no progress bars (a plain line per logged step when output is not a terminal)")
+    _no_progress(ed)
     ed.set_defaults(fn=cmd_edit)
     tf = sub.add_parser("tofu-finetune", help="TOFU stage 1: train a lora {mode: only} experiment, then write the "
                                               "merged model as a HF checkpoint to {run_dir}/model")
     tf.add_argument("experiment", help="e.g. experiments/unlearning/tofu_finetune.yaml")
     tf.add_argument("overrides", nargs="*", help="dotted overrides, e.g. task.options.retain_authors=4")
-    tf.add_argument("--no-progress", action="store_true", help="no progress bars (a plain line per logged step when output is not a terminal)")
+    _no_progress(tf)
     tf.set_defaults(fn=cmd_tofu_finetune)
     return p
 
