@@ -100,7 +100,8 @@ class StepLoss:
 
     losses: slot -> that job's loss (what its optimizer minimises), in slot order.
     stop:   slot -> the value compared with the job's ``stop_loss`` (e.g. the target NLL without
-            the modifiers' terms); defaults to the loss.
+            the modifiers' terms), checked by the divergence guard and handed to ``on_step``;
+            defaults to the loss (read from the device once per step).
     shared: a term added once to the backward sum (primitives' auxiliary losses that a forward
             over every slot produced together), or None.
     logs, out: the objective's logged values and the model output, handed to ``job.on_step``."""
@@ -189,7 +190,7 @@ class Loop:
         with acc.accumulate(self.model):
             res = self.forward(rows)
             for k, a in active.items():
-                a.last = res.stop.get(k, float(res.losses[k].detach()))
+                a.last = res.stop[k] if k in res.stop else float(res.losses[k].detach())  # one sync per job
             done = [k for k in sorted(active) if self._finished(active[k])]
             training = [k for k in sorted(active) if k not in done]
             if not training:
@@ -208,10 +209,10 @@ class Loop:
             a = active[k]
             a.optim.after_step()
             a.steps += 1
-            why = a.guard.check(float(res.losses[k].detach()))
+            why = a.guard.check(a.last)
             if why is not None:
                 raise Diverged(f"step {a.steps}: {why}; stopped before saving it.{self.where()}")
-            a.job.on_step(a.steps, float(res.losses[k].detach()), norms.get(k), res)
+            a.job.on_step(a.steps, a.last, norms.get(k), res)
             if a.steps >= a.job.max_steps and a.job.stop_loss is None:
                 done.append(k)
         return sorted(done)

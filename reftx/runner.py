@@ -183,14 +183,15 @@ def plot_loss(run_dir: Path) -> Path | None:
 
 
 def run(exp: Experiment, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
-    """Train and evaluate one experiment; returns (and writes) results.json's content.
+    """Train and evaluate one experiment; returns results.json's content (which it writes) plus
+    ``run_dir``, the folder it wrote.
 
     The run folder is ``{output_dir}/{name}``; when that already holds a run (and this is not
     ``--resume``), the next free ``{name}-2``, ``{name}-3``, ... (said on the console), so running
     the same experiment twice never fails and never touches the first run. The folder is locked
     while this process writes it (reftx.rundir.run_folder, the one run-folder writer)."""
     with run_folder(exp.run_dir, f"reftx run {exp.name}", reuse=resume, say=console.print) as out:
-        return _run(exp, out, resume, show_progress)
+        return {**_run(exp, out, resume, show_progress), "run_dir": str(out.path)}  # where it wrote (not in results.json)
 
 
 def _check_resume(run_dir: Path, resume: bool, chash: str) -> dict[str, Any] | None:

@@ -40,7 +40,8 @@ from .data import Encoded, collate_train
 from .errors import ReftError
 from .experiment import TrainConfig
 from .loop import Diverged, DivergenceGuard, Job, Loop, NonFiniteLoss, Optim, StepLoss, accelerator
-from .model import ReftModel, atomic_write
+from .model import ReftModel
+from .rundir import atomic_write
 from .objectives import OBJECTIVES, objective_options
 
 
@@ -210,8 +211,9 @@ class RunJob(Job):
     def forward(self, rows: dict[int, dict[str, Any]]) -> StepLoss:
         r = self.run
         loss, logs, out = r.objective(r.wrapped, rows[0], r.objective_opts)
-        self.window.append(loss.item())
-        return StepLoss({0: loss}, logs=logs, out=out)
+        value = loss.item()  # the step's one read of the loss: logged, guarded, never read again
+        self.window.append(value)
+        return StepLoss({0: loss}, stop={0: value}, logs=logs, out=out)
 
     def on_step(self, step: int, loss: float, grad_norm: float | None, result: StepLoss) -> None:
         r, prog = self.run, self.run.prog

@@ -135,7 +135,6 @@ def _sequential(exp: Experiment, options: SequentialOptions, resume: bool, show_
     ``{name}-s{k}``, its interventions initialised from the previous stage's; returns every
     stage's results (also in each stage's own run folder)."""
     from ..config import apply_overrides
-    from ..rundir import free_folder
     from ..runner import run
 
     stages, previous = [], None
@@ -145,10 +144,9 @@ def _sequential(exp: Experiment, options: SequentialOptions, resume: bool, show_
         if previous is not None:
             data["train"]["init_from"] = str(previous)
         stage = from_dict(Experiment, data)
-        folder = exp.run_dir.parent / f"{exp.name}-s{k}" if resume else free_folder(stage.run_dir)
-        stages.append({"stage": k, "overrides": list(overrides), "run_dir": str(folder),
-                       **run(stage, resume=resume, show_progress=show_progress)})
-        previous = folder / "intervention"
+        result = run(stage, resume=resume, show_progress=show_progress)
+        stages.append({"stage": k, "overrides": list(overrides), **result})
+        previous = Path(result["run_dir"]) / "intervention"
     return {"name": exp.name, "stages": stages}
 
 

@@ -38,11 +38,9 @@ def export_merged(run_dir: str | Path, exp: Experiment) -> Path:
 def finetune(exp: Experiment, show_progress: bool = True) -> Path:
     """Train ``exp`` (it must be ``lora: {mode: only}``, else a ConfigError naming ``lora.mode``)
     with ``reftx run``'s driver, then export the merged model; returns the checkpoint folder."""
-    from ..rundir import free_folder
     from ..runner import run
 
     if exp.lora is None or exp.lora.mode != "only":
         raise ConfigError("lora.mode", "tofu_finetune exports a merged LoRA adapter: set lora: {mode: only}")
-    folder = free_folder(exp.run_dir)  # where run() writes: {name}, or {name}-2 when {name} holds a run
-    run(exp, show_progress=show_progress)
+    folder = run(exp, show_progress=show_progress)["run_dir"]  # {name}, or {name}-2 when {name} holds a run
     return export_merged(folder, exp)

@@ -88,7 +88,7 @@ def test_resume_of_a_finished_run_changes_nothing(tiny_dir, tmp_path, finished):
     # the override after --resume is accepted (it leaves the config unchanged)
     assert cli.main(["run", str(QUICKSTART), "--resume", *overrides(tiny_dir, tmp_path), "--no-progress"]) == 0
     assert files(finished) == before
-    assert run(tiny_dir, tmp_path, resume=True) == results
+    assert run(tiny_dir, tmp_path, resume=True) == {**results, "run_dir": str(finished)}
 
 
 def test_resumed_run_keeps_the_before_answers(tiny_dir, tmp_path, finished):
