@@ -100,6 +100,7 @@ class HookManager:
         self.pending: Overrides | None = None
         self.generation: GenerationState | None = None
         self._state: ForwardState | None = None
+        self._closed: list[Context] | None = None  # see collecting()
         self._handles: list[RemovableHandle] = []
         self._prompt_groups = any(g.positions.mode not in ("all", "generated") or "all_prompt" in g.parts
                                   for g in groups)
@@ -144,6 +145,17 @@ class HookManager:
         finally:
             self.generation = None
             self.pending = None
+
+    @contextmanager
+    def collecting(self) -> Iterator[list[Context]]:
+        """Within the block, the context of every forward that closes is appended to the yielded
+        list: the auxiliary losses of forwards that a trainer runs on the base model directly."""
+        seen: list[Context] = []
+        self._closed = seen
+        try:
+            yield seen
+        finally:
+            self._closed = None
 
     @contextmanager
     def switched_off(self) -> Iterator[None]:
@@ -214,6 +226,8 @@ class HookManager:
         state, self._state = self._state, None
         if state is not None:
             state.stack.close()
+            if self._closed is not None:
+                self._closed.append(state.ctx)
 
     # -- sites -------------------------------------------------------------------------------
     def _edit(self, h: Tensor, entries: list) -> None:

@@ -36,6 +36,7 @@ from .schedule import DTYPES, Group, InterventionSpec, plan
 from .version import __version__
 
 CONFIG_NAME = "reft_config.json"
+CARRIED = "reftx_interventions"  # the base's submodule holding the interventions after carry()
 WEIGHTS_NAME = "interventions.safetensors"
 FORMAT = "reftx.interventions"
 FORMAT_VERSION = 1
@@ -193,14 +194,26 @@ class ReftModel(nn.Module):
                                 assisted=_assisted(kwargs, self.base))
         criteria = StoppingCriteriaList(kwargs.pop("stopping_criteria", None) or [])
         criteria.append(state.criterion())
-        with self._hooks.generation_call(state):
-            return self.base.generate(*args, stopping_criteria=criteria, **kwargs)
+        with self._hooks.generation_call(state):  # the class's generate: carry() may route base.generate here
+            return type(self.base).generate(self.base, *args, stopping_criteria=criteria, **kwargs)
 
     @contextmanager
     def disabled(self) -> Iterator[None]:
         """Run the base model with every intervention switched off (e.g. a reference model)."""
         with self._hooks.switched_off():
             yield
+
+    def carry(self) -> nn.Module:
+        """Make the base model carry these interventions, for a trainer that takes a plain
+        transformers model (``reftx.trainers``): they become its submodule ``reftx_interventions``
+        (the trainer's optimizer, device moves and train/eval modes reach them; the base's own
+        weights stay frozen) and ``base.generate`` becomes this model's exact ``generate``.
+        Returns the base; ``detach()`` undoes both."""
+        base = self.base
+        if base._modules.get(CARRIED) is None:
+            base.add_module(CARRIED, self.interventions)
+            base.generate = self.generate
+        return base
 
     def detach(self) -> nn.Module:
         """Remove reftx's hooks and return the base model exactly as it was (also done
@@ -345,6 +358,8 @@ def read_config(path: Path) -> dict[str, Any]:
 
 def _release(hooks: HookManager, base: nn.Module, frozen: dict[str, bool]) -> None:
     hooks.remove()
+    base._modules.pop(CARRIED, None)  # what carry() added
+    base.__dict__.pop("generate", None)
     for n, p in base.named_parameters():
         p.requires_grad_(frozen.get(n, p.requires_grad))
     _ATTACHED.discard(base)

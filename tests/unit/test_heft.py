@@ -121,7 +121,7 @@ def test_merge_then_attach_equals_lora_before_merge():
 def test_sequential_lora_stage_then_interventions_with_lora_fixed(runs, merge):
     _, tmp_path, final, summary, seen = runs("sequential", merge)
     assert [s["stage"] for s in summary["stages"]] == ["lora", "interventions"]
-    (l0, i0, b0), (l1, i1, b1) = seen[0]["before"], seen[0]["after"]
+    (l0, i0, b0), (l1, _, b1) = seen[0]["before"], seen[0]["after"]
     assert i0 == {} and changed(l0, l1) == set(l0) and not changed(b0, b1)  # stage 1: LoRA alone
     (l2, i2, b2), (l3, i3, b3) = seen[1]["before"], seen[1]["after"]
     assert changed(i2, i3) and not changed(l2, l3) and not changed(b2, b3)  # stage 2: interventions alone
@@ -156,7 +156,7 @@ def test_joint_trains_both(runs):
 def test_only_trains_lora_alone(runs):
     _, tmp_path, final, summary, seen = runs("only")
     assert [s["stage"] for s in summary["stages"]] == ["lora"]
-    (l0, i0, b0), (l1, i1, b1) = seen[0]["before"], seen[0]["after"]
+    (l0, i0, b0), (l1, _, b1) = seen[0]["before"], seen[0]["after"]
     assert i0 == {} and changed(l0, l1) == set(l0) and not changed(b0, b1)
     assert summary["trainable_parameters"] == sum(p.numel() for p in l0.values())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "lora", "metrics.jsonl"]
