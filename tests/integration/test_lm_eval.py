@@ -141,6 +141,21 @@ def test_prompt_positions_land_on_the_context_only(reft):
     assert abs(ll_long - row_logprob()) > 1e-3
 
 
+def test_rolling_loglikelihood_is_the_text_after_the_prefix_token(reft):
+    """loglikelihood_rolling (perplexity tasks): one window here, whose context is lm-eval's prefix
+    token; the prompt is that token alone."""
+    from lm_eval.api.instance import Instance
+
+    model, tok = reft
+    lm = lm_eval_adapter.ReftLM(model, tok, batch_size=2, show_progress=False)
+    text = "The sky is blue and the grass is green."
+    (got,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])
+    ids = [lm.prefix_token_id, *tok(text)["input_ids"]]
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=torch.tensor([ids]), prompt_lengths=torch.tensor([1])).logits[0], -1)
+    assert got == pytest.approx(sum(lp[i, t].item() for i, t in enumerate(ids[1:])), abs=1e-4)
+
+
 def test_request_rows_keep_the_context_as_prompt_and_truncate_from_the_left():
     rows = lm_eval_adapter.request_rows([(None, [5, 6, 7], [8, 9]), (("c", "x"), [1, 2, 3, 4, 5, 6], [7, 8])], 5)
     assert [(r.input_ids, r.labels, r.prompt_len, r.truncated) for r in rows] == [
