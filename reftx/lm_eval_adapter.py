@@ -103,7 +103,7 @@ def _reft_lm_class() -> type:
 
     class ReftLM(HFLM):
         """lm-eval's HFLM over a reftx model (a ReftModel, reftx.lora's model or a plain causal LM):
-        ``ReftLM(model, tokenizer, batch_size=8, max_length=None, show_progress=True, **hflm_kwargs)``."""
+        ``ReftLM(model, tokenizer, batch_size=1, max_length=None, show_progress=True, **hflm_kwargs)``."""
 
         def __init__(self, model: nn.Module, tokenizer: Any, batch_size: int = 1, max_length: int | None = None,
                      show_progress: bool = True, **kwargs: Any):

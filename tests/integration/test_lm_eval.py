@@ -193,12 +193,11 @@ def test_cli_evaluates_a_run_dir_and_writes_only_lm_eval(tiny_dir, task_dir, tmp
     assert record["run"] == "quickstart" and record["chat_template"] is False and record["limit"] == 3
     assert record["lm_eval"]["n-samples"]["tiny_mc"]["effective"] == 3
     # the same 3 items through the Python call give the same accuracy
-    model, tok = lm_eval_adapter._load(run_dir)[1:]
+    lm = lm_eval_adapter.from_run(run_dir, batch_size=3, show_progress=False)
     manager = TaskManager(include_path=str(task_dir), include_defaults=False)
-    again = lm_eval.simple_evaluate(model=lm_eval_adapter.ReftLM(model, tok, batch_size=3, show_progress=False),
-                                    tasks=["tiny_mc"], task_manager=manager, limit=3)
+    again = lm_eval.simple_evaluate(model=lm, tasks=["tiny_mc"], task_manager=manager, limit=3)
     assert again["results"]["tiny_mc"]["acc,none"] == acc
-    model.detach()
+    lm.model.detach()
     after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.parent.name != "lm_eval"}
     assert {p: b for p, b in after.items() if p.name != ".lock"} == {p: b for p, b in before.items()}
     assert sorted(p.name for p in (run_dir / "lm_eval").iterdir()) == ["tiny_mc.json"]
