@@ -1,4 +1,4 @@
-"""The ``reftx`` command line: run, plan, validate, ls, eval, baseline, edit, tofu-finetune."""
+"""The ``reftx`` command line: run, plan, validate, ls, eval, lm-eval, baseline, edit, tofu-finetune."""
 from __future__ import annotations
 
 import argparse
@@ -108,6 +108,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lm_eval(args: argparse.Namespace) -> int:
+    from .lm_eval_adapter import evaluate_run
+
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    metrics, path = evaluate_run(args.run_dir, [t for t in args.tasks.split(",") if t], args.include_path, limit,
+                                 args.batch_size, args.chat_template, show_progress=not args.no_progress)
+    for k, v in metrics.items():  # rounded; the JSON keeps every digit
+        print(f"{k}: {v:.4f}")
+    console.print(f"wrote {path}")
+    return 0
+
+
 def cmd_baseline(args: argparse.Namespace) -> int:
     from . import runner
 
@@ -145,6 +157,21 @@ def _no_progress(parser: argparse.ArgumentParser) -> None:
                         help="no progress bars (a plain line per logged step when output is not a terminal)")
 
 
+def _lm_eval_parser(sub: argparse._SubParsersAction) -> None:
+    le = sub.add_parser("lm-eval", help="lm-evaluation-harness tasks on a finished run's trained model; writes "
+                                        "{run_dir}/lm_eval/{tasks}.json (needs reftx[lm-eval])")
+    le.add_argument("run_dir", help="a finished run's folder (config.yaml and intervention/)")
+    le.add_argument("--tasks", required=True, help="comma-separated lm-eval task names, e.g. arc_easy,hellaswag")
+    le.add_argument("--include-path", help="a folder of lm-eval task YAMLs to add to lm-eval's own tasks")
+    le.add_argument("--limit", type=float, help="at most N documents per task (a fraction of each task when < 1)")
+    le.add_argument("--batch-size", type=int, default=8, help="requests per forward (default 8)")
+    le.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
+                    help="format requests with the tokenizer's chat template (default: as the run did, "
+                         "model.chat_template)")
+    _no_progress(le)
+    le.set_defaults(fn=cmd_lm_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reftx", description="Representation finetuning experiments.")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
@@ -178,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.name=runs/tofu_finetune/model")
     _no_progress(b)
     b.set_defaults(fn=cmd_baseline)
+    _lm_eval_parser(sub)
     ed = sub.add_parser("edit", help="knowledge editing: an editing experiment, or one fact from the command line")
     ed.add_argument("experiment", nargs="?", help="editing experiment YAML (experiments/editing/)")
     ed.add_argument("overrides", nargs="*", help="dotted overrides, e.g. recipe.mode=sequential task.n_eval=100")

@@ -331,6 +331,17 @@ def evaluate_run(run_dir: str | Path, show_progress: bool = True) -> dict[str, A
     return results
 
 
+def trained_model(exp: Experiment, run_dir: Path) -> tuple[Any, Any]:
+    """A finished run's trained model (its interventions, or reftx.lora's adapter and interventions)
+    on the experiment's base model, and the tokenizer."""
+    base, tok = load_base(exp)
+    if exp.lora is not None:
+        from .lora import load_run
+
+        return load_run(base, run_dir, exp.lora), tok
+    return ReftModel.from_pretrained(base, run_dir / "intervention"), tok
+
+
 def _evaluate_run(run_dir: Path, show_progress: bool) -> dict[str, Any]:
     from .experiment import load_experiment
 
@@ -338,13 +349,7 @@ def _evaluate_run(run_dir: Path, show_progress: bool) -> dict[str, Any]:
     task = load_task(exp)
     _, eval_split = splits(exp, task)
     eval_ex = task.examples(eval_split, exp.task.n_eval, exp.seed)
-    base, tok = load_base(exp)
-    if exp.lora is not None:
-        from .lora import load_run
-
-        model = load_run(base, run_dir, exp.lora)
-    else:
-        model = ReftModel.from_pretrained(base, run_dir / "intervention")
+    model, tok = trained_model(exp, run_dir)
     metrics, _ = evaluate(model, tok, task, eval_ex, exp.eval, use_chat(tok, exp.model.chat_template),
                           show_progress, reference_loaders(task))
     results = {"name": exp.name, "config_hash": config_hash(exp.to_dict()), "metrics": metrics,

@@ -75,6 +75,14 @@ def score_continuations(model: Any, tokenizer: Any, prompts: list[str], continua
     infos = example_info or [{} for _ in prompts]
     encoded = [encode(tokenizer, Example(p, c, info=dict(i)), max_length, chat, end_token=False)
                for p, c, i in zip(prompts, continuations, infos)]
+    return score_encoded(model, tokenizer, encoded, batch_size)
+
+
+def score_encoded(model: Any, tokenizer: Any, encoded: list[Encoded], batch_size: int = 16
+                  ) -> list[ContinuationScore]:
+    """``score_continuations`` on rows already tokenised: each row's continuation is its labelled
+    tail (labels -100 on the prompt), and ``prompt_len`` is where the interventions' prompt ends
+    (reftx.lm_eval_adapter scores lm-eval's (context, continuation) token pairs through this)."""
     out: list[ContinuationScore | None] = [None] * len(encoded)
     for idx, labels, result in batched_forward(model, tokenizer, encoded, batch_size):
         logits = result.logits[:, :-1].float()
@@ -137,4 +145,4 @@ def multiple_choice(model: Any, tokenizer: Any, prompts: list[str], options: lis
     return picks
 
 
-__all__ = ["ContinuationScore", "batched_forward", "choose", "multiple_choice", "score_continuations"]
+__all__ = ["ContinuationScore", "batched_forward", "choose", "multiple_choice", "score_continuations", "score_encoded"]
