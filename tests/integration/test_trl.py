@@ -220,3 +220,81 @@ def test_refuses_what_it_cannot_place(tmp_path, tok):
         ReftSFTTrainer(reft.base, args=trl.SFTConfig(**common(tmp_path)), train_dataset=rows, processing_class=tok)
     base = reft.detach()
     assert "reftx_interventions" not in dict(base.named_children()) and "generate" not in base.__dict__
+
+
+def test_checkpoints_hold_the_interventions_and_resume_loads_them(tmp_path, tok):
+    from reftx.trainers import ReftSFTTrainer
+
+    rows = Dataset.from_list([{"prompt": LONG, "completion": " w10 w11"}, {"prompt": SHORT, "completion": " w12"}])
+
+    def run(out, resume=None):
+        reft = reftx.attach(tiny_model("llama"), SPEC)
+        args = trl.SFTConfig(**{**common(out, max_steps=6, learning_rate=5e-2), "save_strategy": "steps"},
+                             save_steps=3)
+        with pytest.warns(UserWarning, match="checkpointing off"):
+            trainer = ReftSFTTrainer(reft, args=args, train_dataset=rows, processing_class=tok)
+        trainer.train(resume_from_checkpoint=resume)
+        return reft
+
+    whole = run(tmp_path / "a")
+    saved = sorted(p.name for p in (tmp_path / "a" / "checkpoint-3").iterdir())
+    assert "interventions.safetensors" in saved and "reft_config.json" in saved
+    assert not [n for n in saved if n.startswith("model") or n.endswith(".bin") and n != "training_args.bin"]
+    resumed = run(tmp_path / "b", resume=str(tmp_path / "a" / "checkpoint-3"))
+    for (k, a), (_, b) in zip(whole.named_interventions(), resumed.named_interventions()):
+        for (n, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            torch.testing.assert_close(x, y, rtol=0, atol=1e-6, msg=f"{k}.{n}")
+
+
+def test_the_primitives_losses_join_the_trainers_loss(tmp_path, tok, monkeypatch):
+    from reftx.trainers import ReftSFTTrainer
+
+    reft = reftx.attach(tiny_model("llama"), SPEC)
+    rows = Dataset.from_list([{"prompt": LONG, "completion": " w10 w11"}])
+    with pytest.warns(UserWarning, match="checkpointing off"):
+        trainer = ReftSFTTrainer(reft, args=trl.SFTConfig(**common(tmp_path)), train_dataset=rows,
+                                 processing_class=tok)
+    batch = next(iter(trainer.get_train_dataloader()))
+    plain = float(trainer.compute_loss(trainer.model, dict(batch)))
+    monkeypatch.setattr(reft, "_extra_losses", lambda: ({"bound_hinge": torch.tensor(1.5)}, torch.tensor(2.0)))
+    assert float(trainer.compute_loss(trainer.model, dict(batch))) == pytest.approx((plain + 1.5) * 2.0, abs=1e-5)
+
+
+def readme_trl_examples() -> list[str]:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("## Training with TRL", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["sft", "dpo", "grpo"])
+def test_the_readme_trl_examples_run_on_the_default_model(index, tmp_path, monkeypatch):
+    code = readme_trl_examples()
+    assert len(code) == 3
+    monkeypatch.chdir(tmp_path)
+    initial, generated = {}, []
+    attach, generate = reftx.attach, reftx.ReftModel.generate
+
+    def spy_attach(*args, **kwargs):
+        reft = attach(*args, **kwargs)
+        initial.update({n: p.detach().clone() for n, p in reft.interventions.named_parameters()})
+        return reft
+
+    def spy_generate(self, *args, **kwargs):
+        generated.append(1)
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(reftx, "attach", spy_attach)
+    monkeypatch.setattr(reftx.ReftModel, "generate", spy_generate)
+    namespace: dict = {}
+    with pytest.warns(UserWarning, match="checkpointing off"):
+        exec(compile(code[index], f"README.md TRL example {index}", "exec"), namespace)
+    reft = namespace["reft"]
+    if index == 2:  # GRPO: sampled through the exact generate (equal rewards would leave weights as they were)
+        assert generated
+    else:
+        after = dict(reft.interventions.named_parameters())
+        assert any(not torch.equal(after[n], p) for n, p in initial.items())
