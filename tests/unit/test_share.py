@@ -221,3 +221,19 @@ def test_reftx_push_uploads_a_run_folder(fake_api, tmp_path, capsys):
     assert "commit/1" in capsys.readouterr().out
     assert cli.main(["push", str(tmp_path), "user/run"]) == 2  # not a run folder: a clear error, no upload
     assert "not a finished reftx run" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_reftx_push_of_a_real_run(fake_api, tiny_dir, tmp_path):
+    from reftx import runner
+    from reftx.experiment import load_experiment
+    from tests.integration.test_runner import REPO, tiny_overrides
+
+    out = runner.run(load_experiment(REPO / "experiments" / "quickstart.yaml", tiny_overrides(tiny_dir, tmp_path)),
+                     show_progress=False)
+    assert cli.main(["push", out["run_dir"], "user/quickstart"]) == 0
+    _, (_, _, files, _) = fake_api.calls
+    card = files["README.md"].decode()
+    for name, value in out["metrics"].items():
+        assert f"| {name} | {value:.4f} |" in card
+    assert "reftx task `persona`" in card and "(4 optimizer steps)" in card and "a local model" in card
+    assert json.loads(files[CONFIG_NAME]) == json.loads((Path(out["run_dir"]) / "intervention" / CONFIG_NAME).read_text())
