@@ -82,12 +82,12 @@ def _download(repo_id: str, files: Sequence[str], revision: str | None, token: A
     except RevisionNotFoundError:
         raise ReftError(f"Hub repo {repo_id!r} has no revision {revision!r} (a branch, tag or commit)") from None
     except LocalEntryNotFoundError as e:
-        cache = cache_dir or constants.HF_HUB_CACHE
-        why = ("HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE
-               else f"the Hub cannot be reached ({type(e).__name__}: {e})")
+        cache, offline = cache_dir or constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE
+        why = ("HF_HUB_OFFLINE=1 is set" if offline
+               else f"the Hub cannot be reached ({(str(e).splitlines() or [type(e).__name__])[0]})")
+        fix = "unset HF_HUB_OFFLINE" if offline else "check the network and the repo id"
         raise ReftError(f"{where}, and Hub repo {repo_id!r}{_at(revision)} is not in the Hugging Face cache "
-                        f"({cache}) while {why}: fetch it once online (unset HF_HUB_OFFLINE, check the network), "
-                        "or pass a local directory") from None
+                        f"({cache}) while {why}: fetch it once online ({fix}), or pass a local directory") from None
     except OSError as e:  # huggingface_hub's HTTP errors and connection failures are OSErrors
         raise ReftError(f"{where}; fetching Hub repo {repo_id!r}{_at(revision)} failed: "
                         f"{type(e).__name__}: {e}") from None
