@@ -1,4 +1,4 @@
-"""The ``reftx`` command line: run, plan, validate, ls, eval, lm-eval, baseline, edit, tofu-finetune."""
+"""The ``reftx`` command line: run, plan, validate, ls, eval, lm-eval, baseline, edit, tofu-finetune, push."""
 from __future__ import annotations
 
 import argparse
@@ -152,6 +152,16 @@ def cmd_tofu_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    from .model import CONFIG_NAME, WEIGHTS_NAME
+    from .share import push_run
+
+    info = push_run(args.run_dir, args.repo_id, (CONFIG_NAME, WEIGHTS_NAME), private=args.private or None,
+                    commit_message=args.message)
+    print(getattr(info, "commit_url", None) or f"pushed {args.run_dir} to {args.repo_id}")
+    return 0
+
+
 def _no_progress(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (a plain line per logged step when output is not a terminal)")
@@ -170,6 +180,16 @@ def _lm_eval_parser(sub: argparse._SubParsersAction) -> None:
                          "model.chat_template)")
     _no_progress(le)
     le.set_defaults(fn=cmd_lm_eval)
+
+
+def _push_parser(sub: argparse._SubParsersAction) -> None:
+    pu = sub.add_parser("push", help="upload a finished run's interventions to the Hugging Face Hub with a model card "
+                                     "(base model, schedule, training data, metrics)")
+    pu.add_argument("run_dir", help="a finished run folder (holds config.yaml, results.json and intervention/)")
+    pu.add_argument("repo_id", help="the Hub model repo, user/name or org/name (created if missing)")
+    pu.add_argument("--private", action="store_true", help="create the repo as private (an existing repo keeps its visibility)")
+    pu.add_argument("--message", help="the commit message (default: Upload reftx interventions)")
+    pu.set_defaults(fn=cmd_push)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("overrides", nargs="*", help="dotted overrides, e.g. task.options.retain_authors=4")
     _no_progress(tf)
     tf.set_defaults(fn=cmd_tofu_finetune)
+    _push_parser(sub)
     return p
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .config import apply_overrides, from_dict, load_yaml, require, to_dict
+from .errors import unknown
 
 SCHEMA_VERSION = 1
 
@@ -82,6 +83,7 @@ class TrainConfig:
     objective_options: dict[str, Any] = field(default_factory=dict)  # options of the objective
     prefix_fraction: float = 0.0  # share of examples supervised only on their first prefix_tokens answer tokens (BREP); 0 = off
     prefix_tokens: int = 64  # k: answer tokens kept in the labels of prefix-truncated examples (>= 1)
+    log_with: list[str] = field(default_factory=list)  # experiment trackers through accelerate, e.g. [tensorboard] or [wandb, mlflow] (accelerate's LoggerType: all, aim, clearml, comet_ml, dvclive, mlflow, swanlab, tensorboard, trackio, wandb): the metrics.jsonl scalars at their steps plus the resolved config, written under {run_dir}/trackers/; [] = none
     init_from: str | None = None  # start from trained interventions (a run's intervention/ folder) instead of a fresh init, e.g. the previous stage of the sequential recipe; null: fresh
 
     def __post_init__(self) -> None:
@@ -98,6 +100,12 @@ class TrainConfig:
         require(ok, "max_grad_norm", f"must be > 0 (or null to disable), got {self.max_grad_norm}")
         ok = self.divergence_factor is None or self.divergence_factor > 1
         require(ok, "divergence_factor", f"must be > 1 (or null to disable), got {self.divergence_factor}")
+        if self.log_with:  # names only: whether the package is installed is checked when training starts
+            from accelerate.utils import LoggerType
+
+            for i, name in enumerate(self.log_with):
+                if name not in LoggerType.list():
+                    raise unknown(f"log_with.{i}", name, LoggerType.list(), "tracker", " (accelerate's LoggerType)")
 
 
 @dataclass

@@ -201,3 +201,13 @@ def window_rows(prompt: P.Spans, width: int, w: Window, spec: PositionSpec, part
     n = spec.generated
     lo, hi = max(width, w.offset), end if n < 0 else min(end, width + n)
     return _tail_rows(batch, lo, hi, w.offset, device)
+
+
+_ASSISTED = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit")
+
+
+def is_assisted(kwargs: dict[str, Any], base: Any) -> bool:
+    """Whether a generate call (its own arguments, or the generation config it uses) is assisted."""
+    cfg = kwargs.get("generation_config") or getattr(base, "generation_config", None)
+    return any(kwargs.get(k) is not None for k in _ASSISTED) or \
+        any(getattr(cfg, k, None) is not None for k in _ASSISTED[1:])

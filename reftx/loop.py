@@ -149,10 +149,11 @@ class _Active:
     t0: float = field(default_factory=time.perf_counter)
 
 
-def accelerator(grad_accum: int = 1, precision: str = "fp32") -> Accelerator:
-    """The loop's accelerate ``Accelerator`` (bf16 autocast when ``precision`` is bf16)."""
+def accelerator(grad_accum: int = 1, precision: str = "fp32", **trackers: Any) -> Accelerator:
+    """The loop's accelerate ``Accelerator`` (bf16 autocast when ``precision`` is bf16); ``trackers``:
+    accelerate's ``log_with`` and ``project_dir`` (reftx.tracking.accelerator_kwargs), or nothing."""
     return Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision="bf16" if precision == "bf16" else "no",
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)], **trackers)
 
 
 class Loop:

@@ -5,6 +5,7 @@
     out = model(input_ids=ids, attention_mask=mask, labels=labels)
     model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=20)
     model.save_pretrained(d); again = ReftModel.from_pretrained(base, d)
+    model.push_to_hub("user/repo"); again = ReftModel.from_pretrained(base, "user/repo")  # reftx.share
 
 ``train_modules`` (e.g. ``["score"]``, a classifier head) names base-model modules that train with
 the interventions; their weights are saved and loaded with them (keys ``modules.<name>.<param>``).
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,9 +27,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import StoppingCriteriaList
 
-from . import sites
+from . import share, sites
 from .errors import ConfigError, ReftError
-from .generation import GenerationState, cache_length, find_cache
+from .generation import GenerationState, cache_length, find_cache, is_assisted
 from .loss import after_step, compose_loss, parameter_terms
 from .hooks import HookManager, Overrides
 from .intervention import Intervention, make_intervention
@@ -191,7 +193,7 @@ class ReftModel(nn.Module):
         user_cache = find_cache((), kwargs)
         state = GenerationState(width, ids_len, cache_length(user_cache) or 0,
                                 mask if isinstance(mask, Tensor) else None, prompt_lengths,
-                                assisted=_assisted(kwargs, self.base))
+                                assisted=is_assisted(kwargs, self.base))
         criteria = StoppingCriteriaList(kwargs.pop("stopping_criteria", None) or [])
         criteria.append(state.criterion())
         with self._hooks.generation_call(state):  # the class's generate: carry() may route base.generate here
@@ -222,8 +224,11 @@ class ReftModel(nn.Module):
         return self.base
 
     # -- saving --------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``interventions.safetensors`` and ``reft_config.json`` atomically."""
+    def save_pretrained(self, directory: str | os.PathLike, *, push_to_hub: bool = False, repo_id: str | None = None,
+                        card_info: Any = None, **hub_kw: Any) -> Path:
+        """Write ``interventions.safetensors`` and ``reft_config.json`` atomically. With ``card_info``
+        (a run folder or a dict, reftx.share.card_info_from_run) also a ``README.md`` model card; with
+        ``push_to_hub``, then upload them to ``repo_id`` (``private``, ``commit_message``, ``token``)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {f"{key}.{n}": t.detach().contiguous().cpu()
@@ -244,13 +249,29 @@ class ReftModel(nn.Module):
                       "num_layers": sites.num_layers(self.config)},
             "interventions": entries,
             "modules": modules,  # where each kind is defined: from_pretrained imports it in a fresh process
-            "groups": {g.key: {"kind": g.kind, "params": g.params} for g in self.groups},
+            "groups": {g.key: {"kind": g.kind, "component": g.component, "layers": list(g.layers),
+                               "positions": list(g.parts), "params": g.params} for g in self.groups},
         }
         if self.train_modules:
             meta["train_modules"] = list(self.train_modules)
         atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
         atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+        if push_to_hub and not repo_id:
+            raise ReftError("save_pretrained(push_to_hub=True) needs repo_id='user/name'")
+        if card_info is not None or push_to_hub:
+            share.write_card(directory, meta, card_info, repo_id)
+        if push_to_hub:
+            share.upload(directory, repo_id, (CONFIG_NAME, WEIGHTS_NAME), **hub_kw)
         return directory
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, commit_message: str | None = None,
+                    token: str | None = None, card_info: Any = None) -> Any:
+        """Save to a temporary folder with a model card (``card_info``: a run folder or a dict) and
+        upload it to the Hub repo ``repo_id`` (created if missing); returns the commit info."""
+        with tempfile.TemporaryDirectory(prefix="reftx-push-") as tmp:
+            self.save_pretrained(tmp, repo_id=repo_id, card_info=card_info or {})
+            return share.upload(tmp, repo_id, (CONFIG_NAME, WEIGHTS_NAME), private=private,
+                                commit_message=commit_message, token=token)
 
     def load_trained(self, directory: str | os.PathLike, allow_nonfinite: bool = False) -> None:
         """Load weights that ``save_pretrained(directory)`` wrote into these same groups (resume).
@@ -285,10 +306,14 @@ class ReftModel(nn.Module):
                 p.copy_(tensors[k])
 
     @classmethod
-    def from_pretrained(cls, base: nn.Module, directory: str | os.PathLike,
-                        allow_nonfinite: bool = False) -> ReftModel:
-        """Rebuild the interventions saved in ``directory`` on ``base`` (its device and dtype)."""
-        directory = Path(directory)
+    def from_pretrained(cls, base: nn.Module, directory: str | os.PathLike, allow_nonfinite: bool = False, *,
+                        revision: str | None = None, token: str | None = None, cache_dir: Any = None) -> ReftModel:
+        """Rebuild the interventions saved in ``directory`` on ``base`` (its device and dtype).
+        ``directory`` is a local folder or a Hub repo id ("user/name", at ``revision``), fetched through
+        the Hugging Face cache (reftx.share.resolve; HF_HUB_OFFLINE=1 reads the cache alone). Only JSON
+        and safetensors are read: nothing is ever unpickled."""
+        directory = share.resolve(directory, (CONFIG_NAME, WEIGHTS_NAME), revision=revision, token=token,
+                                  cache_dir=cache_dir)
         cfg_path = directory / CONFIG_NAME
         meta = read_config(cfg_path)
         saved_type = meta["model"]["model_type"]
@@ -310,16 +335,6 @@ class ReftModel(nn.Module):
             model.detach()
             raise
         return model
-
-
-_ASSISTED = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit")
-
-
-def _assisted(kwargs: dict[str, Any], base: nn.Module) -> bool:
-    """Whether a generate call (its own arguments, or the generation config it uses) is assisted."""
-    cfg = kwargs.get("generation_config") or getattr(base, "generation_config", None)
-    return any(kwargs.get(k) is not None for k in _ASSISTED) or \
-        any(getattr(cfg, k, None) is not None for k in _ASSISTED[1:])
 
 
 def read_config(path: Path) -> dict[str, Any]:

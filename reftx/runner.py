@@ -251,7 +251,8 @@ def _encode(exp: Experiment, tok: Any, examples: list, chat: bool) -> list:
 def _fit(exp: Experiment, model: Any, encoded: list, tok: Any, run_dir: Path, resume: bool,
          show_progress: bool) -> tuple[Any, dict[str, Any]]:
     """Train (one job of the one loop, or reftx.lora's stages) and save the trained weights."""
-    train_kw = {"pad_id": pad_id(tok), "seed": exp.seed, "resume": resume, "show_progress": show_progress}
+    train_kw = {"pad_id": pad_id(tok), "seed": exp.seed, "resume": resume, "show_progress": show_progress,
+                "name": exp.name, "config": exp.to_dict()}  # what trackers record (train.log_with)
     if exp.lora is None:
         summary = train(model, encoded, exp.train, run_dir, **train_kw)
         model.save_pretrained(run_dir / "intervention")

@@ -35,6 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, Sampler
 from transformers import get_scheduler
 
+from . import tracking
 from .checkpoints import STATE_FILE, candidates, clean_stale, intact, write_manifest
 from .data import Encoded, collate_train
 from .errors import ReftError
@@ -307,6 +308,8 @@ class _Run:
         if self.acc.is_main_process:
             with (self.run_dir / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(rec) + "\n")
+            if self.cfg.log_with:
+                tracking.log(self.acc, rec)  # the same row to every tracker (train.log_with)
             if self.on_log:
                 self.on_log(rec)
         self.bar.update(self.bar_task, completed=self.prog.step, info=f"loss {rec['loss']:.4f}")
@@ -327,21 +330,34 @@ def train(
     resume: bool = False,
     on_log: Callable[[dict[str, Any]], None] | None = None,
     show_progress: bool = True,
+    name: str | None = None,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``model``'s interventions on encoded examples (one job of reftx.loop's loop); returns a
-    summary of the run.
+    summary of the run. With ``cfg.log_with``, trackers (reftx.tracking) record every logged row and
+    ``config`` (the resolved experiment) under the project ``name`` (default: the run folder's name).
 
     ``model`` is a ReftModel or any module with its training surface: forward, ``param_groups``
     (what the optimizer trains), ``after_optimizer_step``, ``save_pretrained`` and, for resuming,
     ``load_trained`` (e.g. reftx.lora.LoraReft: a LoRA adapter with or without interventions).
     """
-    r = _Run(model, cfg, Path(run_dir), accelerator(cfg.grad_accum, cfg.precision),
-             show_progress=show_progress, on_log=on_log)
+    run_dir = Path(run_dir)
+    acc = accelerator(cfg.grad_accum, cfg.precision, **tracking.accelerator_kwargs(cfg.log_with, run_dir))
+    r = _Run(model, cfg, run_dir, acc, show_progress=show_progress, on_log=on_log)
     r.setup(data, pad_id, seed)
     ckpt = r.restore(resume)
     if r.prog.step >= r.steps:
         return {"steps": r.prog.step, "resumed": ckpt is not None}
-    main = show_progress and r.acc.is_main_process
+    tracking.start(acc, cfg.log_with, name or run_dir.name, config, r.prog.step)
+    try:
+        return _fit(r, ckpt)
+    finally:
+        tracking.finish(acc)  # also after Ctrl-C and errors: the event files are flushed and closed
+
+
+def _fit(r: _Run, ckpt: Path | None) -> dict[str, Any]:
+    """The loop over ``r``'s one job, with the progress bar; a final checkpoint."""
+    main = r.show_progress and r.acc.is_main_process
     r.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                      TimeRemainingColumn(), disable=not main)
     r.bar_task = r.bar.add_task("train", total=r.steps, completed=r.prog.step, info="")

@@ -1,0 +1,118 @@
+"""train.log_with: a tiny run with TensorBoard writes the metrics.jsonl scalars (read back with
+TensorBoard's own EventAccumulator), the resolved config, survives a resume and an error, and an
+unknown or missing tracker is a clear error. (wandb is not installed here: not tested.)"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reftx import tracking
+from reftx.config import from_dict
+from reftx.errors import ConfigError, ReftError
+from reftx.experiment import TrainConfig
+from reftx.train import train
+from tests.integration._train_script import config, make_data, make_model
+
+pytest.importorskip("tensorboard")
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+STEPS = 6
+RESOLVED = {"name": "tiny", "train": {"lr": 0.01, "log_with": ["tensorboard"]},
+            "interventions": [{"kind": "loreft", "rank": 4}], "lora": None}
+
+
+def _train(run_dir: Path, resume: bool = False, **kw) -> dict:
+    cfg = config(STEPS, 2, log_with=["tensorboard"])
+    return train(make_model(), make_data(), cfg, run_dir, pad_id=0, resume=resume, show_progress=False,
+                 name="tiny", config=RESOLVED, **kw)
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _events(run_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir / "trackers" / "tiny"))
+    acc.Reload()
+    return acc
+
+
+def _assert_same(run_dir: Path) -> None:
+    """Every scalar of every metrics.jsonl row is in TensorBoard at that step (stored as float32)."""
+    rows, ev = _rows(run_dir), _events(run_dir)
+    for tag in ("loss", "lr", "epoch", "tokens_per_s", "grad_norm"):
+        logged = [(e.step, e.value) for e in ev.Scalars(tag)]
+        assert logged == [(r["step"], float(np.float32(r[tag]))) for r in rows], tag
+
+
+def test_tensorboard_gets_the_metrics_rows_and_the_config(tmp_path):
+    _train(tmp_path)
+    assert [r["step"] for r in _rows(tmp_path)] == list(range(1, STEPS + 1))
+    _assert_same(tmp_path)
+    hparams = next((tmp_path / "trackers" / "tiny").rglob("hparams.yml")).read_text()
+    assert "train.lr: 0.01" in hparams and "train.log_with: '[\"tensorboard\"]'" in hparams
+    assert "interventions: '[{\"kind\": \"loreft\", \"rank\": 4}]'" in hparams
+
+
+def test_resume_purges_what_the_lost_steps_logged(tmp_path):
+    _train(tmp_path)
+    shutil.rmtree(tmp_path / "checkpoints" / f"step-{STEPS}")  # as if killed after step 6, before its checkpoint
+    assert _train(tmp_path, resume=True)["resumed"]
+    assert len(list((tmp_path / "trackers" / "tiny").glob("events.out.tfevents.*"))) == 2
+    _assert_same(tmp_path)  # steps 5 and 6 once each: the first run's are purged
+
+
+def test_an_error_still_closes_the_trackers(tmp_path, monkeypatch):
+    closed = []
+    finish = tracking.finish
+    monkeypatch.setattr(tracking, "finish", lambda acc: closed.append([type(t).__name__ for t in acc.trackers])
+                        or finish(acc))
+
+    def stop(row):
+        if row["step"] == 2:
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        _train(tmp_path, on_log=stop)
+    assert closed == [["TensorBoardTracker"]]
+    assert [e.step for e in _events(tmp_path).Scalars("loss")] == [1, 2]
+
+
+def test_no_trackers_by_default(tmp_path):
+    train(make_model(), make_data(), config(2, 0), tmp_path, pad_id=0, show_progress=False)
+    assert not (tmp_path / "trackers").exists()
+
+
+def test_tracker_names_are_checked(monkeypatch):
+    with pytest.raises(ConfigError, match=r"train.log_with.1: unknown tracker 'tensorbord' \(did you mean "
+                                          r"'tensorboard'\?\); valid: aim, all, clearml, comet_ml"):
+        from_dict(TrainConfig, {"log_with": ["wandb", "tensorbord"]}, "train")
+    import accelerate.tracking
+
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [])
+    with pytest.raises(ReftError, match="train.log_with: wandb not installed; pip install wandb"):
+        tracking.accelerator_kwargs(["wandb"], Path("run"))
+
+
+def test_flatten():
+    assert tracking.flatten({"a": {"b": 1, "c": [1, {"d": None}], "e": {}}, "f": None, "g": True}) == \
+        {"a.b": 1, "a.c": '[1, {"d": null}]', "a.e": "{}", "f": None, "g": True}
+
+
+def test_reftx_run_logs_to_tensorboard_under_the_experiment_name(tiny_dir, tmp_path):
+    from reftx import cli
+    from tests.integration.test_runner import REPO, tiny_overrides
+
+    overrides = [*tiny_overrides(tiny_dir, tmp_path), "train.log_with=[tensorboard]"]
+    assert cli.main(["run", str(REPO / "experiments" / "quickstart.yaml"), *overrides, "--no-progress"]) == 0
+    run_dir = tmp_path / "runs" / "quickstart"
+    ev = EventAccumulator(str(run_dir / "trackers" / "quickstart"))
+    ev.Reload()
+    rows = _rows(run_dir)
+    assert [(e.step, e.value) for e in ev.Scalars("loss")] == [(r["step"], float(np.float32(r["loss"]))) for r in rows]
+    hparams = next((run_dir / "trackers" / "quickstart").rglob("hparams.yml")).read_text()
+    assert f"model.name: {tiny_dir}" in hparams and "train.max_steps: 4" in hparams and "task.name: persona" in hparams
