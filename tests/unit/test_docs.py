@@ -30,6 +30,7 @@ def test_readme_names_the_locked_versions():
                 if line and not line.startswith("#"))
     text = (root / "README.md").read_text()
     para = text[text.index("**Tested versions.**"):].split("\n\n")[0]
-    for pkg in ("torch", "transformers", "accelerate", "peft", "datasets", "safetensors", "tokenizers"):
+    for pkg in ("torch", "transformers", "accelerate", "peft", "datasets", "safetensors", "tokenizers", "trl",
+                "lm_eval", "tensorboard"):
         named = re.search(rf"\b{pkg} (\d+(?:\.\w+)*)", para)
         assert named and named.group(1) == lock[pkg], f"README says {pkg} {named and named.group(1)}, lock {lock[pkg]}"
