@@ -7,10 +7,13 @@ ReftModel, ``batch`` the collated dict (input_ids, attention_mask, labels, examp
 ``train.objective_options`` by the same strict converter as every other section (unknown keys get
 a did-you-mean with the dotted path; ``reftx validate`` and ``plan`` check them before anything
 runs); ``logs`` are floats for metrics.jsonl. An objective without options rejects any key.
+An objective that samples and scores (reftx.reinforce's ``grpo``) also takes ``env=`` (a
+``reftx.reinforce.Env``: the tokenizer and the task's reward), which the runner supplies.
 """
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,12 +50,13 @@ def register_objective(name: str, options: type | None = None) -> Callable[[Obje
 
     def add(fn: Objective) -> Objective:
         @functools.wraps(fn)
-        def call(model: Any, batch: dict[str, Any], opts: Any = None) -> Any:
+        def call(model: Any, batch: dict[str, Any], opts: Any = None, **env: Any) -> Any:
             if not isinstance(opts, cls):  # a plain dict (tests, direct calls): convert it strictly
                 opts = from_dict(cls, dict(opts or {}), FIELD)
-            return fn(model, batch, opts)
+            return fn(model, batch, opts, **env)
 
         call.Options = cls  # type: ignore[attr-defined]
+        call.needs_env = "env" in inspect.signature(fn).parameters  # type: ignore[attr-defined]
         return OBJECTIVES.register(name)(call)
 
     return add

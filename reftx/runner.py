@@ -31,6 +31,7 @@ from .evaluate import evaluate, generate
 from .experiment import Experiment
 from .model import ReftModel, attach
 from .prefix import prefix_truncate
+from .reinforce import sampling_env
 from .rundir import RunFolder, locked, run_folder
 from .schedule import plan
 from .task import Task, get_task
@@ -249,10 +250,10 @@ def _encode(exp: Experiment, tok: Any, examples: list, chat: bool) -> list:
 
 
 def _fit(exp: Experiment, model: Any, encoded: list, tok: Any, run_dir: Path, resume: bool,
-         show_progress: bool) -> tuple[Any, dict[str, Any]]:
+         show_progress: bool, env: Any = None) -> tuple[Any, dict[str, Any]]:
     """Train (one job of the one loop, or reftx.lora's stages) and save the trained weights."""
     train_kw = {"pad_id": pad_id(tok), "seed": exp.seed, "resume": resume, "show_progress": show_progress,
-                "name": exp.name, "config": exp.to_dict()}  # what trackers record (train.log_with)
+                "name": exp.name, "config": exp.to_dict(), "env": env}  # config: what trackers record
     if exp.lora is None:
         summary = train(model, encoded, exp.train, run_dir, **train_kw)
         model.save_pretrained(run_dir / "intervention")
@@ -286,7 +287,8 @@ def _run(exp: Experiment, out: RunFolder, resume: bool, show_progress: bool) -> 
     if task.generate and exp.model.task == "causal-lm" and shown:  # also when resuming: samples keep "before"
         with model.disabled():
             before = generate(model, tok, shown, exp.eval, chat, "before", show_progress)
-    model, summary = _fit(exp, model, _encode(exp, tok, train_ex, chat), tok, run_dir, resume, show_progress)
+    encoded, env = sampling_env(exp, task, train_ex, tok, _encode(exp, tok, train_ex, chat))
+    model, summary = _fit(exp, model, encoded, tok, run_dir, resume, show_progress, env)
 
     t_eval = time.perf_counter()
     metrics, preds = evaluate(model, tok, task, eval_ex, exp.eval, chat, show_progress, reference_loaders(task))

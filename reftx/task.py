@@ -124,6 +124,12 @@ class Task:
                                       "(registered metrics, reftx ls metrics) or override score")
         return score_metrics(self.metrics, predictions, examples, field=f"task {self.name!r}: metrics")
 
+    def reward(self, prediction: str, example: Example, partial: float) -> float:
+        """The reward of a sampled ``prediction`` for ``example``, for objectives that sample
+        (reftx.reinforce): by default the task has none (say so; the math task defines one)."""
+        raise DataError(f"task {self.name!r} defines no reward, so objectives that sample and score completions "
+                        f"(train.objective: grpo) cannot train on it; the math task has one")
+
     def reference_models(self) -> dict[str, str]:
         """The models the evaluation compares against, ``{name: path or hub id}`` (default: none),
         e.g. ``{"retain_model": ...}`` for TOFU's Forget Quality. The task never loads a model:

@@ -211,7 +211,8 @@ class RunJob(Job):
 
     def forward(self, rows: dict[int, dict[str, Any]]) -> StepLoss:
         r = self.run
-        loss, logs, out = r.objective(r.wrapped, rows[0], r.objective_opts)
+        env = {"env": r.env} if r.objective.needs_env else {}
+        loss, logs, out = r.objective(r.wrapped, rows[0], r.objective_opts, **env)
         value = loss.item()  # the step's one read of the loss: logged, guarded, never read again
         self.window.append(value)
         return StepLoss({0: loss}, stop={0: value}, logs=logs, out=out)
@@ -257,6 +258,7 @@ class _Run:
     stop: _StopFlag = field(default_factory=lambda: _StopFlag())
     t0: float = 0.0
     tokens0: int = 0
+    env: Any = None  # what a sampling objective needs (reftx.reinforce.Env)
 
     def setup(self, data: list[Encoded], pad_id: int, seed: int) -> None:
         """Objective, data order, optimizer and schedule, wrapped by accelerate."""
@@ -332,10 +334,12 @@ def train(
     show_progress: bool = True,
     name: str | None = None,
     config: dict[str, Any] | None = None,
+    env: Any = None,
 ) -> dict[str, Any]:
     """Train ``model``'s interventions on encoded examples (one job of reftx.loop's loop); returns a
     summary of the run. With ``cfg.log_with``, trackers (reftx.tracking) record every logged row and
     ``config`` (the resolved experiment) under the project ``name`` (default: the run folder's name).
+    ``env``: what an objective that samples needs (reftx.reinforce.Env: the tokenizer and the task's reward).
 
     ``model`` is a ReftModel or any module with its training surface: forward, ``param_groups``
     (what the optimizer trains), ``after_optimizer_step``, ``save_pretrained`` and, for resuming,
@@ -343,8 +347,11 @@ def train(
     """
     run_dir = Path(run_dir)
     acc = accelerator(cfg.grad_accum, cfg.precision, **tracking.accelerator_kwargs(cfg.log_with, run_dir))
-    r = _Run(model, cfg, run_dir, acc, show_progress=show_progress, on_log=on_log)
+    r = _Run(model, cfg, run_dir, acc, show_progress=show_progress, on_log=on_log, env=env)
     r.setup(data, pad_id, seed)
+    if r.objective.needs_env and env is None:
+        raise ReftError(f"train.objective {cfg.objective!r} samples and scores completions: it needs env= "
+                        "(reftx.reinforce.Env; `reftx run` supplies it)")
     ckpt = r.restore(resume)
     if r.prog.step >= r.steps:
         return {"steps": r.prog.step, "resumed": ckpt is not None}

@@ -38,7 +38,7 @@ from reftx.metrics import Metric, mean_float32, register_metric, score_metrics
 from reftx.task import Example, Task, read_jsonl, register_task, require_keys
 
 from ._llm_adapters import Record, Template, read_file, read_hub
-from .math_rules import LETTER_GOLD, RULES, is_correct, numbers  # noqa: F401  (is_correct, numbers: public here too)
+from .math_rules import LETTER_GOLD, RULES, extract_letter, extract_number, is_correct, numbers  # noqa: F401  (is_correct, numbers: public here too)
 from .math_rules import _value
 
 # dataset name -> folder under math_llm_adapters/ (LLM-Adapters' spelling)
@@ -93,6 +93,7 @@ class MathReasoning(Task):
         seed: int = 0  # seed of the per-dataset test subsets
         template: Template = "plain"  # prompt: plain (the question) or alpaca (the LLM-Adapters/ReFT prompt)
         hub_id: str = ""  # a Hub dataset with LLM-Adapters columns: its train/test splits replace the local files (online only)
+        reward_rule: Literal["llm_adapters", "lm_eval_strict", "lm_eval_flexible", "brep_lenient", "math_verify"] = "llm_adapters"  # the answer rule of the reward of sampling objectives (train.objective: grpo), one of the accuracy rules
 
         def __post_init__(self) -> None:
             if not self.datasets or len(set(self.datasets)) != len(self.datasets):
@@ -153,6 +154,20 @@ class MathReasoning(Task):
             out.append(Example(r.prompt(self.options.template), target, answer=gold,
                                meta={"dataset": "gsm8k_original", "file": path.name, "line": lineno}))
         return out
+
+    def reward(self, prediction: str, example: Example, partial: float) -> float:
+        """Luong et al. 2024 ("ReFT: Reasoning with Reinforced Fine-Tuning", §3): 1 when the final
+        answer is correct by ``options.reward_rule`` (the accuracy rule of the same name), ``partial``
+        when a number (or a letter A-E, for letter golds) can be extracted but is wrong, 0 otherwise.
+        A rule that does not apply to the gold (numeric-only rules on a letter) falls back to LLM-Adapters'."""
+        gold = str(example.gold)
+        ok = RULES[self.options.reward_rule](prediction, gold)
+        if ok is None:
+            ok = RULES["llm_adapters"](prediction, gold)
+        if ok:
+            return 1.0
+        parsable = extract_letter(prediction) if LETTER_GOLD.fullmatch(gold) else extract_number(prediction)
+        return partial if parsable is not None else 0.0
 
     def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
         """``accuracy_<rule>`` for every rule of tasks/math_rules.py (over the examples it applies

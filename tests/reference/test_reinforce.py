@@ -1,0 +1,164 @@
+"""GRPO's formulas on hand-made tensors, the math reward's values, and exactness of sampling: the
+log-probs the loss uses (generate's own logits) equal a teacher-forced recomputation."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import reftx
+from reftx.errors import ConfigError, DataError
+from reftx.reinforce import (EXAMPLE_INDEX, Env, GRPOOptions, completion_mask, grpo, grpo_loss, group_advantages,
+                             k3_kl, left_padded_prompts, policy_logprobs, sample)
+from tests.conftest import tiny_model
+
+
+def test_group_advantages_by_hand():
+    # group 1: rewards 1, 0, 0, 1 -> mean 0.5, unbiased std sqrt((4 * 0.25) / 3) = 0.577350
+    #          A = ±0.5 / 0.577350 = ±0.866025; group 2: all 0.1 -> std 0 -> A = 0
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.1, 0.1, 0.1, 0.1])
+    a = group_advantages(r, 4, eps=0.0)
+    expected = torch.tensor([0.866025, -0.866025, -0.866025, 0.866025])
+    torch.testing.assert_close(a[:4], expected, atol=1e-6, rtol=0)
+    assert torch.equal(group_advantages(r, 4, eps=1e-4)[4:], torch.zeros(4))
+
+
+def test_k3_kl_by_hand():
+    # π_θ = 0.5, π_ref = 0.25: d = log(0.25 / 0.5) = -0.693147; e^d - d - 1 = 0.5 + 0.693147 - 1
+    kl = k3_kl(torch.tensor([math.log(0.5), math.log(0.3)]), torch.tensor([math.log(0.25), math.log(0.3)]))
+    torch.testing.assert_close(kl, torch.tensor([0.193147, 0.0]), atol=1e-6, rtol=0)
+
+
+def test_grpo_loss_by_hand():
+    # completion 0 (A = +1, 2 tokens): ratios 1.5 and 1.0 -> min(1.5, clip 1.2) = 1.2 and 1.0 -> mean 1.1
+    # completion 1 (A = -1, 1 token; the second is masked): ratio 0.5 -> min(-0.5, -clip(0.5) = -0.8) = -0.8
+    # loss = -(1.1 + (-0.8)) / 2 = -0.15; clipped tokens: the first (1.2 < 1.5) and the third (-0.8 < -0.5)
+    old = torch.zeros(2, 2)
+    logp = torch.log(torch.tensor([[1.5, 1.0], [0.5, 7.0]]))
+    mask = torch.tensor([[1, 1], [1, 0]])
+    loss, logs = grpo_loss(logp, old, torch.tensor([1.0, -1.0]), mask, clip=0.2)
+    assert float(loss) == pytest.approx(-0.15, abs=1e-6)
+    assert logs["clip_fraction"] == pytest.approx(2 / 3)
+    # with beta: per-token KL to ref log-probs of 0 (ratio π_ref/π_θ = 1/ρ): k3 = 1/ρ + log ρ - 1
+    beta = 0.5
+    k = lambda rho: 1 / rho + math.log(rho) - 1  # noqa: E731
+    seq0 = (1.2 - beta * k(1.5) + 1.0 - beta * k(1.0)) / 2
+    seq1 = -0.8 - beta * k(0.5)
+    loss, logs = grpo_loss(logp, old, torch.tensor([1.0, -1.0]), mask, clip=0.2, beta=beta, ref_logp=old)
+    assert float(loss) == pytest.approx(-(seq0 + seq1) / 2, abs=1e-6)
+    assert logs["kl"] == pytest.approx((k(1.5) + k(1.0) + k(0.5)) / 3, abs=1e-6)
+
+
+def test_prompts_and_completion_masks_by_hand():
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 8, 9, 0], [10, 11, 12, 13, 0, 0]]),
+             "labels": torch.tensor([[-100, -100, -100, 8, 9, -100], [-100, 11, 12, 13, -100, -100]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0]])}
+    ids, mask = left_padded_prompts(batch, pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 10]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    tokens = torch.tensor([[4, 2, 9, 2], [4, 4, 4, 4]])
+    assert completion_mask(tokens, eos_id=2).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+
+
+def test_options_errors_name_the_field():
+    with pytest.raises(ConfigError, match="group_size"):
+        GRPOOptions(group_size=1)
+    with pytest.raises(ConfigError, match="top_p"):
+        GRPOOptions(top_p=0.0)
+
+
+SCHEDULES = {
+    "prompt": [{"kind": "loreft", "rank": 2, "layers": [1, 2], "positions": {"first": 2, "last": 2}}],
+    "prompt+generated": [{"kind": "loreft", "rank": 2, "layers": [1], "positions": {"last": 2}},
+                         {"kind": "loreft", "rank": 2, "layers": [2], "positions": {"generated": 2}}],
+}
+
+
+def _nonzero(reft):
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in reft.interventions.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+
+
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+def test_sampled_logprobs_equal_a_teacher_forced_recomputation(schedule):
+    """The policy that is scored is the policy that is trained: generate's logits (KV-cached, left-padded
+    prompts of different lengths) give the same completion log-probs as one teacher-forced forward."""
+    reft = reftx.attach(tiny_model("llama"), SCHEDULES[schedule])
+    _nonzero(reft)
+    prompt = torch.tensor([[5, 6, 7, 8, 9], [0, 0, 10, 11, 12]])
+    mask = (prompt != 0).long()
+    opts = GRPOOptions(group_size=3, max_new_tokens=6, temperature=0.7)
+    torch.manual_seed(0)
+    tokens, cmask, old = sample(reft, prompt, mask, opts, pad_id=0, eos_id=2)
+    assert tokens.shape[0] == 6
+    with torch.no_grad():
+        new, _ = policy_logprobs(reft, prompt.repeat_interleave(3, 0), mask.repeat_interleave(3, 0), tokens, cmask,
+                                 opts.temperature)
+        with reft.disabled():
+            base, _ = policy_logprobs(reft, prompt.repeat_interleave(3, 0), mask.repeat_interleave(3, 0), tokens,
+                                      cmask, opts.temperature)
+    m = cmask.bool()
+    torch.testing.assert_close(new[m], old[m], atol=1e-5, rtol=0)
+    assert (base[m] - old[m]).abs().max() > 1e-3  # the interventions change the policy
+
+
+def test_the_objective_trains_only_the_interventions_toward_the_reward():
+    """Reward: the first sampled token has an even id. A few steps of the objective raise its
+    probability; gradients reach only the interventions; the logs carry the GRPO terms."""
+    base = tiny_model("llama")
+    with torch.no_grad():
+        base.lm_head.weight.mul_(20)  # a random model is near uniform: sharpen it so an edit moves it
+    reft = reftx.attach(base, SCHEDULES["prompt"])
+
+    class Tok:
+        pad_token_id, eos_token_id = 0, 2
+
+        def batch_decode(self, ids, skip_special_tokens=True):
+            return [" ".join(str(int(t)) for t in row) for row in ids]
+
+    env = Env(Tok(), lambda texts, index, partial: torch.tensor([float(int(t.split()[0]) % 2 == 0) for t in texts]))
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 8, 9, 20], [10, 11, 12, 21, 0, 0]]),
+             "labels": torch.tensor([[-100] * 5 + [20], [-100, -100, -100, 21, -100, -100]]),
+             "attention_mask": torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0]]),
+             "example_info": {EXAMPLE_INDEX: torch.tensor([0.0, 1.0])}}
+    opts = {"group_size": 8, "max_new_tokens": 2, "beta": 0.02}
+    prompt, pmask = left_padded_prompts(batch, 0)
+
+    def even_share():
+        with torch.no_grad():
+            p = reft(input_ids=prompt, attention_mask=pmask, prompt_lengths=pmask.sum(1)).logits[:, -1].softmax(-1)
+        return float(p[:, 0::2].sum(1).mean())
+
+    before = {n: p.detach().clone() for n, p in base.named_parameters()}
+    share0 = even_share()
+    optimizer = torch.optim.AdamW(reft.interventions.parameters(), lr=5e-2)
+    torch.manual_seed(0)
+    for _ in range(15):
+        loss, logs, _ = grpo(reft, batch, opts, env=env)
+        optimizer.zero_grad()
+        loss.backward()
+        assert all(p.grad is None for p in base.parameters())
+        optimizer.step()
+    assert even_share() > share0 + 0.2
+    assert {"reward", "accuracy", "kl", "clip_fraction", "completion_tokens", "objective"} <= set(logs)
+    assert all(torch.equal(p, before[n]) for n, p in base.named_parameters())
+    with pytest.raises(DataError, match="runs inside `reftx run`"):
+        grpo(reft, batch, opts)
+
+
+def test_the_math_reward_by_hand():
+    from reftx.task import Example
+    from reftx.tasks.math_reasoning import MathReasoning
+
+    task = MathReasoning(MathReasoning.Options())
+    ex = Example("q", "", answer="42")
+    assert task.reward("So 6 * 7 = 42. The answer is 42.", ex, 0.1) == 1.0
+    assert task.reward("The answer is 41.", ex, 0.1) == 0.1  # parsable, wrong: the partial reward
+    assert task.reward("I do not know.", ex, 0.1) == 0.0
+    letter = Example("q", "", answer="C")
+    assert task.reward("The answer is (C).", letter, 0.1) == 1.0
+    assert task.reward("The answer is (B).", letter, 0.25) == 0.25
+    strict = MathReasoning(MathReasoning.Options(reward_rule="lm_eval_strict"))
+    assert strict.reward("#### 42", ex, 0.1) == 1.0 and strict.reward("The answer is 42.", ex, 0.1) == 0.1
