@@ -194,7 +194,9 @@ def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> Experime
 def migrate(data: dict[str, Any], where: str = "") -> dict[str, Any]:
     """Schema-1 spellings that moved: ``method:`` (knowledge editing's options) is now
     ``recipe: {name: edit, ...}``; said once on stderr when it carries options (an empty
-    ``method: {}``, as every older resolved config.yaml holds, is dropped silently)."""
+    ``method: {}``, as every older resolved config.yaml holds, is dropped silently). Its options win
+    over the file's ``recipe:``: ``method.mode=batch`` on the command line, as older docs spell it,
+    must not be overridden by the shipped file's ``recipe: {mode: single}``."""
     if isinstance(data, dict) and "method" in data:
         data = dict(data)
         method = data.pop("method") or {}
@@ -202,7 +204,7 @@ def migrate(data: dict[str, Any], where: str = "") -> dict[str, Any]:
             import sys
 
             recipe = data.get("recipe") or {}
-            data["recipe"] = {"name": "edit", **method, **recipe}
+            data["recipe"] = {"name": "edit", **recipe, **method}
             print(f"note: {where or 'the config'}: `method:` is now `recipe: {{name: edit, ...}}` (read as such)",
                   file=sys.stderr)
     return data
