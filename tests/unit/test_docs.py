@@ -4,6 +4,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from reftx.docgen import config_reference
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,3 +89,28 @@ def test_every_published_config_hash_is_derived_from_its_command():
     assert len(rows) >= 20
     for command, chash in rows:
         assert _hash_of(command) == chash, command
+
+
+@pytest.mark.slow
+def test_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The README's first python block, executed verbatim on the real default model (offline)."""
+    import torch
+
+    code = re.search(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    monkeypatch.chdir(tmp_path)  # it saves to ./my-edit
+    torch.manual_seed(0)
+    ns: dict = {}
+    exec(compile(code, "README.md", "exec"), ns)
+    model, again, ids, mask, labels = (ns[k] for k in ("model", "again", "ids", "mask", "labels"))
+    assert (tmp_path / "my-edit").is_dir() and capsys.readouterr().out.strip()  # it printed the answer
+    assert [g.key for g in again.plan()] == [g.key for g in model.plan()] == ["L2.block_output.first+last",
+                                                                             "L5.block_output.first+last"]
+    for (_, m), (_, n) in zip(model.named_interventions(), again.named_interventions(), strict=True):
+        for (k, a), (_, b) in zip(m.state_dict().items(), n.state_dict().items(), strict=True):
+            assert torch.equal(a, b), k
+    with torch.no_grad():
+        trained = again(input_ids=ids, attention_mask=mask, labels=labels).loss
+        with again.disabled():
+            frozen = again(input_ids=ids, attention_mask=mask, labels=labels).loss
+    assert trained < 0.5 * frozen  # ten steps learned the answer; the base alone did not know it
+    again.detach()
