@@ -30,6 +30,7 @@ from .errors import ConfigError, ReftError
 from .evaluate import evaluate, generate
 from .experiment import Experiment
 from .model import ReftModel, attach
+from .plantable import plan_table  # noqa: F401  (runner.plan_table: what cli and recipes print)
 from .prefix import prefix_truncate
 from .rundir import RunFolder, locked, run_folder
 from .schedule import plan
@@ -76,18 +77,6 @@ def reference_loaders(task: Task) -> dict[str, Any]:
     from .hub import load_model
 
     return {name: partial(load_model, path) for name, path in task.reference_models().items()}
-
-
-def plan_table(groups: list, title: str = "interventions") -> Table:
-    table = Table(title=title)
-    table.add_column("key", no_wrap=True, min_width=max(len(g.key) for g in groups))
-    for col in ("kind", "component", "layers", "positions", "params"):
-        table.add_column(col, justify="right" if col == "params" else "left")
-    for g in groups:
-        table.add_row(g.key, g.kind, g.component, ",".join(map(str, g.layers)) if g.layers != (-1,) else "-",
-                      "+".join(g.parts), f"{g.params:,}")
-    table.add_row("total", "", "", "", "", f"{sum(g.params for g in groups):,}", style="bold")
-    return table
 
 
 def model_config_of(exp: Experiment, notices: list[str] | None = None) -> Any:
