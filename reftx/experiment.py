@@ -108,12 +108,14 @@ class EvalConfig:
     max_new_tokens: int = 64  # generation length limit for causal-lm tasks
     do_sample: bool = False  # sample instead of greedy/beam decoding
     num_beams: int = 1  # beam-search width (1 = no beam search)
+    repetition_penalty: float = 1.0  # > 1 divides the logit of every token already in the prompt or answer by this (CTRL, Keskar et al. 2019; transformers' repetition_penalty); 1 = off
     show_examples: int = 5  # greedy answers printed before/after training (0 = none)
     max_length: int = 512  # tokens per example when evaluation scores instead of generating (e.g. classification); longer inputs lose their start, as in training
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "batch_size", "max_new_tokens", "num_beams", "max_length")
         _at_least(self, 0, "show_examples")
+        require(self.repetition_penalty > 0, "repetition_penalty", f"must be > 0, got {self.repetition_penalty}")
 
 
 @dataclass

@@ -345,3 +345,41 @@ def test_resume_accepts_a_moved_folder_and_names_a_real_change(tmp_path: Path, c
     changed = load_experiment(QUICKSTART, ["train.lr=1e-3", "seed=3"]).to_dict()
     with pytest.raises(ReftError, match=r"differs from the current config in seed, train\.lr; "):
         _check_resume(tmp_path, True, changed)
+
+
+def test_eval_repetition_penalty_is_checked_hashed_when_set_and_reaches_generate() -> None:
+    import torch
+
+    from reftx.evaluate import generate
+    from reftx.experiment import EvalConfig
+    from reftx.task import Example
+
+    with pytest.raises(ConfigError, match=r"^eval\.repetition_penalty: must be > 0, got 0\.0"):
+        load_experiment(QUICKSTART, ["eval.repetition_penalty=0.0"])
+    plain = load_experiment(QUICKSTART, ["eval.repetition_penalty=1.0"]).to_dict()
+    # added after results were published: at its default (1, off) it leaves every published hash as it was
+    assert config_hash(plain) == config_hash({**plain, "eval": {k: v for k, v in plain["eval"].items()
+                                                                  if k != "repetition_penalty"}})
+    assert config_hash(load_experiment(QUICKSTART, ["eval.repetition_penalty=1.2"]).to_dict()) != config_hash(plain)
+
+    class Model(torch.nn.Module):  # records what generate() is asked for
+        def __init__(self) -> None:
+            super().__init__()
+            self.w, self.seen = torch.nn.Parameter(torch.zeros(1)), {}
+
+        def generate(self, input_ids, **kw):
+            self.seen = kw
+            return torch.cat([input_ids, torch.full((input_ids.shape[0], 1), 7)], dim=1)
+
+    class Tok:
+        pad_token_id, eos_token_id = 0, 0
+
+        def __call__(self, text, **kw):
+            return {"input_ids": [1, 2, 3]}
+
+        def decode(self, ids, **kw):
+            return " ".join(map(str, ids.tolist()))
+
+    model = Model()
+    assert generate(model, Tok(), [Example("q")], EvalConfig(repetition_penalty=1.2), False, show_progress=False) == ["7"]
+    assert model.seen["repetition_penalty"] == 1.2 and model.seen["do_sample"] is False
