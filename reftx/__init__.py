@@ -1,6 +1,7 @@
 """reftx: representation finetuning on frozen language models.
 
     import reftx
+    base, tok = reftx.load_model("default")   # SmolLM2-135M-Instruct, offline
     model = reftx.attach(base, [{"kind": "loreft", "rank": 4, "layers": [2, 5],
                                  "positions": {"first": 3, "last": 3}, "tie": "positions"}])
 """
@@ -13,6 +14,7 @@ from .intervention import (  # noqa: E402
     available_interventions,
     register_intervention,
 )
+from .hub import load_model  # noqa: E402
 from .model import ReftModel, attach  # noqa: E402
 from .schedule import plan  # noqa: E402
 
@@ -30,6 +32,7 @@ __all__ = [
     "ReftModel",
     "__version__",
     "attach",
+    "load_model",
     "available_interventions",
     "plan",
     "register_intervention",

@@ -41,7 +41,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     exp = _experiment(args.experiment, args.overrides)
     console.rule(f"[bold]{exp.name}  (config {config_hash(exp.to_dict())})")
     console.print(dump_yaml(exp.to_dict()), highlight=False)
-    console.print(runner.plan_table(recipes.validate(exp)))
+    console.print(runner.plan_table(recipes.validate(exp), max_layers=10**9 if args.all else 8))
     return 0
 
 
@@ -207,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="print the resolved config and intervention groups; runs nothing")
     pl.add_argument("experiment", help="experiment YAML file")
     pl.add_argument("overrides", nargs="*", help="dotted overrides, as for run")
+    pl.add_argument("--all", action="store_true", help="one row per group even when they span more than 8 layers")
     pl.set_defaults(fn=cmd_plan)
     v = sub.add_parser("validate", help="check experiment files (default: every file in experiments/)")
     v.add_argument("experiments", nargs="*", help="files or folders (searched recursively)")

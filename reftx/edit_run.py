@@ -201,10 +201,37 @@ def _steps(results: list[JobResult], stop: float) -> dict[str, float]:
             "converged": _mean([float(r.loss < stop) for r in results])}
 
 
+LOCALITY_NOTE = ("reliability / generality: the share of the target's tokens the edited model predicts (argmax) "
+                 "after the prompt, fed the target token by token. locality: fed the unedited model's own answer "
+                 "token by token, the share of positions where the edited model predicts the same next token; "
+                 "a generated answer instead follows its own tokens, so it can change from the first differing "
+                 "token on while locality stays high.")
+
+
+def locality_rows(model: Any, tok: Any, prompts: list[str], answers: list[str]) -> list[dict[str, Any]]:
+    """Per unrelated prompt, locality as the editing metrics measure it (teacher-forced on the
+    unedited model's answer): ``locality``, the tokens that agree (``agree`` of ``tokens``) and the
+    first position where they differ (``first_diff``: index, unedited token, edited token; or None)."""
+    from reftx.tasks.knowledge_edit import argmax_agreement
+    from .scoring import score_continuations
+
+    conts = [" " + (a or "?") for a in answers]  # as edit_scores continues the first one
+    edited = [s.argmax for s in score_continuations(model, tok, prompts, conts)]
+    with model.disabled():
+        unedited = [s.argmax for s in score_continuations(model, tok, prompts, conts)]
+    rows = []
+    for e, u in zip(edited, unedited):
+        diff = next((i for i, (a, b) in enumerate(zip(e, u)) if a != b), None)
+        rows.append({"locality": argmax_agreement(e, u), "agree": sum(a == b for a, b in zip(e, u)), "tokens": len(u),
+                     "first_diff": None if diff is None else (diff, tok.decode([u[diff]]), tok.decode([e[diff]]))})
+    return rows
+
+
 def demo(model_name: str, prompt: str, target: str, rephrase: str | None = None, unrelated: list[str] = (),
          kind: str = "loreft", layer: int | None = None, rank: int = 4, lr: float = 5e-3, steps: int = 100,
          max_new_tokens: int = 12, seed: int = 0, show: bool = True) -> dict[str, Any]:
-    """Edit one fact (``prompt`` -> ``target``) and show greedy generations before and after."""
+    """Edit one fact (``prompt`` -> ``target``) and show greedy generations before and after, each
+    beside the figure that scores it (reliability, generality, or locality per unrelated prompt)."""
     from . import sites
     from .evaluate import generate
     from .hub import load_model
@@ -228,16 +255,31 @@ def demo(model_name: str, prompt: str, target: str, rephrase: str | None = None,
     res = editor.train_jobs([[0]], reset=False)[0]
     after = generate(model, tok, shown, cfg, False, "after", show_progress=False)
     scores = edit_scores(model, tok, [ex], False)[0]
+    local = locality_rows(model, tok, unrelated, before[-len(unrelated):])
+    scores["locality"] = sum(r["locality"] for r in local) / len(local)  # the mean over every unrelated prompt
     if show:
-        table = Table(title=f"edit: {prompt!r} -> {target!r} ({kind}, layer {layer}, rank {rank}, "
-                            f"{res.steps} steps, loss {res.loss:.4f})", show_lines=True)
-        for col in ("prompt", "before", "after"):
-            table.add_column(col, max_width=48)
-        for e, b, a in zip(shown, before, after):
-            table.add_row(e.prompt, b, a)
-        console.print(table)
-        console.print(", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
-    return {"before": before, "after": after, "steps": res.steps, "loss": res.loss, **scores}
+        title = f"edit: {prompt!r} -> {target!r} ({kind}, layer {layer}, rank {rank}, {res.steps} steps, loss {res.loss:.4f})"
+        _demo_table(title, shown, before, after, scores, local, bool(rephrase))
+    return {"before": before, "after": after, "steps": res.steps, "loss": res.loss, **scores,
+            "locality_per_prompt": [r["locality"] for r in local]}
+
+
+def _demo_table(title: str, shown: list[Example], before: list[str], after: list[str], scores: dict[str, float],
+                local: list[dict[str, Any]], rephrased: bool) -> None:
+    """The demo's table: each prompt's answers before and after beside the figure that scores it."""
+    table = Table(title=title, show_lines=True)
+    for col in ("prompt", "before", "after", "measured"):
+        table.add_column(col, max_width=48 if col != "measured" else 30)
+    measured = [f"reliability {scores['reliability']:.2f}", *([f"generality {scores['generality']:.2f}"] * rephrased)]
+    for r in local:
+        diff = r["first_diff"]
+        where = "" if diff is None else f"; token {diff[0] + 1}: {diff[1]!r} -> {diff[2]!r}"
+        measured.append(f"locality {r['locality']:.2f} ({r['agree']}/{r['tokens']} tokens agree{where})")
+    for e, b, a, m in zip(shown, before, after, measured):
+        table.add_row(e.prompt, b, a, m)
+    console.print(table)
+    console.print(", ".join(f"{k} {v:.2f}" for k, v in scores.items() if rephrased or k != "generality"))
+    console.print(LOCALITY_NOTE, style="dim")
 
 
 __all__ = ["demo", "run_edit"]

@@ -39,7 +39,7 @@ def generate(model: Any, tokenizer: Any, examples: list[Example], cfg: EvalConfi
             idx = order[s:s + cfg.batch_size]
             batch = {k: v.to(device) for k, v in collate_prompts([prompts[i] for i in idx], pid).items()}
             gen = model.generate(**batch, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
-                                 num_beams=cfg.num_beams, pad_token_id=pid)
+                                 num_beams=cfg.num_beams, repetition_penalty=cfg.repetition_penalty, pad_token_id=pid)
             for row, i in enumerate(idx):
                 out[i] = tokenizer.decode(gen[row, batch["input_ids"].shape[1]:], skip_special_tokens=True).strip()
             bar.update(task, advance=len(idx))

@@ -116,12 +116,14 @@ class EvalConfig:
     max_new_tokens: int = 64  # generation length limit for causal-lm tasks
     do_sample: bool = False  # sample instead of greedy/beam decoding
     num_beams: int = 1  # beam-search width (1 = no beam search)
+    repetition_penalty: float = 1.0  # > 1 divides the logit of every token already in the prompt or answer by this (CTRL, Keskar et al. 2019; transformers' repetition_penalty); 1 = off
     show_examples: int = 5  # greedy answers printed before/after training (0 = none)
     max_length: int = 512  # tokens per example when evaluation scores instead of generating (e.g. classification); longer inputs lose their start, as in training
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "batch_size", "max_new_tokens", "num_beams", "max_length")
         _at_least(self, 0, "show_examples")
+        require(self.repetition_penalty > 0, "repetition_penalty", f"must be > 0, got {self.repetition_penalty}")
 
 
 @dataclass
@@ -202,7 +204,9 @@ def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> Experime
 def migrate(data: dict[str, Any], where: str = "") -> dict[str, Any]:
     """Schema-1 spellings that moved: ``method:`` (knowledge editing's options) is now
     ``recipe: {name: edit, ...}``; said once on stderr when it carries options (an empty
-    ``method: {}``, as every older resolved config.yaml holds, is dropped silently)."""
+    ``method: {}``, as every older resolved config.yaml holds, is dropped silently). Its options win
+    over the file's ``recipe:``: ``method.mode=batch`` on the command line, as older docs spell it,
+    must not be overridden by the shipped file's ``recipe: {mode: single}``."""
     if isinstance(data, dict) and "method" in data:
         data = dict(data)
         method = data.pop("method") or {}
@@ -210,7 +214,7 @@ def migrate(data: dict[str, Any], where: str = "") -> dict[str, Any]:
             import sys
 
             recipe = data.get("recipe") or {}
-            data["recipe"] = {"name": "edit", **method, **recipe}
+            data["recipe"] = {"name": "edit", **recipe, **method}
             print(f"note: {where or 'the config'}: `method:` is now `recipe: {{name: edit, ...}}` (read as such)",
                   file=sys.stderr)
     return data

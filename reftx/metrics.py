@@ -157,5 +157,21 @@ def score_metrics(metrics: Iterable[str | Metric], predictions: Sequence[Any], e
     return out
 
 
-__all__ = ["METRICS", "Metric", "available_metrics", "get_metric", "mean", "mean_float32", "register_metric",
+def distinct_n(text: str, n: int = 2) -> float:
+    """Distinct-n of one text (Li et al. 2016, "A Diversity-Promoting Objective Function for Neural
+    Conversation Models", NAACL): distinct n-grams / all n-grams, over its lowercased
+    whitespace-separated words. 1.0: no n-gram repeats; a loop ("ho ho! yo, ho ho! yo, ...") tends
+    to 0. A text with fewer than n words has no n-gram to repeat: 1.0."""
+    words = text.lower().split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
+@register_metric("distinct_2")
+def distinct_2(prediction: str, example: Any) -> float:
+    """Distinct bigrams / all bigrams of each answer, averaged over answers (Li et al. 2016): 1 = no word pair repeats; degenerate loops score low."""
+    return distinct_n(prediction, 2)
+
+
+__all__ = ["METRICS", "distinct_n", "Metric", "available_metrics", "get_metric", "mean", "mean_float32", "register_metric",
            "score_metrics"]

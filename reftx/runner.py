@@ -30,6 +30,7 @@ from .errors import ConfigError, ReftError
 from .evaluate import evaluate, generate
 from .experiment import Experiment
 from .model import ReftModel, attach
+from .plantable import plan_table  # noqa: F401  (runner.plan_table: what cli and recipes print)
 from .prefix import prefix_truncate
 from .reinforce import sampling_env
 from .rundir import RunFolder, locked, run_folder
@@ -77,18 +78,6 @@ def reference_loaders(task: Task) -> dict[str, Any]:
     from .hub import load_model
 
     return {name: partial(load_model, path) for name, path in task.reference_models().items()}
-
-
-def plan_table(groups: list, title: str = "interventions") -> Table:
-    table = Table(title=title)
-    table.add_column("key", no_wrap=True, min_width=max(len(g.key) for g in groups))
-    for col in ("kind", "component", "layers", "positions", "params"):
-        table.add_column(col, justify="right" if col == "params" else "left")
-    for g in groups:
-        table.add_row(g.key, g.kind, g.component, ",".join(map(str, g.layers)) if g.layers != (-1,) else "-",
-                      "+".join(g.parts), f"{g.params:,}")
-    table.add_row("total", "", "", "", "", f"{sum(g.params for g in groups):,}", style="bold")
-    return table
 
 
 def model_config_of(exp: Experiment, notices: list[str] | None = None) -> Any:
@@ -195,8 +184,10 @@ def run(exp: Experiment, resume: bool = False, show_progress: bool = True) -> di
         return {**_run(exp, out, resume, show_progress), "run_dir": str(out.path)}  # where it wrote (not in results.json)
 
 
-def _check_resume(run_dir: Path, resume: bool, chash: str) -> dict[str, Any] | None:
-    """What the folder allows: None to (re)start training, or a finished run's results to return."""
+def _check_resume(run_dir: Path, resume: bool, resolved: dict[str, Any]) -> dict[str, Any] | None:
+    """What the folder allows: None to (re)start training, or a finished run's results to return.
+    The saved config must hash as ``resolved`` does: a moved folder (another output_dir) or another
+    logging or checkpoint cadence resumes; a change to what determines the result is named."""
     cfg_file = run_dir / "config.yaml"
     if not resume:
         if latest_checkpoint(run_dir) is not None or (run_dir / "results.json").is_file():
@@ -205,11 +196,13 @@ def _check_resume(run_dir: Path, resume: bool, chash: str) -> dict[str, Any] | N
         return None
     if not cfg_file.is_file():
         raise ReftError(f"--resume: {run_dir} holds no run to resume (no config.yaml); run without --resume")
-    from .config import load_yaml
+    from .config import hash_differences, load_yaml
 
-    if config_hash(load_yaml(cfg_file)) != chash:
-        raise ReftError(f"--resume: {cfg_file} differs from the current config; resume with the same "
-                        "config (and overrides), or pick another name")
+    saved = load_yaml(cfg_file)
+    if config_hash(saved) != config_hash(resolved):
+        changed = ", ".join(hash_differences(saved, resolved)) or "the type of a value"
+        raise ReftError(f"--resume: {cfg_file} differs from the current config in {changed}; resume "
+                        "with the same config (and overrides), or pick another name")
     results = run_dir / "results.json"
     if results.is_file():
         console.print(f"[yellow]--resume: {run_dir} is already finished ({results}); nothing to do")
@@ -269,7 +262,7 @@ def _run(exp: Experiment, out: RunFolder, resume: bool, show_progress: bool) -> 
     t_start, run_dir = time.perf_counter(), out.path
     resolved = exp.to_dict()
     chash = config_hash(resolved)
-    finished = _check_resume(run_dir, resume, chash)
+    finished = _check_resume(run_dir, resume, resolved)
     if finished is not None:
         return finished
     seed_everything(exp.seed)

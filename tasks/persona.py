@@ -30,14 +30,15 @@ def persona_close(prediction: str, example: Example) -> float:
 
 @register_task("persona")
 class Persona(Task):
-    """Pirate-persona answers. Metrics: share of answers that open and close in the persona."""
+    """Pirate-persona answers. Metrics: share of answers that open and close in the persona, and
+    distinct_2 (reftx.metrics), so answers that loop on persona phrases do not pass for a persona."""
 
     @dataclass(frozen=True)
     class Options:
         file: str = ""  # a JSONL file with prompt/response/split; empty: the shipped persona.jsonl
 
     splits = ("train", "eval")
-    metrics = ("persona_open", "persona_close")
+    metrics = ("persona_open", "persona_close", "distinct_2")  # distinct_2: a loop of persona phrases is no persona
 
     def load(self, split: str) -> list[Example]:
         path = Path(self.options.file) if self.options.file else DATA / "persona.jsonl"

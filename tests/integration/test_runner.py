@@ -38,7 +38,7 @@ def test_run_writes_a_complete_run_dir(tiny_dir, tmp_path):
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     assert {"loss", "lr", "tokens_per_s"} <= set(metrics[0])
     results = json.loads((run_dir / "results.json").read_text())
-    assert set(results["metrics"]) == {"persona_open", "persona_close"}
+    assert set(results["metrics"]) == {"persona_open", "persona_close", "distinct_2"}
     assert results["n_eval"] == 3 and results["train"]["steps"] == 4
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert resolved["train"]["max_steps"] == 4 and resolved["name"] == "quickstart"

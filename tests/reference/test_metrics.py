@@ -145,8 +145,24 @@ def test_persona_metrics():
     assert [get_metric("persona_open").compute(p, ex) for p, ex in zip(preds, exs)] == [1.0, 1.0, 0.0, 0.0]
     assert [get_metric("persona_close").compute(p, ex) for p, ex in zip(preds, exs)] == [1.0, 0.0, 1.0, 0.0]
     # 2 of 4 open, 2 of 4 close; the float32 mean is exact for 1/2
-    assert get_task("persona").score(preds, exs) == {"persona_open": 0.5, "persona_close": 0.5}
-    assert get_task("persona").score(preds[:3], exs[:3]) == {"persona_open": f32(2 / 3), "persona_close": f32(2 / 3)}
+    # no answer repeats a word pair: distinct_2 is 1 for each (its own test has the loops)
+    assert get_task("persona").score(preds, exs) == {"persona_open": 0.5, "persona_close": 0.5, "distinct_2": 1.0}
+    assert get_task("persona").score(preds[:3], exs[:3]) == {"persona_open": f32(2 / 3), "persona_close": f32(2 / 3),
+                                                             "distinct_2": 1.0}
+
+
+def test_distinct_2_reference_values():
+    """Li et al. 2016's distinct-n per answer (distinct bigrams / bigrams of lowercased words), then the mean."""
+    d2 = get_metric("distinct_2")
+    loop = "Arr, matey! Yo, three o' ho ho! Yo, three o' ho ho!"
+    # 12 words, 11 bigrams; the second "yo, three o' ho ho!" repeats 4 of them: 7 distinct
+    assert d2.compute(loop, Example("q")) == 7 / 11
+    assert d2.compute("ho ho ho ho ho", Example("q")) == 1 / 4  # 4 bigrams, all ("ho", "ho")
+    assert d2.compute("Yo HO yo ho", Example("q")) == 2 / 3  # lowercased: (yo, ho) twice, (ho, yo) once
+    assert d2.compute("Arr!", Example("q")) == 1.0 and d2.compute("", Example("q")) == 1.0  # no bigram to repeat
+    assert d2.higher_is_better is True
+    exs = [Example("q")] * 3
+    assert score_metrics(["distinct_2"], [loop, "ho ho ho ho ho", "a b c"], exs) == {"distinct_2": (7 / 11 + 1 / 4 + 1) / 3}
 
 
 def test_math_rule_metrics():

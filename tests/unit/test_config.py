@@ -300,3 +300,86 @@ def test_every_cli_argument_has_a_help_text() -> None:
     assert missing == []
     assert all(any(a.dest == "no_progress" for a in sub._actions) for name, sub in subs.choices.items()
                if name in ("run", "eval", "baseline", "edit", "tofu-finetune"))
+
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "experiments" / "quickstart.yaml"
+
+
+def test_config_hash_is_only_of_what_determines_the_result() -> None:
+    from reftx.config import NOT_HASHED, hash_differences
+
+    base = load_experiment(QUICKSTART).to_dict()
+    bookkeeping = ("output_dir=/elsewhere", "name=other", "train.log_every=7", "train.checkpoint_every=0",
+                   "train.keep_checkpoints=5", "eval.show_examples=0", "imports=[]")
+    moved = load_experiment(QUICKSTART, bookkeeping).to_dict()
+    assert moved != base and config_hash(moved) == config_hash(base)
+    # a key another change adds (train.log_with) is excluded already; excluding an absent key is harmless
+    assert config_hash({**base, "train": {**base["train"], "log_with": "tensorboard"}}) == config_hash(base)
+    assert "train.log_with" in NOT_HASHED and all(len(why) > 10 for why in NOT_HASHED.values())
+    for change in ("train.lr=1e-3", "seed=1", "eval.batch_size=4", "train.max_length=64", "interventions.0.rank=8"):
+        changed = load_experiment(QUICKSTART, [change]).to_dict()
+        assert config_hash(changed) != config_hash(base), change
+        assert hash_differences(base, changed) == [change.split("=")[0]], change
+    assert hash_differences(base, moved) == []
+
+
+def test_schema1_method_override_wins_over_the_files_recipe(tmp_path: Path) -> None:
+    """`reftx edit FILE method.mode=batch` (the schema-1 spelling older docs use) runs batch mode, not
+    the file's recipe: {mode: single}; it hashes as recipe.mode=batch does."""
+    text = "recipe: {name: edit, mode: single, parallel: 16}\n"
+    old = experiment(tmp_path, text, ("method.mode=batch", "method.parallel=5"))
+    new = experiment(tmp_path, text, ("recipe.mode=batch", "recipe.parallel=5"))
+    assert old.recipe == new.recipe == {"name": "edit", "mode": "batch", "parallel": 5}
+    assert config_hash(old) == config_hash(new)
+
+
+def test_resume_accepts_a_moved_folder_and_names_a_real_change(tmp_path: Path, capsys) -> None:
+    from reftx.errors import ReftError
+    from reftx.runner import _check_resume
+
+    saved = load_experiment(QUICKSTART, ["output_dir=runs", "train.log_every=2"]).to_dict()
+    write(tmp_path / "config.yaml", dump_yaml(saved))
+    moved = load_experiment(QUICKSTART, [f"output_dir={tmp_path.parent}", "train.log_every=5"]).to_dict()
+    assert _check_resume(tmp_path, True, moved) is None  # no checkpoint yet: training starts from step 0
+    assert "training starts from step 0" in " ".join(capsys.readouterr().err.split())
+    changed = load_experiment(QUICKSTART, ["train.lr=1e-3", "seed=3"]).to_dict()
+    with pytest.raises(ReftError, match=r"differs from the current config in seed, train\.lr; "):
+        _check_resume(tmp_path, True, changed)
+
+
+def test_eval_repetition_penalty_is_checked_hashed_when_set_and_reaches_generate() -> None:
+    import torch
+
+    from reftx.evaluate import generate
+    from reftx.experiment import EvalConfig
+    from reftx.task import Example
+
+    with pytest.raises(ConfigError, match=r"^eval\.repetition_penalty: must be > 0, got 0\.0"):
+        load_experiment(QUICKSTART, ["eval.repetition_penalty=0.0"])
+    plain = load_experiment(QUICKSTART, ["eval.repetition_penalty=1.0"]).to_dict()
+    # added after results were published: at its default (1, off) it leaves every published hash as it was
+    assert config_hash(plain) == config_hash({**plain, "eval": {k: v for k, v in plain["eval"].items()
+                                                                  if k != "repetition_penalty"}})
+    assert config_hash(load_experiment(QUICKSTART, ["eval.repetition_penalty=1.2"]).to_dict()) != config_hash(plain)
+
+    class Model(torch.nn.Module):  # records what generate() is asked for
+        def __init__(self) -> None:
+            super().__init__()
+            self.w, self.seen = torch.nn.Parameter(torch.zeros(1)), {}
+
+        def generate(self, input_ids, **kw):
+            self.seen = kw
+            return torch.cat([input_ids, torch.full((input_ids.shape[0], 1), 7)], dim=1)
+
+    class Tok:
+        pad_token_id, eos_token_id = 0, 0
+
+        def __call__(self, text, **kw):
+            return {"input_ids": [1, 2, 3]}
+
+        def decode(self, ids, **kw):
+            return " ".join(map(str, ids.tolist()))
+
+    model = Model()
+    assert generate(model, Tok(), [Example("q")], EvalConfig(repetition_penalty=1.2), False, show_progress=False) == ["7"]
+    assert model.seen["repetition_penalty"] == 1.2 and model.seen["do_sample"] is False

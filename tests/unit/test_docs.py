@@ -4,6 +4,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from reftx.docgen import config_reference
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,3 +36,83 @@ def test_readme_names_the_locked_versions():
                 "lm_eval", "tensorboard"):
         named = re.search(rf"\b{pkg} (\d+(?:\.\w+)*)", para)
         assert named and named.group(1) == lock[pkg], f"README says {pkg} {named and named.group(1)}, lock {lock[pkg]}"
+
+
+# Every config hash published in docs/results.md, as the command written beside it (file + overrides).
+# A changed shipped experiment, or a change to what config_hash covers, fails here: re-derive the hash.
+_KE, _F05 = "train.lr=5e-3 output_dir=runs/ke", "model.name=runs/tofu_finetune_forget05/model task.options.forget=forget05"
+_SEQ = f"{_KE} recipe.mode=sequential task.n_eval=100"
+_LOGS = "task.n_train=1342 train.max_length=256 eval.max_length=256"
+PUBLISHED = [
+    "quickstart", "quickstart eval.repetition_penalty=1.0",
+    *(f"{f} output_dir=runs/issue5" for f in ("commonsense/boolq_loreft", "commonsense/boolq_direft",
+                                              "commonsense/boolq_lora", "math/math_loreft", "math/math_brep")),
+    "editing/counterfact_loreft task.n_eval=16 name=lr5e-4 output_dir=runs/probe",
+    *(f"editing/{d}_{m} {_KE} {mode}" for d in ("counterfact", "zsre") for m in ("loreft", "baft")
+      for mode in ("recipe.parallel=32", "recipe.mode=batch task.n_eval=50 recipe.parallel=5",
+                   "recipe.mode=batch task.n_eval=200 recipe.parallel=20", "recipe.mode=sequential task.n_eval=100")),
+    "editing/counterfact_baft train.lr=5e-3 recipe.mode=sequential task.n_eval=50 'recipe.checkpoints=[10, 50]' "
+    "interventions.0.locality_weight=0.1",
+    f"editing/counterfact_baft {_SEQ} interventions.0.locality_margin=0.1",
+    f"editing/counterfact_baft {_SEQ} interventions.0.locality_margin=0.1 interventions.0.basis_gate_input=unit",
+    f"editing/counterfact_baft {_SEQ} interventions.0.basis_gate_input=unit",
+    f"editing/zsre_baft {_SEQ} interventions.0.locality_margin=0.1 interventions.0.basis_gate_input=unit",
+    "unlearning/tofu_finetune model.name=default model.chat_template=true",
+    "unlearning/tofu_finetune", "unlearning/tofu_finetune_forget05", "unlearning/tofu_finetune_retain01",
+    *(f"unlearning/tofu_{m} {forget} {obj}" for m in ("grun", "loreft", "lora") for forget in ("", _F05)
+      for obj in ("", "train.objective=gd", "train.objective=idk task.options.idk=true")),
+    *(f"unlearning/tofu_grun {forget} model.name=runs/tofu_finetune_retain01/model" for forget in ("", _F05)),
+    f"unlearning/tofu_grun {_F05} train.objective=gd task.options.n_retain=80",
+    *(f"logs/{d}_{m}_{p}" for d in ("hdfs", "bgl") for m in ("minilm", "smollm") for p in ("loreft", "lora")),
+    f"logs/hdfs_minilm_loreft {_LOGS}", f"logs/hdfs_minilm_lora {_LOGS}",
+    f"logs/hdfs_minilm_loreft {_LOGS} train.epochs=2", f"logs/hdfs_minilm_lora {_LOGS} lora.epochs=2",
+]
+
+
+def _hash_of(command: str) -> str:
+    import shlex
+
+    from reftx.config import config_hash
+    from reftx.experiment import load_experiment
+
+    file, *overrides = shlex.split(command)
+    return config_hash(load_experiment(REPO / "experiments" / f"{file.removeprefix('experiments/').removesuffix('.yaml')}.yaml",
+                                       overrides))
+
+
+def test_every_published_config_hash_is_derived_from_its_command():
+    text = (REPO / "docs" / "results.md").read_text()
+    published = set(re.findall(r"\b[0-9a-f]{12}\b", text))
+    derived = {_hash_of(c) for c in PUBLISHED}
+    assert published - derived == set(), "a hash in docs/results.md that no command in PUBLISHED gives"
+    assert derived - published == set(), "a command in PUBLISHED whose hash docs/results.md does not give"
+    # where a table row holds the whole command, its hash is the one on that row
+    rows = re.findall(r"^\|.*?`reftx (?:run|baseline) (experiments/[^`]+)`.*?\b([0-9a-f]{12})\b", text, re.M)
+    assert len(rows) >= 20
+    for command, chash in rows:
+        assert _hash_of(command) == chash, command
+
+
+@pytest.mark.slow
+def test_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The README's first python block, executed verbatim on the real default model (offline)."""
+    import torch
+
+    code = re.search(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    monkeypatch.chdir(tmp_path)  # it saves to ./my-edit
+    torch.manual_seed(0)
+    ns: dict = {}
+    exec(compile(code, "README.md", "exec"), ns)
+    model, again, ids, mask, labels = (ns[k] for k in ("model", "again", "ids", "mask", "labels"))
+    assert (tmp_path / "my-edit").is_dir() and capsys.readouterr().out.strip()  # it printed the answer
+    assert [g.key for g in again.plan()] == [g.key for g in model.plan()] == ["L2.block_output.first+last",
+                                                                             "L5.block_output.first+last"]
+    for (_, m), (_, n) in zip(model.named_interventions(), again.named_interventions(), strict=True):
+        for (k, a), (_, b) in zip(m.state_dict().items(), n.state_dict().items(), strict=True):
+            assert torch.equal(a, b), k
+    with torch.no_grad():
+        trained = again(input_ids=ids, attention_mask=mask, labels=labels).loss
+        with again.disabled():
+            frozen = again(input_ids=ids, attention_mask=mask, labels=labels).loss
+    assert trained < 0.5 * frozen  # ten steps learned the answer; the base alone did not know it
+    again.detach()

@@ -3,6 +3,7 @@ and the editing loop end to end on a tiny model (parallel single edits == one at
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -357,3 +358,70 @@ def test_fluency_edited_and_unedited_separately(tiny_dir):
         edited += texts(prompts)
     assert out["fluency"] == pytest.approx(n_gram_entropy(edited), abs=1e-9)
     assert out["fluency"] > 0 and out["fluency_unedited"] > 0
+
+
+def test_demo_locality_rows_count_teacher_forced_agreement(monkeypatch):
+    """Per unrelated prompt: the edited vs unedited argmax on the unedited answer, fed token by
+    token; (5, 6, 7, 8) against (5, 6, 9, 8) agree on 3 of 4 tokens, first differing at token 3."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from reftx import edit_run, scoring
+
+    class Fake:
+        off = False
+
+        @contextmanager
+        def disabled(self):
+            self.off = True
+            yield
+            self.off = False
+
+    model, seen = Fake(), []
+
+    def score(m, tok, prompts, conts, *a, **k):
+        seen.append((m.off, prompts, conts))
+        rows = [(5, 6, 9, 8), (1, 2)] if m.off else [(5, 6, 7, 8), (1, 2)]
+        return [SimpleNamespace(argmax=r) for r in rows]
+
+    monkeypatch.setattr(scoring, "score_continuations", score)
+    tok = SimpleNamespace(decode=lambda ids: f"<{ids[0]}>")
+    rows = edit_run.locality_rows(model, tok, ["p1", "p2"], ["Paris.", ""])
+    assert rows == [{"locality": 0.75, "agree": 3, "tokens": 4, "first_diff": (2, "<9>", "<7>")},
+                    {"locality": 1.0, "agree": 2, "tokens": 2, "first_diff": None}]
+    assert seen == [(False, ["p1", "p2"], [" Paris.", " ?"]), (True, ["p1", "p2"], [" Paris.", " ?"])]
+
+
+def test_demo_prints_each_answer_beside_what_scores_it(tiny_dir, monkeypatch):
+    """reftx edit --prompt ...: every unrelated prompt's before/after answers sit beside its own
+    locality (agreeing tokens, the first that differs) and the note on what locality measures."""
+    import re
+
+    from rich.console import Console
+
+    from reftx import edit_run
+
+    out = Console(width=250, record=True, file=open(os.devnull, "w"))
+    monkeypatch.setattr(edit_run, "console", out)
+    res = edit_run.demo(str(tiny_dir), "The capital of Norway is", "Lima", unrelated=["One two", "Red green blue"],
+                        steps=3, max_new_tokens=4)
+    text = out.export_text()
+    rows, cells = [], None  # each table row's cells, wrapped lines joined
+    for line in text.splitlines():
+        if line.startswith("│"):
+            parts = [c.strip() for c in line.strip("│").split("│")]
+            cells = parts if cells is None else [f"{a} {b}".strip() for a, b in zip(cells, parts)]
+        elif cells is not None:
+            rows, cells = rows + [cells], None
+    assert [r[0] for r in rows] == ["The capital of Norway is", "One two", "Red green blue"]
+    assert re.fullmatch(r"reliability \d\.\d\d", rows[0][3])
+    for (_, before, after, measured), value in zip(rows[1:], res["locality_per_prompt"], strict=True):
+        m = re.fullmatch(r"locality (\d\.\d\d) \((\d+)/(\d+) tokens agree(; token \d+: '.*' -> '.*')?\)", measured)
+        assert m, measured
+        loc, agree, n, first = m.groups()
+        assert float(loc) == round(value, 2) == round(int(agree) / int(n), 2) and (first is None) == (agree == n)
+        assert before and after  # the generated answers sit beside it
+    assert res["locality"] == pytest.approx(sum(res["locality_per_prompt"]) / 2)
+    summary = next(ln for ln in text.splitlines() if ln.startswith("reliability ") and "/" not in ln)
+    assert summary == f"reliability {res['reliability']:.2f}, locality {res['locality']:.2f}"  # no rephrase given
+    assert " ".join(edit_run.LOCALITY_NOTE.split()) in " ".join(text.split())
