@@ -30,18 +30,22 @@ trainable model beside the interventions, and GRPO needs none.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .config import require
-from .errors import DataError
-from .objectives import OBJECTIVES, Result, _unwrap, finish, register_objective
+from . import sites
+from .carft import CARFTOptions, contrastive_loss, cot_representation, embedding_partial_reward
+from .config import compose_config, require
+from .errors import ConfigError, DataError
+from .objectives import FIELD, OBJECTIVES, Result, _unwrap, finish, register_objective
+from .schedule import resolve_layers
 
 EXAMPLE_INDEX = "example_index"  # example_info key: the row's index into the training examples
 
@@ -186,32 +190,107 @@ def policy_logprobs(model: Any, prompt: Tensor, mask: Tensor, tokens: Tensor, cm
     return token_logprobs(logits, tokens, temperature), out
 
 
-@register_objective("grpo", options=GRPOOptions)
-def grpo(model: Any, batch: dict[str, Any], opts: GRPOOptions, env: Env | None = None) -> Result:
-    """GRPO on the batch's questions (module docstring); logs reward, accuracy (reward 1), kl,
-    clip_fraction and the mean completion length."""
+@dataclass
+class Rollout:
+    """One batch's samples: G completions per question, in groups of G consecutive rows (N = Q·G)."""
+
+    prompt: Tensor  # (N, P) left-padded prompts, repeated per sample
+    mask: Tensor  # (N, P)
+    tokens: Tensor  # (N, L) sampled completions
+    cmask: Tensor  # (N, L) 1 up to and including each completion's EOS
+    old_logp: Tensor  # (N, L) the sampling policy's log-probs (generate's own logits)
+    rewards: Tensor  # (N,) the task's rewards
+
+
+def rollout(model: Any, batch: dict[str, Any], opts: GRPOOptions, env: Env | None, name: str) -> Rollout:
+    """Sample and score G completions per question of ``batch`` (no gradients)."""
     if env is None:
-        raise DataError("objective 'grpo' samples and scores completions: it runs inside `reftx run` "
+        raise DataError(f"objective {name!r} samples and scores completions: it runs inside `reftx run` "
                         "(the runner gives it the tokenizer and the task's reward)")
     info = batch.get("example_info") or {}
     if EXAMPLE_INDEX not in info:
-        raise DataError(f"objective 'grpo' needs example_info[{EXAMPLE_INDEX!r}] on every row (the runner adds it)")
+        raise DataError(f"objective {name!r} needs example_info[{EXAMPLE_INDEX!r}] on every row (the runner adds it)")
     reft, tok = _unwrap(model), env.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     prompt, mask = left_padded_prompts(batch, pad_id)
     with torch.no_grad():
         tokens, cmask, old_logp = sample(reft, prompt, mask, opts, pad_id, tok.eos_token_id)
-    prompt, mask = prompt.repeat_interleave(opts.group_size, 0), mask.repeat_interleave(opts.group_size, 0)
     texts = tok.batch_decode(torch.where(cmask.bool(), tokens, pad_id), skip_special_tokens=True)
     index = info[EXAMPLE_INDEX].long().repeat_interleave(opts.group_size).tolist()
-    rewards = env.reward(texts, index, opts.partial_reward).float()
-    adv = group_advantages(rewards, opts.group_size, opts.eps).to(old_logp.device)
-    logp, out = policy_logprobs(model, prompt, mask, tokens, cmask, opts.temperature)
+    rewards = env.reward(texts, index, opts.partial_reward).float().to(old_logp.device)
+    g = opts.group_size
+    return Rollout(prompt.repeat_interleave(g, 0), mask.repeat_interleave(g, 0), tokens, cmask, old_logp, rewards)
+
+
+def rl_loss(model: Any, r: Rollout, opts: GRPOOptions, logp: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """GRPO's loss of rollout ``r`` given the policy's log-probs, with the KL to the model with its
+    interventions off when ``opts.beta`` > 0; logs reward, accuracy, kl, clip_fraction, lengths."""
     ref_logp = None
     if opts.beta > 0:
-        with torch.no_grad(), reft.disabled():
-            ref_logp, _ = policy_logprobs(model, prompt, mask, tokens, cmask, opts.temperature)
-    core, logs = grpo_loss(logp, old_logp, adv, cmask, opts.clip, opts.beta, ref_logp)
-    logs.update(reward=float(rewards.mean()), reward_std=float(rewards.reshape(-1, opts.group_size).std(1).mean()),
-                accuracy=float((rewards >= 1).float().mean()), completion_tokens=float(cmask.sum(1).float().mean()))
+        with torch.no_grad(), _unwrap(model).disabled():
+            ref_logp, _ = policy_logprobs(model, r.prompt, r.mask, r.tokens, r.cmask, opts.temperature)
+    adv = group_advantages(r.rewards, opts.group_size, opts.eps)
+    core, logs = grpo_loss(logp, r.old_logp, adv, r.cmask, opts.clip, opts.beta, ref_logp)
+    logs.update(reward=float(r.rewards.mean()), reward_std=float(r.rewards.reshape(-1, opts.group_size).std(1).mean()),
+                accuracy=float((r.rewards >= 1).float().mean()), completion_tokens=float(r.cmask.sum(1).float().mean()))
+    return core, logs
+
+
+@register_objective("grpo", options=GRPOOptions)
+def grpo(model: Any, batch: dict[str, Any], opts: GRPOOptions, env: Env | None = None) -> Result:
+    """GRPO on the batch's questions (module docstring); logs reward, accuracy (reward 1), kl,
+    clip_fraction and the mean completion length."""
+    r = rollout(model, batch, opts, env, "grpo")
+    logp, out = policy_logprobs(model, r.prompt, r.mask, r.tokens, r.cmask, opts.temperature)
+    core, logs = rl_loss(model, r, opts, logp)
     return finish(model, out, core, logs)
+
+
+# -- CARFT: GRPO plus a contrastive term on chain-of-thought representations (reftx.carft) ----------
+@dataclass(frozen=True)
+class _Contrastive:
+    contrastive: CARFTOptions = field(default_factory=CARFTOptions)  # CARFT's term (reftx.carft.CARFTOptions: weight, temperature, max_similarity, negatives, layer, partial_reward, ...)
+
+
+CARFTRunOptions = compose_config(
+    "CARFTRunOptions", GRPOOptions, _Contrastive, module=__name__,
+    doc="Options of the ``carft`` objective: GRPO's, and CARFT's contrastive term under ``contrastive:``.")
+
+
+def _pooled(hidden_states: tuple, layer: int, mask: Tensor) -> Tensor:
+    return cot_representation(hidden_states[layer + 1], mask)
+
+
+@register_objective("carft", options=CARFTRunOptions)
+def carft(model: Any, batch: dict[str, Any], opts: Any, env: Env | None = None) -> Result:
+    """CARFT (Zhu et al. 2025): GRPO's loss + λ·L_CL, where L_CL pulls the representations of the
+    sampled CoTs that reach the gold answer toward the row's annotated CoT (the batch's target,
+    pooled from the policy's hidden states at ``contrastive.layer``; reftx.carft has the formula and
+    its sources). With ``contrastive.partial_reward`` a parsable wrong answer's reward becomes
+    α·cos(annotated, sampled) + β before the advantages are computed."""
+    c = opts.contrastive
+    if c.partial_reward and not math.isclose(c.partial_value, opts.partial_reward):
+        raise ConfigError(f"{FIELD}.contrastive.partial_value", f"marks the partial reward and must equal "
+                                                                f"partial_reward ({opts.partial_reward}), got {c.partial_value}")
+    r = rollout(model, batch, opts, env, "carft")
+    reft, g, width = _unwrap(model), opts.group_size, r.prompt.shape[1]
+    layer = resolve_layers(c.layer, sites.num_layers(reft.config), f"{FIELD}.contrastive.layer")[0]
+    out = model(input_ids=torch.cat([r.prompt, r.tokens], 1), attention_mask=torch.cat([r.mask, r.cmask], 1),
+                prompt_lengths=r.mask.sum(1), output_hidden_states=True)
+    logp = token_logprobs(out.logits[:, width - 1:-1], r.tokens, opts.temperature)
+    sampled = cot_representation(out.hidden_states[layer + 1][:, width:], r.cmask.bool())
+    sampled = sampled.reshape(-1, g, sampled.shape[-1])
+    with torch.no_grad() if c.detach_anchor else contextlib.nullcontext():
+        ann = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                    output_hidden_states=True)
+        annotated = _pooled(ann.hidden_states, layer, batch["labels"] != -100)
+    if c.partial_reward:
+        shaped = embedding_partial_reward(annotated, sampled, r.rewards.reshape(-1, g), partial=opts.partial_reward,
+                                          scale=c.partial_scale, offset=c.partial_offset)
+        r = dataclasses.replace(r, rewards=shaped.reshape(-1))
+    correct = (r.rewards >= 1).reshape(-1, g)
+    cl, cl_logs = contrastive_loss(annotated, sampled, correct, c.temperature, max_similarity=c.max_similarity,
+                                   negatives=c.negatives, detach_anchor=c.detach_anchor)
+    core, logs = rl_loss(model, r, opts, logp)
+    logs.update(cl_logs)
+    return finish(model, out, core + c.weight * cl, logs)

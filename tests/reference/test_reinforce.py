@@ -162,3 +162,63 @@ def test_the_math_reward_by_hand():
     assert task.reward("The answer is (B).", letter, 0.25) == 0.25
     strict = MathReasoning(MathReasoning.Options(reward_rule="lm_eval_strict"))
     assert strict.reward("#### 42", ex, 0.1) == 1.0 and strict.reward("The answer is 42.", ex, 0.1) == 0.1
+
+
+def _tiny_env():
+    class Tok:
+        pad_token_id, eos_token_id = 0, 2
+
+        def batch_decode(self, ids, skip_special_tokens=True):
+            return [" ".join(str(int(t)) for t in row) for row in ids]
+
+    # reward 1 when the first sampled token is even, the partial 0.1 otherwise
+    return Env(Tok(), lambda texts, index, partial: torch.tensor([1.0 if int(t.split()[0]) % 2 == 0 else partial
+                                                                  for t in texts]))
+
+
+BATCH = {"input_ids": torch.tensor([[5, 6, 7, 8, 9, 20, 22], [10, 11, 12, 21, 23, 0, 0]]),
+         "labels": torch.tensor([[-100] * 5 + [20, 22], [-100, -100, -100, 21, 23, -100, -100]]),
+         "attention_mask": torch.tensor([[1] * 7, [1, 1, 1, 1, 1, 0, 0]]),
+         "example_info": {EXAMPLE_INDEX: torch.tensor([0.0, 1.0])}}
+
+
+def test_carft_adds_its_weighted_contrastive_term_to_grpo():
+    """Same samples (same seed): the carft loss minus the loss with weight 0 is weight · L_CL, the
+    term it logs; only the interventions get gradients; a misspelt nested option is named."""
+    from reftx.objectives import objective_options
+    from reftx.reinforce import carft
+
+    reft = reftx.attach(tiny_model("llama"), SCHEDULES["prompt"])
+    _nonzero(reft)
+    env = _tiny_env()
+    opts = {"group_size": 4, "max_new_tokens": 3, "beta": 0.0, "contrastive": {"weight": 0.5, "negatives": "batch"}}
+    losses = {}
+    for w in (0.0, 0.5):
+        torch.manual_seed(0)
+        loss, logs, _ = carft(reft, BATCH, {**opts, "contrastive": {**opts["contrastive"], "weight": w}}, env=env)
+        losses[w] = (loss, logs)
+    (l0, _), (l1, logs) = losses[0.0], losses[0.5]
+    assert logs["carft_positives"] > 0 and "carft_sim_correct" in logs
+    assert float(l1 - l0) == pytest.approx(0.5 * logs["carft_loss"], abs=1e-5)
+    l1.backward()
+    assert all(p.grad is None for p in reft.base.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in reft.interventions.parameters())
+    with pytest.raises(ConfigError, match="contrastive.temprature"):
+        objective_options("carft", {"contrastive": {"temprature": 0.1}})
+
+
+def test_carft_embedding_partial_reward_reshapes_only_partial_rewards():
+    from reftx.reinforce import carft
+
+    reft = reftx.attach(tiny_model("llama"), SCHEDULES["prompt"])
+    env = _tiny_env()
+    torch.manual_seed(0)
+    _, plain, _ = carft(reft, BATCH, {"group_size": 4, "max_new_tokens": 2, "beta": 0.0}, env=env)
+    torch.manual_seed(0)
+    _, shaped, _ = carft(reft, BATCH, {"group_size": 4, "max_new_tokens": 2, "beta": 0.0,
+                                       "contrastive": {"partial_reward": True}}, env=env)
+    assert shaped["accuracy"] == plain["accuracy"]  # rewards of 1 unchanged
+    # each partial 0.1 became 0.1·cos + 0.2, in [0.1, 0.3]: the mean moves up by 0.1..0.2 per partial sample
+    partial_share = 1 - plain["accuracy"]
+    assert partial_share > 0
+    assert plain["reward"] + 0.1 * partial_share - 1e-6 <= shaped["reward"] <= plain["reward"] + 0.2 * partial_share + 1e-6
