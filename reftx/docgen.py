@@ -36,11 +36,13 @@ def _cell(text: str) -> str:
 
 
 def _comments(cls: type) -> dict[str, tuple[str, str]]:
+    """Each field's default and comment, from the source of ``cls`` and the dataclasses it extends."""
     out = {}
-    for line in inspect.getsource(cls).splitlines():
-        m = _FIELD.match(line)
-        if m:
-            out[m.group(1)] = ((m.group(3) or "required").strip(), m.group(4).strip())
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        for line in inspect.getsource(klass).splitlines():
+            m = _FIELD.match(line)
+            if m:
+                out[m.group(1)] = ((m.group(3) or "required").strip(), m.group(4).strip())
     return out
 
 

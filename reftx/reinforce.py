@@ -42,7 +42,7 @@ from torch import Tensor
 
 from . import sites
 from .carft import CARFTOptions, contrastive_loss, cot_representation, embedding_partial_reward
-from .config import compose_config, require
+from .config import require
 from .errors import ConfigError, DataError
 from .objectives import FIELD, OBJECTIVES, Result, _unwrap, finish, register_objective
 from .schedule import resolve_layers
@@ -248,13 +248,10 @@ def grpo(model: Any, batch: dict[str, Any], opts: GRPOOptions, env: Env | None =
 
 # -- CARFT: GRPO plus a contrastive term on chain-of-thought representations (reftx.carft) ----------
 @dataclass(frozen=True)
-class _Contrastive:
+class CARFTRunOptions(GRPOOptions):
+    """Options of the ``carft`` objective: GRPO's, and CARFT's contrastive term under ``contrastive:``."""
+
     contrastive: CARFTOptions = field(default_factory=CARFTOptions)  # CARFT's term (reftx.carft.CARFTOptions: weight, temperature, max_similarity, negatives, layer, partial_reward, ...)
-
-
-CARFTRunOptions = compose_config(
-    "CARFTRunOptions", GRPOOptions, _Contrastive, module=__name__,
-    doc="Options of the ``carft`` objective: GRPO's, and CARFT's contrastive term under ``contrastive:``.")
 
 
 def _pooled(hidden_states: tuple, layer: int, mask: Tensor) -> Tensor:
@@ -263,8 +260,8 @@ def _pooled(hidden_states: tuple, layer: int, mask: Tensor) -> Tensor:
 
 @register_objective("carft", options=CARFTRunOptions)
 def carft(model: Any, batch: dict[str, Any], opts: Any, env: Env | None = None) -> Result:
-    """CARFT (Zhu et al. 2025): GRPO's loss + λ·L_CL, where L_CL pulls the representations of the
-    sampled CoTs that reach the gold answer toward the row's annotated CoT (the batch's target,
+    """CARFT: GRPO's loss + λ·L_CL, where L_CL pulls the representations of the sampled CoTs that
+    reach the gold answer toward the row's annotated CoT (Zhu and others 2025; the batch's target,
     pooled from the policy's hidden states at ``contrastive.layer``; reftx.carft has the formula and
     its sources). With ``contrastive.partial_reward`` a parsable wrong answer's reward becomes
     α·cos(annotated, sampled) + β before the advantages are computed."""
