@@ -18,7 +18,7 @@ from .hub import load_model  # noqa: E402
 from .model import ReftModel, attach  # noqa: E402
 from .schedule import plan  # noqa: E402
 
-from . import basis_gates, input_gates, norm_bounds, objectives, slot_bank  # noqa: E402,F401  (register shared parts)
+from . import basis_gates, input_gates, nlft, norm_bounds, objectives, reinforce, slot_bank  # noqa: E402,F401  (register shared parts and objectives)
 
 # The shipped zoo (reftx.methods, reftx.tasks) and installed plugins are not imported here: every
 # registry lookup loads them once through reftx.plugins, the one plugin-loading place.

@@ -43,8 +43,11 @@ class NoOptions:
     """An objective without options: any key under ``train.objective_options`` is an error."""
 
 
-def register_objective(name: str, options: type | None = None) -> Callable[[Objective], Objective]:
-    """Register ``fn`` under ``name``; ``options``: its frozen options dataclass (None: no options)."""
+def register_objective(name: str, options: type | None = None,
+                       needs_guidance: bool = False) -> Callable[[Objective], Objective]:
+    """Register ``fn`` under ``name``; ``options``: its frozen options dataclass (None: no options);
+    ``needs_guidance``: its batches carry the guided copy of each example (reftx.data: the
+    ``guided_*`` keys, built from ``Example.guidance``), as reftx.nlft's objective needs."""
 
     cls = options or NoOptions
 
@@ -57,6 +60,7 @@ def register_objective(name: str, options: type | None = None) -> Callable[[Obje
 
         call.Options = cls  # type: ignore[attr-defined]
         call.needs_env = "env" in inspect.signature(fn).parameters  # type: ignore[attr-defined]
+        call.needs_guidance = needs_guidance  # type: ignore[attr-defined]
         return OBJECTIVES.register(name)(call)
 
     return add
@@ -66,6 +70,11 @@ def objective_options(name: str, raw: dict[str, Any] | None) -> Any:
     """``train.objective_options`` as the typed options of objective ``name`` (strictly checked)."""
     fn = OBJECTIVES.get(name, "train.objective")
     return from_dict(fn.Options, dict(raw or {}), FIELD)
+
+
+def needs_guidance(name: str) -> bool:
+    """Whether objective ``name``'s batches carry the guided copy of each example (reftx.nlft)."""
+    return bool(getattr(OBJECTIVES.get(name, "train.objective"), "needs_guidance", False))
 
 
 def _finite_at_least(obj: object, minimum: float, *names: str, strict: bool = False) -> None:

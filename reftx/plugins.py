@@ -4,8 +4,7 @@ Registries (primitives, tasks, objectives, metrics, ...) are filled by importing
 define them. The core never imports the zoo; instead every registry lookup first calls
 :func:`load` (once per process), which imports
 
-1. the built-in sampling objectives (``reftx.reinforce``) and the shipped zoo: ``reftx.methods``
-   and ``reftx.tasks`` (one file per primitive / task);
+1. the shipped zoo: ``reftx.methods`` and ``reftx.tasks`` (one file per primitive / task);
 2. every installed plugin: the Python entry points of the group ``reftx.plugins``. Each entry point
    names a module (``my_variant = "my_pkg.variant"``), imported for its registrations, or a
    callable (``"my_pkg:register"``), called with no argument.
@@ -30,7 +29,6 @@ from .errors import ConfigError
 
 GROUP = "reftx.plugins"
 ZOO = ("reftx.methods", "reftx.tasks")
-BUILTIN = ("reftx.reinforce",)  # objectives above the loop that sample (they import reftx.objectives)
 _loaded = False
 _loading = False
 
@@ -42,7 +40,7 @@ def load() -> None:
         return
     _loading = True
     try:
-        for name in BUILTIN + ZOO:
+        for name in ZOO:
             importlib.import_module(name)
         for ep in entry_points(group=GROUP):
             try:

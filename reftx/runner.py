@@ -31,6 +31,7 @@ from .evaluate import evaluate, generate
 from .experiment import Experiment
 from .model import ReftModel, attach
 from .plantable import plan_table  # noqa: F401  (runner.plan_table: what cli and recipes print)
+from .objectives import needs_guidance
 from .prefix import prefix_truncate
 from .reinforce import sampling_env
 from .rundir import RunFolder, locked, run_folder
@@ -110,7 +111,10 @@ def validate(exp: Experiment, model_config: Any = None, notices: list[str] | Non
     objective_options(exp.train.objective, exp.train.objective_options)  # typos fail here, with the path
     task = load_task(exp)
     train_split, eval_split = splits(exp, task)
-    task.examples(train_split, exp.task.n_train, exp.seed)
+    train_ex = task.examples(train_split, exp.task.n_train, exp.seed)
+    if needs_guidance(exp.train.objective) and not all(ex.guidance.strip() for ex in train_ex):
+        raise ConfigError("train.objective", f"objective {exp.train.objective!r} needs natural-language guidance "
+                          f"(Example.guidance) on every training example; task {task.name!r} gives none")
     task.examples(eval_split, exp.task.n_eval, exp.seed)
     if model_config is None:
         model_config = model_config_of(exp, notices)
@@ -233,7 +237,8 @@ def _build(exp: Experiment, base: Any) -> Any:
 def _encode(exp: Experiment, tok: Any, examples: list, chat: bool) -> list:
     """Training examples tokenised (with BREP's prefix truncation); truncations are said."""
     end_token = exp.model.task == "causal-lm"  # a classifier reads the text alone
-    encoded = [encode(tok, ex, exp.train.max_length, chat, end_token) for ex in examples]
+    guided = needs_guidance(exp.train.objective)
+    encoded = [encode(tok, ex, exp.train.max_length, chat, end_token, guided) for ex in examples]
     encoded = prefix_truncate(encoded, exp.train.prefix_fraction, exp.train.prefix_tokens, exp.seed)
     n_trunc = sum(e.truncated for e in encoded)
     if n_trunc:

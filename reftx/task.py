@@ -62,6 +62,9 @@ class Example:
             (e.g. ``gate_label`` 1 forget / 0 retain for GRUN); every example of a batch
             must have the same keys.
     meta:   anything else the task keeps (source file and line, ids, options...).
+    guidance: natural-language guidance about the response (a reference answer, a verdict), for
+            objectives that score the response with and without it in the prompt (reftx.nlft);
+            ``reftx.data.encode`` puts it in front of the prompt only when asked.
     """
 
     prompt: str
@@ -69,6 +72,7 @@ class Example:
     answer: Any = None
     info: dict[str, float] = field(default_factory=dict, compare=False)
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    guidance: str = field(default="", compare=False)
 
     @property
     def gold(self) -> Any:

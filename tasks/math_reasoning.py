@@ -11,6 +11,11 @@ Data (``{data_dir}``, see shared/data/SOURCES.md):
   ``answer`` whose last line is ``#### 72``; as a target the calculator annotations ``<<48/2=24>>``
   are removed and the last line becomes "The answer is 72." (math_data.json's style).
 
+Guidance (for objectives that compare the response with and without it, reftx.nlft): every example
+carries ``guidance`` = "Hint: the correct final answer is <gold>." (the final answer only: the
+target already is the reference solution, so giving the whole solution would make every token
+salient by copying).
+
 Splits: ``train`` (``train_set``) and ``test`` (every dataset in ``datasets``, each cut to
 ``n_per_dataset`` examples by a draw fixed by ``seed``). Evaluation generates greedily (batched,
 left-padded, ``eval.max_new_tokens``); a BREP-style schedule (``positions: {generated: n,
@@ -81,6 +86,11 @@ def gsm8k_solution(answer: str, where: str) -> tuple[str, str]:
     return f"{_GSM_CALC.sub('', body).strip()}\nThe answer is {gold}.", gold
 
 
+def guidance(gold: str) -> str:
+    """The natural-language guidance of an example (see the module docstring)."""
+    return f"Hint: the correct final answer is {gold}."
+
+
 @register_task("math")
 class MathReasoning(Task):
     """Math word problems. Metrics: accuracy_<rule> for each answer rule (see the module docstring)."""
@@ -142,7 +152,7 @@ class MathReasoning(Task):
                 raise DataError(f"{where}: answer {r.answer!r} is neither a number nor a letter A-E") from None
         target = re.sub(r"^A:\s*", "", r.output.strip()) if train else ""  # math_data outputs start "\nA: "
         return Example(r.prompt(self.options.template), target, answer=r.answer,
-                       meta={"dataset": dataset, "file": r.file, "line": r.line})
+                       meta={"dataset": dataset, "file": r.file, "line": r.line}, guidance=guidance(r.answer))
 
     def _gsm8k(self, path: Path) -> list[Example]:
         out = []
@@ -151,7 +161,7 @@ class MathReasoning(Task):
             require_keys(rec, ("question", "answer"), where)
             target, gold = gsm8k_solution(rec["answer"], where)
             r = Record(rec["question"], "", target, gold, path.name, lineno, len(out))
-            out.append(Example(r.prompt(self.options.template), target, answer=gold,
+            out.append(Example(r.prompt(self.options.template), target, answer=gold, guidance=guidance(gold),
                                meta={"dataset": "gsm8k_original", "file": path.name, "line": lineno}))
         return out
 
