@@ -31,7 +31,7 @@ from .evaluate import evaluate, generate
 from .experiment import Experiment
 from .model import ReftModel, attach
 from .plantable import plan_table  # noqa: F401  (runner.plan_table: what cli and recipes print)
-from .objectives import needs_guidance
+from .objectives import OBJECTIVES, needs_guidance
 from .prefix import prefix_truncate
 from .reinforce import sampling_env
 from .rundir import RunFolder, locked, run_folder
@@ -115,6 +115,9 @@ def validate(exp: Experiment, model_config: Any = None, notices: list[str] | Non
     if needs_guidance(exp.train.objective) and not all(ex.guidance.strip() for ex in train_ex):
         raise ConfigError("train.objective", f"objective {exp.train.objective!r} needs natural-language guidance "
                           f"(Example.guidance) on every training example; task {task.name!r} gives none")
+    if OBJECTIVES.get(exp.train.objective).needs_env and type(task).reward is Task.reward:
+        raise ConfigError("train.objective", f"objective {exp.train.objective!r} samples and scores completions; "
+                          f"task {task.name!r} defines no reward (Task.reward; the math task has one)")
     task.examples(eval_split, exp.task.n_eval, exp.seed)
     if model_config is None:
         model_config = model_config_of(exp, notices)

@@ -20,12 +20,14 @@ them (tests/unit/test_layers.py).
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import from_dict
+from ..errors import ConfigError
 from ..experiment import Experiment
 from ..registry import Registry
 
@@ -66,9 +68,17 @@ def validate(exp: Experiment, model_config: Any = None, notices: list[str] | Non
     not an error: it is checked with that experiment's model and said in ``notices``."""
     from ..runner import validate as check_run
 
-    recipe_of(exp)
+    recipe, options = recipe_of(exp)
     if model_config is None:
         model_config = _prerequisite(exp, notices)
+    if recipe.name == "sequential":  # every stage as it will run, so a typo in stage 2 fails before stage 1 trains
+        groups = []
+        for k, stage in enumerate(_stages(exp, options), 1):
+            try:
+                groups = check_run(stage, model_config, notices)
+            except ConfigError as e:
+                raise ConfigError(f"recipe.stages.{k - 1}", str(e)) from None
+        return groups
     return check_run(exp, model_config, notices)
 
 
@@ -130,22 +140,31 @@ class SequentialOptions:
             raise ConfigError("stages", f"needs at least two stages (lists of key=value overrides), got {self.stages}")
 
 
+def _stages(exp: Experiment, options: SequentialOptions) -> list[Experiment]:
+    """Each stage's experiment: the experiment with the stage's overrides, named ``{name}-s{k}``,
+    run by ``train`` (``train.init_from`` is set to the previous stage's interventions when it runs)."""
+    from ..config import apply_overrides
+
+    out = []
+    for k, overrides in enumerate(options.stages, 1):
+        data = apply_overrides(exp.to_dict(), [*overrides, f"name={exp.name}-s{k}"])
+        data["recipe"] = {}
+        out.append(from_dict(Experiment, data))
+    return out
+
+
 def _sequential(exp: Experiment, options: SequentialOptions, resume: bool, show_progress: bool) -> dict[str, Any]:
     """Each stage is ``train`` on the experiment with that stage's overrides, named
     ``{name}-s{k}``, its interventions initialised from the previous stage's; returns every
     stage's results (also in each stage's own run folder)."""
-    from ..config import apply_overrides
     from ..runner import run
 
     stages, previous = [], None
-    for k, overrides in enumerate(options.stages, 1):
-        data = apply_overrides(exp.to_dict(), [*overrides, f"name={exp.name}-s{k}"])
-        data["recipe"] = {}
+    for k, stage in enumerate(_stages(exp, options), 1):
         if previous is not None:
-            data["train"]["init_from"] = str(previous)
-        stage = from_dict(Experiment, data)
+            stage = dataclasses.replace(stage, train=dataclasses.replace(stage.train, init_from=str(previous)))
         result = run(stage, resume=resume, show_progress=show_progress)
-        stages.append({"stage": k, "overrides": list(overrides), **result})
+        stages.append({"stage": k, "overrides": list(options.stages[k - 1]), **result})
         previous = Path(result["run_dir"]) / "intervention"
     return {"name": exp.name, "stages": stages}
 

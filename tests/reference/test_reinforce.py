@@ -222,3 +222,15 @@ def test_carft_embedding_partial_reward_reshapes_only_partial_rewards():
     partial_share = 1 - plain["accuracy"]
     assert partial_share > 0
     assert plain["reward"] + 0.1 * partial_share - 1e-6 <= shaped["reward"] <= plain["reward"] + 0.2 * partial_share + 1e-6
+
+
+def test_validate_refuses_a_sampling_objective_on_a_task_without_reward(tmp_path):
+    from reftx.experiment import load_experiment
+    from reftx.recipes import validate
+
+    exp = load_experiment("experiments/quickstart.yaml", ["train.objective=grpo"])
+    with pytest.raises(ConfigError, match="defines no reward"):
+        validate(exp)
+    math_exp = load_experiment("experiments/math/math_grpo_loreft.yaml",
+                               ["train.objective=grpo", "train.objective_options.group_size=3"])
+    assert validate(math_exp)  # the math task has a reward: the groups are returned

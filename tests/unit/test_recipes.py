@@ -65,3 +65,16 @@ def test_baseline_recipe_is_reftx_baseline(tiny_dir, tmp_path):
     out = run_experiment(exp, show_progress=False)
     assert out["trainable_parameters"] == 0 and (tmp_path / "z" / "baseline" / "results.json").is_file()
     assert out["config_hash"] == runner.config_hash(_exp(tiny_dir, tmp_path, "name=z").to_dict())
+
+
+def test_validate_checks_every_sequential_stage_before_anything_trains():
+    from reftx.errors import ConfigError
+    from reftx.experiment import load_experiment
+    from reftx.recipes import validate
+
+    exp = load_experiment("experiments/math/math_grpo_loreft.yaml")
+    assert validate(exp)
+    bad = load_experiment("experiments/math/math_grpo_loreft.yaml",
+                          ["recipe.stages=[[],[train.objective=grpo,train.objective_options.group_sise=4]]"])
+    with pytest.raises(ConfigError, match=r"recipe\.stages\.1.*group_sise.*did you mean.*group_size"):
+        validate(bad)
