@@ -1,6 +1,7 @@
 """Evaluation: batched, left-padded generation and the task's scorer; one explicit loop."""
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,8 @@ def generate(model: Any, tokenizer: Any, examples: list[Example], cfg: EvalConfi
             for row, i in enumerate(idx):
                 out[i] = tokenizer.decode(gen[row, batch["input_ids"].shape[1]:], skip_special_tokens=True).strip()
             bar.update(task, advance=len(idx))
+            if show_progress and not sys.stderr.isatty():  # no terminal (nohup, slurm, CI): a plain line
+                print(f"{label} {min(s + cfg.batch_size, len(order))}/{len(order)}", file=sys.stderr, flush=True)
     model.train(was_training)
     return out
 

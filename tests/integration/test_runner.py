@@ -171,6 +171,7 @@ def test_progress_lines_when_output_is_not_a_terminal(tiny_dir, tmp_path, capsys
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("train step ")]
     assert [ln.split()[2] for ln in lines] == ["2/4", "4/4"] and all(" tok/s" in ln for ln in lines)
+    assert [ln for ln in err.splitlines() if ln.startswith(("before ", "eval "))] == ["before 2/2", "eval 3/3"]
     assert f"wrote {tmp_path / 'runs' / 'quickstart'}" in " ".join(err.split())
 
 
