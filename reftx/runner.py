@@ -10,6 +10,7 @@ Run dir ({output_dir}/{name}):
   samples.jsonl     prompts with the answers before and after training
   loss.png          the training curve
   records.png       values primitives log per step (gate and basis weights), when there are any
+  objective.png     the objective's logged terms per step (obj/*: reward, kl, token weights, ...), when any
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from .experiment import Experiment
 from .model import ReftModel, attach
 from .plantable import plan_table  # noqa: F401  (runner.plan_table: what cli and recipes print)
 from .objectives import OBJECTIVES, needs_guidance
+from .plots import plot_loss  # noqa: F401  (runner.plot_loss: what the run writes)
 from .prefix import prefix_truncate
 from .reinforce import sampling_env
 from .rundir import RunFolder, locked, run_folder
@@ -146,37 +148,6 @@ def write_samples(out: RunFolder, examples: list, preds: list[str], before: list
             rec["before"] = before[i]
         rows.append(rec)
     out.jsonl("samples.jsonl", rows)
-
-
-def plot_loss(run_dir: Path) -> Path | None:
-    """loss.png from metrics.jsonl (headless matplotlib), plus records.png when primitives logged
-    values (gate and basis weights: the ``rec/<group key>/<name>`` means of each logged step)."""
-    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    if not rows:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [r["step"] for r in rows]
-    series = {"loss": {"training loss": [r["loss"] for r in rows]}}
-    recs = sorted({k for r in rows for k in r if k.startswith("rec/")})
-    if recs:
-        series["records"] = {k[4:]: [r.get(k, float("nan")) for r in rows] for k in recs}
-    for name, lines in series.items():
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for label, ys in lines.items():
-            ax.plot(steps, ys, lw=1.5, label=label)
-        ax.set(xlabel="optimizer step", ylabel="training loss" if name == "loss" else "mean value",
-               title=run_dir.name)
-        if name == "records":
-            ax.legend(fontsize=6)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(run_dir / f"{name}.png", dpi=120)
-        plt.close(fig)
-    return run_dir / "loss.png"
 
 
 def run(exp: Experiment, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:

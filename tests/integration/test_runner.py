@@ -157,10 +157,12 @@ def test_validate_cli_reports_each_file(tmp_path, capsys):
 def test_records_are_plotted(tmp_path):
     run_dir = tmp_path / "r"
     run_dir.mkdir()
-    rows = [{"step": s, "loss": 1.0 / s, "rec/L1.block_output.last_prompt/gate": 0.1 * s} for s in (1, 2, 3)]
+    rows = [{"step": s, "loss": 1.0 / s, "rec/L1.block_output.last_prompt/gate": 0.1 * s, "obj/reward": 0.1 * s,
+             "obj/kl": 0.01} for s in (1, 2, 3)]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert runner.plot_loss(run_dir) == run_dir / "loss.png"
-    assert (run_dir / "loss.png").stat().st_size > 1000 and (run_dir / "records.png").stat().st_size > 1000
+    for name in ("loss", "records", "objective"):
+        assert (run_dir / f"{name}.png").stat().st_size > 1000
 
 
 def test_progress_lines_when_output_is_not_a_terminal(tiny_dir, tmp_path, capsys):
