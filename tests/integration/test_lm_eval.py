@@ -27,22 +27,18 @@ REPO = Path(__file__).resolve().parents[2]
 EDIT = [{"kind": "loreft", "rank": 2, "layers": [1, 2], "positions": {"first": 2, "last": 2}}]
 QUESTIONS = ["Is the sky blue?", "What colour is fresh snow on a mountain in winter?", "Grass?",
              "Which of these is the colour of a ripe tomato, picked in late summer?", "Sea?"]
-MC = """task: tiny_mc
+HEAD = """task: {name}
 dataset_path: json
-dataset_kwargs: {{data_files: {{test: {data}}}, cache_dir: {cache}}}
+dataset_kwargs: {{{{data_files: {{{{test: {{data}}}}}}, cache_dir: {{cache}}}}}}
 test_split: test
-output_type: multiple_choice
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_text: "Question: {{{{{{{{question}}}}}}}}\\nAnswer:"
+"""  # one local task over a JSON file; each task below adds its output type and metric
+MC = HEAD.format(name="tiny_mc") + """output_type: multiple_choice
 doc_to_choice: "{{{{choices}}}}"
 doc_to_target: answer
 metric_list: [{{metric: acc, aggregation: mean, higher_is_better: true}}]
 """
-GEN = """task: tiny_gen
-dataset_path: json
-dataset_kwargs: {{data_files: {{test: {data}}}, cache_dir: {cache}}}
-test_split: test
-output_type: generate_until
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+GEN = HEAD.format(name="tiny_gen") + """output_type: generate_until
 doc_to_target: "{{{{choices[answer]}}}}"
 generation_kwargs: {{until: ["\\n\\n"], max_gen_toks: 6, do_sample: false}}
 metric_list: [{{metric: exact_match, aggregation: mean, higher_is_better: true}}]
