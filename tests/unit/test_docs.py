@@ -33,7 +33,7 @@ def test_readme_names_the_locked_versions():
     text = (root / "README.md").read_text()
     para = text[text.index("**Tested versions.**"):].split("\n\n")[0]
     for pkg in ("torch", "transformers", "accelerate", "peft", "datasets", "safetensors", "tokenizers", "trl",
-                "lm_eval", "tensorboard"):
+                "lm_eval", "tensorboard", "wandb"):
         named = re.search(rf"\b{pkg} (\d+(?:\.\w+)*)", para)
         assert named and named.group(1) == lock[pkg], f"README says {pkg} {named and named.group(1)}, lock {lock[pkg]}"
 
