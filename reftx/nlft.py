@@ -104,7 +104,7 @@ def token_weights(logp_guided: Tensor, logp_plain: Tensor, mask: Tensor, options
     return torch.where(mask, w, torch.zeros_like(w))
 
 
-def token_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
+def label_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
     """log p(label_{t+1} | ..t) at every position. logits (B, T, V), labels (B, T) -> (B, T − 1);
     0 where the next label is -100."""
     target = labels[:, 1:]
@@ -120,7 +120,7 @@ def prompt_lengths(labels: Tensor) -> Tensor:
 
 def guided_logprobs(model: Any, batch: dict[str, Any], options: NLFTOptions) -> Tensor:
     """The response tokens' log-probabilities after the guided prompt, placed on the plain batch's
-    positions: (B, T − 1) like ``token_logprobs(logits, batch["labels"])``. Runs without gradient,
+    positions: (B, T − 1) like ``label_logprobs(logits, batch["labels"])``. Runs without gradient,
     with the interventions on or off (``guided_interventions``); the guided labels (-100 on the
     guided prompt) put the prompt positions of the interventions on the guided prompt."""
     base = getattr(model, "module", model)  # DistributedDataParallel keeps the ReftModel in .module
@@ -130,7 +130,7 @@ def guided_logprobs(model: Any, batch: dict[str, Any], options: NLFTOptions) -> 
     with torch.no_grad(), switch:
         out = base(input_ids=g_ids, attention_mask=batch["guided_attention_mask"], labels=g_labels,
                    example_info=batch.get("example_info"))
-    lp = token_logprobs(out.logits, g_labels)  # (B, Tg − 1)
+    lp = label_logprobs(out.logits, g_labels)  # (B, Tg − 1)
     shift = prompt_lengths(g_labels) - prompt_lengths(labels)  # guided position = plain position + shift
     idx = (torch.arange(ids.shape[1] - 1, device=ids.device)[None] + shift[:, None]).clamp(0, lp.shape[1] - 1)
     mask = labels[:, 1:] != IGNORE
@@ -155,7 +155,7 @@ def nlft(model: Any, batch: dict[str, Any], options: NLFTOptions) -> Result:
                         "give the examples guidance (Example.guidance) and encode them with guided=True")
     plain = {k: v for k, v in batch.items() if k not in GUIDED}
     out = model(**plain)
-    lp = token_logprobs(out.logits, plain["labels"])
+    lp = label_logprobs(out.logits, plain["labels"])
     lp_guided = guided_logprobs(model, batch, options)
     mask = plain["labels"][:, 1:] != IGNORE
     w = token_weights(lp_guided, lp, mask, options)
@@ -184,4 +184,4 @@ def _logs(w: Tensor, lp: Tensor, lp_guided: Tensor, mask: Tensor, o: NLFTOptions
             "nll_guided": float(-lp_guided.masked_fill(~mask, 0.0).sum() / n)}
 
 
-__all__ = ["NLFTOptions", "guided_logprobs", "nlft", "prompt_lengths", "token_logprobs", "token_weights"]
+__all__ = ["NLFTOptions", "guided_logprobs", "nlft", "prompt_lengths", "label_logprobs", "token_weights"]
