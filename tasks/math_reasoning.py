@@ -10,6 +10,11 @@ Data (``{data_dir}``, see shared/data/SOURCES.md):
 * ``gsm8k/{train,test}.jsonl``: the original GSM8K (Cobbe et al. 2021), ``question`` and an
   ``answer`` whose last line is ``#### 72``; as a target the calculator annotations ``<<48/2=24>>``
   are removed and the last line becomes "The answer is 72." (math_data.json's style).
+* ``synthetic`` (no file): procedural GSM8K-format problems of ``synthetic_steps`` small arithmetic
+  steps (tasks/math_synthetic.py), read like GSM8K's answers; ``synthetic_size`` problems per split,
+  the test split's drawn from another seed with every question of the train split left out. Easy
+  enough for a small model to solve a fair share (for CPU-sized studies of reinforced finetuning);
+  they are not GSM8K.
 
 Guidance (for objectives that compare the response with and without it, reftx.nlft): every example
 carries ``guidance`` = "Hint: the correct final answer is <gold>." (the final answer only: the
@@ -45,11 +50,13 @@ from reftx.task import Example, Task, read_jsonl, register_task, require_keys
 from ._llm_adapters import Record, Template, read_file, read_hub
 from .math_rules import LETTER_GOLD, RULES, extract_letter, extract_number, is_correct, numbers  # noqa: F401  (is_correct, numbers: public here too)
 from .math_rules import _value
+from .math_synthetic import problems as synthetic_problems
 
 # dataset name -> folder under math_llm_adapters/ (LLM-Adapters' spelling)
 FOLDERS = {"gsm8k": "gsm8k", "svamp": "SVAMP", "mawps": "mawps", "aqua": "AQuA", "addsub": "AddSub",
            "multiarith": "MultiArith", "singleeq": "SingleEq", "mathqa": "mathqa"}
-Dataset = Literal["gsm8k", "svamp", "mawps", "aqua", "addsub", "multiarith", "singleeq", "mathqa", "gsm8k_original"]
+Dataset = Literal["gsm8k", "svamp", "mawps", "aqua", "addsub", "multiarith", "singleeq", "mathqa", "gsm8k_original",
+                  "synthetic"]
 
 _GSM_CALC = re.compile(r"<<[^>]*>>")
 RULE_DOCS = {  # the first line of each accuracy_<rule> metric's doc (details: tasks/math_rules.py)
@@ -97,8 +104,11 @@ class MathReasoning(Task):
 
     @dataclass(frozen=True)
     class Options:
-        datasets: list[Dataset] = field(default_factory=lambda: ["svamp"])  # test split: these sets (gsm8k_original: gsm8k/test.jsonl)
-        train_set: Literal["math_data", "gsm8k_original"] = "math_data"  # train split: math_data.json or gsm8k/train.jsonl
+        datasets: list[Dataset] = field(default_factory=lambda: ["svamp"])  # test split: these sets (gsm8k_original: gsm8k/test.jsonl; synthetic: procedural GSM8K-format problems)
+        train_set: Literal["math_data", "gsm8k_original", "synthetic"] = "math_data"  # train split: math_data.json, gsm8k/train.jsonl or procedural GSM8K-format problems
+        synthetic_steps: int = 2  # synthetic problems: arithmetic steps per problem (1 or 2)
+        synthetic_max: int = 20  # synthetic problems: largest operand of an addition or subtraction (products: 2-9 times 2-9, then x2-x4)
+        synthetic_size: int = 1000  # synthetic problems generated per split (before n_train / n_per_dataset cut them)
         n_per_dataset: int | None = None  # test examples drawn from each dataset (fixed by seed); null: all
         seed: int = 0  # seed of the per-dataset test subsets
         template: Template = "plain"  # prompt: plain (the question) or alpaca (the LLM-Adapters/ReFT prompt)
@@ -110,6 +120,12 @@ class MathReasoning(Task):
                 raise ConfigError("datasets", f"must be a non-empty list without repeats, got {self.datasets}")
             if self.n_per_dataset is not None and self.n_per_dataset < 1:
                 raise ConfigError("n_per_dataset", f"must be >= 1 (or null), got {self.n_per_dataset}")
+            if self.synthetic_steps not in (1, 2):
+                raise ConfigError("synthetic_steps", f"must be 1 or 2, got {self.synthetic_steps}")
+            if self.synthetic_max < 2:
+                raise ConfigError("synthetic_max", f"must be >= 2, got {self.synthetic_max}")
+            if self.synthetic_size < 1:
+                raise ConfigError("synthetic_size", f"must be >= 1, got {self.synthetic_size}")
 
     splits = ("train", "test")
     metrics = ACCURACY
@@ -121,6 +137,8 @@ class MathReasoning(Task):
                 return [self._example(r, "hub", train=True) for r in records]
             if self.options.train_set == "gsm8k_original":
                 return self._gsm8k(self.data_dir / "gsm8k" / "train.jsonl")
+            if self.options.train_set == "synthetic":
+                return self._synthetic("train")
             path = self.data_dir / "math_llm_adapters" / "math_data.json"
             return [self._example(r, "math_data", train=True) for r in read_file(path) if r.output.strip()]
         names = ["hub"] if self.options.hub_id else self.options.datasets
@@ -141,6 +159,8 @@ class MathReasoning(Task):
             return [self._example(r, name) for r in read_hub(self.options.hub_id, "test")]
         if name == "gsm8k_original":
             return self._gsm8k(self.data_dir / "gsm8k" / "test.jsonl")
+        if name == "synthetic":
+            return self._synthetic("test")
         return [self._example(r, name) for r in read_file(self.data_dir / "math_llm_adapters" / FOLDERS[name] / "test.json")]
 
     def _example(self, r: Record, dataset: str, train: bool = False) -> Example:
@@ -163,6 +183,20 @@ class MathReasoning(Task):
             r = Record(rec["question"], "", target, gold, path.name, lineno, len(out))
             out.append(Example(r.prompt(self.options.template), target, answer=gold, guidance=guidance(gold),
                                meta={"dataset": "gsm8k_original", "file": path.name, "line": lineno}))
+        return out
+
+    def _synthetic(self, split: str) -> list[Example]:
+        o = self.options
+        train = synthetic_problems(f"train:{o.seed}", o.synthetic_size, o.synthetic_steps, o.synthetic_max)
+        data = train if split == "train" else synthetic_problems(
+            f"test:{o.seed}", o.synthetic_size, o.synthetic_steps, o.synthetic_max, frozenset(p.question for p in train))
+        out = []
+        for i, p in enumerate(data):
+            where = f"synthetic {split}:{o.seed} problem {i}"
+            target, gold = gsm8k_solution(p.answer, where)
+            prompt = Record(p.question, "", "", gold, "synthetic", i + 1, i).prompt(o.template)
+            out.append(Example(prompt, target, answer=gold, guidance=guidance(gold),
+                               meta={"dataset": "synthetic", "file": f"synthetic-{split}", "line": i + 1}))
         return out
 
     def reward(self, prediction: str, example: Example, partial: float) -> float:

@@ -3,6 +3,7 @@ shared/data/SOURCES.md), malformed data, and a tiny end-to-end train + eval on a
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,46 @@ def test_tiny_train_and_eval_on_real_math(tiny_dir, tmp_path):
     for name, rule in RULES.items():  # the metrics are those of the samples
         assert results["metrics"][f"accuracy_{name}"] == pytest.approx(
             sum(bool(rule(s["after"], s["gold"])) for s in samples) / 6)
+
+
+def test_synthetic_problems_are_gsm8k_format_and_checked_by_hand(monkeypatch):
+    from reftx.tasks import math_synthetic
+    from reftx.tasks.math_synthetic import problem, problems
+
+    p = problem("train:0", 0, steps=2)  # fixed by (seed, index): the same on every machine
+    assert p.question == ("Lea buys 3 boxes of apples. Each box holds 5 apples. Then Lea loses 3 of them. "
+                          "How many apples does Lea have now?")
+    assert p.answer == ("Lea buys 3 * 5 = <<3*5=15>>15 apples.\n"
+                        "After that Lea has 15 - 3 = <<15-3=12>>12 apples.\n#### 12")
+    assert p.gold == 12
+    for q in problems("train:0", 300, steps=2, top=9):  # every annotation evaluates to its result
+        for expr, result in re.findall(r"<<([^=]+)=(\d+)>>", q.answer):
+            assert eval(expr) == int(result) >= 0, q.answer  # noqa: S307 (digits and + - * only)
+        assert q.answer.endswith(f"#### {q.gold}") and result == str(q.gold)
+    # distinct questions, and none of an excluded set
+    some = problems("train:0", 50, steps=1)
+    assert len({q.question for q in some}) == 50
+    rest = problems("test:0", 50, steps=1, exclude=frozenset(q.question for q in some))
+    assert not {q.question for q in rest} & {q.question for q in some}
+    for name, value in [("NAMES", ("Ana",)), ("ITEMS", ("apples",)), ("OPS", ("add",))]:
+        monkeypatch.setattr(math_synthetic, name, value)  # a space of 2 problems: 2 + 1, 2 + 2
+    assert sorted(q.gold for q in problems("x", 2, steps=1, top=2)) == [3, 4]
+    with pytest.raises(ValueError, match="only 2 distinct problems with steps=1, top=2; ask for fewer"):
+        problems("x", 3, steps=1, top=2)
+
+
+def test_synthetic_splits_through_the_math_task():
+    task = get_task("math", {"train_set": "synthetic", "datasets": ["synthetic"], "synthetic_steps": 1,
+                             "synthetic_size": 300})
+    train, test = task.load("train"), task.load("test")
+    assert len(train) == len(test) == 300
+    assert not {e.prompt for e in train} & {e.prompt for e in test}  # held-out questions
+    ex = train[0]  # read like GSM8K's answers: no calculator annotations, "The answer is N."
+    assert ex.target == f"{ex.target.splitlines()[0]}\nThe answer is {ex.gold}." and "<<" not in ex.target
+    assert task.reward(f"so it is {ex.gold}", ex, 0.1) == 1.0 and task.reward("no idea", ex, 0.1) == 0.0
+    assert test[0].meta == {"dataset": "synthetic", "file": "synthetic-test", "line": 1}
+    for bad, msg in [({"synthetic_steps": 3}, "synthetic_steps: must be 1 or 2, got 3"),
+                     ({"synthetic_max": 1}, "synthetic_max: must be >= 2, got 1"),
+                     ({"synthetic_size": 0}, "synthetic_size: must be >= 1, got 0")]:
+        with pytest.raises(ConfigError, match=msg):
+            get_task("math", bad)
