@@ -14,6 +14,14 @@ answer rule as evaluation); and the loss is GRPO's (Shao et al. 2024, DeepSeekMa
     KL_t   = π_ref/π_θ − log(π_ref/π_θ) − 1                           (Schulman's k3 estimator)
     loss   = −(1/G) Σ_i (1/|o_i|) Σ_t [min(ρ_it A_i, clip(ρ_it, 1−ε, 1+ε) A_i) − β KL_t]
 
+That is ``loss_type: grpo``, the paper's sum. Two later reductions remove its length bias (a wrong
+completion's penalty per token shrinks as it grows, so wrong answers drift longer): ``dapo`` (Yu et
+al. 2025, DAPO) divides the sum over every token of the batch by the batch's token count, and
+``dr_grpo`` (Liu et al. 2025, "Understanding R1-Zero-Like Training") by G · ``max_new_tokens``;
+``scale_rewards: none`` (also Dr. GRPO) leaves out the division by the group's std. The names and
+reductions are TRL's (trl 1.16 ``GRPOConfig.loss_type``/``scale_rewards``; TRL's defaults are
+``dapo`` and β = 0; reftx keeps the paper's ``grpo`` and β = 0.04 as defaults).
+
 π_old is the sampling policy (its log-probs come from ``generate``'s own logits, checked against a
 teacher-forced recomputation by tests/reference/test_reinforce.py); π_ref is the same model with
 the interventions switched off (no second copy of the base). One optimizer step per sampled batch
@@ -35,7 +43,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -87,6 +95,8 @@ class GRPOOptions:
     beta: float = 0.04  # weight of the KL to the reference (the model with interventions off); 0 skips it
     partial_reward: float = 0.1  # reward of a parsable but wrong final answer (Luong et al. 2024: 0.1)
     eps: float = 1.0e-4  # added to the group's reward std
+    loss_type: Literal["grpo", "dapo", "dr_grpo"] = "grpo"  # token reduction: per completion then mean (grpo), over the batch's tokens (dapo), over G*max_new_tokens (dr_grpo)
+    scale_rewards: Literal["group", "none"] = "group"  # divide advantages by the group's reward std (group) or not (none, Dr. GRPO)
 
     def __post_init__(self) -> None:
         require(self.group_size >= 2, "group_size", f"must be >= 2, got {self.group_size}")
@@ -101,10 +111,12 @@ class GRPOOptions:
 
 
 # -- the formulas ----------------------------------------------------------------------------------
-def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-4) -> Tensor:
-    """(r − group mean) / (group std + eps); rewards (Q·G,) in groups of G consecutive rows -> (Q·G,)."""
+def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-4, scale: bool = True) -> Tensor:
+    """(r − group mean) / (group std + eps), or r − group mean when not ``scale``; rewards (Q·G,) in
+    groups of G consecutive rows -> (Q·G,)."""
     r = rewards.float().reshape(-1, group_size)
-    return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)).reshape(-1)
+    centred = r - r.mean(1, keepdim=True)
+    return (centred / (r.std(1, keepdim=True) + eps) if scale else centred).reshape(-1)
 
 
 def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
@@ -114,11 +126,13 @@ def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
 
 
 def grpo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip: float,
-              beta: float = 0.0, ref_logp: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+              beta: float = 0.0, ref_logp: Tensor | None = None, loss_type: str = "grpo",
+              max_tokens: int | None = None) -> tuple[Tensor, dict[str, float]]:
     """GRPO's loss. logp, old_logp, ref_logp, mask: (N, T) per completion token; advantages (N,).
 
-    −mean_i (1/|o_i|) Σ_t [min(ρ A, clip(ρ, 1−ε, 1+ε) A) − β KL_t] over the N completions; a
-    completion without tokens counts 0. Logs: kl (token mean), clip_fraction (tokens whose ratio was
+    With ℓ_it = min(ρ A, clip(ρ, 1−ε, 1+ε) A) − β KL_t over the mask: ``grpo``: −mean_i (1/|o_i|)
+    Σ_t ℓ_it (a completion without tokens counts 0); ``dapo``: −Σ_it ℓ_it / Σ_i |o_i|; ``dr_grpo``:
+    −Σ_it ℓ_it / (N · max_tokens). Logs: kl (token mean), clip_fraction (tokens whose ratio was
     clipped in the direction that matters)."""
     m = mask.float()
     ratio = torch.exp(logp - old_logp)
@@ -132,6 +146,14 @@ def grpo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, 
         kl = k3_kl(logp, ref_logp)
         per_token = per_token - beta * kl
         logs["kl"] = float((kl.detach() * m).sum() / m.sum().clamp(min=1))
+    if loss_type == "dapo":
+        return -(per_token * m).sum() / m.sum().clamp(min=1), logs
+    if loss_type == "dr_grpo":
+        if max_tokens is None:
+            raise ValueError("grpo_loss: loss_type dr_grpo needs max_tokens")
+        return -(per_token * m).sum() / (m.shape[0] * max_tokens), logs
+    if loss_type != "grpo":
+        raise ValueError(f"grpo_loss: loss_type must be grpo, dapo or dr_grpo, got {loss_type!r}")
     per_seq = (per_token * m).sum(1) / m.sum(1).clamp(min=1)
     return -per_seq.mean(), logs
 
@@ -229,8 +251,9 @@ def rl_loss(model: Any, r: Rollout, opts: GRPOOptions, logp: Tensor) -> tuple[Te
     if opts.beta > 0:
         with torch.no_grad(), _unwrap(model).disabled():
             ref_logp, _ = policy_logprobs(model, r.prompt, r.mask, r.tokens, r.cmask, opts.temperature)
-    adv = group_advantages(r.rewards, opts.group_size, opts.eps)
-    core, logs = grpo_loss(logp, r.old_logp, adv, r.cmask, opts.clip, opts.beta, ref_logp)
+    adv = group_advantages(r.rewards, opts.group_size, opts.eps, scale=opts.scale_rewards == "group")
+    core, logs = grpo_loss(logp, r.old_logp, adv, r.cmask, opts.clip, opts.beta, ref_logp, opts.loss_type,
+                           opts.max_new_tokens)
     logs.update(reward=float(r.rewards.mean()), reward_std=float(r.rewards.reshape(-1, opts.group_size).std(1).mean()),
                 accuracy=float((r.rewards >= 1).float().mean()), completion_tokens=float(r.cmask.sum(1).float().mean()))
     return core, logs

@@ -22,6 +22,8 @@ def test_group_advantages_by_hand():
     expected = torch.tensor([0.866025, -0.866025, -0.866025, 0.866025])
     torch.testing.assert_close(a[:4], expected, atol=1e-6, rtol=0)
     assert torch.equal(group_advantages(r, 4, eps=1e-4)[4:], torch.zeros(4))
+    # scale_rewards: none (Dr. GRPO): centred only -> ±0.5 and 0
+    torch.testing.assert_close(group_advantages(r, 4, scale=False), torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0.0]))
 
 
 def test_k3_kl_by_hand():
@@ -48,6 +50,29 @@ def test_grpo_loss_by_hand():
     loss, logs = grpo_loss(logp, old, torch.tensor([1.0, -1.0]), mask, clip=0.2, beta=beta, ref_logp=old)
     assert float(loss) == pytest.approx(-(seq0 + seq1) / 2, abs=1e-6)
     assert logs["kl"] == pytest.approx((k(1.5) + k(1.0) + k(0.5)) / 3, abs=1e-6)
+
+
+def test_grpo_loss_reductions_by_hand():
+    # the per-token terms of test_grpo_loss_by_hand: 1.2, 1.0 (completion 0) and -0.8 (completion 1)
+    old = torch.zeros(2, 2)
+    logp = torch.log(torch.tensor([[1.5, 1.0], [0.5, 7.0]]))
+    mask, adv = torch.tensor([[1, 1], [1, 0]]), torch.tensor([1.0, -1.0])
+    dapo, _ = grpo_loss(logp, old, adv, mask, clip=0.2, loss_type="dapo")  # over the batch's 3 tokens
+    assert float(dapo) == pytest.approx(-(1.2 + 1.0 - 0.8) / 3, abs=1e-6)
+    dr, _ = grpo_loss(logp, old, adv, mask, clip=0.2, loss_type="dr_grpo", max_tokens=4)  # over 2 x 4
+    assert float(dr) == pytest.approx(-(1.2 + 1.0 - 0.8) / 8, abs=1e-6)
+    # the length bias dapo removes: a wrong completion twice as long costs twice as much under dapo,
+    # the same under grpo
+    long = torch.ones(2, 4, dtype=torch.long)
+    short = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    z = torch.zeros(2, 4)
+    g_long, g_short = (float(grpo_loss(z, z, adv, m, clip=0.2)[0]) for m in (long, short))
+    d_long, d_short = (float(grpo_loss(z, z, adv, m, clip=0.2, loss_type="dapo")[0]) for m in (long, short))
+    assert g_long == g_short == 0.0 and d_long == 0.0 and d_short == pytest.approx(-(4 - 2) / 6)
+    with pytest.raises(ValueError, match="dr_grpo needs max_tokens"):
+        grpo_loss(logp, old, adv, mask, clip=0.2, loss_type="dr_grpo")
+    with pytest.raises(ValueError, match="must be grpo, dapo or dr_grpo, got 'x'"):
+        grpo_loss(logp, old, adv, mask, clip=0.2, loss_type="x")
 
 
 def test_prompts_and_completion_masks_by_hand():
