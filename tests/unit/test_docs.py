@@ -47,6 +47,8 @@ PUBLISHED = [
     "quickstart", "quickstart eval.repetition_penalty=1.0", "math/math_grpo_loreft output_dir=runs/issue17",
     "math/math_nlft_loreft train.epochs=1 output_dir=runs/issue17", "math/math_carft_loreft output_dir=runs/issue17",
     "math/math_grpo_g8_loreft output_dir=runs/issue17", "math/math_sft_budget_loreft output_dir=runs/issue17",
+    "math/math_grpo_synthetic_loreft output_dir=runs/issue17",
+    "math/math_sft_synthetic_budget_loreft output_dir=runs/issue17",
     *(f"{f} output_dir=runs/issue5" for f in ("commonsense/boolq_loreft", "commonsense/boolq_direft",
                                               "commonsense/boolq_lora", "math/math_loreft", "math/math_brep")),
     "editing/counterfact_loreft task.n_eval=16 name=lr5e-4 output_dir=runs/probe",
