@@ -129,6 +129,62 @@ def test_sampled_logprobs_equal_a_teacher_forced_recomputation(schedule):
     assert (base[m] - old[m]).abs().max() > 1e-3  # the interventions change the policy
 
 
+def _gated(kind: str) -> list[dict]:
+    import dataclasses
+
+    from reftx.intervention import get_intervention
+    from reftx.parts import INPUT_GATES
+
+    fields = {f.name for f in dataclasses.fields(get_intervention(kind).Config)}
+    return [{"input_gate": g} for g in INPUT_GATES.names()] if "input_gate" in fields else []
+
+
+# every registered primitive (a new one is covered with no edit here), on prompt positions and on
+# BREP's prefix schedule (the prompt and the first generated tokens), and every input gate it accepts
+COMPOSED = [(k, pos, {}) for k in reftx.available_interventions()
+            for pos in ({"first": 2, "last": 2}, {"generated": 2, "prompt": True})]
+COMPOSED += [(k, {"last": 2}, g) for k in reftx.available_interventions() for g in _gated(k)]
+
+
+@pytest.mark.parametrize("kind, positions, options", COMPOSED,
+                         ids=[f"{k}-{'+'.join(p)}{'-' + o['input_gate'] if o else ''}" for k, p, o in COMPOSED])
+def test_every_primitive_samples_exactly_and_trains_under_grpo(kind, positions, options):
+    """One grpo step on each composition: the sampled log-probs equal a teacher-forced recomputation
+    (the policy scored is the policy trained), the loss is finite and its gradients reach the
+    interventions and nothing else."""
+    base = tiny_model("llama")
+    reft = reftx.attach(base, [{"kind": kind, "layers": [1, 2], "positions": positions, **options}])
+    _nonzero(reft)
+    prompt = torch.tensor([[5, 6, 7, 8, 9], [0, 0, 10, 11, 12]])
+    mask = (prompt != 0).long()
+    opts = GRPOOptions(group_size=2, max_new_tokens=4)
+    torch.manual_seed(0)
+    tokens, cmask, old = sample(reft, prompt, mask, opts, pad_id=0, eos_id=2)
+    with torch.no_grad():
+        new, _ = policy_logprobs(reft, prompt.repeat_interleave(2, 0), mask.repeat_interleave(2, 0), tokens, cmask,
+                                 opts.temperature)
+    m = cmask.bool()
+    torch.testing.assert_close(new[m], old[m], atol=1e-5, rtol=0)
+
+    class Tok:
+        pad_token_id, eos_token_id = 0, 2
+
+        def batch_decode(self, ids, skip_special_tokens=True):
+            return [" ".join(str(int(t)) for t in row) for row in ids]
+
+    env = Env(Tok(), lambda texts, index, partial: torch.tensor([float(int(t.split()[0]) % 2) for t in texts]))
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 8, 9, 20], [10, 11, 12, 21, 0, 0]]),
+             "labels": torch.tensor([[-100] * 5 + [20], [-100, -100, -100, 21, -100, -100]]),
+             "attention_mask": torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0]]),
+             "example_info": {EXAMPLE_INDEX: torch.tensor([0.0, 1.0])}}
+    torch.manual_seed(1)
+    loss, logs, _ = grpo(reft, batch, {"group_size": 4, "max_new_tokens": 3, "beta": 0.04}, env=env)
+    assert torch.isfinite(loss) and math.isfinite(logs["kl"])
+    loss.backward()
+    assert all(p.grad is None for p in base.parameters())
+    assert any(p.grad is not None and torch.isfinite(p.grad).all() for p in reft.interventions.parameters())
+
+
 def test_the_objective_trains_only_the_interventions_toward_the_reward():
     """Reward: the first sampled token has an even id. A few steps of the objective raise its
     probability; gradients reach only the interventions; the logs carry the GRPO terms."""
