@@ -1,4 +1,5 @@
-"""Generate docs/config.md: every experiment key and every primitive option, from the code itself.
+"""Generate docs/config.md: every experiment key and every primitive, task, objective and recipe option,
+from the code itself.
 
     python -m reftx.docgen > docs/config.md
 
@@ -92,6 +93,10 @@ def config_reference() -> str:
     for kind in reftx.available_interventions():
         if _shipped(kind):
             lines += _primitive_options(kind)
+    lines += ["", "## Tasks and their options (`task.name`, `task.options`)", "",
+              "The shipped task zoo (`reftx/tasks/`); `reftx ls tasks` also lists installed plugins. Each task "
+              "checks its options itself.", "", "| task | what | options |", "|---|---|---|"]
+    lines += _tasks()
     lines += ["", "## Objectives and their options (`train.objective`, `train.objective_options`)", "",
               "| objective | what | options |", "|---|---|---|"]
     lines += _objectives()
@@ -111,6 +116,27 @@ def _recipes() -> list[str]:
         opts = [f"`{k}={v}`: {c}" for k, (v, c) in _comments(r.options).items()]
         rows.append(f"| `{name}` | {_cell(r.doc)} | {_cell('; '.join(opts)) or 'none'} |")
     return rows
+
+
+def _tasks() -> list[str]:
+    import reftx.tasks  # noqa: F401  (registers the shipped tasks)
+    from .task import TASKS
+
+    rows = []
+    for name in TASKS.names():
+        cls = TASKS.get(name)
+        if not cls.__module__.startswith("reftx."):
+            continue
+        doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        opts = [f"`{k}={_default(v)}`: {c}" for k, (v, c) in _comments(cls.Options).items()]
+        rows.append(f"| `{name}` | {_cell(doc)} | {_cell('; '.join(opts)) or 'none'} |")
+    return rows
+
+
+def _default(source: str) -> str:
+    """A default as written in the source, a ``field(default_factory=lambda: X)`` as X."""
+    m = re.fullmatch(r"field\(default_factory=lambda: (.+)\)", source)
+    return m.group(1) if m else source
 
 
 def _objectives() -> list[str]:

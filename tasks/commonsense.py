@@ -69,14 +69,16 @@ def commonsense_answered(prediction: str, example: Example) -> float:
     return float(extract_label(prediction, example.meta["options"]) is not None)
 
 
+Dataset = Literal["boolq", "arc_easy", "arc_challenge", "openbookqa", "piqa", "social_i_qa", "winogrande"]
+
+
 @register_task("commonsense")
 class Commonsense(Task):
     """One commonsense dataset in the LLM-Adapters format. Metric: accuracy (exact label match)."""
 
     @dataclass(frozen=True)
     class Options:
-        dataset: Literal["boolq", "arc_easy", "arc_challenge", "openbookqa", "piqa", "social_i_qa",
-                         "winogrande"] = "boolq"  # which dataset (train split: boolq, arc_*, openbookqa only)
+        dataset: Dataset = "boolq"  # which dataset: boolq, arc_easy, arc_challenge, openbookqa, piqa, social_i_qa or winogrande (train split: boolq, arc_*, openbookqa only)
         scoring: Literal["generate", "loglik"] = "generate"  # exact match of generated labels, or option log-likelihood
         template: Template = "plain"  # prompt: plain (the instruction) or alpaca (the LLM-Adapters/ReFT prompt)
         hub_id: str = ""  # a Hub dataset with LLM-Adapters columns: its train/test splits replace the local files (online only)

@@ -16,6 +16,30 @@ def test_config_reference_is_current():
     assert committed == config_reference(), "docs/config.md is stale: run python -m reftx.docgen > docs/config.md"
 
 
+def test_every_shipped_option_has_its_line_in_the_reference():
+    """Every option of every shipped task, objective and recipe has a default and a comment in the
+    source, so docs/config.md lists it (an option without a comment would silently be left out)."""
+    import dataclasses
+    import typing
+
+    import reftx.tasks  # noqa: F401
+    from reftx.docgen import _comments
+    from reftx.objectives import OBJECTIVES
+    from reftx.recipes import RECIPES
+    from reftx.task import TASKS
+
+    options = {f"task {n}": TASKS.get(n).Options for n in TASKS.names()}
+    options |= {f"objective {n}": OBJECTIVES.get(n).Options for n in OBJECTIVES.names()}
+    options |= {f"recipe {n}": RECIPES.get(n).options for n in RECIPES.names()}
+    reference = config_reference()
+    for owner, cls in options.items():
+        documented = _comments(cls)
+        hints = typing.get_type_hints(cls)
+        nested = {f.name for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])}  # carft's contrastive
+        assert {f.name for f in dataclasses.fields(cls)} - nested <= set(documented), owner
+        assert all(f"`{name}=" in reference for name in documented), owner
+
+
 def test_readme_has_exactly_the_two_fresh_machine_commands():
     readme = (REPO / "README.md").read_text()
     block = re.search(r"## On a fresh machine: the two commands\n\n```bash\n(.*?)```", readme, re.S).group(1)
