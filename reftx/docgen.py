@@ -56,8 +56,7 @@ def _section(cls: type, prefix: str) -> list[str]:
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
             continue
-        default = {"field(default_factory=list)": "[]", "field(default_factory=dict)": "{}"}.get(default, default)
-        rows.append(f"| `{prefix}{f.name}` | `{default}` | {_cell(doc)} |")
+        rows.append(f"| `{prefix}{f.name}` | `{_default(default)}` | {_cell(doc)} |")
     return rows
 
 
@@ -107,51 +106,43 @@ def config_reference() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _row(name: str, doc: str, options: type) -> str:
+    """A reference row: the name, what it does, and each option as `key=default`: meaning."""
+    opts = [f"`{k}={_default(v)}`: {c}" for k, (v, c) in _comments(options).items()]
+    return f"| `{name}` | {_cell(doc)} | {_cell('; '.join(opts)) or 'none'} |"
+
+
+def _first_paragraph(obj: object) -> str:
+    return " ".join((obj.__doc__ or "").strip().split("\n\n")[0].split())
+
+
 def _recipes() -> list[str]:
     from .recipes import RECIPES
 
-    rows = []
-    for name in RECIPES.names():
-        r = RECIPES.get(name)
-        opts = [f"`{k}={v}`: {c}" for k, (v, c) in _comments(r.options).items()]
-        rows.append(f"| `{name}` | {_cell(r.doc)} | {_cell('; '.join(opts)) or 'none'} |")
-    return rows
+    return [_row(name, RECIPES.get(name).doc, RECIPES.get(name).options) for name in RECIPES.names()]
 
 
 def _tasks() -> list[str]:
     import reftx.tasks  # noqa: F401  (registers the shipped tasks)
     from .task import TASKS
 
-    rows = []
-    for name in TASKS.names():
-        cls = TASKS.get(name)
-        if not cls.__module__.startswith("reftx."):
-            continue
-        doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
-        opts = [f"`{k}={_default(v)}`: {c}" for k, (v, c) in _comments(cls.Options).items()]
-        rows.append(f"| `{name}` | {_cell(doc)} | {_cell('; '.join(opts)) or 'none'} |")
-    return rows
-
-
-def _default(source: str) -> str:
-    """A default as written in the source, a ``field(default_factory=lambda: X)`` as X."""
-    m = re.fullmatch(r"field\(default_factory=lambda: (.+)\)", source)
-    return m.group(1) if m else source
+    shipped = [(n, TASKS.get(n)) for n in TASKS.names() if TASKS.get(n).__module__.startswith("reftx.")]
+    return [_row(name, _first_paragraph(cls), cls.Options) for name, cls in shipped]
 
 
 def _objectives() -> list[str]:
     from .objectives import OBJECTIVES
 
-    rows = []
-    for name in OBJECTIVES.names():
-        fn = OBJECTIVES.get(name)
-        if not fn.__module__.startswith("reftx."):
-            continue
-        para = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
-        doc = para.split(". ")[0].rstrip(".") + "."
-        opts = [f"`{k}={v}`: {c}" for k, (v, c) in _comments(fn.Options).items()]
-        rows.append(f"| `{name}` | {_cell(doc)} | {_cell('; '.join(opts)) or 'none'} |")
-    return rows
+    shipped = [(n, OBJECTIVES.get(n)) for n in OBJECTIVES.names() if OBJECTIVES.get(n).__module__.startswith("reftx.")]
+    return [_row(name, _first_paragraph(fn).split(". ")[0].rstrip(".") + ".", fn.Options) for name, fn in shipped]
+
+
+def _default(source: str) -> str:
+    """A default as written in the source; a default factory as the value it makes."""
+    m = re.fullmatch(r"field\(default_factory=(?:lambda: (.+)|(list|dict))\)", source)
+    if not m:
+        return source
+    return m.group(1) or {"list": "[]", "dict": "{}"}[m.group(2)]
 
 
 def _shipped(kind: str) -> bool:
