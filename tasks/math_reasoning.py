@@ -107,7 +107,7 @@ class MathReasoning(Task):
         datasets: list[Dataset] = field(default_factory=lambda: ["svamp"])  # test split: these sets (gsm8k_original: gsm8k/test.jsonl; synthetic: procedural GSM8K-format problems)
         train_set: Literal["math_data", "gsm8k_original", "synthetic"] = "math_data"  # train split: math_data.json, gsm8k/train.jsonl or procedural GSM8K-format problems
         synthetic_steps: int = 2  # synthetic problems: arithmetic steps per problem (1 or 2)
-        synthetic_max: int = 20  # synthetic problems: largest operand of an addition or subtraction (products: 2-9 times 2-9, then x2-x4)
+        synthetic_max: int = 20  # synthetic problems: largest added number (a subtraction's first number is at most one more; products: 2-9 times 2-9, then x2-x4)
         synthetic_size: int = 1000  # synthetic problems generated per split (before n_train / n_per_dataset cut them)
         n_per_dataset: int | None = None  # test examples drawn from each dataset (fixed by seed); null: all
         seed: int = 0  # seed of the per-dataset test subsets
@@ -174,15 +174,19 @@ class MathReasoning(Task):
         return Example(r.prompt(self.options.template), target, answer=r.answer,
                        meta={"dataset": dataset, "file": r.file, "line": r.line}, guidance=guidance(r.answer))
 
+    def _gsm8k_format(self, question: str, answer: str, dataset: str, file: str, line: int, where: str) -> Example:
+        """An example from a GSM8K-format (question, "...#### N" answer) pair; errors name ``where``."""
+        target, gold = gsm8k_solution(answer, where)
+        prompt = Record(question, "", target, gold, file, line, line - 1).prompt(self.options.template)
+        return Example(prompt, target, answer=gold, guidance=guidance(gold),
+                       meta={"dataset": dataset, "file": file, "line": line})
+
     def _gsm8k(self, path: Path) -> list[Example]:
         out = []
         for lineno, rec in read_jsonl(path):
             where = f"{path}:{lineno}"
             require_keys(rec, ("question", "answer"), where)
-            target, gold = gsm8k_solution(rec["answer"], where)
-            r = Record(rec["question"], "", target, gold, path.name, lineno, len(out))
-            out.append(Example(r.prompt(self.options.template), target, answer=gold, guidance=guidance(gold),
-                               meta={"dataset": "gsm8k_original", "file": path.name, "line": lineno}))
+            out.append(self._gsm8k_format(rec["question"], rec["answer"], "gsm8k_original", path.name, lineno, where))
         return out
 
     def _synthetic(self, split: str) -> list[Example]:
@@ -190,14 +194,8 @@ class MathReasoning(Task):
         train = synthetic_problems(f"train:{o.seed}", o.synthetic_size, o.synthetic_steps, o.synthetic_max)
         data = train if split == "train" else synthetic_problems(
             f"test:{o.seed}", o.synthetic_size, o.synthetic_steps, o.synthetic_max, frozenset(p.question for p in train))
-        out = []
-        for i, p in enumerate(data):
-            where = f"synthetic {split}:{o.seed} problem {i}"
-            target, gold = gsm8k_solution(p.answer, where)
-            prompt = Record(p.question, "", "", gold, "synthetic", i + 1, i).prompt(o.template)
-            out.append(Example(prompt, target, answer=gold, guidance=guidance(gold),
-                               meta={"dataset": "synthetic", "file": f"synthetic-{split}", "line": i + 1}))
-        return out
+        return [self._gsm8k_format(p.question, p.answer, "synthetic", f"synthetic-{split}", i + 1,
+                                   f"synthetic {split}:{o.seed} problem {i}") for i, p in enumerate(data)]
 
     def reward(self, prediction: str, example: Example, partial: float) -> float:
         """Luong et al. 2024 ("ReFT: Reasoning with Reinforced Fine-Tuning", §3): 1 when the final
