@@ -191,9 +191,12 @@ class MathReasoning(Task):
 
     def _synthetic(self, split: str) -> list[Example]:
         o = self.options
-        train = synthetic_problems(f"train:{o.seed}", o.synthetic_size, o.synthetic_steps, o.synthetic_max)
-        data = train if split == "train" else synthetic_problems(
-            f"test:{o.seed}", o.synthetic_size, o.synthetic_steps, o.synthetic_max, frozenset(p.question for p in train))
+        try:
+            train = synthetic_problems(f"train:{o.seed}", o.synthetic_size, o.synthetic_steps, o.synthetic_max)
+            data = train if split == "train" else synthetic_problems(
+                f"test:{o.seed}", o.synthetic_size, o.synthetic_steps, o.synthetic_max, frozenset(p.question for p in train))
+        except ValueError as e:
+            raise ConfigError("synthetic_size", f"{o.synthetic_size} is too many: {e}") from None
         return [self._gsm8k_format(p.question, p.answer, "synthetic", f"synthetic-{split}", i + 1,
                                    f"synthetic {split}:{o.seed} problem {i}") for i, p in enumerate(data)]
 

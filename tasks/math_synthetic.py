@@ -70,7 +70,8 @@ def _second(rng: random.Random, op: str, name: str, item: str, have: int, top: i
 
 def problem(seed: str, index: int, steps: int = 1, top: int = 20) -> Problem:
     """Problem ``index`` of the stream ``seed``: ``steps`` (1 or 2) operations among add, sub, mul,
-    with operands of add and sub up to ``top`` (mul: 2-9 per factor)."""
+    with added numbers up to ``top`` (a subtraction's first number up to ``top`` + 1; mul: 2-9 per
+    factor, then x2-x4)."""
     rng = random.Random(f"{seed}:{index}")
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     text, line, value = _first(rng, rng.choice(OPS), name, item, top)

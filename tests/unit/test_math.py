@@ -230,6 +230,9 @@ def test_synthetic_problems_are_gsm8k_format_and_checked_by_hand(monkeypatch):
     assert sorted(q.gold for q in problems("x", 2, steps=1, top=2)) == [3, 4]
     with pytest.raises(ValueError, match="only 2 distinct problems with steps=1, top=2; ask for fewer"):
         problems("x", 3, steps=1, top=2)
+    task = get_task("math", {"train_set": "synthetic", "synthetic_steps": 1, "synthetic_max": 2, "synthetic_size": 3})
+    with pytest.raises(ConfigError, match="synthetic_size: 3 is too many: only 2 distinct problems"):
+        task.load("train")
 
 
 def test_synthetic_splits_through_the_math_task():
