@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import reftx.tasks  # noqa: E402,F401  (registers the zoo)
-from reftx.experiment import load_experiment  # noqa: E402
-from reftx.task import get_task  # noqa: E402
+from reftx.config.schema import load_experiment  # noqa: E402
+from reftx.eval.task import get_task  # noqa: E402
 from reftx.tasks.log_baselines import (PCA, FeatureExtractor, InvariantsMiner, LogisticRegression,  # noqa: E402
                                        count_matrix, event_counts, prf, unseen_template)
 

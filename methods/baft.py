@@ -3,7 +3,7 @@
     h' = h + Rᵀ diag(s(h)) (W h + b − R h),   s(h) in [0, 1]^r from a basis gate
 
 The gates (sigmoid, the default; softmax; topk) and their initialisation live in
-``reftx/basis_gates.py``. With s ≡ 1 this is LoReFT exactly (tests/unit/test_baft.py).
+``reftx/parts/basis_gates.py``. With s ≡ 1 this is LoReFT exactly (tests/unit/test_baft.py).
 
 Auxiliary losses, off by default (weight 0), added per site with ``ctx.add_loss`` (so, like every
 gate loss, they are summed over the sites). Rows are the gathered positions of one forward;
@@ -40,12 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from reftx.basis_gates import locality_gate_loss, switch_balance, variance_balance
-from reftx.errors import ConfigError, DataError
-from reftx.intervention import Context
-from reftx.objectives import register_objective
+from reftx.parts.basis_gates import locality_gate_loss, switch_balance, variance_balance
+from reftx.core.errors import ConfigError, DataError
+from reftx.core.intervention import Context
+from reftx.train.objectives import register_objective
 from reftx.parts import Delta, SubspaceConfig, register_primitive, subspace
-from reftx.positions import IGNORE, spans
+from reftx.engine.model import unwrap
+from reftx.engine.positions import IGNORE, spans
 
 LOCALITY = "locality"  # the example_info key marking unrelated prompts (1) and edits (0)
 
@@ -133,7 +134,7 @@ def next_token_kl(ref_logits: Tensor, logits: Tensor, mask: Tensor) -> Tensor:
 @register_objective("baft_locality_kl", KlOptions)
 def baft_locality_kl(model: Any, batch: dict[str, Any],
                      options: KlOptions) -> tuple[Tensor, dict[str, float], Any]:
-    """NLL on the edit rows (and the primitives' auxiliary losses) + weight · KL(unedited ‖ edited)
+    """NLL on the edit rows + weight · KL(unedited ‖ edited)
     of the next-token distributions on the locality rows (``example_info["locality"] == 1``).
 
     options: weight (λ, default 1), positions (``all`` attended tokens of a locality row, or
@@ -157,22 +158,17 @@ def baft_locality_kl(model: Any, batch: dict[str, Any],
         if not bool((call["labels"] != IGNORE).any()):
             call["labels"] = None  # nothing but locality rows: no NLL term this step
     out = model(**call)
-    if call["labels"] is None:
-        nll = torch.zeros((), device=ids.device)
-        loss = sum((v for v in (out.get("aux_losses") or {}).values()), nll)
-    else:
-        nll, loss = out.get("task_loss", out.loss), out.loss
+    nll = torch.zeros((), device=ids.device) if call["labels"] is None else out.loss
     kl = torch.zeros((), device=ids.device)
     if loc.any():
         where = mask.bool()
         if opts.positions == "response":
             where = where & F.pad(labels[:, 1:] != IGNORE, (0, 1), value=False)
-        reft = getattr(model, "module", model)  # unwrap DDP: the reference pass needs no gradient sync
+        reft = unwrap(model)  # the reference pass needs no gradient sync
         with torch.no_grad(), reft.disabled():
             ref = reft(input_ids=ids[loc], attention_mask=mask[loc]).logits
         kl = next_token_kl(ref, out.logits[loc], where[loc])
-    loss = loss + opts.weight * kl
-    return loss, {"nll": float(nll.detach()), "locality_kl": float(kl.detach()),
+    return nll + opts.weight * kl, {"nll": float(nll.detach()), "locality_kl": float(kl.detach()),
                   "locality_rows": float(loc.sum())}, out
 
 

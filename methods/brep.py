@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from reftx.intervention import Context
+from reftx.core.intervention import Context
 from reftx.parts import Delta, DeltaConfig, register_primitive, scale_bias
 
 

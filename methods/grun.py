@@ -1,10 +1,10 @@
 """GRUN (Ren et al. 2025): gated representation unlearning, METHODS.md §4.
 
 A recipe over shared parts: a LoReFT edit Δ(h) = Rᵀ(W h + b − R h) scaled by an input gate
-that reads the same hidden state, ``h' = h + σ(g(h)) · Δ(h)`` (reftx/input_gates.py), with the
+that reads the same hidden state, ``h' = h + σ(g(h)) · Δ(h)`` (reftx/parts/input_gates.py), with the
 gate trained by λ·BCE toward each example's ``gate_label`` (1 forget, 0 retain) so the edit fires
 on the forget set only. The edit itself is trained by an unlearning objective (``train.objective``:
-gd, idk, npo or rmu in reftx/objectives.py).
+gd, idk, npo or rmu in reftx/train/objectives/common.py).
 
 The schedule belongs in the experiment, as the paper's placement expressed as depth fractions:
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reftx.errors import ConfigError
+from reftx.core.errors import ConfigError
 from reftx.parts import SubspaceConfig, register_primitive, subspace
 
 

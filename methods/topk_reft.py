@@ -4,8 +4,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from reftx.errors import ConfigError
-from reftx.intervention import Context
+from reftx.core.errors import ConfigError
+from reftx.core.intervention import Context
 from reftx.parts import Delta, SubspaceConfig, register_primitive, subspace
 
 

@@ -4,24 +4,28 @@
     base, tok = reftx.load_model("default")   # SmolLM2-135M-Instruct, offline
     model = reftx.attach(base, [{"kind": "loreft", "rank": 4, "layers": [2, 5],
                                  "positions": {"first": 3, "last": 3}, "tie": "positions"}])
+
+The folders are the layers (README, "Layout"); imports point down only:
+core < config < models < engine < parts, data < eval < train < zoo (reftx.methods, reftx.tasks)
+< integrations < runs < recipes < cli.
 """
-from .version import __version__  # noqa: E402
+from reftx.core import compat
+from reftx.core.version import __version__
+from reftx.core.errors import ConfigError, DataError, ReftError
+from reftx.core.intervention import Context, Intervention, available_interventions, register_intervention
+from reftx.models.loading import load_model
+from reftx.engine.model import ReftModel, attach
+from reftx.engine.schedule import plan
+import reftx.parts.basis_gates  # noqa: F401  (registers the shared modifiers)
+import reftx.parts.input_gates  # noqa: F401
+import reftx.parts.norm_bounds  # noqa: F401
+import reftx.parts.slot_bank  # noqa: F401  (the editing engine's slot bank kind)
+import reftx.train.objectives  # noqa: F401  (registers the objectives)
 
-from .errors import ConfigError, DataError, ReftError  # noqa: E402
-from .intervention import (  # noqa: E402
-    Context,
-    Intervention,
-    available_interventions,
-    register_intervention,
-)
-from .hub import load_model  # noqa: E402
-from .model import ReftModel, attach  # noqa: E402
-from .schedule import plan  # noqa: E402
-
-from . import basis_gates, input_gates, nlft, norm_bounds, objectives, reinforce, slot_bank  # noqa: E402,F401  (register shared parts and objectives)
+compat.install()  # the pre-0.2 module paths (reftx.engine.model, reftx.engine.hooks, ...) as aliases
 
 # The shipped zoo (reftx.methods, reftx.tasks) and installed plugins are not imported here: every
-# registry lookup loads them once through reftx.plugins, the one plugin-loading place.
+# registry lookup loads them once through reftx.core.plugins, the one plugin-loading place.
 
 __all__ = [
     "ConfigError",
@@ -32,8 +36,8 @@ __all__ = [
     "ReftModel",
     "__version__",
     "attach",
-    "load_model",
     "available_interventions",
+    "load_model",
     "plan",
     "register_intervention",
 ]

@@ -15,9 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-from reftx.experiment import load_experiment
-from reftx.model import atomic_write
-from reftx.runner import load_task
+from reftx.config.schema import load_experiment
+from reftx.engine.model import atomic_write
+from reftx.recipes.train import load_task
 from reftx.tasks.tofu_metrics import rouge_l_recall
 from reftx.tasks.tofu_metrics import UTILITY_SETS, model_utility
 

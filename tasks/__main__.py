@@ -4,8 +4,8 @@
 
 TOFU's stage 1 trains and merges a model, which is a recipe's work (reftx/recipes/tofu_stage1.py),
 not a task's. This alias says so and runs ``reftx tofu-finetune`` with the same arguments (same
-exit status: 0, or 2 on an error). It imports the command line inside the function: the one
-import of a layer above the zoo in ``tasks/``, allowed by tests/unit/test_layers.py.
+exit status: 0, or 2 on an error) in a child process, so the zoo never imports the command line
+(tests/unit/test_layers.py).
 """
 from __future__ import annotations
 
@@ -21,9 +21,12 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip(), file=sys.stderr)
         return 2
     print(f"note: `python -m reftx.tasks {args[0]}` is now `reftx {args[0]}`; running that", file=sys.stderr)
-    from reftx.cli import main as reftx_main
+    import subprocess
 
-    return reftx_main(args)
+    done = subprocess.run([sys.executable, "-m", "reftx.cli", *args], capture_output=True, text=True)
+    sys.stdout.write(done.stdout)
+    sys.stderr.write(done.stderr)
+    return done.returncode
 
 
 if __name__ == "__main__":

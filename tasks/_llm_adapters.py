@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from reftx.errors import DataError
+from reftx.core.errors import DataError
 
 from .tofu import read_records
 

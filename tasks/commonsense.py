@@ -18,7 +18,7 @@ Scoring (``scoring``):
   answer is", case-insensitively; no published result used it: the CPU BoolQ rows score by
   log-likelihood, where both rules read the same label.)
 * ``loglik``: no generation; each option's continuation "the correct answer is <label>" is scored
-  with teacher forcing (``reftx.scoring.multiple_choice``, summed log-probability) and the most
+  with teacher forcing (``reftx.eval.scoring.multiple_choice``, summed log-probability) and the most
   likely one is the prediction. The shared prefix adds the same amount to every option, so this
   ranks the labels given the phrase, about one forward pass per option: much cheaper on a CPU.
 Metric: ``accuracy``; with ``generate`` also ``answered`` (share of outputs naming a label).
@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from reftx.errors import DataError
-from reftx.metrics import mean_float32, register_metric
-from reftx.task import Example, Task, register_task
+from reftx.core.errors import DataError
+from reftx.eval.metrics import mean_float32, register_metric
+from reftx.data.examples import Example
+from reftx.eval.task import Task, register_task
 
 from ._llm_adapters import Record, Template, read_file, read_hub
 
@@ -112,7 +113,7 @@ class Commonsense(Task):
         """Generate (``scoring: generate``) or pick the most likely label (``loglik``), then ``score``."""
         if self.options.scoring == "generate":
             return super().evaluate(model, tokenizer, examples, cfg, chat, show_progress)
-        from reftx.scoring import multiple_choice
+        from reftx.eval.scoring import multiple_choice
 
         options = [ex.meta["options"] for ex in examples]
         picks = multiple_choice(model, tokenizer, [ex.prompt for ex in examples],

@@ -11,7 +11,7 @@ Data under ``{data_dir}`` (see shared/data/SOURCES.md):
   they are skipped, leaving 998 edits.
 * ``counterfact/known_1000.json`` (1,209 facts SmolLM-size models may know): {known_id, subject,
   attribute, template, prompt, relation_id}. Not edits: ``known_accuracy`` probes how many of these
-  facts a model completes, and the editing engine (reftx/editing.py) takes unrelated prompts for
+  facts a model completes, and the editing engine (reftx/recipes/edit/engine.py) takes unrelated prompts for
   BaFT's locality loss from it, so they never overlap the evaluated locality prompts.
 
 Every edit becomes one ``Example``: prompt = the edit prompt, target = " " + target_new (the
@@ -20,9 +20,9 @@ locality prompt and answer, ground truth, file and record index. Split ``edit`` 
 Neither file has portability prompts (EasyEdit's ``portability`` fields) nor ROME's
 ``generation_prompts``, so there is no portability metric; ROME's fluency (``ngram_entropy``, on
 generated text) is reported by ``reftx edit`` with ``recipe.fluency_tokens`` > 0, on greedy
-continuations of each edit's prompt and paraphrase instead (reftx.edit_run.fluency).
+continuations of each edit's prompt and paraphrase instead (reftx.recipes.edit.run.fluency).
 
-Metrics (EasyEdit's definitions, teacher forcing through ``reftx.scoring``), per edit, then averaged:
+Metrics (EasyEdit's definitions, teacher forcing through ``reftx.eval.scoring``), per edit, then averaged:
 
 * reliability: token accuracy of target_new after the edit prompt: the share of its tokens that
   are the edited model's argmax given the prompt and the target's previous tokens;
@@ -47,9 +47,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from reftx.errors import DataError
-from reftx.metrics import get_metric, register_metric, score_metrics
-from reftx.task import Example, Task, read_text, register_task
+from reftx.core.errors import DataError
+from reftx.eval.metrics import get_metric, register_metric, score_metrics
+from reftx.data.examples import Example
+from reftx.eval.task import Task, read_text, register_task
 
 FILES = {"counterfact": "counterfact/counterfact-edit.json", "zsre": "zsre/zsre_mend_train-1k.json"}
 KNOWN_FILE = "counterfact/known_1000.json"
@@ -245,7 +246,7 @@ def edit_scores(model: Any, tokenizer: Any, examples: list[Example], chat: bool,
     (computed here with ``model.disabled()`` when None). ``example_info``: floats passed to the
     primitives (e.g. which bank slot holds the edit), one dict per edit (the same for its three
     prompts) or 3n dicts: the edit prompts', then the rephrases', then the locality prompts'."""
-    from reftx.scoring import score_continuations
+    from reftx.eval.scoring import score_continuations
 
     n = len(examples)
     info = example_info or [{} for _ in examples]
@@ -269,7 +270,7 @@ def unedited_scores(model: Any, tokenizer: Any, examples: list[Example], chat: b
     argmax tokens on each locality continuation (locality's reference)."""
     from contextlib import nullcontext
 
-    from reftx.scoring import score_continuations
+    from reftx.eval.scoring import score_continuations
 
     n = len(examples)
     prompts, conts, _, extra = edit_pairs(examples)
@@ -283,7 +284,7 @@ def unedited_argmax(model: Any, tokenizer: Any, examples: list[Example], chat: b
     """The unedited model's argmax tokens on each example's locality continuation."""
     from contextlib import nullcontext
 
-    from reftx.scoring import score_continuations
+    from reftx.eval.scoring import score_continuations
 
     prompts = [ex.meta["locality_prompt"] for ex in examples]
     conts = [ex.meta["locality_answer"] for ex in examples]
@@ -295,7 +296,7 @@ def known_accuracy(model: Any, tokenizer: Any, facts: list[KnownFact], chat: boo
                    batch_size: int = 16) -> list[float]:
     """What the model knows: per fact, the token accuracy of " " + attribute after its prompt
     (teacher forcing, as reliability). On a ReftModel the interventions apply, as for any model."""
-    from reftx.scoring import score_continuations
+    from reftx.eval.scoring import score_continuations
 
     scores = score_continuations(model, tokenizer, [f.prompt for f in facts], [" " + f.attribute for f in facts],
                                  chat, batch_size)

@@ -24,8 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from reftx.errors import DataError
-from reftx.task import read_text
+from reftx.core.errors import DataError
+from reftx.eval.task import read_text
 
 DEEPLOG_OFFSET = 0  # DeepLog id k is loghub template E(k + DEEPLOG_OFFSET)
 BLOCK = re.compile(r"blk_-?\d+")

@@ -3,7 +3,7 @@
 Each example is a sequence of log lines, one line of text each, joined by newlines; the label is
 ``info["label"]`` (1 anomaly, 0 normal) and the target is empty, so the whole text is the prompt.
 Train with ``model.task: sequence-classification``, ``model.num_labels: 2``, ``train.objective:
-classify`` and the head in ``model.train_modules`` (reftx.classify). Splits: ``train`` and ``test``.
+classify`` and the head in ``model.train_modules`` (reftx.eval.classify). Splits: ``train`` and ``test``.
 
 hdfs — DeepLog's HDFS block sessions (``loghub_deeplog_hdfs/``: ``hdfs_train`` 4,855 normal,
 ``hdfs_test_abnormal`` 16,838 anomalous; DeepLog's normal test file is absent, so both splits come
@@ -45,10 +45,11 @@ from typing import Any, Literal
 
 import torch
 
-from reftx.classify import BINARY, LABEL, binary_metric, class_logits, class_predictions
-from reftx.errors import ConfigError, DataError
-from reftx.metrics import register_metric, score_metrics
-from reftx.task import Example, Task, register_task
+from reftx.eval.classify import BINARY, LABEL, binary_metric, class_logits, class_predictions
+from reftx.core.errors import ConfigError, DataError
+from reftx.eval.metrics import register_metric, score_metrics
+from reftx.data.examples import Example
+from reftx.eval.task import Task, register_task
 
 from .log_parsing import (
     balance,
@@ -105,7 +106,7 @@ _BINARY_DOCS = {
     "accuracy": "Accuracy of anomaly/normal predictions.",
     "auroc": "AUROC of the classifier's p(anomaly) (NaN when the eval set has one class; not from words).",
 }
-for _name in BINARY:  # binary_precision, ... reported as precision, ... (reftx.classify.binary_metric)
+for _name in BINARY:  # binary_precision, ... reported as precision, ... (reftx.eval.classify.binary_metric)
     register_metric(f"binary_{_name}", _scored if _name == "auroc" else _verdict, aggregate=_binary(_name),
                     doc=_BINARY_DOCS[_name], key=_name)
 

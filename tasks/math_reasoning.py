@@ -16,7 +16,7 @@ Data (``{data_dir}``, see shared/data/SOURCES.md):
   enough for a small model to solve a fair share (for CPU-sized studies of reinforced finetuning);
   they are not GSM8K.
 
-Guidance (for objectives that compare the response with and without it, reftx.nlft): every example
+Guidance (for objectives that compare the response with and without it, reftx.train.objectives.nlft): every example
 carries ``guidance`` = "Hint: the correct final answer is <gold>." (the final answer only: the
 target already is the reference solution, so giving the whole solution would make every token
 salient by copying).
@@ -43,9 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from reftx.errors import ConfigError, DataError
-from reftx.metrics import Metric, mean_float32, register_metric, score_metrics
-from reftx.task import Example, Task, read_jsonl, register_task, require_keys
+from reftx.core.errors import ConfigError, DataError
+from reftx.eval.metrics import Metric, mean_float32, register_metric, score_metrics
+from reftx.data.examples import Example
+from reftx.eval.task import Task, read_jsonl, register_task, require_keys
 
 from ._llm_adapters import Record, Template, read_file, read_hub
 from .math_rules import LETTER_GOLD, RULES, extract_letter, extract_number, is_correct, numbers  # noqa: F401  (is_correct, numbers: public here too)

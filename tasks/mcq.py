@@ -13,7 +13,7 @@ The prompt lists the choices with letters, as WMDP's zero-shot evaluation does:
     Answer:
 
 and the prediction is the argmax over the letters' log-probabilities as continuations (" A",
-" B", ...; teacher-forced through ``reftx.scoring``), not generated text. Metric: ``accuracy``.
+" B", ...; teacher-forced through ``reftx.eval.scoring``), not generated text. Metric: ``accuracy``.
 The shipped ``tasks/data/mcq_sample.jsonl`` holds six harmless questions we wrote in this
 format. Score a model as it is (no training) with
 
@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reftx.errors import DataError
-from reftx.metrics import register_metric
-from reftx.scoring import multiple_choice
-from reftx.task import Example, Task, read_jsonl, read_text, register_task
+from reftx.core.errors import DataError
+from reftx.eval.metrics import register_metric
+from reftx.eval.scoring import multiple_choice
+from reftx.data.examples import Example
+from reftx.eval.task import Task, read_jsonl, read_text, register_task
 
 DATA = Path(__file__).resolve().parent / "data"
 LETTERS = string.ascii_uppercase

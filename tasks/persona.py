@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from reftx.errors import DataError
-from reftx.metrics import mean_float32, register_metric
-from reftx.task import Example, Task, read_jsonl, register_task, require_keys
+from reftx.core.errors import DataError
+from reftx.eval.metrics import mean_float32, register_metric
+from reftx.data.examples import Example
+from reftx.eval.task import Task, read_jsonl, register_task, require_keys
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -31,7 +32,7 @@ def persona_close(prediction: str, example: Example) -> float:
 @register_task("persona")
 class Persona(Task):
     """Pirate-persona answers. Metrics: share of answers that open and close in the persona, and
-    distinct_2 (reftx.metrics), so answers that loop on persona phrases do not pass for a persona."""
+    distinct_2 (reftx.eval.metrics), so answers that loop on persona phrases do not pass for a persona."""
 
     @dataclass(frozen=True)
     class Options:

@@ -41,9 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from reftx.errors import ConfigError, DataError
-from reftx.metrics import score_metrics
-from reftx.task import Example, Loader, Task, read_text, register_task
+from reftx.core.errors import ConfigError, DataError
+from reftx.eval.metrics import score_metrics
+from reftx.data.examples import Example
+from reftx.eval.task import Loader, Task, read_text, register_task
 
 from .tofu_metrics import SET_METRICS, evaluate_tofu
 from .unlearning_metrics import MEMORIZATION_METRICS

@@ -24,8 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from reftx.errors import ConfigError
-from reftx.task import Example, Task, register_task
+from reftx.core.errors import ConfigError
+from reftx.data.examples import Example
+from reftx.eval.task import Task, register_task
 
 from .tofu import N_AUTHORS, author_of, forget_authors, read_qa
 

@@ -1,5 +1,5 @@
 """TOFU's evaluation (Maini et al. 2024), written from the paper's definitions; used by split ``tofu``
-of ``tofu_unlearn`` (tasks/tofu.py). Every log-probability comes from ``reftx.scoring``.
+of ``tofu_unlearn`` (tasks/tofu.py). Every log-probability comes from ``reftx.eval.scoring``.
 
 Per set (forget, retain, real_authors, world_facts; metric keys end in ``_{set}``):
 
@@ -20,7 +20,7 @@ Per set (forget, retain, real_authors, world_facts; metric keys end in ``_{set}`
 * ``gate``: the mean input-gate value σ(g(h)) of GRUN-style interventions on the set's prompts
   (every gated layer; only for models with gates).
 
-ROUGE-L recall, prob and the two truth-ratio aggregates are registered metrics (reftx.metrics:
+ROUGE-L recall, prob and the two truth-ratio aggregates are registered metrics (reftx.eval.metrics:
 ``rougel_recall``, ``tofu_prob``, ``truth_ratio_closer_to_1``, ``truth_ratio_true_better``), computed
 per example from the answer or from ``likelihood_stats``' row and aggregated per set.
 
@@ -46,7 +46,7 @@ teacher-forced pass over question + answer + EOS of the forget set and of the ho
   like the truth ratios), (AUC_retain − AUC) / (1 − AUC_retain) · 100 as open-unlearning computes it.
 
 A model as it is (the stage-1 or the retain-only model, before any unlearning) is evaluated by
-``reftx baseline`` (reftx.runner.evaluate_base) on an unlearning experiment's split ``tofu``:
+``reftx baseline`` (reftx.recipes.train.evaluate_base) on an unlearning experiment's split ``tofu``:
 
     reftx baseline experiments/unlearning/tofu_grun.yaml name=tofu_stage1_forget01
 """
@@ -62,12 +62,13 @@ from scipy.stats import ks_2samp
 
 import torch.nn.functional as F
 
-from reftx.data import collate_train, encode
-from reftx.errors import ConfigError, DataError
-from reftx.metrics import register_metric, score_metrics
-from reftx.positions import IGNORE
-from reftx.scoring import ContinuationScore, batched_forward, score_continuations
-from reftx.task import Example, Loader
+from reftx.data.encoding import collate_train, encode
+from reftx.core.errors import ConfigError, DataError
+from reftx.eval.metrics import register_metric, score_metrics
+from reftx.engine.positions import IGNORE
+from reftx.eval.scoring import ContinuationScore, batched_forward, score_continuations
+from reftx.data.examples import Example
+from reftx.eval.task import Loader
 
 from .unlearning_metrics import (
     MIN_K,
@@ -227,7 +228,7 @@ def mean_gate(model: Any, tokenizer: Any, examples: list[Example], chat: bool, b
 
 def _cached(retain_model: str, key: str, compute: Any, load: Loader | None) -> Any:
     """``{retain_model}/{CACHE_FILE}[key]``; on a miss ``compute(*load())``, stored there."""
-    from reftx.model import atomic_write
+    from reftx.engine.model import atomic_write
 
     cache = Path(retain_model) / CACHE_FILE
     stored = json.loads(cache.read_text()) if cache.is_file() else {}
@@ -265,7 +266,7 @@ MIA_MAX_LENGTH = 512  # open-unlearning configs/data/datasets/TOFU_MIA.yaml max_
 
 def token_scores(model: Any, tokenizer: Any, examples: list[Example], chat: bool, batch_size: int = 16,
                  max_length: int = MIA_MAX_LENGTH) -> list[dict[str, float | None]]:
-    """Per example, from one teacher-forced pass over prompt + gold answer + EOS (reftx.scoring's
+    """Per example, from one teacher-forced pass over prompt + gold answer + EOS (reftx.eval.scoring's
     batched forward; log-softmax in float32): ``em``, ``es``, ``mia_loss``, ``mia_zlib``,
     ``mia_min_k``, ``mia_min_k_plus_plus`` (tasks/unlearning_metrics.py). The EOS counts in LOSS
     and ZLib only, as in open-unlearning; the ZLib text is the gold tokens decoded."""
@@ -337,7 +338,7 @@ def evaluate_tofu(model: Any, tokenizer: Any, examples: list[Example], cfg: Any,
     the per-question R of both models, as open-unlearning's ``ks_test`` does on ``truth_ratio``'s
     ``value_by_index``; ``load_retain`` loads the retain model (``retain_model``) when its values
     are not cached yet. ``memorization``: also open-unlearning's EM, ES, MIA AUCs and privleak."""
-    from reftx.evaluate import generate
+    from reftx.eval.generate import generate
 
     main = [i for i, ex in enumerate(examples) if ex.meta["set"] in SETS]
     tofu = [examples[i] for i in main]

@@ -3,7 +3,7 @@ its reference implementation (locuslab/open-unlearning; the file is named in eac
 checked on hand-made numbers in tests/reference/test_unlearning_metrics.py. tasks/tofu_metrics.py
 feeds them the per-token statistics of split ``tofu`` (``task.options.memorization: true``).
 
-Inputs per example (one teacher-forced forward over question + answer + EOS, reftx.scoring):
+Inputs per example (one teacher-forced forward over question + answer + EOS, reftx.eval.scoring):
 ``logprobs`` (n,) the log-probability of each answer token, the final EOS included; ``argmax`` (n,)
 the model's most likely token at each position; ``targets`` (n,) the gold tokens; ``mu``, ``var``
 (n,) the mean and variance of log p under the model's next-token distribution p at each position.
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from reftx.metrics import register_metric
+from reftx.eval.metrics import register_metric
 
 MIN_K = 0.4  # open-unlearning configs/eval/tofu_metrics/mia_min_k*.yaml (the attack class defaults to 0.2)
 

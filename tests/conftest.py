@@ -120,7 +120,7 @@ def tiny_dir(tmp_path_factory):
     for end-to-end runs through the real tokenizer: pass it as model.name."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from reftx.hub import default_model_path
+    from reftx.models.loading import default_model_path
 
     tok = AutoTokenizer.from_pretrained(default_model_path())
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..experiment import Experiment
+from reftx.core.errors import ConfigError
+from reftx.config.schema import Experiment
 
 MODEL_DIR = "model"  # the merged checkpoint inside the run dir
 
@@ -23,8 +23,8 @@ MODEL_DIR = "model"  # the merged checkpoint inside the run dir
 def export_merged(run_dir: str | Path, exp: Experiment) -> Path:
     """Merge a finished ``lora: {mode: only}`` run's adapter into its base model and save the result
     (weights + tokenizer) as an ordinary HF checkpoint in ``{run_dir}/model``; returns that folder."""
-    from ..lora import load_run
-    from ..runner import load_base
+    from reftx.integrations.peft import load_run
+    from reftx.recipes.train import load_base
 
     base, tok = load_base(exp)
     model = load_run(base, run_dir, exp.lora)
@@ -38,7 +38,7 @@ def export_merged(run_dir: str | Path, exp: Experiment) -> Path:
 def finetune(exp: Experiment, show_progress: bool = True) -> Path:
     """Train ``exp`` (it must be ``lora: {mode: only}``, else a ConfigError naming ``lora.mode``)
     with ``reftx run``'s driver, then export the merged model; returns the checkpoint folder."""
-    from ..runner import run
+    from reftx.recipes.train import run
 
     if exp.lora is None or exp.lora.mode != "only":
         raise ConfigError("lora.mode", "tofu_finetune exports a merged LoRA adapter: set lora: {mode: only}")

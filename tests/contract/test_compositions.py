@@ -15,9 +15,10 @@ import pytest
 import torch
 
 import reftx
-from reftx.intervention import get_intervention
-from reftx.loss import after_step, parameter_terms
-from reftx.parts import BASIS_GATES, BOUNDS, INPUT_GATES
+from reftx.core.intervention import get_intervention
+from reftx.core.intervention import after_step
+from reftx.train.loss import parameter_terms
+from reftx.parts.compose import BASIS_GATES, BOUNDS, INPUT_GATES
 from tests.conftest import batch, tiny_model
 
 KINDS = reftx.available_interventions()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import reftx
-from reftx.intervention import Context, get_intervention, make_intervention
+from reftx.core.intervention import Context, get_intervention, make_intervention
 from tests.conftest import batch, tiny_model
 
 KINDS = reftx.available_interventions()

@@ -7,7 +7,7 @@
 --kill-in-save N  SIGKILL this process in the middle of writing checkpoint step-N (after its weights and
                   trainer state are in the temporary folder, before state.json and the rename).
 --sigint-at N     send this process SIGINT (Ctrl-C) from on_log at step N; exits with code 42 if
-                  ``train`` then raises ``reftx.train.Interrupted``.
+                  ``train`` then raises ``reftx.train.run.Interrupted``.
 --resume          continue from the latest checkpoint in RUN_DIR.
 --per-rank        also write RUN_DIR/rank{r}.safetensors with this rank's final weights (distributed runs).
 
@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 import torch  # noqa: E402
 
 import reftx  # noqa: E402
-from reftx import train as train_mod  # noqa: E402
-from reftx.data import Encoded  # noqa: E402
-from reftx.experiment import TrainConfig  # noqa: E402
+from reftx.train import run as train_mod  # noqa: E402
+from reftx.data.encoding import Encoded  # noqa: E402
+from reftx.config.schema import TrainConfig  # noqa: E402
 from tests.conftest import VOCAB, tiny_model  # noqa: E402
 
 INTERVENTIONS = [{"kind": "loreft", "rank": 4, "layers": "all", "positions": "all", "dropout": 0.1}]

@@ -17,10 +17,11 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 import reftx
-from reftx import cli, runner
-from reftx.errors import ConfigError, DataError, ReftError
-from reftx.experiment import load_experiment
-from reftx.train import Diverged
+import reftx.cli.commands as cli
+from reftx.recipes import train as runner
+from reftx.core.errors import ConfigError, DataError, ReftError
+from reftx.config.schema import load_experiment
+from reftx.train.run import Diverged
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
@@ -181,7 +182,7 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(tiny_dir, tmp_path, f
 
 
 def test_disk_full_names_the_path_and_cleans_up(tiny_dir, tmp_path, monkeypatch):
-    import reftx.train as T
+    import reftx.train.run as T
 
     def full(*a, **k):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
@@ -218,7 +219,7 @@ def test_eval_on_a_truncated_intervention_names_the_file(finished, capsys, monke
 
 
 def test_encoding_errors_and_empty_data_name_the_file(tmp_path):
-    from reftx.task import read_jsonl
+    from reftx.eval.task import read_jsonl
 
     yml = tmp_path / "bad.yaml"
     yml.write_bytes(b"schema: 1\ntask: {name: persona}\nname: caf\xe9\n")

@@ -1,4 +1,4 @@
-"""lm-evaluation-harness on a reftx model (reftx.lm_eval_adapter), offline: local YAML tasks over a
+"""lm-evaluation-harness on a reftx model (reftx.recipes.lm_eval), offline: local YAML tasks over a
 JSONL file, a tiny random llama with the default tokenizer and a LoReFT edit on {first: 2, last: 2}.
 lm-eval's per-item log-likelihoods must equal reftx's own teacher-forced scorer, its generations
 ReftModel.generate's, and the prompt edits must sit on each request's context only."""
@@ -13,11 +13,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from reftx import attach, cli, lm_eval_adapter
-from reftx.config import dump_yaml
-from reftx.errors import ReftError
-from reftx.experiment import load_experiment
-from reftx.scoring import score_continuations
+from reftx import attach
+import reftx.cli.commands as cli
+from reftx.integrations import lm_eval as lm_eval_adapter
+from reftx.recipes import lm_eval as lm_eval_run
+from reftx.core.convert import dump_yaml
+from reftx.core.errors import ReftError
+from reftx.config.schema import load_experiment
+from reftx.eval.scoring import score_continuations
 from tests.conftest import perturb
 
 lm_eval = pytest.importorskip("lm_eval")
@@ -189,7 +192,7 @@ def test_cli_evaluates_a_run_dir_and_writes_only_lm_eval(tiny_dir, task_dir, tmp
     assert record["run"] == "quickstart" and record["chat_template"] is False and record["limit"] == 3
     assert record["lm_eval"]["n-samples"]["tiny_mc"]["effective"] == 3
     # the same 3 items through the Python call give the same accuracy
-    lm = lm_eval_adapter.from_run(run_dir, batch_size=3, show_progress=False)
+    lm = lm_eval_run.from_run(run_dir, batch_size=3, show_progress=False)
     manager = TaskManager(include_path=str(task_dir), include_defaults=False)
     again = lm_eval.simple_evaluate(model=lm, tasks=["tiny_mc"], task_manager=manager, limit=3)
     assert again["results"]["tiny_mc"]["acc,none"] == acc
@@ -210,9 +213,9 @@ def test_cli_unknown_task_names_close_matches(tiny_dir, task_dir, tmp_path, caps
 
 def test_lm_eval_is_optional(tmp_path, monkeypatch):
     """Importing reftx (and this adapter, and the CLI) imports no lm_eval; without it, a clear error."""
-    code = "import sys, reftx, reftx.cli, reftx.lm_eval_adapter; print('lm_eval' in sys.modules)"
+    code = "import sys, reftx, reftx.cli, reftx.recipes.lm_eval; print('lm_eval' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           cwd=REPO).stdout.strip() == "False"
     monkeypatch.setitem(sys.modules, "lm_eval.models.huggingface", None)  # import fails as if not installed
     with pytest.raises(ReftError, match=r"pip install 'reftx\[lm-eval\]'"):
-        lm_eval_adapter.from_run(tmp_path)
+        lm_eval_run.from_run(tmp_path)

@@ -114,3 +114,65 @@ def test_yaml_imports_a_loose_module(tmp_path, tiny_dir):
     assert ok.returncode == 0, ok.stderr[-2000:]
     by_file = reftx_cli(["--import", str(tmp_path / "mine" / "my_shift.py"), "ls", "interventions"], tmp_path, tmp_path)
     assert "my_shift" in by_file.stdout
+
+
+MYPLUG = VARIANT.format(kind="my_shift2") + '''
+
+from reftx.parts import SubspaceConfig, register_primitive, subspace
+
+register_primitive("my_loreft2", SubspaceConfig, subspace(True, "linear", True), "LoReFT, registered out of tree")
+'''
+
+SAVE = textwrap.dedent('''
+    import sys
+    import torch
+    from transformers import AutoModelForCausalLM
+    import myplug  # noqa: F401  (registers my_shift2 and my_loreft2)
+    import reftx
+    base = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+    model = reftx.attach(base, [
+        {"kind": "my_shift2", "layers": [1], "positions": "last_prompt", "init": 0.5},
+        {"kind": "my_loreft2", "rank": 2, "layers": [2], "positions": "last_prompt", "bound": "hinge",
+         "bound_tau": 0.1, "bound_lambda": 0.5}])
+    with torch.no_grad():
+        for p in model.interventions.parameters():
+            p.add_(0.1)
+    model.save_pretrained(sys.argv[2])
+    ids = torch.tensor([[5, 6, 7, 8]])
+    torch.save(model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits, sys.argv[3])
+''')
+
+LOAD = textwrap.dedent('''
+    import sys
+    import torch
+    from transformers import AutoModelForCausalLM
+    import reftx
+    base = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+    model = reftx.ReftModel.from_pretrained(base, sys.argv[2])  # no import of myplug here
+    ids = torch.tensor([[5, 6, 7, 8]])
+    torch.testing.assert_close(model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits,
+                               torch.load(sys.argv[3]), rtol=0, atol=0)
+    mods = dict(model.named_interventions())
+    hinge = [m.loss() for m in mods["L2.block_output.last_prompt"].modifiers()]
+    print(sorted(type(m).__module__ for m in mods.values()), [sorted(h) for h in hinge])
+''')
+
+
+def test_both_registration_paths_reload_in_a_fresh_interpreter(tmp_path, tiny_dir):
+    """A user module registering a class (@register_intervention) and a composition with a bound
+    modifier (register_primitive): attach + save_pretrained in one process, from_pretrained in
+    another that never imports the module itself. Both kinds record their defining module."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "myplug.py").write_text(MYPLUG)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "mine"), str(REPO)])}
+    saved, logits = tmp_path / "saved", tmp_path / "logits.pt"
+    run = [sys.executable, "-c"]
+    done = subprocess.run(run + [SAVE, str(tiny_dir), str(saved), str(logits)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    meta = json.loads((saved / "reft_config.json").read_text())
+    assert meta["modules"] == {"my_shift2": "myplug", "my_loreft2": "myplug"}
+    again = subprocess.run(run + [LOAD, str(tiny_dir), str(saved), str(logits)], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.strip().splitlines()[-1] == "['myplug', 'reftx.parts.compose'] [['bound_hinge']]"

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reftx import cli, runner
-from reftx.errors import ConfigError, DataError
-from reftx.experiment import load_experiment
-from reftx.task import default_data_dir
+import reftx.cli.commands as cli
+from reftx.recipes import train as runner
+from reftx.core.errors import ConfigError, DataError
+from reftx.config.schema import load_experiment
+from reftx.eval.task import default_data_dir
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted((REPO / "experiments").rglob("*.yaml"))
@@ -88,7 +89,7 @@ HUB_CONFIGS = {
 def _default_config():
     from transformers import AutoConfig
 
-    from reftx.hub import default_model_path
+    from reftx.models.loading import default_model_path
 
     return AutoConfig.from_pretrained(default_model_path())
 
@@ -189,7 +190,7 @@ def test_validate_offline_reports_prerequisites_as_notices(capsys):
     assert "notice: needs runs/tofu_finetune/model: run `reftx run experiments/unlearning/tofu_finetune.yaml` first" in err
     assert "error" not in err
     # the published architecture plans exactly as the Hub's config (layer count and widths)
-    from reftx.hub import published_config
+    from reftx.models.loading import published_config
 
     for name, make in HUB_CONFIGS.items():
         if name.startswith("runs/"):

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reftx import tracking
-from reftx.config import from_dict
-from reftx.errors import ConfigError, ReftError
-from reftx.experiment import TrainConfig
-from reftx.train import train
+from reftx.train import trackers as tracking
+from reftx.core.convert import from_dict
+from reftx.core.errors import ConfigError, ReftError
+from reftx.config.schema import TrainConfig
+from reftx.train.run import train
 from tests.integration._train_script import config, make_data, make_model
 
 pytest.importorskip("tensorboard")
@@ -105,7 +105,7 @@ def test_flatten():
 
 
 def test_reftx_run_logs_to_tensorboard_under_the_experiment_name(tiny_dir, tmp_path):
-    from reftx import cli
+    import reftx.cli.commands as cli
     from tests.integration.test_runner import REPO, tiny_overrides
 
     overrides = [*tiny_overrides(tiny_dir, tmp_path), "train.log_with=[tensorboard]"]

@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reftx.train import Interrupted, NonFiniteLoss, latest_checkpoint, train
+from reftx.train.run import Interrupted, NonFiniteLoss, latest_checkpoint, train
 from tests.integration._train_script import INTERRUPTED_EXIT, config, make_data, make_model
 
 SCRIPT = Path(__file__).with_name("_train_script.py")
@@ -197,7 +197,7 @@ def test_checkpoints_are_complete_or_absent(runs):
 def test_ctrl_c_saves_a_checkpoint_at_the_step_boundary_then_resumes_exactly(runs):
     root, out = runs
     rc, log = out["C"]
-    assert rc == INTERRUPTED_EXIT, log[-3000:]  # train raised reftx.train.Interrupted
+    assert rc == INTERRUPTED_EXIT, log[-3000:]  # train raised reftx.train.run.Interrupted
     assert issubclass(Interrupted, KeyboardInterrupt)  # so code that does not know reftx still stops
     assert "interrupted: saved a checkpoint at step 5" in log
     # SIGINT arrives inside on_log of step 5; the loop finishes that step's bookkeeping and saves step-5

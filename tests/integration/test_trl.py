@@ -1,16 +1,18 @@
-"""TRL's SFT, DPO and GRPO trainers train reftx interventions (reftx.trainers).
+"""TRL's SFT, DPO and GRPO trainers train reftx interventions (reftx.integrations.trl).
 
 For each trainer's batch format: the loss falls (or the rewarded behaviour grows), the base model's
 weights are bit-for-bit unchanged, and the edited positions are exactly the hand-computed prompt
 positions of every row (never a completion, chosen or rejected token)."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 import reftx
-import reftx.hooks as H
-from reftx.errors import ConfigError, ReftError
+import reftx.engine.hooks as H
+from reftx.core.errors import ConfigError, ReftError
 from tests.conftest import tiny_model
 
 trl = pytest.importorskip("trl")  # an extra: reftx[trl]; scripts/test.sh installs it
@@ -22,7 +24,7 @@ LONG, SHORT = "w1 w2 w3 w4 w5", "w6 w7 w8"  # prompts of 5 and 3 tokens
 
 def hand_layout(prompt_len: int, start: int) -> list[int]:
     """first 2 + last 2 of a prompt at [start, start + prompt_len); a prompt shorter than 4 splits
-    as first len//2, last the rest (reftx.positions.part_rows)."""
+    as first len//2, last the rest (reftx.engine.positions.part_rows)."""
     if prompt_len >= 4:
         first, last = 2, 2
     else:
@@ -108,7 +110,7 @@ def completion_nll(reft, tok, rows):
 
 
 def test_sft_trains_only_the_interventions_on_prompt_positions(tmp_path, tok, monkeypatch):
-    from reftx.trainers import ReftSFTTrainer
+    from reftx.integrations.trl import ReftSFTTrainer
 
     base = tiny_model("llama")
     before = base_snapshot(base)
@@ -133,7 +135,7 @@ def test_sft_trains_only_the_interventions_on_prompt_positions(tmp_path, tok, mo
 
 
 def test_dpo_edits_the_prompt_of_chosen_and_rejected_and_its_reference_is_the_base(tmp_path, tok, monkeypatch):
-    from reftx.trainers import ReftDPOTrainer
+    from reftx.integrations.trl import ReftDPOTrainer
 
     base = tiny_model("llama")
     before = base_snapshot(base)
@@ -176,7 +178,7 @@ def even_share(reft, tok, prompts):
 
 
 def test_grpo_samples_with_the_interventions_and_edits_left_padded_prompts(tmp_path, tok, monkeypatch):
-    from reftx.trainers import ReftGRPOTrainer
+    from reftx.integrations.trl import ReftGRPOTrainer
 
     def reward(completions, completion_ids, **kw):
         return [float(ids[0] % 2 == 0) if ids else 0.0 for ids in completion_ids]
@@ -209,7 +211,7 @@ def test_grpo_samples_with_the_interventions_and_edits_left_padded_prompts(tmp_p
 
 
 def test_refuses_what_it_cannot_place(tmp_path, tok):
-    from reftx.trainers import ReftSFTTrainer
+    from reftx.integrations.trl import ReftSFTTrainer
 
     reft = reftx.attach(tiny_model("llama"), SPEC)
     rows = Dataset.from_list([{"prompt": LONG, "completion": " w10"}])
@@ -223,7 +225,7 @@ def test_refuses_what_it_cannot_place(tmp_path, tok):
 
 
 def test_checkpoints_hold_the_interventions_and_resume_loads_them(tmp_path, tok):
-    from reftx.trainers import ReftSFTTrainer
+    from reftx.integrations.trl import ReftSFTTrainer
 
     rows = Dataset.from_list([{"prompt": LONG, "completion": " w10 w11"}, {"prompt": SHORT, "completion": " w12"}])
 
@@ -247,7 +249,7 @@ def test_checkpoints_hold_the_interventions_and_resume_loads_them(tmp_path, tok)
 
 
 def test_the_primitives_losses_join_the_trainers_loss(tmp_path, tok, monkeypatch):
-    from reftx.trainers import ReftSFTTrainer
+    from reftx.integrations.trl import ReftSFTTrainer
 
     reft = reftx.attach(tiny_model("llama"), SPEC)
     rows = Dataset.from_list([{"prompt": LONG, "completion": " w10 w11"}])
@@ -256,7 +258,9 @@ def test_the_primitives_losses_join_the_trainers_loss(tmp_path, tok, monkeypatch
                                  processing_class=tok)
     batch = next(iter(trainer.get_train_dataloader()))
     plain = float(trainer.compute_loss(trainer.model, dict(batch)))
-    monkeypatch.setattr(reft, "_extra_losses", lambda: ({"bound_hinge": torch.tensor(1.5)}, torch.tensor(2.0)))
+    probe = SimpleNamespace(loss=lambda: {"bound_hinge": torch.tensor(1.5)}, scale=lambda: torch.tensor(2.0), group=None)
+    (_, mod), *_ = reft.named_interventions()
+    monkeypatch.setattr(mod, "modifiers", lambda: [probe])  # one modifier: a parameter loss and a loss scale
     assert float(trainer.compute_loss(trainer.model, dict(batch))) == pytest.approx((plain + 1.5) * 2.0, abs=1e-5)
 
 

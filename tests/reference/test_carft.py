@@ -1,4 +1,4 @@
-"""CARFT's contrastive signal (reftx.carft) on tiny hand-made vectors, exact values.
+"""CARFT's contrastive signal (reftx.train.objectives.carft) on tiny hand-made vectors, exact values.
 
 Cosines are chosen to be read off: a = (1, 0) against (2, 0) is 1, against (0, 1) is 0, against
 (1, 1) is 1/√2, against (-1, 0) is -1; (3, 4) against (1, 0) is 3/5.
@@ -11,14 +11,14 @@ import pytest
 import torch
 
 import reftx
-from reftx.carft import (
+from reftx.train.objectives.carft import (
     CARFTOptions,
     contrastive_loss,
     cot_representation,
     embedding_partial_reward,
     group_similarity,
 )
-from reftx.config import from_dict
+from reftx.core.convert import from_dict
 from tests.conftest import batch, tiny_model
 
 R2 = 1 / math.sqrt(2)

@@ -12,9 +12,9 @@ import math
 import pytest
 
 import reftx.tasks  # noqa: F401  (registers the zoo)
-from reftx.metrics import get_metric
-from reftx.scoring import ContinuationScore
-from reftx.task import Example
+from reftx.eval.metrics import get_metric
+from reftx.eval.scoring import ContinuationScore
+from reftx.data.examples import Example
 from reftx.tasks.knowledge_edit import (_rows, compute_n_gram_entropy, counterfact_scores, edit_pairs,
                                         n_gram_entropy, rome_prob, summarize)
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import reftx
-from reftx.intervention import Context, make_intervention
-from reftx.parts import orthonormalize
+from reftx.core.intervention import Context, make_intervention
+from reftx.engine.rotations import orthonormalize
 from tests.conftest import batch, tiny_model
 
 H = torch.tensor([[1.0, 2.0]])

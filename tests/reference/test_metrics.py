@@ -1,4 +1,4 @@
-"""Metrics as registered objects (reftx/metrics.py): the registry's errors, aggregation, grouping,
+"""Metrics as registered objects (reftx/eval/metrics.py): the registry's errors, aggregation, grouping,
 and the zoo's metrics (persona, math, logs, TOFU, MCQ) through their Metric objects, against
 numbers computed by hand."""
 from __future__ import annotations
@@ -9,12 +9,13 @@ import struct
 import pytest
 
 import reftx.tasks  # noqa: F401  (registers the zoo)
-from reftx import metrics as metrics_module
-from reftx.cli import main as cli_main
-from reftx.errors import ConfigError
-from reftx.metrics import METRICS, Metric, get_metric, mean, mean_float32, register_metric, score_metrics
-from reftx.registry import Registry
-from reftx.task import TASKS, Example, Task, get_task
+from reftx.eval import metrics as metrics_module
+from reftx.cli.commands import main as cli_main
+from reftx.core.errors import ConfigError
+from reftx.eval.metrics import METRICS, Metric, get_metric, mean, mean_float32, register_metric, score_metrics
+from reftx.core.registry import Registry
+from reftx.eval.task import TASKS, Task, get_task
+from reftx.data.examples import Example
 
 
 def f32(x: float) -> float:

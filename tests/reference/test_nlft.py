@@ -1,4 +1,4 @@
-"""NLFT (reftx/nlft.py): token weights on hand-made log-probabilities, the objective's loss on a
+"""NLFT (reftx/train/objectives/nlft.py): token weights on hand-made log-probabilities, the objective's loss on a
 tiny llama against a hand-assembled weighted NLL, gradients, option errors and the guided data path."""
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import torch
 import yaml
 
 import reftx
-from reftx.data import Encoded, collate_train, encode, guided_prompt
-from reftx.errors import DataError
-from reftx.nlft import NLFTOptions, guided_logprobs, token_weights
-from reftx.objectives import OBJECTIVES
-from reftx.task import Example
+from reftx.data.encoding import Encoded, collate_train, encode, guided_prompt
+from reftx.core.errors import DataError
+from reftx.train.objectives.nlft import NLFTOptions, guided_logprobs, token_weights
+from reftx.train.objectives.common import OBJECTIVES
+from reftx.data.examples import Example
 from tests.conftest import perturb, tiny_model
 
 LOG = math.log
@@ -183,7 +183,7 @@ def test_option_errors_name_the_field():
 def tok():
     from transformers import AutoTokenizer
 
-    from reftx.hub import default_model_path
+    from reftx.models.loading import default_model_path
 
     return AutoTokenizer.from_pretrained(default_model_path())
 
@@ -212,9 +212,9 @@ def test_guided_keys_only_when_asked(tok):
 
 
 def test_math_task_gives_guidance_and_validate_checks_it(tmp_path):
-    from reftx import recipes
-    from reftx.experiment import load_experiment
-    from reftx.task import get_task
+    from reftx.recipes import registry as recipes
+    from reftx.config.schema import load_experiment
+    from reftx.eval.task import get_task
 
     ex = get_task("math", {"train_set": "gsm8k_original"}).examples("train", 3)
     assert all(e.guidance == f"Hint: the correct final answer is {e.gold}." for e in ex)

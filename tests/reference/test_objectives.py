@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import reftx
-from reftx.errors import DataError
-from reftx.objectives import OBJECTIVES, rmu_direction, sequence_nll
+from reftx.core.errors import DataError
+from reftx.train.loss import compose
+from reftx.train.objectives.common import OBJECTIVES, rmu_direction, sequence_nll
 from tests.conftest import batch, tiny_model
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
@@ -59,8 +60,8 @@ class FakeModel:
 
     def named_interventions(self):
         if self.scale is not None:
-            yield "k", SimpleNamespace(loss_scale=lambda: torch.tensor(self.scale), parameter_losses=lambda: {},
-                                  modifiers=lambda: [])
+            scaling = SimpleNamespace(loss=lambda: {}, scale=lambda: torch.tensor(self.scale), group=None)
+            yield "k", SimpleNamespace(modifiers=lambda: [scaling])
 
     def __call__(self, input_ids, attention_mask, labels=None, example_info=None, output_hidden_states=False):
         rows = input_ids[:, 0]
@@ -93,10 +94,18 @@ def test_sequence_nll_matches_token_loop():
     torch.testing.assert_close(sequence_nll(logits, labels), torch.stack(ref))
 
 
+def composed(model, result):
+    """The training loss the drivers build from an objective's result (reftx.train.loss.compose)."""
+    core, _, out = result
+    return compose(core, out.get("aux_losses"), [m for _, m in model.named_interventions()])[0]
+
+
 def test_gd_reference():
     model = FakeModel(aux=0.25)
-    loss, logs, _ = OBJECTIVES.get("gd")(model, make_batch(), {"retain_weight": 0.5})
-    # −NLL_F + 0.5·NLL_R, plus the primitives' aux loss 0.25
+    core, logs, out = OBJECTIVES.get("gd")(model, make_batch(), {"retain_weight": 0.5})
+    assert core.item() == pytest.approx(-NLL_F + 0.5 * NLL_R, abs=1e-6)  # the objective's own term
+    # −NLL_F + 0.5·NLL_R, plus the primitives' aux loss 0.25, added by the composition
+    loss = composed(model, (core, logs, out))
     assert loss.item() == pytest.approx(-NLL_F + 0.5 * NLL_R + 0.25, abs=1e-6)
     assert logs["nll_forget"] == pytest.approx(NLL_F, abs=1e-6)
     assert logs["nll_retain"] == pytest.approx(NLL_R, abs=1e-6)
@@ -108,7 +117,8 @@ def test_gd_reference():
 
 
 def test_idk_reference_and_loss_scale():
-    loss, _, _ = OBJECTIVES.get("idk")(FakeModel(aux=0.25, scale=2.0), make_batch(), {})
+    model = FakeModel(aux=0.25, scale=2.0)
+    loss = composed(model, OBJECTIVES.get("idk")(model, make_batch(), {}))
     # (NLL_F + 1·NLL_R + 0.25) · 2
     assert loss.item() == pytest.approx(2 * (NLL_F + NLL_R + 0.25), abs=1e-6)
 
@@ -144,7 +154,7 @@ def test_npo_weight_moves_with_the_sequence_nll():
     1 nat less likely than under the reference, the sequence NLL gives Δ = 20 and the weight
     2σ(−2) = 0.2384; the mean token NLL gives Δ = 1 and 2σ(−0.1) = 0.9500, barely below the
     weight 1 of gradient difference: why NPO computed on mean NLLs behaved like GD."""
-    from reftx.objectives import npo_forget_term
+    from reftx.train.objectives.common import npo_forget_term
 
     for delta, weight in ((0.0, 1.0), (20.0, 2 / (1 + math.exp(2.0))), (1.0, 2 / (1 + math.exp(0.1)))):
         nll = torch.tensor([5.0 + delta], requires_grad=True)
@@ -229,8 +239,9 @@ def test_objectives_train_grun_on_a_real_model(name):
     b = {"input_ids": ids, "attention_mask": mask, "labels": labels,
          "example_info": {"gate_label": torch.tensor([1.0, 0.0, 1.0])}}
     model.train()
-    loss, logs, out = OBJECTIVES.get(name)(model, b, {})
-    assert loss.item() == pytest.approx(logs["objective"] + 30 * LN2, rel=1e-5)  # 3 sites · λ 10 · ln 2
+    result = OBJECTIVES.get(name)(model, b, {})
+    loss = composed(model, result)
+    assert loss.item() == pytest.approx(result[1]["objective"] + 30 * LN2, rel=1e-5)  # 3 sites · λ 10 · ln 2
     loss.backward()
     assert all(p.grad is None for p in base.parameters())
     grads = [p.grad for p in model.interventions.parameters()]
@@ -244,9 +255,9 @@ def test_every_objective_has_typed_options_checked_before_training(tmp_path):
     rejects any key (nll used to ignore them)."""
     import yaml
 
-    from reftx import recipes
-    from reftx.experiment import load_experiment
-    from reftx.objectives import objective_options
+    from reftx.recipes import registry as recipes
+    from reftx.config.schema import load_experiment
+    from reftx.train.objectives.common import objective_options
 
     assert objective_options("npo", {"beta": 0.5}).beta == 0.5
     with pytest.raises(reftx.ConfigError, match=r"^train\.objective_options\.weight: unknown key"):
@@ -268,9 +279,9 @@ def test_every_objective_has_typed_options_checked_before_training(tmp_path):
             recipes.validate(load_experiment(path), model_config=object())
 
 
-def test_classify_keeps_the_modifiers_parameter_losses():
-    """The classifier's forward has no labels, so the model adds no parameter loss itself; the
-    objective must: loss = CE + λ·max(0, ‖c‖ − τ)² (a hinge bound with λ = 0.5, τ = 0.1)."""
+def test_classify_composes_with_the_modifiers_parameter_losses():
+    """The classifier's forward has no labels; the composition still adds the bound's parameter loss:
+    loss = CE + λ·max(0, ‖c‖ − τ)² (a hinge bound with λ = 0.5, τ = 0.1)."""
     import torch.nn.functional as F
 
     from tests.conftest import batch, tiny_model
@@ -283,8 +294,10 @@ def test_classify_keeps_the_modifiers_parameter_losses():
         mod.bias()[:2] = torch.tensor([0.3, 0.4])  # ‖c‖ = 0.5: hinge = 0.5 · 0.4² = 0.08
     ids, mask = batch()
     target = torch.tensor([1, 0, 1])
-    loss, logs, out = OBJECTIVES.get("classify")(model, {"input_ids": ids, "attention_mask": mask,
-                                                         "example_info": {"label": target.float()}}, None)
+    result = OBJECTIVES.get("classify")(model, {"input_ids": ids, "attention_mask": mask,
+                                                "example_info": {"label": target.float()}}, None)
+    _, logs, out = result
+    loss = composed(model, result)
     ce = F.cross_entropy(out.logits.float(), target)
     assert logs["objective"] == pytest.approx(float(ce), abs=1e-6)
     assert loss.item() == pytest.approx(float(ce) + 0.08, abs=1e-6)

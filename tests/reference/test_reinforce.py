@@ -8,9 +8,20 @@ import pytest
 import torch
 
 import reftx
-from reftx.errors import ConfigError, DataError
-from reftx.reinforce import (EXAMPLE_INDEX, Env, GRPOOptions, completion_mask, grpo, grpo_loss, group_advantages,
-                             k3_kl, left_padded_prompts, policy_logprobs, sample)
+from reftx.core.errors import ConfigError, DataError
+from reftx.train.objectives.grpo import (
+    EXAMPLE_INDEX,
+    Env,
+    GRPOOptions,
+    completion_mask,
+    grpo,
+    grpo_loss,
+    group_advantages,
+    k3_kl,
+    left_padded_prompts,
+    policy_logprobs,
+    sample,
+)
 from tests.conftest import tiny_model
 
 
@@ -132,8 +143,8 @@ def test_sampled_logprobs_equal_a_teacher_forced_recomputation(schedule):
 def _gated(kind: str) -> list[dict]:
     import dataclasses
 
-    from reftx.intervention import get_intervention
-    from reftx.parts import INPUT_GATES
+    from reftx.core.intervention import get_intervention
+    from reftx.parts.compose import INPUT_GATES
 
     fields = {f.name for f in dataclasses.fields(get_intervention(kind).Config)}
     return [{"input_gate": g} for g in INPUT_GATES.names()] if "input_gate" in fields else []
@@ -230,7 +241,7 @@ def test_the_objective_trains_only_the_interventions_toward_the_reward():
 
 
 def test_the_math_reward_by_hand():
-    from reftx.task import Example
+    from reftx.data.examples import Example
     from reftx.tasks.math_reasoning import MathReasoning
 
     task = MathReasoning(MathReasoning.Options())
@@ -266,8 +277,8 @@ BATCH = {"input_ids": torch.tensor([[5, 6, 7, 8, 9, 20, 22], [10, 11, 12, 21, 23
 def test_carft_adds_its_weighted_contrastive_term_to_grpo():
     """Same samples (same seed): the carft loss minus the loss with weight 0 is weight · L_CL, the
     term it logs; only the interventions get gradients; a misspelt nested option is named."""
-    from reftx.objectives import objective_options
-    from reftx.reinforce import carft
+    from reftx.train.objectives.common import objective_options
+    from reftx.train.objectives.grpo import carft
 
     reft = reftx.attach(tiny_model("llama"), SCHEDULES["prompt"])
     _nonzero(reft)
@@ -289,7 +300,7 @@ def test_carft_adds_its_weighted_contrastive_term_to_grpo():
 
 
 def test_carft_embedding_partial_reward_reshapes_only_partial_rewards():
-    from reftx.reinforce import carft
+    from reftx.train.objectives.grpo import carft
 
     reft = reftx.attach(tiny_model("llama"), SCHEDULES["prompt"])
     env = _tiny_env()
@@ -306,8 +317,8 @@ def test_carft_embedding_partial_reward_reshapes_only_partial_rewards():
 
 
 def test_validate_refuses_a_sampling_objective_on_a_task_without_reward(tmp_path):
-    from reftx.experiment import load_experiment
-    from reftx.recipes import validate
+    from reftx.config.schema import load_experiment
+    from reftx.recipes.registry import validate
 
     exp = load_experiment("experiments/quickstart.yaml", ["train.objective=grpo"])
     with pytest.raises(ConfigError, match="defines no reward"):

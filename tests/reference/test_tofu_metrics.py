@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 import reftx.tasks  # noqa: F401  (registers the zoo)
-from reftx.errors import ConfigError, DataError
-from reftx.scoring import ContinuationScore
-from reftx.task import Example, default_data_dir, get_task
+from reftx.core.errors import ConfigError, DataError
+from reftx.eval.scoring import ContinuationScore
+from reftx.data.examples import Example
+from reftx.eval.task import default_data_dir, get_task
 from reftx.tasks.tofu_metrics import (
     CACHE_FILE,
     closer_to_1,
@@ -187,9 +188,9 @@ def test_tofu_split_real_files():
 
 @needs_data
 def test_evaluate_tofu_metrics(tiny_dir):
-    from reftx.experiment import EvalConfig
-    from reftx.hub import load_model
-    from reftx.model import attach
+    from reftx.config.schema import EvalConfig
+    from reftx.models.loading import load_model
+    from reftx.engine.model import attach
 
     task = get_task("tofu_unlearn", {"retain_authors": 2, "n_utility": 3, "n_forget_eval": 6})
     exs = task.load("tofu")
@@ -197,7 +198,7 @@ def test_evaluate_tofu_metrics(tiny_dir):
     cfg = EvalConfig(batch_size=8, max_new_tokens=4)
     loads = []
 
-    def load_retain():  # the runner's loader (reftx.runner.reference_loaders): called on a cache miss only
+    def load_retain():  # the runner's loader (reftx.recipes.train.reference_loaders): called on a cache miss only
         loads.append(1)
         return load_model(str(tiny_dir))
 
@@ -227,8 +228,8 @@ def test_evaluate_tofu_metrics(tiny_dir):
 
 @needs_data
 def test_evaluate_tofu_memorization(tiny_dir):
-    from reftx.experiment import EvalConfig
-    from reftx.hub import load_model
+    from reftx.config.schema import EvalConfig
+    from reftx.models.loading import load_model
 
     task = get_task("tofu_unlearn", {"retain_authors": 2, "n_utility": 2, "n_forget_eval": 4, "memorization": True})
     exs = task.load("tofu")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import reftx.tasks  # noqa: F401  (registers the zoo)
-from reftx.metrics import score_metrics
-from reftx.task import Example
+from reftx.eval.metrics import score_metrics
+from reftx.data.examples import Example
 from reftx.tasks.unlearning_metrics import (
     auc,
     exact_memorization,

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 import reftx
-from reftx.errors import DataError
-from reftx.intervention import Context, make_intervention
+from reftx.core.errors import DataError
+from reftx.core.intervention import Context, make_intervention
 from reftx.methods.baft import locality_gate_loss, next_token_kl, switch_balance, variance_balance
-from reftx.objectives import OBJECTIVES
+from reftx.train.objectives.common import OBJECTIVES
 from tests.conftest import batch, tiny_model
 
 SIG = {-1.0: 0.26894142, -0.5: 0.37754067, 0.0: 0.5}  # σ(x) = 1 / (1 + e^{-x})

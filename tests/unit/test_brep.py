@@ -9,11 +9,12 @@ import pytest
 import torch
 
 import reftx
-from reftx.norm_bounds import PID_DEFAULTS, HingeBound, PIDBound, ProjectBound
-from reftx.data import Encoded
-from reftx.intervention import Context, make_intervention
-from reftx.loss import after_step, parameter_terms
-from reftx.prefix import prefix_truncate, truncate_labels
+from reftx.parts.norm_bounds import PID_DEFAULTS, HingeBound, PIDBound, ProjectBound
+from reftx.data.encoding import Encoded
+from reftx.core.intervention import Context, make_intervention
+from reftx.core.intervention import after_step
+from reftx.train.loss import compose, parameter_terms
+from reftx.data.label_truncation import prefix_truncate, truncate_labels
 from tests.conftest import batch, tiny_model
 
 INNER = 72  # tiny llama: intermediate_size = 2 * 32 + 8
@@ -82,8 +83,10 @@ def test_hinge_adds_to_the_loss_summed_over_layers():
     labels[:, :4] = -100
     out = model(input_ids=ids, attention_mask=mask, labels=labels)
     expected = 0.25 * (5 - 1) ** 2 + 0.25 * (2 - 1) ** 2  # 4 + 0.25
-    assert out["aux_losses"]["bound_hinge"].item() == pytest.approx(expected)
-    assert out.loss.item() == pytest.approx(out["task_loss"].item() + expected)
+    assert "aux_losses" not in out  # a parameter loss is the modifier's, not the forward's
+    loss, terms = compose(out.loss, out.get("aux_losses"), [m for _, m in model.named_interventions()])
+    assert terms["bound_hinge"].item() == pytest.approx(expected)
+    assert loss.item() == pytest.approx(out.loss.item() + expected)
 
 
 # -- PID ----------------------------------------------------------------------------------------------
@@ -155,11 +158,13 @@ def test_pid_loss_scale_multiplies_the_loss_in_training_only():
     labels = ids.masked_fill(mask == 0, -100)
     labels[:, :4] = -100
     model.train()
+    mods = [m for _, m in model.named_interventions()]
     out = model(input_ids=ids, attention_mask=mask, labels=labels)
-    assert out.loss.item() == pytest.approx(0.05 * out["task_loss"].item(), rel=1e-6)
+    loss, _ = compose(out.loss, out.get("aux_losses"), mods)
+    assert loss.item() == pytest.approx(0.05 * out.loss.item(), rel=1e-6)
     model.eval()
     plain = model(input_ids=ids, attention_mask=mask, labels=labels)
-    assert plain.loss.item() == pytest.approx(out["task_loss"].item(), rel=1e-6) and "task_loss" not in plain
+    assert compose(plain.loss, None, mods)[0].item() == pytest.approx(out.loss.item(), rel=1e-6)
 
 
 def test_pid_state_survives_save_load_and_resumes_exactly(tmp_path):
@@ -272,8 +277,8 @@ def test_prefix_truncate_fraction_and_determinism():
 
 
 def test_prefix_options_are_validated():
-    from reftx.config import from_dict
-    from reftx.experiment import Experiment
+    from reftx.core.convert import from_dict
+    from reftx.config.schema import Experiment
 
     base = {"schema": 1, "task": {"name": "persona"}}
     for key, value in (("prefix_fraction", 1.5), ("prefix_fraction", -0.1), ("prefix_tokens", 0)):
@@ -287,10 +292,10 @@ def test_runner_applies_prefix_truncation(monkeypatch, tmp_path):
     """runner.run hands the train loop prefix-truncated examples (stopped before any training)."""
     from transformers import AutoTokenizer
 
-    from reftx import runner
-    from reftx.config import from_dict
-    from reftx.experiment import Experiment
-    from reftx.hub import default_model_path
+    from reftx.recipes import train as runner
+    from reftx.core.convert import from_dict
+    from reftx.config.schema import Experiment
+    from reftx.models.loading import default_model_path
 
     tok = AutoTokenizer.from_pretrained(default_model_path())
     monkeypatch.setattr(runner, "load_base", lambda exp: (tiny_model("llama"), tok))

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 import reftx.tasks  # noqa: F401
-from reftx import cli
-from reftx.errors import DataError
-from reftx.experiment import EvalConfig
-from reftx.hub import load_model
-from reftx.scoring import score_continuations
-from reftx.task import Example, default_data_dir, get_task
+import reftx.cli.commands as cli
+from reftx.core.errors import DataError
+from reftx.config.schema import EvalConfig
+from reftx.models.loading import load_model
+from reftx.eval.scoring import score_continuations
+from reftx.data.examples import Example
+from reftx.eval.task import default_data_dir, get_task
 from reftx.tasks.commonsense import answer_options, extract_label
 
 REPO = Path(__file__).resolve().parents[2]

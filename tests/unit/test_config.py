@@ -1,4 +1,4 @@
-"""Tests of the strict config machinery (reftx.config) and the experiment schema (reftx.experiment)."""
+"""Tests of the strict config machinery (reftx.config) and the experiment schema (reftx.config.schema)."""
 from __future__ import annotations
 
 import re
@@ -9,9 +9,10 @@ from typing import Any, Literal
 import pytest
 import yaml
 
-from reftx.config import apply_overrides, config_hash, dump_yaml, from_dict, load_yaml, to_dict
-from reftx.errors import ConfigError
-from reftx.experiment import Experiment, TrainConfig, load_experiment
+from reftx.core.convert import apply_overrides, dump_yaml, from_dict, load_yaml, to_dict
+from reftx.config.hashing import config_hash
+from reftx.core.errors import ConfigError
+from reftx.config.schema import Experiment, TrainConfig, load_experiment
 
 
 def write(path: Path, text: str) -> Path:
@@ -249,7 +250,7 @@ def test_empty_sections_mean_defaults(tmp_path: Path) -> None:
 
 
 def test_schema1_method_section_reads_as_the_edit_recipe_with_a_notice(tmp_path: Path, capsys) -> None:
-    from reftx.config import config_hash
+    from reftx.config.hashing import config_hash
 
     exp = experiment(tmp_path, "method: {mode: batch}\n", overrides=("method.parallel=4",))
     assert exp.recipe == {"name": "edit", "mode": "batch", "parallel": 4}
@@ -291,7 +292,7 @@ def test_config_hash_of_experiment_matches_its_dict(tmp_path: Path) -> None:
 def test_every_cli_argument_has_a_help_text() -> None:
     import argparse
 
-    from reftx.cli import build_parser
+    from reftx.cli.commands import build_parser
 
     parser = build_parser()
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)][0]
@@ -306,7 +307,7 @@ QUICKSTART = Path(__file__).resolve().parents[2] / "experiments" / "quickstart.y
 
 
 def test_config_hash_is_only_of_what_determines_the_result() -> None:
-    from reftx.config import NOT_HASHED, hash_differences
+    from reftx.config.hashing import NOT_HASHED, hash_differences
 
     base = load_experiment(QUICKSTART).to_dict()
     bookkeeping = ("output_dir=/elsewhere", "name=other", "train.log_every=7", "train.checkpoint_every=0",
@@ -334,8 +335,8 @@ def test_schema1_method_override_wins_over_the_files_recipe(tmp_path: Path) -> N
 
 
 def test_resume_accepts_a_moved_folder_and_names_a_real_change(tmp_path: Path, capsys) -> None:
-    from reftx.errors import ReftError
-    from reftx.runner import _check_resume
+    from reftx.core.errors import ReftError
+    from reftx.recipes.train import _check_resume
 
     saved = load_experiment(QUICKSTART, ["output_dir=runs", "train.log_every=2"]).to_dict()
     write(tmp_path / "config.yaml", dump_yaml(saved))
@@ -350,9 +351,9 @@ def test_resume_accepts_a_moved_folder_and_names_a_real_change(tmp_path: Path, c
 def test_eval_repetition_penalty_is_checked_hashed_when_set_and_reaches_generate() -> None:
     import torch
 
-    from reftx.evaluate import generate
-    from reftx.experiment import EvalConfig
-    from reftx.task import Example
+    from reftx.eval.generate import generate
+    from reftx.config.schema import EvalConfig
+    from reftx.data.examples import Example
 
     with pytest.raises(ConfigError, match=r"^eval\.repetition_penalty: must be > 0, got 0\.0"):
         load_experiment(QUICKSTART, ["eval.repetition_penalty=0.0"])

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from reftx.docgen import config_reference
+from reftx.cli.docgen import config_reference
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_config_reference_is_current():
     committed = (REPO / "docs" / "config.md").read_text()
-    assert committed == config_reference(), "docs/config.md is stale: run python -m reftx.docgen > docs/config.md"
+    assert committed == config_reference(), "docs/config.md is stale: run python -m reftx.cli.docgen > docs/config.md"
 
 
 def test_every_shipped_option_has_its_line_in_the_reference():
@@ -23,10 +23,10 @@ def test_every_shipped_option_has_its_line_in_the_reference():
     import typing
 
     import reftx.tasks  # noqa: F401
-    from reftx.docgen import _comments
-    from reftx.objectives import OBJECTIVES
-    from reftx.recipes import RECIPES
-    from reftx.task import TASKS
+    from reftx.cli.docgen import _comments
+    from reftx.train.objectives.common import OBJECTIVES
+    from reftx.recipes.registry import RECIPES
+    from reftx.eval.task import TASKS
 
     options = {f"task {n}": TASKS.get(n).Options for n in TASKS.names()}
     options |= {f"objective {n}": OBJECTIVES.get(n).Options for n in OBJECTIVES.names()}
@@ -100,8 +100,8 @@ PUBLISHED = [
 def _hash_of(command: str) -> str:
     import shlex
 
-    from reftx.config import config_hash
-    from reftx.experiment import load_experiment
+    from reftx.config.hashing import config_hash
+    from reftx.config.schema import load_experiment
 
     file, *overrides = shlex.split(command)
     return config_hash(load_experiment(REPO / "experiments" / f"{file.removeprefix('experiments/').removesuffix('.yaml')}.yaml",

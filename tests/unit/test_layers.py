@@ -1,38 +1,67 @@
-"""The layers point one way: no import circles, and the core never imports the zoo.
+"""The folders are the layers, and imports point down only.
 
-Checked on the source with ``ast`` (every import, also inside functions, except those under
-``if TYPE_CHECKING:``), so a lazy import cannot hide a circle."""
+One rank table by package (below). An import from package A to package B is allowed when A is B or
+B ranks lower; anything else is an upward (or sideways) edge and fails. Checked on the source with
+``ast``: every import, also inside functions and under ``if TYPE_CHECKING:``, so neither a lazy
+import nor an annotation-only one can hide an edge or a cycle."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = {"reftx": "reftx", "reftx.recipes": "reftx/recipes", "reftx.methods": "methods", "reftx.tasks": "tasks"}
-ZOO = ("reftx.methods", "reftx.tasks")
-# recipes and front ends may use a task's metric functions; nothing below them may import the zoo
-RECIPES = {"reftx.cli", "reftx.runner", "reftx.edit_run", "reftx.editing", "reftx.plugins", "reftx.docgen"}
-RECIPE_PACKAGES = ("reftx.recipes",)  # every module of reftx/recipes/ is a recipe
-# a task turns data and predictions into metrics: it never trains, loads a model or drives a run
-ABOVE_TASKS = {"reftx.runner", "reftx.lora", "reftx.hub", "reftx.edit_run", "reftx.editing", "reftx.cli"}
-# the old spelling `python -m reftx.tasks tofu-finetune` says the command moved and runs `reftx tofu-finetune`
-TASK_ALIASES = {"reftx.tasks.__main__": {"reftx.cli"}}
+# where each importable tree lives: reftx/ is the library, methods/ and tasks/ (the zoo) install as
+# reftx.methods and reftx.tasks
+TREES = {"reftx": REPO / "reftx", "reftx.methods": REPO / "methods", "reftx.tasks": REPO / "tasks"}
+# the layers, lowest first (README "Layout"). parts and data share a rank and may not import each
+# other; eval ranks below train because training uses evaluation (the classify objective reads the
+# eval layer's class logits), never the reverse. The zoo (methods, tasks) may use anything up to
+# train; only the recipes and the command line import it (the plugin loader in core reaches it
+# through importlib, by name).
+RANKS = {
+    "core": 0, "config": 1, "models": 2, "engine": 3, "parts": 4, "data": 4, "eval": 5, "train": 6,
+    "methods": 7, "tasks": 7, "integrations": 8, "runs": 9, "recipes": 10, "cli": 11,
+    "": 12,  # the package's own __init__: the public facade re-exports from every layer
+}
+ZOO = ("methods", "tasks")
+ZOO_USERS = ("recipes", "cli", "methods", "tasks")
 
 
 def modules() -> dict[str, Path]:
     out = {}
-    for pkg, folder in PACKAGES.items():
-        for f in sorted((REPO / folder).glob("*.py")):
-            out[pkg if f.stem == "__init__" else f"{pkg}.{f.stem}"] = f
+    for pkg, folder in TREES.items():
+        for f in sorted(folder.rglob("*.py")):
+            parts = f.relative_to(folder).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join((pkg, *parts))] = f
     return out
 
 
+def package(module: str) -> str:
+    """The layer a module belongs to: ``reftx.engine.hooks`` -> ``engine``; ``reftx`` -> ``''``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
 def _imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
-    skip = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            skip |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
-    return [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and id(n) not in skip]
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+
+
+def _target(name: str, path: Path, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    base = name.split(".") if path.stem == "__init__" else name.split(".")[:-1]
+    base = base[:len(base) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _deepest(dotted: str, mods: dict[str, Path]) -> str | None:
+    parts = dotted.split(".")
+    for k in range(len(parts), 0, -1):
+        if ".".join(parts[:k]) in mods:
+            return ".".join(parts[:k])
+    return None
 
 
 def graph() -> dict[str, set[str]]:
@@ -42,18 +71,14 @@ def graph() -> dict[str, set[str]]:
         deps: set[str] = set()
         for node in _imports(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
-                deps |= {a.name for a in node.names if a.name in mods}
+                deps |= {d for a in node.names if (d := _deepest(a.name, mods))}
                 continue
-            if node.level:
-                base = name.split(".") if path.stem == "__init__" else name.split(".")[:-1]
-                base = base[:len(base) - node.level + 1]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
-            subs = {f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in mods}
-            deps |= subs
-            if len(subs) < len(node.names) and target in mods:
-                deps.add(target)
+            target = _target(name, path, node)
+            for a in node.names:
+                sub = f"{target}.{a.name}"
+                found = sub if sub in mods else _deepest(target, mods)
+                if found:
+                    deps.add(found)
         deps.discard(name)
         g[name] = deps
     return g
@@ -69,7 +94,7 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
     def visit(v: str) -> None:
         index[v] = low[v] = len(index)
         stack.append(v)
-        for w in g[v]:
+        for w in g.get(v, ()):
             if w not in index:
                 visit(w)
                 low[v] = min(low[v], low[w])
@@ -91,45 +116,48 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-def test_the_graph_sees_lazy_imports():
-    g = graph()
-    assert "reftx.evaluate" in g["reftx.task"]  # Task.evaluate's default imports it inside the method
-    assert "reftx.tasks.tofu_metrics" in g["reftx.tasks.tofu"]
+def upward(g: dict[str, set[str]]) -> list[str]:
+    """Every edge that does not point down the rank table (within one package is allowed)."""
+    bad = []
+    for m, deps in g.items():
+        for d in deps:
+            a, b = package(m), package(d)
+            if a != b and RANKS[b] >= RANKS[a]:
+                bad.append(f"{m} -> {d}")
+    return sorted(bad)
+
+
+def test_every_package_has_a_rank():
+    assert {package(m) for m in modules()} == set(RANKS)
+
+
+def test_no_import_points_up():
+    assert upward(graph()) == []
 
 
 def test_no_import_circles():
     assert cycles(graph()) == []
 
 
-def is_recipe(module: str) -> bool:
-    return module in RECIPES or module.startswith(RECIPE_PACKAGES)
-
-
-def test_core_never_imports_the_zoo():
+def test_only_recipes_and_the_command_line_import_the_zoo():
     g = graph()
-    bad = {m: sorted(d for d in deps if d.startswith(ZOO)) for m, deps in g.items()
-           if m.startswith("reftx") and not m.startswith(ZOO) and not is_recipe(m)}
+    bad = {m: sorted(d for d in deps if package(d) in ZOO) for m, deps in g.items() if package(m) not in ZOO_USERS}
     assert {m: d for m, d in bad.items() if d} == {}
 
 
-def test_tasks_never_load_models_or_drive_runs():
-    """No module of tasks/ imports the run driver, LoRA, the hub, the editing engine, the recipes or
-    the command line (at module level or inside a function), except the documented alias."""
+def test_the_graph_sees_lazy_and_type_checking_imports(tmp_path):
     g = graph()
-    bad = {}
-    for m, deps in g.items():
-        if m.startswith("reftx.tasks"):
-            above = {d for d in deps if d in ABOVE_TASKS or d.startswith(RECIPE_PACKAGES)}
-            if above - TASK_ALIASES.get(m, set()):
-                bad[m] = sorted(above - TASK_ALIASES.get(m, set()))
-    assert bad == {}
+    assert "reftx.eval.generate" in g["reftx.eval.task"]  # Task.evaluate's default imports it inside the method
+    assert "reftx.tasks.tofu_metrics" in g["reftx.tasks.tofu"]
+    assert {"reftx.recipes.train", "reftx.integrations.peft"} <= g["reftx.recipes.tofu_stage1"]  # inside functions
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from reftx.cli import main\n")
+    assert [n.module for n in _imports(tree) if isinstance(n, ast.ImportFrom)] == ["typing", "reftx.cli"]
 
 
-def test_the_graph_sees_recipes_and_the_alias():
-    g = graph()
-    assert {"reftx.runner", "reftx.lora"} <= g["reftx.recipes.tofu_stage1"]  # inside functions
-    assert g["reftx.tasks.__main__"] == {"reftx.cli"}
-    assert "reftx.recipes.tofu_stage1" in g["reftx.cli"]
+def test_the_rank_check_finds_upward_and_sideways_edges():
+    g = {"reftx.engine.model": {"reftx.train.loss", "reftx.core.errors"}, "reftx.parts.compose": {"reftx.data.encoding"},
+         "reftx.train.loss": {"reftx.train.loop"}}
+    assert upward(g) == ["reftx.engine.model -> reftx.train.loss", "reftx.parts.compose -> reftx.data.encoding"]
 
 
 def test_cycle_finder_finds_a_cycle():
@@ -143,6 +171,8 @@ def project_classes() -> list[type]:
 
     found = []
     for name in sorted(graph()):
+        if name.endswith("__main__"):
+            continue
         mod = importlib.import_module(name)
         found += [c for _, c in inspect.getmembers(mod, inspect.isclass) if c.__module__ == name]
     return found

@@ -1,5 +1,5 @@
 """Log anomaly detection (tasks/logs.py, tasks/log_parsing.py) and the sequence-classification engine
-support it uses (reftx.classify, the classify objective, ReftModel train_modules, model.pooling)."""
+support it uses (reftx.eval.classify, the classify objective, ReftModel train_modules, model.pooling)."""
 from __future__ import annotations
 
 import json
@@ -13,13 +13,15 @@ import torch.nn.functional as F
 import yaml
 
 import reftx.tasks  # noqa: F401  (registers the zoo)
-from reftx import hub, runner
-from reftx.classify import binary_metrics, set_pooling
-from reftx.errors import ConfigError, ReftError
-from reftx.experiment import load_experiment
-from reftx.model import ReftModel, attach
-from reftx.objectives import OBJECTIVES
-from reftx.task import Example, default_data_dir, get_task
+from reftx.models import loading as hub
+from reftx.recipes import train as runner
+from reftx.eval.classify import binary_metrics, set_pooling
+from reftx.core.errors import ConfigError, ReftError
+from reftx.config.schema import load_experiment
+from reftx.engine.model import ReftModel, attach
+from reftx.train.objectives.common import OBJECTIVES
+from reftx.data.examples import Example
+from reftx.eval.task import default_data_dir, get_task
 from reftx.tasks import log_parsing as lp
 from tests.conftest import tiny_config, tiny_model
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 import reftx.tasks  # noqa: F401
-from reftx import cli
-from reftx.errors import ConfigError, DataError
-from reftx.task import Example, default_data_dir, get_task
+import reftx.cli.commands as cli
+from reftx.core.errors import ConfigError, DataError
+from reftx.data.examples import Example
+from reftx.eval.task import default_data_dir, get_task
 from reftx.tasks.math_reasoning import gsm8k_solution
 from reftx.tasks.math_rules import extract_letter, extract_number, is_correct, numbers
 

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 import reftx.tasks  # noqa: F401  (registers the zoo)
-from reftx.errors import DataError
-from reftx.experiment import EvalConfig
-from reftx.task import get_task
+from reftx.core.errors import DataError
+from reftx.config.schema import EvalConfig
+from reftx.eval.task import get_task
 from reftx.tasks.mcq import format_question
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import reftx
-from reftx.intervention import Context, make_intervention
+from reftx.core.intervention import Context, make_intervention
 from tests.conftest import answer_data, learnable_model, tiny_config, tiny_model, torch_train
 
 METHODS = Path(__file__).resolve().parents[2] / "methods"
@@ -79,11 +79,12 @@ def test_worked_examples_of_a_metric_a_task_and_an_objective_run(tiny_dir, tmp_p
     import yaml
     import torch.nn.functional as F
 
-    from reftx.experiment import load_experiment
-    from reftx.metrics import get_metric
-    from reftx.objectives import OBJECTIVES, objective_options
-    from reftx.recipes import run_experiment
-    from reftx.task import Example, get_task
+    from reftx.config.schema import load_experiment
+    from reftx.eval.metrics import get_metric
+    from reftx.train.objectives.common import OBJECTIVES, objective_options
+    from reftx.recipes.registry import run_experiment
+    from reftx.data.examples import Example
+    from reftx.eval.task import get_task
 
     readme = (METHODS / "README.md").read_text()
     blocks = dict(re.findall(r"<!-- example-run: (\w+) -->\n```python\n(.*?)```", readme, re.S))

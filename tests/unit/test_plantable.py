@@ -4,7 +4,7 @@ from __future__ import annotations
 from rich.console import Console
 
 import reftx
-from reftx.plantable import layer_ranges, plan_table
+from reftx.runs.plan_table import layer_ranges, plan_table
 from tests.conftest import tiny_config
 
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from reftx.plots import epoch_means, plot_loss
+from reftx.runs.plots import epoch_means, plot_loss
 
 
 def test_epoch_means_by_hand():

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reftx import positions as P
-from reftx.schedule import parse_positions
+from reftx.engine import positions as P
+from reftx.engine.schedule import parse_positions
 
 MASK = torch.tensor([
     [1, 1, 1, 1, 1, 1, 1, 1],  # no padding

@@ -7,11 +7,11 @@ import torch
 import yaml
 
 import reftx
-from reftx import runner
-from reftx.config import load_yaml
-from reftx.errors import ReftError
-from reftx.experiment import load_experiment
-from reftx.recipes import RECIPES, recipe_of, run_experiment
+from reftx.recipes import train as runner
+from reftx.core.convert import load_yaml
+from reftx.core.errors import ReftError
+from reftx.config.schema import load_experiment
+from reftx.recipes.registry import RECIPES, recipe_of, run_experiment
 
 QUICKSTART = runner.__file__.rsplit("/reftx/", 1)[0] + "/experiments/quickstart.yaml"
 
@@ -68,9 +68,9 @@ def test_baseline_recipe_is_reftx_baseline(tiny_dir, tmp_path):
 
 
 def test_validate_checks_every_sequential_stage_before_anything_trains():
-    from reftx.errors import ConfigError
-    from reftx.experiment import load_experiment
-    from reftx.recipes import validate
+    from reftx.core.errors import ConfigError
+    from reftx.config.schema import load_experiment
+    from reftx.recipes.registry import validate
 
     exp = load_experiment("experiments/math/math_grpo_loreft.yaml")
     assert validate(exp)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 import reftx
-from reftx.schedule import layer_tag, plan, resolve_layers
+from reftx.engine.schedule import layer_tag, plan, resolve_layers
 from tests.conftest import tiny_config
 
 

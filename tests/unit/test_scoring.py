@@ -1,4 +1,4 @@
-"""reftx.scoring: teacher-forced continuation scores against a hand-rolled forward."""
+"""reftx.eval.scoring: teacher-forced continuation scores against a hand-rolled forward."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from reftx import attach
-from reftx.scoring import ContinuationScore, choose, multiple_choice, score_continuations
+from reftx.eval.scoring import ContinuationScore, choose, multiple_choice, score_continuations
 
 PROMPTS = ["The capital of France is", "Two plus two equals", "Hi"]
 CONTS = [" Paris", " four, of course", " there friend"]

@@ -1,4 +1,4 @@
-"""Sharing on the Hub (reftx.share), offline: the model card, loading a repo id from a hand-built
+"""Sharing on the Hub (reftx.models.hub), offline: the model card, loading a repo id from a hand-built
 Hugging Face cache (HF_HUB_OFFLINE=1), pushing through a fake HfApi, and loading never unpickling."""
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ import torch
 from huggingface_hub import ModelCard, constants
 
 import reftx
-from reftx import cli, share
-from reftx.config import dump_yaml
-from reftx.errors import ReftError
-from reftx.model import CONFIG_NAME, WEIGHTS_NAME
+import reftx.cli.commands as cli
+from reftx.models import hub as share
+from reftx.core.convert import dump_yaml
+from reftx.core.errors import ReftError
+from reftx.engine.model import CONFIG_NAME, WEIGHTS_NAME
 from tests.conftest import batch, perturb, tiny_model
 
 SPECS = [{"kind": "loreft", "rank": 2, "layers": [1, 3], "positions": {"first": 2, "last": 2}, "tie": "positions"},
@@ -121,7 +122,7 @@ def test_from_pretrained_loads_a_repo_id_from_the_offline_cache_identically(tmp_
     _no_unpickling(monkeypatch)
     # the card's own load snippet, run as written (load_model gives the same random base)
     snippet = ModelCard.load(snapshot / "README.md").text.split("```python\n")[-1].split("```")[0]
-    monkeypatch.setattr(reftx.hub, "load_model", lambda name, **kw: (tiny_model("llama"), None))
+    monkeypatch.setattr(reftx, "load_model", lambda name, **kw: (tiny_model("llama"), None))
     scope: dict = {}
     exec(snippet, scope)
     with torch.no_grad():
@@ -224,8 +225,8 @@ def test_reftx_push_uploads_a_run_folder(fake_api, tmp_path, capsys):
 
 
 def test_reftx_push_of_a_real_run(fake_api, tiny_dir, tmp_path):
-    from reftx import runner
-    from reftx.experiment import load_experiment
+    from reftx.recipes import train as runner
+    from reftx.config.schema import load_experiment
     from tests.integration.test_runner import REPO, tiny_overrides
 
     out = runner.run(load_experiment(REPO / "experiments" / "quickstart.yaml", tiny_overrides(tiny_dir, tmp_path)),

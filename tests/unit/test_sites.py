@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import reftx
-from reftx import sites
+from reftx.engine import sites
 from tests.conftest import batch, tiny_model
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gpt2", "bert"]

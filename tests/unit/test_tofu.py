@@ -7,8 +7,8 @@ import pytest
 
 import reftx
 import reftx.tasks  # noqa: F401  (registers the zoo)
-from reftx.errors import DataError
-from reftx.task import default_data_dir, get_task
+from reftx.core.errors import DataError
+from reftx.eval.task import default_data_dir, get_task
 from reftx.tasks.tofu import author_of, forget_authors, read_lines, read_perturbed, read_qa
 from reftx.tasks.tofu_metrics import rouge_l_recall
 
@@ -120,7 +120,7 @@ def test_multi_array_file_lines(tmp_path):
 
 
 def test_score_per_set():
-    from reftx.task import Example
+    from reftx.data.examples import Example
 
     exs = [Example("q", "the cat is on the mat", info={"gate_label": 1.0}),
            Example("q", "a c", info={"gate_label": 0.0}), Example("q", "a b", info={"gate_label": 0.0})]

@@ -10,13 +10,14 @@ import pytest
 import torch
 
 import reftx.tasks  # noqa: F401  (registers the zoo)
-from reftx import runner
-from reftx.cli import main as cli_main
-from reftx.config import config_hash, load_yaml
-from reftx.errors import ConfigError
-from reftx.experiment import load_experiment
+from reftx.recipes import train as runner
+from reftx.cli.commands import main as cli_main
+from reftx.config.hashing import config_hash
+from reftx.core.convert import load_yaml
+from reftx.core.errors import ConfigError
+from reftx.config.schema import load_experiment
 from reftx.recipes.tofu_stage1 import export_merged
-from reftx.task import default_data_dir, get_task
+from reftx.eval.task import default_data_dir, get_task
 from reftx.tasks.__main__ import main as tasks_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +43,7 @@ def test_tofu_qa_authors():
 def test_stage1_merged_checkpoint(tiny_dir, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
-    from reftx.lora import load_run
+    from reftx.integrations.peft import load_run
 
     over = [f"model.name={tiny_dir}", f"output_dir={tmp_path}", "lora.max_steps=2", "task.n_eval=2",
             "eval.max_new_tokens=4", "eval.show_examples=0", "task.options.retain_authors=1"]

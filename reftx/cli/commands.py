@@ -1,0 +1,277 @@
+"""The ``reftx`` command line: run, plan, validate, ls, eval, lm-eval, baseline, edit, tofu-finetune, push."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from reftx.core.errors import ReftError
+
+console = Console(stderr=True)
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+
+
+def _experiment(path: str, overrides: list[str]):
+    from reftx.config.schema import load_experiment
+
+    return load_experiment(path, overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from reftx.recipes.registry import run_experiment
+    from reftx.train.run import NonFiniteLoss
+
+    exp = _experiment(args.experiment, args.overrides)
+    try:
+        run_experiment(exp, resume=args.resume, show_progress=not args.no_progress)
+    except NonFiniteLoss as e:
+        console.print(f"[red bold]stopped:[/] {e}")
+        return 3
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from reftx.recipes import registry as recipes, train as runner
+    from reftx.config.hashing import config_hash
+    from reftx.core.convert import dump_yaml
+
+    exp = _experiment(args.experiment, args.overrides)
+    console.rule(f"[bold]{exp.name}  (config {config_hash(exp.to_dict())})")
+    console.print(dump_yaml(exp.to_dict()), highlight=False)
+    console.print(runner.plan_table(recipes.validate(exp), max_layers=10**9 if args.all else 8))
+    return 0
+
+
+def _expand(paths: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for p in map(Path, paths or [str(EXPERIMENTS)]):
+        out.extend(sorted(p.rglob("*.yaml")) if p.is_dir() else [p])
+    return out
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from reftx.recipes import registry as recipes
+
+    failed = 0
+    for path in _expand(args.experiments):
+        try:
+            notices: list[str] = []
+            groups = recipes.validate(_experiment(str(path), args.overrides), notices=notices)
+            console.print(f"[green]ok[/]    {path}  ({len(groups)} groups, "
+                          f"{sum(g.params for g in groups):,} parameters)")
+            for text in notices:  # prerequisites and offline facts: not errors
+                console.print(f"      [yellow]notice:[/] {text}")
+        except (ReftError, ValueError) as e:
+            failed += 1
+            console.print(f"[red]error[/] {path}: {e}")
+    return 1 if failed else 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from reftx.core.intervention import available_interventions
+
+    if args.what == "interventions":
+        from reftx.core.intervention import get_intervention
+
+        for name in available_interventions():
+            doc = (get_intervention(name).__doc__ or "").strip().splitlines()
+            print(f"{name:14s} {doc[0] if doc else ''}")
+    elif args.what == "tasks":
+        from reftx.eval.task import TASKS
+
+        for name in TASKS.names():
+            doc = (TASKS.get(name).__doc__ or "").strip().splitlines()
+            print(f"{name:14s} {doc[0] if doc else ''}")
+    elif args.what == "metrics":
+        from reftx.eval.metrics import METRICS
+
+        for name in METRICS.names():
+            m = METRICS.get(name)
+            better = {True: "higher is better", False: "lower is better", None: "descriptive"}[m.higher_is_better]
+            reported = f" (reported as {m.key})" if m.key != name else ""
+            print(f"{name:26s} {better:17s} {(m.doc.splitlines() or [''])[0]}{reported}")
+    else:
+        for path in _expand([]):
+            print(path.relative_to(EXPERIMENTS.parent))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from reftx.recipes import train as runner
+
+    results = runner.evaluate_run(args.run_dir, show_progress=not args.no_progress)
+    for k, v in results["metrics"].items():  # rounded; eval.json keeps every digit
+        print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+    return 0
+
+
+def cmd_lm_eval(args: argparse.Namespace) -> int:
+    from reftx.recipes.lm_eval import evaluate_run
+
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    metrics, path = evaluate_run(args.run_dir, [t for t in args.tasks.split(",") if t], args.include_path, limit,
+                                 args.batch_size, args.chat_template, show_progress=not args.no_progress)
+    for k, v in metrics.items():  # rounded; the JSON keeps every digit
+        print(f"{k}: {v:.4f}")
+    console.print(f"wrote {path}")
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from reftx.recipes import train as runner
+
+    runner.evaluate_base(_experiment(args.experiment, args.overrides), show_progress=not args.no_progress)
+    return 0
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from reftx.recipes.edit.run import demo, run_edit
+
+    if args.experiment and (args.prompt or args.target):
+        console.print("[red bold]error:[/] give an experiment file or --prompt/--target, not both")
+        return 2
+    if args.experiment:  # the edit recipe (an experiment naming no recipe is read as one)
+        run_edit(_experiment(args.experiment, args.overrides), show_progress=not args.no_progress)
+        return 0
+    if not (args.prompt and args.target):
+        console.print("[red bold]error:[/] reftx edit needs an experiment file, or --prompt and --target")
+        return 2
+    demo(args.model, args.prompt, args.target, args.rephrase, args.unrelated or [], args.kind, args.layer,
+         args.rank, args.lr, args.steps, args.max_new_tokens)
+    return 0
+
+
+def cmd_tofu_finetune(args: argparse.Namespace) -> int:
+    from reftx.recipes.tofu_stage1 import finetune
+
+    out = finetune(_experiment(args.experiment, args.overrides), show_progress=not args.no_progress)
+    print(f"merged model: {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from reftx.engine.model import CONFIG_NAME, WEIGHTS_NAME
+    from reftx.models.hub import push_run
+
+    info = push_run(args.run_dir, args.repo_id, (CONFIG_NAME, WEIGHTS_NAME), private=args.private or None,
+                    commit_message=args.message)
+    print(getattr(info, "commit_url", None) or f"pushed {args.run_dir} to {args.repo_id}")
+    return 0
+
+
+def _no_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (a plain line per logged step when output is not a terminal)")
+
+
+def _lm_eval_parser(sub: argparse._SubParsersAction) -> None:
+    le = sub.add_parser("lm-eval", help="lm-evaluation-harness tasks on a finished run's trained model; writes "
+                                        "{run_dir}/lm_eval/{tasks}.json (needs reftx[lm-eval])")
+    le.add_argument("run_dir", help="a finished run's folder (config.yaml and intervention/)")
+    le.add_argument("--tasks", required=True, help="comma-separated lm-eval task names, e.g. arc_easy,hellaswag")
+    le.add_argument("--include-path", help="a folder of lm-eval task YAMLs to add to lm-eval's own tasks")
+    le.add_argument("--limit", type=float, help="at most N documents per task (a fraction of each task when < 1)")
+    le.add_argument("--batch-size", type=int, default=8, help="requests per forward (default 8)")
+    le.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
+                    help="format requests with the tokenizer's chat template (default: as the run did, "
+                         "model.chat_template)")
+    _no_progress(le)
+    le.set_defaults(fn=cmd_lm_eval)
+
+
+def _push_parser(sub: argparse._SubParsersAction) -> None:
+    pu = sub.add_parser("push", help="upload a finished run's interventions to the Hugging Face Hub with a model card "
+                                     "(base model, schedule, training data, metrics)")
+    pu.add_argument("run_dir", help="a finished run folder (holds config.yaml, results.json and intervention/)")
+    pu.add_argument("repo_id", help="the Hub model repo, user/name or org/name (created if missing)")
+    pu.add_argument("--private", action="store_true", help="create the repo as private (an existing repo keeps its visibility)")
+    pu.add_argument("--message", help="the commit message (default: Upload reftx interventions)")
+    pu.set_defaults(fn=cmd_push)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reftx", description="Representation finetuning experiments.")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a module (dotted name or .py file) for its registrations before the command; "
+                        "repeatable (installed plugins, entry-point group reftx.plugins, load by themselves)")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="train and evaluate an experiment")
+    r.add_argument("experiment", help="experiment YAML file")
+    r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3 interventions.0.rank=8")
+    r.add_argument("--resume", action="store_true", help="continue from the run dir's latest checkpoint")
+    _no_progress(r)
+    r.set_defaults(fn=cmd_run)
+    pl = sub.add_parser("plan", help="print the resolved config and intervention groups; runs nothing")
+    pl.add_argument("experiment", help="experiment YAML file")
+    pl.add_argument("overrides", nargs="*", help="dotted overrides, as for run")
+    pl.add_argument("--all", action="store_true", help="one row per group even when they span more than 8 layers")
+    pl.set_defaults(fn=cmd_plan)
+    v = sub.add_parser("validate", help="check experiment files (default: every file in experiments/)")
+    v.add_argument("experiments", nargs="*", help="files or folders (searched recursively)")
+    v.add_argument("--set", dest="overrides", action="append", default=[], help="an override for every file")
+    v.set_defaults(fn=cmd_validate)
+    ls = sub.add_parser("ls", help="list registered interventions, tasks, metrics or shipped experiments")
+    ls.add_argument("what", choices=["interventions", "tasks", "metrics", "experiments"], help="what to list")
+    ls.set_defaults(fn=cmd_ls)
+    e = sub.add_parser("eval", help="re-evaluate a finished run directory")
+    e.add_argument("run_dir", help="a finished run folder (holds config.yaml and intervention/)")
+    _no_progress(e)
+    e.set_defaults(fn=cmd_eval)
+    b = sub.add_parser("baseline", help="evaluate the experiment's model as it is (no training): the zero-shot "
+                                        "baseline on the same eval set, or a saved checkpoint")
+    b.add_argument("experiment", help="experiment YAML file")
+    b.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.name=runs/tofu_finetune/model")
+    _no_progress(b)
+    b.set_defaults(fn=cmd_baseline)
+    _lm_eval_parser(sub)
+    ed = sub.add_parser("edit", help="knowledge editing: an editing experiment, or one fact from the command line")
+    ed.add_argument("experiment", nargs="?", help="editing experiment YAML (experiments/editing/)")
+    ed.add_argument("overrides", nargs="*", help="dotted overrides, e.g. recipe.mode=sequential task.n_eval=100")
+    ed.add_argument("--prompt", help='the fact\'s prompt, e.g. "The Eiffel Tower is located in the city of"')
+    ed.add_argument("--target", help='the new answer, e.g. "Rome"')
+    ed.add_argument("--rephrase", help="a rephrased prompt to show before and after")
+    ed.add_argument("--unrelated", action="append", help="an unrelated prompt to show (repeatable)")
+    ed.add_argument("--model", default="default", help="model name or path (default: SmolLM2-135M-Instruct)")
+    ed.add_argument("--kind", default="loreft", help="intervention primitive (loreft, baft, ...)")
+    ed.add_argument("--layer", type=int, help="edited layer (default: the middle one)")
+    ed.add_argument("--rank", type=int, default=4, help="rank of the edit (default 4)")
+    ed.add_argument("--lr", type=float, default=5e-3, help="learning rate (default 5e-3)")
+    ed.add_argument("--steps", type=int, default=100, help="at most this many steps (stops at loss < 0.01)")
+    ed.add_argument("--max-new-tokens", type=int, default=12, help="tokens generated before and after (default 12)")
+    _no_progress(ed)
+    ed.set_defaults(fn=cmd_edit)
+    tf = sub.add_parser("tofu-finetune", help="TOFU stage 1: train a lora {mode: only} experiment, then write the "
+                                              "merged model as a HF checkpoint to {run_dir}/model")
+    tf.add_argument("experiment", help="e.g. experiments/unlearning/tofu_finetune.yaml")
+    tf.add_argument("overrides", nargs="*", help="dotted overrides, e.g. task.options.retain_authors=4")
+    _no_progress(tf)
+    tf.set_defaults(fn=cmd_tofu_finetune)
+    _push_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # dotted overrides may also follow an option (reftx run EXP --resume train.lr=1e-3)
+    if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if args.imports:
+            from reftx.core.plugins import import_modules
+
+            import_modules(args.imports, "--import")
+        return args.fn(args)
+    except (ReftError, ValueError) as e:
+        console.print(f"[red bold]error:[/] {e}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Tokenisation and batching, the same for every task.
+
+``encode`` turns an ``Example`` into token ids and labels with the prompt
+masked to -100 (so the engine reads the prompt span off the labels), applying
+the tokenizer's chat template when asked. ``collate_train`` pads on the right;
+``collate_prompts`` pads prompts on the left, for batched generation.
+
+An objective that scores the response with and without natural-language guidance (reftx.train.objectives.nlft)
+asks ``encode`` for a guided copy of each example (``guided=True``): the same response token ids
+after a prompt that starts with ``Example.guidance``; ``collate_train`` then adds
+``guided_input_ids``, ``guided_attention_mask`` and ``guided_labels`` (-100 on the guided prompt)
+to the batch. Without it the batch is exactly as before.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from reftx.core.errors import DataError
+from reftx.engine.positions import IGNORE
+
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    prompt_len: int
+    truncated: bool = False
+    info: dict[str, float] = field(default_factory=dict)
+    guided_ids: list[int] | None = None  # guidance + prompt, then the same response ids (encode(guided=True))
+    guided_prompt_len: int = 0  # length of the guided prompt in guided_ids
+
+
+def format_prompt(tokenizer: Any, prompt: str, chat: bool) -> str:
+    """The prompt text as the model sees it (chat template with a generation prompt, or as is)."""
+    if chat:
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    return prompt
+
+
+def use_chat(tokenizer: Any, setting: bool | None) -> bool:
+    """``setting`` None: use the chat template when the tokenizer has one."""
+    has = getattr(tokenizer, "chat_template", None) is not None
+    if setting and not has:
+        raise ValueError("model.chat_template is true but the tokenizer has no chat template")
+    return has if setting is None else setting
+
+
+def encode_prompt(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
+    text = format_prompt(tokenizer, prompt, chat)
+    # a chat template already carries its special tokens; a plain prompt gets the tokenizer's (e.g. BOS)
+    return tokenizer(text, add_special_tokens=not chat)["input_ids"]
+
+
+GUIDANCE_SEPARATOR = "\n\n"  # between the guidance and the prompt in the guided copy
+
+
+def guided_prompt(ex: Example) -> str:
+    """The prompt text of the guided copy: the guidance in front of the prompt (so it suits any
+    prompt template, which ends where the response starts)."""
+    return f"{ex.guidance}{GUIDANCE_SEPARATOR}{ex.prompt}"
+
+
+def encode(tokenizer: Any, ex: Example, max_length: int, chat: bool, end_token: bool = True,
+           guided: bool = False) -> Encoded:
+    """Prompt + target ids; labels are -100 on the prompt. The target ends with EOS (or the chat
+    template's end-of-turn token, which is the EOS of chat tokenizers). Too long: the target is
+    cut first, then the prompt from the left (keeping at least one target token).
+
+    guided: also encode the guided copy (``guided_prompt(ex)`` + the same response ids, kept whole:
+    it may exceed ``max_length`` by the guidance); an example without guidance is a DataError."""
+    prompt = encode_prompt(tokenizer, ex.prompt, chat)
+    target = tokenizer(ex.target, add_special_tokens=False)["input_ids"]
+    if end_token and tokenizer.eos_token_id is not None:
+        target = target + [tokenizer.eos_token_id]
+    truncated = len(prompt) + len(target) > max_length
+    if truncated:
+        keep_target = max(1, max_length - len(prompt)) if target else 0
+        target = target[:keep_target]
+        prompt = prompt[len(prompt) - (max_length - len(target)):]
+    enc = Encoded(prompt + target, [IGNORE] * len(prompt) + target, len(prompt), truncated, dict(ex.info))
+    if not guided:
+        return enc
+    if not ex.guidance.strip():
+        raise DataError(f"this objective needs Example.guidance (natural-language guidance such as a reference "
+                        f"answer) on every training example; none on the example with prompt {ex.prompt[:60]!r}")
+    g_prompt = encode_prompt(tokenizer, guided_prompt(ex), chat)
+    return dataclasses.replace(enc, guided_ids=g_prompt + target, guided_prompt_len=len(g_prompt))
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The tokenizer's pad id, falling back to EOS."""
+    pid = tokenizer.pad_token_id
+    return pid if pid is not None else tokenizer.eos_token_id
+
+
+def collate_train(batch: list[Encoded], pad_id: int) -> dict[str, Tensor]:
+    """Right-padded input_ids, attention_mask and labels (-100 on prompt and padding), plus
+    ``example_info`` (one tensor per info key) when the examples carry any, and the guided copy
+    (``guided_input_ids``, ``guided_attention_mask``, ``guided_labels``) when they carry one."""
+    t = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), t), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), t), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), t), dtype=torch.long)
+    for i, e in enumerate(batch):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    out: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if any(e.guided_ids is not None for e in batch):
+        out.update(_collate_guided(batch, pad_id))
+    keys = sorted(batch[0].info)
+    if keys:
+        if any(sorted(e.info) != keys for e in batch):
+            raise ValueError(f"examples in one batch carry different info keys (expected {keys})")
+        out["example_info"] = {k: torch.tensor([e.info[k] for e in batch]) for k in keys}
+    return out
+
+
+def _collate_guided(batch: list[Encoded], pad_id: int) -> dict[str, Tensor]:
+    """guided_input_ids, guided_attention_mask, guided_labels (-100 on the guided prompt and the
+    padding), right-padded like the plain batch."""
+    if any(e.guided_ids is None for e in batch):
+        raise ValueError("some examples of the batch carry a guided copy and some do not")
+    t = max(len(e.guided_ids) for e in batch)
+    ids = torch.full((len(batch), t), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), t), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), t), dtype=torch.long)
+    for i, e in enumerate(batch):
+        n, p = len(e.guided_ids), e.guided_prompt_len
+        ids[i, :n] = torch.tensor(e.guided_ids)
+        labels[i, p:n] = ids[i, p:n]
+        mask[i, :n] = 1
+    return {"guided_input_ids": ids, "guided_attention_mask": mask, "guided_labels": labels}
+
+
+def collate_prompts(prompts: list[list[int]], pad_id: int) -> dict[str, Tensor]:
+    """Left-padded prompts for batched generation."""
+    t = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), t), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, t - len(p):] = torch.tensor(p)
+        mask[i, t - len(p):] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+__all__ = ["Encoded", "collate_prompts", "collate_train", "encode", "encode_prompt", "format_prompt", "guided_prompt", "use_chat", "pad_id"]

@@ -1,0 +1,309 @@
+"""The only place in reftx that registers forward hooks.
+
+Two kinds of hooks are installed on the base model:
+
+* a top-level pre-hook / post-hook pair on the base model itself. The pre-hook
+  reads the call's ``input_ids``/``attention_mask``/``labels`` and opens a
+  ``ForwardState``: position indices are built lazily, once per forward and per
+  position selector, and shared by every layer; rotations are orthonormalised
+  in one batched QR. The post-hook (``always_call``, so it also runs when the
+  forward raises) closes the state. Nothing survives between calls.
+* one hook per edited module (site), serving every group at that site: it
+  gathers only the scheduled rows ``h[b, p]``, runs the primitive on them and
+  writes them back in place with ``index_put_``: no copy of the full hidden
+  state, no Python loop over examples.
+
+Only the handles created here are ever removed.
+
+Classification heads that read mean-pooled states (``model.pooling: mean``, reftx.eval.classify) get
+their hooks here too: ``install_mean_pooling``; the editing engine reads a module's outputs
+through ``capture_outputs``.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from reftx.engine import positions as P
+from reftx.engine import sites
+from reftx.core.errors import ReftError
+from reftx.engine.generation import GenerationState, Window, cache_length, find_cache, window_rows
+from reftx.core.intervention import Context, Intervention, cast_call
+from reftx.engine.rotations import OrthoBasis, shared_rotations
+from reftx.engine.schedule import Group, PositionSpec
+
+
+@dataclass
+class Overrides:
+    """Per-call inputs that are not arguments of the base model."""
+
+    prompt_lengths: Tensor | None = None
+    intervention_positions: Tensor | None = None
+    example_info: dict[str, Tensor] = field(default_factory=dict)
+    state: ForwardState | None = None  # filled in by the pre-hook, read back by the caller
+
+
+@dataclass
+class ForwardState:
+    batch_size: int
+    seq_len: int
+    device: torch.device
+    spans: P.Spans | None  # None inside a generate call (window / prompt describe it)
+    window: Window | None
+    prompt: P.Spans | None
+    width: int
+    explicit: tuple[Tensor, Tensor] | None
+    ctx: Context
+    stack: ExitStack
+    _rows: dict[tuple, tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+    def rows(self, spec: PositionSpec, parts: tuple[str, ...]) -> tuple[Tensor, Tensor]:
+        key = (spec, parts)
+        if key not in self._rows:
+            if self.explicit is not None and spec.mode != "generated":
+                pieces = [self.explicit]
+            elif self.window is not None:
+                pieces = [window_rows(self.prompt, self.width, self.window, spec, part) for part in parts]
+            else:
+                pieces = [P.part_rows(self.spans, spec, part) for part in parts]
+            r = pieces[0] if len(pieces) == 1 else tuple(torch.cat(x) for x in zip(*pieces))
+            self._rows[key] = r
+        return self._rows[key]
+
+
+def _hidden(x: Any) -> Tensor:
+    """The hidden-state tensor inside a module's output or input."""
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, (tuple, list)) and x and isinstance(x[0], Tensor):
+        return x[0]
+    if hasattr(x, "last_hidden_state"):
+        return x.last_hidden_state
+    raise TypeError(f"cannot find a hidden-state tensor in {type(x).__name__}")
+
+
+class HookManager:
+    """Installs and removes reftx's hooks on one base model."""
+
+    def __init__(self, base: nn.Module, groups: list[Group], modules: dict[str, Intervention]):
+        self.base = base
+        self.groups = groups
+        self.modules = modules
+        self.enabled = True
+        self.pending: Overrides | None = None
+        self.generation: GenerationState | None = None
+        self._state: ForwardState | None = None
+        self._closed: list[Context] | None = None  # see collecting()
+        self._handles: list[RemovableHandle] = []
+        self._prompt_groups = any(g.positions.mode not in ("all", "generated") or "all_prompt" in g.parts
+                                  for g in groups)
+        self._bases = [m for mod in modules.values() for m in mod.modules() if isinstance(m, OrthoBasis)]
+        by_site: dict[tuple[int, bool], list] = defaultdict(list)
+        targets: dict[int, nn.Module] = {}
+        for g in groups:
+            for layer in g.layers:
+                target = sites.resolve(base, g.component, layer, f"interventions.{g.spec_index}.component", g.dim)
+                pre = sites.uses_pre_hook(g.component)
+                targets[id(target)] = target
+                by_site[(id(target), pre)].append((modules[g.key], g, layer))
+        try:
+            self._handles.append(base.register_forward_pre_hook(self._open, with_kwargs=True))
+            self._handles.append(base.register_forward_hook(self._close, always_call=True))
+            for (tid, pre), entries in by_site.items():
+                if pre:
+                    h = targets[tid].register_forward_pre_hook(self._pre_site(entries), with_kwargs=True)
+                else:
+                    h = targets[tid].register_forward_hook(self._post_site(entries))
+                self._handles.append(h)
+        except Exception:
+            self.remove()
+            raise
+
+    # -- per-call inputs: written only here, through these context managers --------------------
+    @contextmanager
+    def forward_call(self, call: Overrides) -> Iterator[Overrides]:
+        """Within the block, the next forward of the base reads ``call`` (and fills ``call.state``)."""
+        self.pending = call
+        try:
+            yield call
+        finally:
+            self.pending = None
+
+    @contextmanager
+    def generation_call(self, state: GenerationState) -> Iterator[GenerationState]:
+        """Within the block, every forward is placed by the generation ``state``."""
+        self.generation = state
+        try:
+            yield state
+        finally:
+            self.generation = None
+            self.pending = None
+
+    @contextmanager
+    def collecting(self) -> Iterator[list[Context]]:
+        """Within the block, the context of every forward that closes is appended to the yielded
+        list: the auxiliary losses of forwards that a trainer runs on the base model directly."""
+        seen: list[Context] = []
+        self._closed = seen
+        try:
+            yield seen
+        finally:
+            self._closed = None
+
+    @contextmanager
+    def switched_off(self) -> Iterator[None]:
+        """Within the block, no intervention edits anything (the reference model)."""
+        before, self.enabled = self.enabled, False
+        try:
+            yield
+        finally:
+            self.enabled = before
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    # -- top level -------------------------------------------------------------------------
+    def _open(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        pending, self.pending = self.pending, None
+        pending = pending or Overrides()
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        x = ids if ids is not None else kwargs.get("inputs_embeds")
+        if x is None:
+            raise ValueError("reftx needs input_ids or inputs_embeds to place interventions")
+        batch, seq = x.shape[0], x.shape[1]
+        mask = kwargs.get("attention_mask")
+        if pending.intervention_positions is not None:
+            ip = torch.as_tensor(pending.intervention_positions)
+            if ip.dim() != 2 or ip.shape[0] != batch:
+                raise ValueError(f"intervention_positions has shape {tuple(ip.shape)}; expected ({batch}, k) for "
+                                 f"this batch of {batch} (one row of positions per example, -1 for none)")
+        cache_len = cache_length(find_cache(args, kwargs))
+        gen, bd, window, prompt = self.generation, None, None, None
+        if gen is not None:  # inside ReftModel.generate: the generation state places the forward
+            window = gen.locate(seq, cache_len)
+            prompt = gen.open_prompt(batch, mask, x.device)
+            self._check_prompt(prompt, pending)
+        else:
+            if cache_len and pending.intervention_positions is None:
+                raise ReftError(
+                    f"this forward continues a KV cache of {cache_len} tokens outside ReftModel.generate, so "
+                    "reftx cannot tell which tokens are prompt. Use ReftModel.generate (it places every "
+                    "decode step exactly), or pass intervention_positions= for this call.")
+            bd = P.spans(mask, batch, seq, x.device, kwargs.get("labels"), pending.prompt_lengths)
+            self._check_prompt(bd, pending)
+        explicit = None
+        if pending.intervention_positions is not None:
+            explicit = P.explicit_rows(pending.intervention_positions.to(x.device),
+                                       mask if window is None else None, seq)
+        ctx = Context(torch.empty(0, dtype=torch.long), batch, example_info=pending.example_info)
+        width = gen.width if gen is not None else seq
+        state = ForwardState(batch, seq, x.device, bd, window, prompt, width, explicit, ctx, ExitStack())
+        decoding = window is not None and window.offset >= width
+        if self.enabled and self._bases and (not decoding or self._any_decode_edit()):
+            state.stack.enter_context(shared_rotations(self._bases))
+        pending.state = state
+        self._state = state
+
+    def _check_prompt(self, bd: P.Spans, pending: Overrides) -> None:
+        if self._prompt_groups and pending.intervention_positions is None and not bool((bd.prompt_end > bd.start).any()):
+            raise ValueError("every row has an empty prompt: the labels are not -100 on any token before the "
+                             "response, so prompt positions select nothing. Mask the prompt in the labels with "
+                             "-100 or pass prompt_lengths=")
+
+    def _any_decode_edit(self) -> bool:
+        return any(g.positions.mode in ("all", "generated") for g in self.groups)
+
+    def _close(self, module: nn.Module, args: tuple, output: Any) -> None:
+        state, self._state = self._state, None
+        if state is not None:
+            state.stack.close()
+            if self._closed is not None:
+                self._closed.append(state.ctx)
+
+    # -- sites -------------------------------------------------------------------------------
+    def _edit(self, h: Tensor, entries: list) -> None:
+        state = self._state
+        if state is None or not self.enabled:
+            return
+        for module, group, layer in entries:
+            if h.shape[-1] != group.dim:
+                raise ReftError(f"{group.key}: the hidden state at {group.component!r} (layer {layer}) has width "
+                                f"{h.shape[-1]}, but the intervention was built for width {group.dim}")
+            b, p = state.rows(group.positions, group.parts)
+            if b.numel() == 0:
+                continue
+            new = cast_call(module, h[b, p], state.ctx.at(group.key, layer, b))
+            h.index_put_((b, p), new)
+
+    def _post_site(self, entries: list):
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            self._edit(_hidden(output), entries)
+
+        return hook
+
+    def _pre_site(self, entries: list):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            self._edit(_hidden(args if args else kwargs.get("hidden_states")), entries)
+
+        return hook
+
+
+class _CallMask:
+    """The attention mask of the model's current call (all ones when the call has none)."""
+
+    def __init__(self) -> None:
+        self.mask: Tensor | None = None
+
+    def capture(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        if mask is None:
+            ref = ids if ids is not None else kwargs["inputs_embeds"][..., 0]
+            mask = torch.ones(ref.shape[:2], dtype=torch.long, device=ref.device)
+        self.mask = mask
+
+    def mean(self, states: Tensor) -> Tensor:
+        """(B, T, H) -> (B, H): mean over the positions the mask keeps."""
+        m = self.mask.to(states.dtype).unsqueeze(-1)
+        return (states * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def install_mean_pooling(model: nn.Module, module: nn.Module, where: str) -> list[RemovableHandle]:
+    """Make ``module`` of ``model`` work on the masked mean of the token states.
+
+    where "input": ``module``'s first input (B, T, H) becomes the mean broadcast to every position
+    (a head that picks one position then reads the mean); "output": ``module``'s output becomes
+    the mean of its first input (B, H) (a pooler). A pre-hook on ``model`` keeps each call's mask.
+    """
+    state = _CallMask()
+    if where == "input":
+        def pooled(mod: nn.Module, args: tuple) -> tuple:
+            return (state.mean(args[0]).unsqueeze(1).expand_as(args[0]), *args[1:])
+
+        inner = module.register_forward_pre_hook(pooled)
+    elif where == "output":
+        inner = module.register_forward_hook(lambda mod, args, out: state.mean(args[0]))
+    else:
+        raise ValueError(f"where must be 'input' or 'output', got {where!r}")
+    return [model.register_forward_pre_hook(state.capture, with_kwargs=True), inner]
+
+
+@contextmanager
+def capture_outputs(module: nn.Module) -> Iterator[list[Tensor]]:
+    """Within the block, the hidden state of every output of ``module`` is appended to the yielded
+    list (not detached); the hook is removed on exit (reftx.recipes.edit.engine reads site states with it)."""
+    seen: list[Tensor] = []
+    handle = module.register_forward_hook(lambda mod, args, out: seen.append(_hidden(out)))
+    try:
+        yield seen
+    finally:
+        handle.remove()

@@ -1,0 +1,3 @@
+"""Evaluation: the task interface, batched generation, teacher-forced scoring, metrics and
+sequence classification.
+"""

@@ -1,0 +1,61 @@
+"""Evaluation: batched, left-padded generation and the task's scorer; one explicit loop."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from reftx.data.encoding import collate_prompts, encode_prompt, pad_id
+from reftx.config.schema import EvalConfig
+from reftx.data.examples import Example
+
+
+
+def progress(label: str, disable: bool = False) -> Progress:
+    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    disable=disable)
+
+
+@torch.no_grad()
+def generate(model: Any, tokenizer: Any, examples: list[Example], cfg: EvalConfig, chat: bool,
+             label: str = "generate", show_progress: bool = True) -> list[str]:
+    """Greedy (or configured) completions of every prompt, decoded without special tokens.
+
+    Prompts are sorted by length so batches pad little; results come back in input order.
+    """
+    was_training = model.training
+    model.eval()
+    prompts = [encode_prompt(tokenizer, ex.prompt, chat) for ex in examples]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[str] = [""] * len(prompts)
+    pid = pad_id(tokenizer)
+    device = next(model.parameters()).device
+    with progress(label, not show_progress) as bar:
+        task = bar.add_task(label, total=len(prompts))
+        for s in range(0, len(order), cfg.batch_size):
+            idx = order[s:s + cfg.batch_size]
+            batch = {k: v.to(device) for k, v in collate_prompts([prompts[i] for i in idx], pid).items()}
+            gen = model.generate(**batch, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
+                                 num_beams=cfg.num_beams, repetition_penalty=cfg.repetition_penalty, pad_token_id=pid)
+            for row, i in enumerate(idx):
+                out[i] = tokenizer.decode(gen[row, batch["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+            bar.update(task, advance=len(idx))
+            if show_progress and not sys.stderr.isatty():  # no terminal (nohup, slurm, CI): a plain line
+                print(f"{label} {min(s + cfg.batch_size, len(order))}/{len(order)}", file=sys.stderr, flush=True)
+    model.train(was_training)
+    return out
+
+
+def evaluate(model: Any, tokenizer: Any, task: Any, examples: list[Example], cfg: EvalConfig, chat: bool,
+             show_progress: bool = True, references: dict[str, Callable[[], tuple[Any, Any]]] | None = None,
+             ) -> tuple[dict[str, float], list[str]]:
+    """The task's metrics on ``examples`` and the predictions they were computed from
+    ``task`` is a reftx.eval.task.Task (not imported: task.py imports this module for its default
+    ``evaluate``). (``Task.evaluate``: generation + ``score`` unless the task scores another way).
+    ``references``: loaders of the task's reference models (``Task.reference_models``), passed
+    on only when there are any, so a task without reference models need not take the keyword."""
+    extra = {"references": references} if references else {}
+    return task.evaluate(model, tokenizer, examples, cfg, chat, show_progress, **extra)

@@ -1,0 +1,3 @@
+"""Wrappers that let other libraries drive reftx: peft (LoRA, HEFT), TRL's trainers and
+lm-evaluation-harness.
+"""

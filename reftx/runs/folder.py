@@ -1,0 +1,120 @@
+"""Run folders: the one writer every command uses, one process at a time.
+
+``RunFolder`` (below) is how ``reftx run``, ``edit``, ``baseline`` and ``eval`` write their
+folders: ``free_folder`` picks ``{base}`` or, when that already holds a run, the first free
+``{base}-2``, ``{base}-3``, ... (so no command overwrites another's output and the same command
+works every time); every file goes through ``atomic_write`` (a crash leaves the old file or the
+new one); and the command ends by printing the folder it wrote.
+
+Every command that writes a folder (``reftx run`` its run folder, ``baseline`` its ``baseline/``
+subfolder, ``edit`` its ``{name}-{mode}`` folder) holds an OS lock on ``.lock`` inside it for as
+long as it writes: ``fcntl.flock``, which the kernel releases when the process exits for any
+reason (an exception, Ctrl-C, SIGKILL), so a crash never leaves a stale lock. The file keeps the
+holder's PID and command, so a second writer is told who holds the folder.
+
+Where ``fcntl`` does not exist (Windows) the lock degrades to the PID file alone (a warning).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from reftx.core.errors import ReftError
+from reftx.core.files import atomic_write
+
+LOCK_NAME = ".lock"
+
+
+def _describe_io(path: Path, err: OSError) -> str:
+    """An OSError as a sentence naming the path and the cause (disk full, permission, ...)."""
+    cause = os.strerror(err.errno) if err.errno else str(err)
+    hint = {28: " (the disk is full: free space or choose another output_dir)",
+            13: " (no permission: choose an output_dir you can write)",
+            30: " (read-only file system: choose another output_dir)"}.get(err.errno or 0, "")
+    return f"cannot write {path}: {cause}{hint}"
+
+
+@contextmanager
+def locked(folder: Path, what: str) -> Iterator[Path]:
+    """Create ``folder`` and hold its write lock within the block; ``what`` names the command."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ReftError(_describe_io(folder, e)) from None
+    try:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            fcntl = None
+            print(f"warning: no fcntl on {sys.platform}: {folder} is not locked against a second writer",
+                  file=sys.stderr)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+                raise ReftError(f"{folder} is being written by {holder}; wait for it to finish, or give this "
+                                "run another name (name=...) or output_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} ({what})\n".encode(), 0)
+        yield folder
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether ``folder`` already holds a run's output (its config, results or a checkpoint)."""
+    folder = Path(folder)
+    return ((folder / "config.yaml").is_file() or (folder / "results.json").is_file()
+            or any((folder / "checkpoints").glob("step-*")))
+
+
+def free_folder(base: Path) -> Path:
+    """``base`` if it holds no run, else the first of ``base-2``, ``base-3``, ... that holds none."""
+    k, folder = 1, Path(base)
+    while holds_run(folder):
+        k += 1
+        folder = Path(base).with_name(f"{Path(base).name}-{k}")
+    return folder
+
+
+class RunFolder:
+    """A locked run folder and its files, each written atomically (see the module docstring)."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder)
+
+    def text(self, name: str, text: str) -> Path:
+        path = self.path / name
+        atomic_write(path, lambda p: Path(p).write_text(text))
+        return path
+
+    def json(self, name: str, obj: Any) -> Path:
+        return self.text(name, json.dumps(obj, indent=2) + "\n")
+
+    def jsonl(self, name: str, rows: list[dict[str, Any]]) -> Path:
+        return self.text(name, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+@contextmanager
+def run_folder(base: Path, what: str, *, reuse: bool = False, say: Any = None) -> Iterator[RunFolder]:
+    """Open the folder a command writes: ``base`` when ``reuse`` (``--resume``, ``eval``) or when it
+    holds no run, else the next free ``base-N`` (said through ``say``); locked while the block
+    runs; "wrote <folder>" is said when it ends without an error."""
+    say = say or (lambda text: print(text, file=sys.stderr))
+    folder = Path(base) if reuse else free_folder(base)
+    if folder != Path(base):
+        say(f"{base} already holds a run (continue it with --resume); this run writes {folder}")
+    with locked(folder, what):
+        yield RunFolder(folder)
+    say(f"wrote {folder}")
+
+
+__all__ = ["LOCK_NAME", "RunFolder", "free_folder", "holds_run", "locked", "run_folder"]

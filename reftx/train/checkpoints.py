@@ -1,0 +1,74 @@
+"""Checkpoint integrity: a manifest written last, verified before resuming, with fallback.
+
+``checkpoints/step-N/`` is written into a temporary folder and renamed into place; its last file
+is ``manifest.json`` (size and sha256 of every other file). ``intact`` walks the checkpoints from
+the newest, verifies each against its manifest, warns with the reason for every damaged one
+(truncated or missing file, checksum, unreadable state) and returns the newest intact one;
+``clean_stale`` removes half-written ``.tmp-*`` folders of crashed writers. Checkpoints written by
+a reftx without manifests are accepted with a warning (their files are still checked for being
+readable JSON where they are JSON).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from reftx.core.files import files_problem, sha256_file
+
+MANIFEST = "manifest.json"
+STATE_FILE = "state.json"
+
+
+def write_manifest(folder: Path) -> None:
+    """Record every file of ``folder`` (size, sha256); call it after everything else is written."""
+    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
+
+
+def problem(folder: Path) -> str | None:
+    """Why ``folder`` is not an intact checkpoint, or None."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        state = folder / STATE_FILE
+        try:
+            json.loads(state.read_text())
+        except (OSError, ValueError) as e:
+            return f"{state} is unreadable ({type(e).__name__})"
+        return None  # an older reftx wrote no manifest
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{manifest} is unreadable ({type(e).__name__})"
+    return files_problem(folder, files)
+
+
+def candidates(run_dir: Path) -> list[Path]:
+    """``checkpoints/step-N`` folders, newest first."""
+    root = run_dir / "checkpoints"
+    steps = [p for p in root.glob("step-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
+    return sorted(steps, key=lambda p: int(p.name.split("-")[1]), reverse=True)
+
+
+def intact(run_dir: Path, warn: Callable[[str], None]) -> Path | None:
+    """The newest checkpoint that verifies; a warning names each damaged newer one."""
+    for ckpt in candidates(run_dir):
+        why = problem(ckpt)
+        if why is None:
+            if not (ckpt / MANIFEST).is_file():
+                warn(f"warning: {ckpt} has no manifest (an older reftx wrote it); resuming from it unverified")
+            return ckpt
+        warn(f"warning: skipping damaged checkpoint {ckpt}: {why}")
+    return None
+
+
+def clean_stale(run_dir: Path, warn: Callable[[str], None]) -> None:
+    """Remove half-written ``.tmp-*`` checkpoint folders (a crashed or killed writer's)."""
+    for tmp in (run_dir / "checkpoints").glob(".tmp-*"):
+        warn(f"removing the half-written checkpoint {tmp}")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+__all__ = ["MANIFEST", "candidates", "clean_stale", "intact", "problem", "write_manifest"]

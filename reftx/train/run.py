@@ -1,0 +1,390 @@
+"""``reftx run``'s training: one job of the one loop (reftx.train.loop); it never knows which method it trains.
+
+Per optimizer step (reftx.train.loop.Loop): forward (+ auxiliary losses the primitives add), a
+finiteness check, backward, gradient clipping, AdamW, the LR schedule, then each primitive's
+``after_optimizer_step`` (e.g. a norm projection) and the divergence guard. This module adds
+what a run needs around that: the data order, logging, checkpoints, resume and Ctrl-C.
+
+Reproducible and resumable: the data order of epoch e is a permutation seeded by
+(seed, e); checkpoints (written to a temporary folder, then renamed) hold the
+intervention weights, optimizer, scheduler, RNG states and the position in the
+data, so a run killed at any point and resumed ends with the same weights as an
+uninterrupted one. A NaN/inf loss stops the run (``NonFiniteLoss``) before any
+step applies it; the last good checkpoint stays. Ctrl-C saves a checkpoint first.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from accelerate import Accelerator
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader, Sampler
+from transformers import get_scheduler
+
+from reftx.train import trackers as tracking
+from reftx.train.checkpoints import STATE_FILE, candidates, clean_stale, intact, write_manifest
+from reftx.data.encoding import Encoded, collate_train
+from reftx.core.errors import ReftError
+from reftx.config.schema import TrainConfig
+from reftx.train.loop import Diverged, DivergenceGuard, Job, Loop, NonFiniteLoss, Optim, StepLoss, accelerator
+from reftx.engine.model import ReftModel
+from reftx.core.files import atomic_write
+from reftx.train.loss import compose
+from reftx.train.objectives.common import OBJECTIVES, objective_options
+
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class EpochSampler(Sampler[int]):
+    """A permutation of the dataset seeded by (seed, epoch): the same on every rank and every resume."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+@dataclass
+class Progress_:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch: int = 0  # batches of the current epoch consumed (at a step boundary)
+    tokens: int = 0
+
+
+def total_steps(cfg: TrainConfig, n_batches: int) -> int:
+    return cfg.max_steps or cfg.epochs * math.ceil(n_batches / cfg.grad_accum)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
+            "numpy": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2])}
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"])
+    random.setstate((3, tuple(s["python"]), s["python_pos"]))
+    np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), s["numpy_pos"], 0, 0.0))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint folder (not verified; ``--resume`` uses ``checkpoints.intact``)."""
+    ckpts = [p for p in candidates(run_dir) if (p / STATE_FILE).is_file()]
+    return ckpts[0] if ckpts else None
+
+
+def save_checkpoint(run_dir: Path, model: ReftModel, opt, sched, prog: Progress_, keep: int) -> Path:
+    """Write checkpoints/step-N atomically (temporary folder, then rename); keep the newest ``keep``."""
+    root = run_dir / "checkpoints"
+    final = root / f"step-{prog.step}"
+    tmp = root / f".tmp-step-{prog.step}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp / "intervention")
+        trainer = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state()}
+        torch.save(trainer, tmp / "trainer_state.pt")
+        (tmp / STATE_FILE).write_text(json.dumps(prog.__dict__) + "\n")
+        write_manifest(tmp)  # last: a checkpoint without it is incomplete
+    except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(root).free
+        cause = f"{e}" if isinstance(e, OSError) else f"{e} ({free:,} bytes free on that disk)"
+        raise ReftError(f"cannot write the checkpoint {final}: {cause}; the previous checkpoint is intact") from None
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_weights(model: ReftModel, directory: Path) -> None:
+    """Restore the trained weights ``model.save_pretrained(directory)`` wrote (any model with
+    ``load_trained``: a ReftModel's interventions, or reftx.integrations.peft.LoraReft's adapter and interventions)."""
+    model.load_trained(directory)
+
+
+def load_checkpoint(path: Path, model: ReftModel, opt, sched) -> Progress_:
+    load_weights(model, path / "intervention")
+    try:
+        state = torch.load(path / "trainer_state.pt", weights_only=True)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        return Progress_(**json.loads((path / STATE_FILE).read_text()))
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise ReftError(f"cannot resume from {path}: {type(e).__name__}: {e}") from None
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop metrics logged after ``step`` (by a run that died after its last checkpoint)."""
+    if path.is_file():
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        atomic_write(path, lambda p: Path(p).write_text("".join(x + "\n" for x in keep)))
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, honoured at a step boundary after saving a checkpoint."""
+
+
+class _StopFlag:
+    """Ctrl-C during training asks for a stop at the next step boundary (a second one stops at once)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+class RunJob(Job):
+    """``reftx run``'s one job: the experiment's data in seeded epochs, its optimizer and LR schedule,
+    logging to metrics.jsonl and the progress bar, checkpoints every ``checkpoint_every`` steps."""
+
+    def __init__(self, run: _Run):
+        self.run = run
+        self.max_steps, self.clip = run.steps, run.cfg.max_grad_norm
+        self.divergence_factor = run.cfg.divergence_factor
+        self.batches = self._batches()
+        self.window: list[float] = []
+        self.terms: dict[str, Tensor] = {}
+
+    def start(self, slot: int) -> Optim:
+        r = self.run
+        return Optim(r.opt, r.sched, r.trained, r.model.after_optimizer_step)
+
+    def _batches(self) -> Iterator[dict[str, Any]]:
+        r, prog = self.run, self.run.prog
+        while True:
+            # accelerate's DataLoaderShard re-sets the sampler's epoch from its own iteration counter
+            # (0 in a resumed process) on every __iter__: set the epoch through it
+            (r.loader if hasattr(r.loader, "set_epoch") else r.sampler).set_epoch(prog.epoch)
+            for i, batch in enumerate(r.loader):
+                if i < prog.batch:
+                    continue  # resuming mid-epoch: skip what the checkpoint already consumed
+                self.index = i
+                prog.tokens += int(batch["attention_mask"].sum()) * r.acc.num_processes
+                yield batch
+            prog.epoch, prog.batch = prog.epoch + 1, 0
+
+    def rows(self, slot: int) -> dict[str, Any]:
+        return next(self.batches)
+
+    def forward(self, rows: dict[int, dict[str, Any]]) -> StepLoss:
+        r = self.run
+        env = {"env": r.env} if r.objective.needs_env else {}
+        core, logs, out = r.objective(r.wrapped, rows[0], r.objective_opts, **env)
+        loss, self.terms = compose(core, out.get("aux_losses"), (m for _, m in r.model.named_interventions()))
+        value = loss.item()  # the step's one read of the loss: logged, guarded, never read again
+        self.window.append(value)
+        return StepLoss({0: loss}, stop={0: value}, logs=logs, out=out)
+
+    def on_step(self, step: int, loss: float, grad_norm: float | None, result: StepLoss) -> None:
+        r, prog = self.run, self.run.prog
+        prog.step, prog.batch = step, self.index + 1
+        if step % r.cfg.log_every == 0 or step == r.steps:
+            r.log(self._record(grad_norm, result))
+            self.window.clear()
+        if r.cfg.checkpoint_every and step % r.cfg.checkpoint_every == 0 and step < r.steps:
+            r.checkpoint()
+        if r.stop.requested:
+            raise Interrupted
+
+    def _record(self, grad_norm: float | None, result: StepLoss) -> dict[str, Any]:
+        r, prog = self.run, self.run.prog
+        rec = {"step": prog.step, "epoch": prog.epoch, "loss": sum(self.window) / len(self.window),
+               "lr": r.sched.get_last_lr()[0],
+               "tokens_per_s": (prog.tokens - r.tokens0) / max(time.perf_counter() - r.t0, 1e-9)}
+        if grad_norm is not None:
+            rec["grad_norm"] = grad_norm
+        rec.update({f"obj/{k}": float(v) for k, v in result.logs.items()})
+        for k, v in self.terms.items():  # the auxiliary and parameter terms compose added
+            rec[f"aux/{k}"] = float(v.detach())
+        for k, v in (result.out.get("records") or {}).items():
+            rec[f"rec/{k}"] = float(torch.cat([x.float().reshape(-1) for x in v]).mean())
+        return rec
+
+
+@dataclass
+class _Run:
+    """The state of one ``train`` call that its job and helpers share."""
+
+    model: Any
+    cfg: TrainConfig
+    run_dir: Path
+    acc: Accelerator
+    steps: int = 0
+    prog: Progress_ = field(default_factory=Progress_)
+    show_progress: bool = True
+    on_log: Callable[[dict[str, Any]], None] | None = None
+    stop: _StopFlag = field(default_factory=lambda: _StopFlag())
+    t0: float = 0.0
+    tokens0: int = 0
+    env: Any = None  # what a sampling objective needs (reftx.train.objectives.grpo.Env)
+
+    def setup(self, data: list[Encoded], pad_id: int, seed: int) -> None:
+        """Objective, data order, optimizer and schedule, wrapped by accelerate."""
+        cfg, acc = self.cfg, self.acc
+        self.objective = OBJECTIVES.get(cfg.objective, "train.objective")
+        self.objective_opts = objective_options(cfg.objective, cfg.objective_options)
+        seed_everything(seed)
+        self.sampler = EpochSampler(len(data), seed)
+        # its own generator: iterating a DataLoader draws a worker seed from the generator it is given
+        # (the global torch RNG by default), which would shift the dropout RNG of a resumed run
+        loader = DataLoader(data, batch_size=cfg.batch_size, sampler=self.sampler,
+                            collate_fn=lambda b: collate_train(b, pad_id), generator=torch.Generator().manual_seed(seed))
+        groups = self.model.param_groups(cfg.weight_decay)
+        self.trained = [p for g in groups for p in g["params"]]  # what gradient clipping sees
+        opt = torch.optim.AdamW(groups, lr=cfg.lr)
+        self.steps = total_steps(cfg, math.ceil(len(data) / cfg.batch_size / acc.num_processes))
+        self.sched = get_scheduler(cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup", opt,
+                                   num_warmup_steps=int(cfg.warmup * self.steps), num_training_steps=self.steps)
+        self.wrapped, self.opt, self.loader = acc.prepare(self.model, opt, loader)
+
+    def restore(self, resume: bool) -> Path | None:
+        """Load the newest intact checkpoint (``resume``), or start metrics.jsonl afresh."""
+        acc, metrics = self.acc, self.run_dir / "metrics.jsonl"
+        ckpt = None
+        if resume and acc.is_main_process:
+            clean_stale(self.run_dir, acc.print)
+        if resume:
+            ckpt = intact(self.run_dir, acc.print)
+        if ckpt is not None:
+            self.prog = load_checkpoint(ckpt, self.model, self.opt, self.sched)
+            if acc.is_main_process:
+                _truncate_log(metrics, self.prog.step)
+                acc.print(f"resumed from {ckpt} (step {self.prog.step}/{self.steps})")
+        elif acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            metrics.write_text("")
+        return ckpt
+
+    def checkpoint(self) -> None:
+        if self.acc.is_main_process:
+            save_checkpoint(self.run_dir, self.model, self.opt, self.sched, self.prog, self.cfg.keep_checkpoints)
+        self.acc.wait_for_everyone()
+
+    def where(self) -> str:
+        return f" Last good checkpoint: {latest_checkpoint(self.run_dir)}"
+
+    def log(self, rec: dict[str, Any]) -> None:
+        """One logged step: metrics.jsonl, the callback, the bar, and a plain line without a terminal."""
+        if self.acc.is_main_process:
+            with (self.run_dir / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if self.cfg.log_with:
+                tracking.log(self.acc, rec)  # the same row to every tracker (train.log_with)
+            if self.on_log:
+                self.on_log(rec)
+        self.bar.update(self.bar_task, completed=self.prog.step, info=f"loss {rec['loss']:.4f}")
+        if self.show_progress and self.acc.is_main_process and not sys.stderr.isatty():
+            # no terminal (nohup, slurm, CI): the bar draws nothing, print a line
+            print(f"train step {self.prog.step}/{self.steps}  loss {rec['loss']:.4f}  lr {rec['lr']:.3g}  "
+                  f"{rec['tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
+
+
+def train(
+    model: ReftModel,
+    data: list[Encoded],
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    pad_id: int,
+    seed: int = 0,
+    resume: bool = False,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+    show_progress: bool = True,
+    name: str | None = None,
+    config: dict[str, Any] | None = None,
+    env: Any = None,
+) -> dict[str, Any]:
+    """Train ``model``'s interventions on encoded examples (one job of reftx.train.loop's loop); returns a
+    summary of the run. With ``cfg.log_with``, trackers (reftx.train.trackers) record every logged row and
+    ``config`` (the resolved experiment) under the project ``name`` (default: the run folder's name).
+    ``env``: what an objective that samples needs (reftx.train.objectives.grpo.Env: the tokenizer and the task's reward).
+
+    ``model`` is a ReftModel or any module with its training surface: forward, ``param_groups``
+    (what the optimizer trains), ``after_optimizer_step``, ``save_pretrained`` and, for resuming,
+    ``load_trained`` (e.g. reftx.integrations.peft.LoraReft: a LoRA adapter with or without interventions).
+    """
+    run_dir = Path(run_dir)
+    acc = accelerator(cfg.grad_accum, cfg.precision, **tracking.accelerator_kwargs(cfg.log_with, run_dir))
+    r = _Run(model, cfg, run_dir, acc, show_progress=show_progress, on_log=on_log, env=env)
+    r.setup(data, pad_id, seed)
+    if r.objective.needs_env and env is None:
+        raise ReftError(f"train.objective {cfg.objective!r} samples and scores completions: it needs env= "
+                        "(reftx.train.objectives.grpo.Env; `reftx run` supplies it)")
+    ckpt = r.restore(resume)
+    if r.prog.step >= r.steps:
+        return {"steps": r.prog.step, "resumed": ckpt is not None}
+    tracking.start(acc, cfg.log_with, name or run_dir.name, config, r.prog.step)
+    try:
+        return _fit(r, ckpt)
+    finally:
+        tracking.finish(acc)  # also after Ctrl-C and errors: the event files are flushed and closed
+
+
+def _fit(r: _Run, ckpt: Path | None) -> dict[str, Any]:
+    """The loop over ``r``'s one job, with the progress bar; a final checkpoint."""
+    main = r.show_progress and r.acc.is_main_process
+    r.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                     TimeRemainingColumn(), disable=not main)
+    r.bar_task = r.bar.add_task("train", total=r.steps, completed=r.prog.step, info="")
+    job = RunJob(r)
+    r.t0, r.tokens0 = time.perf_counter(), r.prog.tokens
+    try:
+        with r.bar, r.stop:
+            Loop(r.acc, r.wrapped, job.forward, where=r.where).fit([job], [r.prog.step])
+    except Interrupted:
+        r.checkpoint()
+        r.acc.print(f"interrupted: saved a checkpoint at step {r.prog.step}; continue with --resume")
+        raise
+    r.checkpoint()
+    return {"steps": r.prog.step, "tokens": r.prog.tokens, "resumed": ckpt is not None,
+            "train_seconds": time.perf_counter() - r.t0}
+
+
+__all__ = ["Diverged", "DivergenceGuard", "Interrupted", "RunJob", "NonFiniteLoss", "train", "latest_checkpoint", "load_weights", "seed_everything",
+           "total_steps"]
