@@ -71,22 +71,34 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def cmd_ls(args: argparse.Namespace) -> int:
-    from reftx.core.intervention import available_interventions
+def _first_line(text: str | None, width: int = 100) -> str:
+    """The first sentence of a docstring's first paragraph, on one line (cut at ``width``)."""
+    para = " ".join((text or "").strip().split("\n\n")[0].split())
+    sentence = para.split(". ")[0].rstrip(".")
+    return sentence if len(sentence) <= width else sentence[:width - 3] + "..."
 
-    if args.what == "interventions":
-        from reftx.core.intervention import get_intervention
 
-        for name in available_interventions():
-            doc = (get_intervention(name).__doc__ or "").strip().splitlines()
-            print(f"{name:14s} {doc[0] if doc else ''}")
-    elif args.what == "tasks":
+def _registered(what: str) -> list[tuple[str, str]]:
+    """(name, one-line description) of everything registered as ``what``."""
+    if what == "interventions":
+        from reftx.core.intervention import available_interventions, get_intervention
+
+        return [(n, _first_line(get_intervention(n).__doc__)) for n in available_interventions()]
+    if what == "tasks":
         from reftx.eval.task import TASKS
 
-        for name in TASKS.names():
-            doc = (TASKS.get(name).__doc__ or "").strip().splitlines()
-            print(f"{name:14s} {doc[0] if doc else ''}")
-    elif args.what == "metrics":
+        return [(n, _first_line(TASKS.get(n).__doc__)) for n in TASKS.names()]
+    if what == "objectives":
+        from reftx.train.objectives import OBJECTIVES
+
+        return [(n, _first_line(OBJECTIVES.get(n).__doc__)) for n in OBJECTIVES.names()]
+    from reftx.recipes.registry import RECIPES
+
+    return [(n, _first_line(RECIPES.get(n).doc)) for n in RECIPES.names()]
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    if args.what == "metrics":
         from reftx.eval.metrics import METRICS
 
         for name in METRICS.names():
@@ -94,9 +106,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
             better = {True: "higher is better", False: "lower is better", None: "descriptive"}[m.higher_is_better]
             reported = f" (reported as {m.key})" if m.key != name else ""
             print(f"{name:26s} {better:17s} {(m.doc.splitlines() or [''])[0]}{reported}")
-    else:
+    elif args.what == "experiments":
         for path in _expand([]):
             print(path.relative_to(EXPERIMENTS.parent))
+    else:
+        for name, doc in _registered(args.what):
+            print(f"{name:16s} {doc}")
     return 0
 
 
@@ -214,8 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("experiments", nargs="*", help="files or folders (searched recursively)")
     v.add_argument("--set", dest="overrides", action="append", default=[], help="an override for every file")
     v.set_defaults(fn=cmd_validate)
-    ls = sub.add_parser("ls", help="list registered interventions, tasks, metrics or shipped experiments")
-    ls.add_argument("what", choices=["interventions", "tasks", "metrics", "experiments"], help="what to list")
+    ls = sub.add_parser("ls", help="list registered interventions, tasks, metrics, objectives or recipes, or the "
+                                   "shipped experiments")
+    ls.add_argument("what", choices=["interventions", "tasks", "metrics", "objectives", "recipes", "experiments"],
+                    help="what to list")
     ls.set_defaults(fn=cmd_ls)
     e = sub.add_parser("eval", help="re-evaluate a finished run directory")
     e.add_argument("run_dir", help="a finished run folder (holds config.yaml and intervention/)")

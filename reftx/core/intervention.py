@@ -42,6 +42,11 @@ def register_intervention(name: str) -> Callable[[type[Intervention]], type[Inte
         cfg = getattr(cls, "Config", None)
         if cfg is None or not dataclasses.is_dataclass(cfg) or not cfg.__dataclass_params__.frozen:
             raise TypeError(f"{cls.__name__}.Config must be a frozen dataclass")
+        gone = [m for m in ("parameter_losses", "loss_scale", "after_optimizer_step") if hasattr(cls, m)]
+        if gone:  # removed in 0.2: a silent no-op would drop the primitive's terms
+            raise TypeError(f"{cls.__name__} defines {', '.join(gone)}, which reftx 0.2 no longer calls: return "
+                            "objects of the reftx.core.intervention.Modifier protocol (loss, scale, after_step, "
+                            "group) from modifiers() instead")
         cls.kind = name
         return INTERVENTIONS.register(name)(cls)
 

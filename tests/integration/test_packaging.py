@@ -17,6 +17,8 @@ def test_wheel_layout_and_import(tmp_path):
     assert {n.split("/")[0] for n in names} == {"reftx", wheel.name.split("-py3")[0] + ".dist-info"}
     assert "reftx/methods/loreft.py" in names and "reftx/tasks/persona.py" in names
     assert "reftx/tasks/data/persona.jsonl" in names
+    library = {str(f.relative_to(REPO)) for f in (REPO / "reftx").rglob("*.py")}
+    assert library - set(names) == set()  # every layer's folder is packaged
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)

@@ -78,3 +78,15 @@ def test_validate_checks_every_sequential_stage_before_anything_trains():
                           ["recipe.stages=[[],[train.objective=grpo,train.objective_options.group_sise=4]]"])
     with pytest.raises(ConfigError, match=r"recipe\.stages\.1.*group_sise.*did you mean.*group_size"):
         validate(bad)
+
+
+@pytest.mark.parametrize("what", ["objectives", "recipes"])
+def test_ls_lists_every_registered_objective_and_recipe(what, capsys):
+    import reftx.cli.commands as cli
+    from reftx.recipes.registry import RECIPES
+    from reftx.train.objectives import OBJECTIVES
+
+    assert cli.main(["ls", what]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == (OBJECTIVES if what == "objectives" else RECIPES).names()
+    assert "nll" in listed or "train" in listed

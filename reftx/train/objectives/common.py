@@ -86,7 +86,7 @@ def _finite_at_least(obj: object, minimum: float, *names: str, strict: bool = Fa
 
 @register_objective("nll")
 def nll(model: Any, batch: dict[str, Any], options: dict[str, Any]) -> tuple[Tensor, dict[str, float], Any]:
-    """Causal-LM negative log-likelihood of the response tokens (plus the primitives' auxiliary losses)."""
+    """Causal-LM negative log-likelihood of the response tokens."""
     out = model(**batch)
     return out.loss, {}, out
 
@@ -188,6 +188,16 @@ def _set_logs(values: Tensor, forget: Tensor, what: str) -> dict[str, float]:
         if rows.any():
             logs[f"{what}_{tag}"] = float(values.detach()[rows].mean())
     return logs
+
+
+def finish(model: Any, out: Any, core: Tensor, logs: dict[str, float]) -> Result:
+    """Before 0.2 an objective composed its loss here; the driver composes it now, so this is
+    :func:`result` (kept for one release, with a DeprecationWarning)."""
+    import warnings
+
+    warnings.warn("reftx finish(model, out, core, logs) is now result(out, core, logs): the training loss "
+                  "is composed by the driver (reftx.train.loss.compose)", DeprecationWarning, stacklevel=2)
+    return result(out, core, logs)
 
 
 def result(out: Any, core: Tensor, logs: dict[str, float]) -> Result:
