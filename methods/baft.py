@@ -3,7 +3,7 @@
     h' = h + Rᵀ diag(s(h)) (W h + b − R h),   s(h) in [0, 1]^r from a basis gate
 
 The gates (sigmoid, the default; softmax; topk) and their initialisation live in
-``reftx/parts/basis_gates.py``. With s ≡ 1 this is LoReFT exactly (tests/unit/test_baft.py).
+``reftx/parts/basis_gates.py``. With s ≡ 1 this is LoReFT exactly (tests/unit/methods/test_baft.py).
 
 Auxiliary losses, off by default (weight 0), added per site with ``ctx.add_loss`` (so, like every
 gate loss, they are summed over the sites). Rows are the gathered positions of one forward;

@@ -3,7 +3,7 @@ splits behind ``tasks/logs.py`` (loghub's HDFS and BGL; data: ``loghub/`` and ``
 
 HDFS event ids. DeepLog's ``hdfs_train``/``hdfs_test_abnormal`` hold one block session per line as
 event ids 1..29; they are loghub's ``E<id>`` of ``HDFS_templates.csv`` (``DEEPLOG_OFFSET`` = 0),
-which the session structure confirms (tests/unit/test_logs.py checks it on the files): every
+which the session structure confirms (tests/unit/tasks/test_logs.py checks it on the files): every
 session holds id 22 (``allocateBlock``) exactly once, normal sessions then show the write pipeline
 of a 3-replica block — ids 5 (``Receiving block``), 11 (``PacketResponder ... terminating``) and 9
 (``Received block ... of size ... from``) about three times each, 26 (``addStoredBlock: blockMap

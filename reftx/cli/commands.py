@@ -71,6 +71,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+LISTS = ("interventions", "tasks", "metrics", "objectives", "recipes", "experiments")
+
+
 def _first_line(text: str | None, width: int = 100) -> str:
     """The first sentence of a docstring's first paragraph, on one line (cut at ``width``)."""
     para = " ".join((text or "").strip().split("\n\n")[0].split())
@@ -229,10 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("experiments", nargs="*", help="files or folders (searched recursively)")
     v.add_argument("--set", dest="overrides", action="append", default=[], help="an override for every file")
     v.set_defaults(fn=cmd_validate)
-    ls = sub.add_parser("ls", help="list registered interventions, tasks, metrics, objectives or recipes, or the "
-                                   "shipped experiments")
-    ls.add_argument("what", choices=["interventions", "tasks", "metrics", "objectives", "recipes", "experiments"],
-                    help="what to list")
+    ls = sub.add_parser("ls", help="list what is registered (or the shipped experiments)")
+    ls.add_argument("what", choices=LISTS, help="what to list")
     ls.set_defaults(fn=cmd_ls)
     e = sub.add_parser("eval", help="re-evaluate a finished run directory")
     e.add_argument("run_dir", help="a finished run folder (holds config.yaml and intervention/)")

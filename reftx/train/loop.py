@@ -16,7 +16,7 @@ time side by side in one forward pass, each slot a copy of the primitive in a
     finished jobs hand back their slot (``job.finish``)
 
 A slot job's loss involves only its own slot's parameters, so training K jobs together gives
-each the gradient it would get alone (tests/unit/test_editing.py checks parallel == one at a time).
+each the gradient it would get alone (tests/unit/recipes/test_editing.py checks parallel == one at a time).
 Gradient accumulation (``grad_accum`` > 1, one job) and mixed precision run through accelerate.
 """
 from __future__ import annotations

@@ -11,7 +11,7 @@ forward pass, each with its own parameters and optimiser. Modes (``recipe.mode``
 * ``single``: each edit alone, from the unedited model. Edit i's intervention is initialised
   from seed ``seed * 1_000_003 + i``; slots are refilled as edits finish, so the result of an edit
   does not depend on which others trained beside it (up to float rounding of batched matmuls;
-  tests/unit/test_editing.py checks parallel == one at a time).
+  tests/unit/recipes/test_editing.py checks parallel == one at a time).
 * ``batch``: consecutive groups of ``recipe.batch_edits`` edits, each group one intervention
   trained on its edits together (loss: mean NLL over the group's target tokens).
 * ``sequential``: one intervention edited one fact after another (a fresh Adam per edit, the

@@ -12,7 +12,7 @@ import reftx
 from reftx.core.intervention import Context, make_intervention
 from tests.conftest import answer_data, learnable_model, tiny_config, tiny_model, torch_train
 
-METHODS = Path(__file__).resolve().parents[2] / "methods"
+METHODS = Path(__file__).resolve().parents[3] / "methods"
 SPEC = {"kind": "topk_reft", "rank": 4, "k": 2, "layers": [1, 2], "positions": {"first": 2, "last": 2}}
 
 

@@ -234,7 +234,7 @@ def test_runner_two_stage_run_and_eval(tmp_path):
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(tmp_path / "tiny")
     tok.save_pretrained(tmp_path / "tiny")
-    exp = Path(__file__).resolve().parents[2] / "experiments" / "methods" / "heft.yaml"
+    exp = Path(__file__).resolve().parents[3] / "experiments" / "methods" / "heft.yaml"
     overrides = [f"model.name={tmp_path / 'tiny'}", f"output_dir={tmp_path / 'runs'}", "lora.max_steps=2",
                  "train.max_steps=2", "train.batch_size=4", "task.n_train=8", "task.n_eval=2", "eval.show_examples=1",
                  "eval.max_new_tokens=3", "interventions.0.layers=[1, 2]"]

@@ -16,7 +16,7 @@ from reftx.eval.task import default_data_dir, get_task
 from reftx.tasks.math_reasoning import gsm8k_solution
 from reftx.tasks.math_rules import extract_letter, extract_number, is_correct, numbers
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DATA = default_data_dir()
 needs_data = pytest.mark.skipif(DATA is None or not (DATA / "math_llm_adapters").is_dir(),
                                 reason="shared data not present")

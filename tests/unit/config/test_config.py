@@ -303,7 +303,7 @@ def test_every_cli_argument_has_a_help_text() -> None:
                if name in ("run", "eval", "baseline", "edit", "tofu-finetune"))
 
 
-QUICKSTART = Path(__file__).resolve().parents[2] / "experiments" / "quickstart.yaml"
+QUICKSTART = Path(__file__).resolve().parents[3] / "experiments" / "quickstart.yaml"
 
 
 def test_config_hash_is_only_of_what_determines_the_result() -> None:

@@ -17,7 +17,7 @@ from reftx.data.examples import Example
 from reftx.eval.task import default_data_dir, get_task
 from reftx.tasks.commonsense import answer_options, extract_label
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DATA = default_data_dir()
 needs_data = pytest.mark.skipif(DATA is None or not (DATA / "commonsense").is_dir(), reason="shared data not present")
 ANSWERS = ["answer1", "answer2", "answer3", "answer4"]

@@ -8,7 +8,7 @@ import pytest
 
 from reftx.cli.docgen import config_reference
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_config_reference_is_current():

@@ -13,7 +13,7 @@ import torch
 from reftx.models import loading as hub
 from reftx.core.errors import ConfigError, ReftError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def _tiny_model_and_tokenizer():

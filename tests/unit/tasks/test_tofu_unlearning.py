@@ -20,7 +20,7 @@ from reftx.recipes.tofu_stage1 import export_merged
 from reftx.eval.task import default_data_dir, get_task
 from reftx.tasks.__main__ import main as tasks_main
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 UNLEARN = REPO / "experiments" / "unlearning"
 DATA = default_data_dir()
 pytestmark = pytest.mark.skipif(DATA is None or not (DATA / "tofu").is_dir(), reason="shared TOFU data not available")
