@@ -46,7 +46,8 @@ from reftx.core.intervention import Context
 from reftx.train.objectives import register_objective
 from reftx.parts import Delta, SubspaceConfig, register_primitive, subspace
 from reftx.engine.model import unwrap
-from reftx.engine.positions import IGNORE, spans
+from reftx.data.encoding import prompt_lengths
+from reftx.engine.positions import IGNORE
 
 LOCALITY = "locality"  # the example_info key marking unrelated prompts (1) and edits (0)
 
@@ -151,9 +152,7 @@ def baft_locality_kl(model: Any, batch: dict[str, Any],
     call = dict(batch)
     if loc.any() and not opts.locality_nll:
         # mask the locality rows' labels, keeping every row's prompt span (read off the original labels)
-        if call.get("prompt_lengths") is None:
-            bd = spans(mask, ids.shape[0], ids.shape[1], ids.device, labels)
-            call["prompt_lengths"] = (bd.prompt_end - bd.start).clamp_min(1)
+        call["prompt_lengths"] = prompt_lengths(call).clamp_min(1)
         call["labels"] = labels.masked_fill(loc[:, None], IGNORE)
         if not bool((call["labels"] != IGNORE).any()):
             call["labels"] = None  # nothing but locality rows: no NLL term this step

@@ -215,8 +215,7 @@ def mean_gate(model: Any, tokenizer: Any, examples: list[Example], chat: bool, b
         batch = collate_train(enc, pad)
         batch.pop("labels")
         batch.pop("example_info", None)
-        lengths = torch.tensor([e.prompt_len for e in enc], device=device)
-        out = model(**{k: v.to(device) for k, v in batch.items()}, prompt_lengths=lengths)
+        out = model(**{k: v.to(device) for k, v in batch.items()})  # with the encoded prompt_lengths
         for key, values in (out.get("records") or {}).items():
             if key.endswith("/gate"):
                 for v in values:

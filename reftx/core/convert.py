@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from dataclasses import dataclass
 import inspect
 import math
 import re
@@ -327,6 +328,11 @@ def to_dict(obj: Any) -> Any:
     if obj is None or isinstance(obj, (bool, int, float, str, Path)):
         return str(obj) if isinstance(obj, Path) else obj
     raise TypeError(f"cannot serialise {type(obj).__name__} value {obj!r} into a config")
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of something that takes none (a recipe, an objective): any key is an error."""
 
 
 def dump_yaml(d: Any) -> str:

@@ -101,8 +101,9 @@ def pad_id(tokenizer: Any) -> int:
 
 
 def collate_train(batch: list[Encoded], pad_id: int) -> dict[str, Tensor]:
-    """Right-padded input_ids, attention_mask and labels (-100 on prompt and padding), plus
-    ``example_info`` (one tensor per info key) when the examples carry any, and the guided copy
+    """Right-padded input_ids, attention_mask and labels (-100 on prompt and padding), the prompt
+    boundary as encoding found it (``prompt_lengths``: each row's prompt tokens, where the
+    interventions' prompt positions are counted), plus ``example_info`` (one tensor per info key) when the examples carry any, and the guided copy
     (``guided_input_ids``, ``guided_attention_mask``, ``guided_labels``) when they carry one."""
     t = max(len(e.input_ids) for e in batch)
     ids = torch.full((len(batch), t), pad_id, dtype=torch.long)
@@ -113,7 +114,8 @@ def collate_train(batch: list[Encoded], pad_id: int) -> dict[str, Tensor]:
         ids[i, :n] = torch.tensor(e.input_ids)
         labels[i, :n] = torch.tensor(e.labels)
         mask[i, :n] = 1
-    out: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    out: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "labels": labels,
+                           "prompt_lengths": torch.tensor([e.prompt_len for e in batch])}
     if any(e.guided_ids is not None for e in batch):
         out.update(_collate_guided(batch, pad_id))
     keys = sorted(batch[0].info)
@@ -138,7 +140,20 @@ def _collate_guided(batch: list[Encoded], pad_id: int) -> dict[str, Tensor]:
         ids[i, :n] = torch.tensor(e.guided_ids)
         labels[i, p:n] = ids[i, p:n]
         mask[i, :n] = 1
-    return {"guided_input_ids": ids, "guided_attention_mask": mask, "guided_labels": labels}
+    return {"guided_input_ids": ids, "guided_attention_mask": mask, "guided_labels": labels,
+            "guided_prompt_lengths": torch.tensor([e.guided_prompt_len for e in batch])}
+
+
+def prompt_lengths(batch: dict[str, Tensor], prefix: str = "") -> Tensor:
+    """(B,) prompt length of every row of a training batch: the boundary ``collate_train`` carries
+    from encoding (``{prefix}prompt_lengths``). A batch built outside reftx's encoding (TRL's, a
+    hand-made dict) that lacks it gets the tokens before each row's first label, the rule the hooks
+    apply to such batches (reftx.engine.positions.spans). prefix: ``"guided_"`` for the guided copy."""
+    if f"{prefix}prompt_lengths" in batch:
+        return batch[f"{prefix}prompt_lengths"]
+    labels, mask = batch[f"{prefix}labels"], batch[f"{prefix}attention_mask"]
+    has = labels != IGNORE
+    return torch.where(has.any(1), has.int().argmax(1), mask.sum(1))
 
 
 def collate_prompts(prompts: list[list[int]], pad_id: int) -> dict[str, Tensor]:

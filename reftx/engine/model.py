@@ -35,7 +35,7 @@ from reftx.engine.hooks import HookManager, Overrides
 from reftx.core.intervention import Intervention, after_step, defining_module, make_intervention
 from reftx.core.files import atomic_write
 from reftx.engine.serialization import CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHTS_NAME, read_config
-from reftx.engine.schedule import DTYPES, Group, InterventionSpec, plan
+from reftx.engine.schedule import INTERVENTION_DTYPES, Group, InterventionSpec, plan
 from reftx.core.version import __version__
 
 CARRIED = "reftx_interventions"  # the base's submodule holding the interventions after carry()
@@ -65,7 +65,7 @@ class ReftModel(nn.Module):
         for g in groups:
             spec = specs[g.spec_index]
             mod = make_intervention(spec.kind, spec.options, g.dim, f"interventions.{g.spec_index}.")
-            modules[g.key] = mod.to(device=param.device, dtype=DTYPES[spec.dtype] or param.dtype)
+            modules[g.key] = mod.to(device=param.device, dtype=INTERVENTION_DTYPES[spec.dtype] or param.dtype)
         self.base = base
         self.specs: list[InterventionSpec] = specs
         self.groups: list[Group] = groups

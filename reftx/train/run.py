@@ -363,7 +363,7 @@ def train(
     try:
         return _fit(r, ckpt)
     finally:
-        tracking.finish(acc)  # also after Ctrl-C and errors: the event files are flushed and closed
+        tracking.end(acc)  # also after Ctrl-C and errors: the event files are flushed and closed
 
 
 def _fit(r: _Run, ckpt: Path | None) -> dict[str, Any]:

@@ -82,11 +82,11 @@ def log(acc: Any, row: dict[str, Any]) -> None:
     acc.log(values, step=row["step"])
 
 
-def finish(acc: Any) -> None:
+def end(acc: Any) -> None:
     """Close every started tracker (flushes TensorBoard's event file); safe to call twice."""
     for tracker in list(acc.trackers):
         tracker.finish()
     acc.trackers.clear()
 
 
-__all__ = ["SUBDIR", "accelerator_kwargs", "check_available", "finish", "flatten", "log", "start"]
+__all__ = ["SUBDIR", "accelerator_kwargs", "check_available", "end", "flatten", "log", "start"]

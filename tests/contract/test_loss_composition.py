@@ -77,8 +77,10 @@ CASES = {
 
 
 def test_every_registered_objective_has_a_case():
+    """Every objective reftx and its zoo register (other tests may register their own, elsewhere)."""
     load()
-    assert set(OBJECTIVES.names()) == set(CASES)
+    shipped = {n for n in OBJECTIVES.names() if OBJECTIVES.get(n).__module__.startswith("reftx.")}
+    assert shipped == set(CASES)
 
 
 def probed(model_type: str):

@@ -69,9 +69,9 @@ def test_resume_purges_what_the_lost_steps_logged(tmp_path):
 
 def test_an_error_still_closes_the_trackers(tmp_path, monkeypatch):
     closed = []
-    finish = tracking.finish
-    monkeypatch.setattr(tracking, "finish", lambda acc: closed.append([type(t).__name__ for t in acc.trackers])
-                        or finish(acc))
+    end = tracking.end
+    monkeypatch.setattr(tracking, "end", lambda acc: closed.append([type(t).__name__ for t in acc.trackers])
+                        or end(acc))
 
     def stop(row):
         if row["step"] == 2:

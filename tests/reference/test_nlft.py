@@ -192,7 +192,9 @@ def test_guided_keys_only_when_asked(tok):
     ex = Example("What is 2 + 3?", "2 + 3 = 5.\nThe answer is 5.", guidance="Hint: the correct final answer is 5.")
     plain = encode(tok, ex, 64, chat=False)
     assert plain.guided_ids is None
-    assert set(collate_train([plain], 0)) == {"input_ids", "attention_mask", "labels"}
+    one = collate_train([plain], 0)
+    assert set(one) == {"input_ids", "attention_mask", "labels", "prompt_lengths"}
+    assert one["prompt_lengths"].tolist() == [plain.prompt_len]  # the boundary encoding found, carried
     guided = encode(tok, ex, 64, chat=False, guided=True)
     assert guided.input_ids == plain.input_ids and guided.labels == plain.labels
     response = plain.input_ids[plain.prompt_len:]
@@ -201,6 +203,7 @@ def test_guided_keys_only_when_asked(tok):
     short = encode(tok, Example("1 + 1?", "2.", guidance="Hint: 2."), 64, chat=False, guided=True)
     batch = collate_train([guided, short], 0)
     assert {"guided_input_ids", "guided_attention_mask", "guided_labels"} <= set(batch)
+    assert batch["guided_prompt_lengths"].tolist() == [guided.guided_prompt_len, short.guided_prompt_len]
     g = batch["guided_labels"][0]
     assert (g[:guided.guided_prompt_len] == -100).all()
     assert g[guided.guided_prompt_len:len(guided.guided_ids)].tolist() == response

@@ -200,7 +200,7 @@ class EditJob(Job):
         return [_Row(ed.encoded[i].input_ids, ed.encoded[i].labels, ed.encoded[i].prompt_len,
                      info=ed.info(slot, ed.pos[i]), states=ed.states[i] if ed.fast else None) for i in self.edits]
 
-    def finish(self, slot: int, steps: int, loss: float, seconds: float) -> None:
+    def on_done(self, slot: int, steps: int, loss: float, seconds: float) -> None:
         state = {n: t.detach().clone() for n, t in self.editor.bank.slots[slot].state_dict().items()}
         self.results[self.index] = JobResult(state, steps, loss, seconds)
         if self.show:
@@ -293,17 +293,16 @@ class Editor:
             loss = bal if loss is None else loss + bal
         return loss
 
-    def _target_logits(self, batch: dict[str, Any], prompt_lengths: list[int], sel: Tensor) -> tuple[Any, Tensor]:
+    def _target_logits(self, batch: dict[str, Any], sel: Tensor) -> tuple[Any, Tensor]:
         """The forward's output and the logits at the positions ``sel`` (B, T-1) that predict a target
         token. With a final norm at ``base.model.norm`` (llama-style decoders) the LM head runs on
         those positions only (the head is ~20% of a 135M model's forward); otherwise on every position."""
-        pl = torch.tensor(prompt_lengths)
         norm = getattr(getattr(self.model.base, "model", None), "norm", None)
         if norm is None:
-            out = self.model(**batch, prompt_lengths=pl)
+            out = self.model(**batch)  # the batch carries each row's prompt_lengths
             return out, out.logits[:, :-1][sel]
         with capture_outputs(norm) as seen:
-            out = self.model(**batch, prompt_lengths=pl, logits_to_keep=1)
+            out = self.model(**batch, logits_to_keep=1)
         return out, self.model.base.get_output_embeddings()(seen[-1][:, :-1][sel])
 
     def step_loss(self, rows: dict[int, list[Encoded]]) -> StepLoss:
@@ -319,9 +318,9 @@ class Editor:
         if self.fast:  # the layers up to the site replay their cached outputs; only the ones above run
             with replay_site(self.model.base, self.group.layers[0], _padded([e.states for e in enc], batch),
                              self.site_tuple):
-                out, logits = self._target_logits(batch, [e.prompt_len for e in enc], sel)
+                out, logits = self._target_logits(batch, sel)
         else:
-            out, logits = self._target_logits(batch, [e.prompt_len for e in enc], sel)
+            out, logits = self._target_logits(batch, sel)
         aux = out.get("aux_losses") or {}
         tok_nll = F.cross_entropy(logits.float(), tgt[sel], reduction="none")
         slot_of = torch.tensor(slots)[sel.nonzero()[:, 0]]

@@ -27,7 +27,7 @@ from reftx.config.schema import EvalConfig, Experiment, TrainConfig
 from reftx.engine.model import attach
 from reftx.data.examples import Example
 
-METRICS = ("reliability", "generality", "locality")
+EDIT_METRICS = ("reliability", "generality", "locality")
 COUNTERFACT = ("efficacy_score", "efficacy_magnitude", "paraphrase_score", "paraphrase_magnitude",
                "neighborhood_score", "neighborhood_magnitude")  # ROME's, on CounterFact edits only
 
@@ -36,9 +36,9 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def _means(rows: list[dict[str, Any]], keys=METRICS + COUNTERFACT, suffix: str = "") -> dict[str, float]:
+def _means(rows: list[dict[str, Any]], keys=EDIT_METRICS + COUNTERFACT, suffix: str = "") -> dict[str, float]:
     return {f"{k}{suffix}": _mean([r[k] for r in rows if k in r]) for k in keys
-            if k in METRICS or any(k in r for r in rows)}
+            if k in EDIT_METRICS or any(k in r for r in rows)}
 
 
 def run_edit(exp: Experiment, show_progress: bool = True, options: EditOptions | None = None) -> dict[str, Any]:
@@ -85,7 +85,7 @@ def _run_edit(exp: Experiment, opts: EditOptions, out: Any, show_progress: bool)
     t_eval = time.perf_counter()
     before, reference = unedited_scores(model, tok, examples, chat)
     clock = {"eval": time.perf_counter() - t_eval}
-    metrics: dict[str, float] = _means(before, METRICS[:2] + COUNTERFACT, "_unedited")
+    metrics: dict[str, float] = _means(before, EDIT_METRICS[:2] + COUNTERFACT, "_unedited")
     edit = _sequential if opts.mode == "sequential" else _independent
     lines, results = edit(editor, examples, before, dict(enumerate(reference)), metrics, clock, show_progress)
     metrics.update(_steps(results, opts.stop_loss))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from reftx.engine import sites
-from reftx.core.convert import from_dict, require
+from reftx.core.convert import NoOptions, from_dict, require
 from reftx.core.errors import DataError
 from reftx.engine.model import unwrap
 from reftx.engine.positions import IGNORE
@@ -36,11 +36,6 @@ OBJECTIVES: Registry[Objective] = Registry("objective")
 
 
 FIELD = "train.objective_options"
-
-
-@dataclass(frozen=True)
-class NoOptions:
-    """An objective without options: any key under ``train.objective_options`` is an error."""
 
 
 def register_objective(name: str, options: type | None = None,

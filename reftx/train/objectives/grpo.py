@@ -60,6 +60,8 @@ from reftx.core.errors import ConfigError, DataError
 from reftx.engine.model import unwrap
 from reftx.train.objectives.common import FIELD, OBJECTIVES, Result, register_objective, result
 from reftx.engine.schedule import resolve_layers
+from reftx.data.encoding import prompt_lengths
+from reftx.eval.scoring import token_logprobs
 
 EXAMPLE_INDEX = "example_index"  # example_info key: the row's index into the training examples
 
@@ -164,19 +166,13 @@ def grpo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, 
     return -per_seq.mean(), logs
 
 
-def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
-    """log softmax(logits / T) at ``tokens``: logits (N, T, V), tokens (N, T) -> (N, T), float32."""
-    return torch.log_softmax(logits.float() / temperature, -1).gather(-1, tokens[..., None]).squeeze(-1)
-
-
 # -- sampling --------------------------------------------------------------------------------------
 def left_padded_prompts(batch: dict[str, Tensor], pad_id: int) -> tuple[Tensor, Tensor]:
-    """The prompt of every training row (tokens before its first label), left-padded.
+    """The prompt of every training row (its encoded prompt_lengths), left-padded.
     input_ids/labels (B, T) right-padded -> ids (B, P), mask (B, P) with P the longest prompt."""
-    ids, labels = batch["input_ids"], batch["labels"]
+    ids = batch["input_ids"]
     t = ids.shape[1]
-    has = labels != -100
-    plen = torch.where(has.any(1), has.int().argmax(1), batch["attention_mask"].sum(1))
+    plen = prompt_lengths(batch).to(ids.device)
     width = int(plen.max())
     j = torch.arange(width, device=ids.device)
     src = j[None, :] - (width - plen)[:, None]  # column j of the output holds prompt token src

@@ -48,6 +48,8 @@ from reftx.core.errors import DataError
 from reftx.engine.model import unwrap
 from reftx.train.objectives.common import Result, register_objective, result
 from reftx.engine.positions import IGNORE
+from reftx.data.encoding import prompt_lengths
+from reftx.eval.scoring import label_logprobs
 
 GUIDED = ("guided_input_ids", "guided_attention_mask", "guided_labels")
 
@@ -105,20 +107,6 @@ def token_weights(logp_guided: Tensor, logp_plain: Tensor, mask: Tensor, options
     return torch.where(mask, w, torch.zeros_like(w))
 
 
-def label_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
-    """log p(label_{t+1} | ..t) at every position. logits (B, T, V), labels (B, T) -> (B, T − 1);
-    0 where the next label is -100."""
-    target = labels[:, 1:]
-    lp = torch.log_softmax(logits[:, :-1].float(), -1)
-    picked = lp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return picked.masked_fill(target == IGNORE, 0.0)
-
-
-def prompt_lengths(labels: Tensor) -> Tensor:
-    """(B,) number of leading -100 labels of each row (its prompt length)."""
-    return (labels == IGNORE).long().cumprod(1).sum(1)
-
-
 def guided_logprobs(model: Any, batch: dict[str, Any], options: NLFTOptions) -> Tensor:
     """The response tokens' log-probabilities after the guided prompt, placed on the plain batch's
     positions: (B, T − 1) like ``label_logprobs(logits, batch["labels"])``. Runs without gradient,
@@ -132,7 +120,7 @@ def guided_logprobs(model: Any, batch: dict[str, Any], options: NLFTOptions) -> 
         out = base(input_ids=g_ids, attention_mask=batch["guided_attention_mask"], labels=g_labels,
                    example_info=batch.get("example_info"))
     lp = label_logprobs(out.logits, g_labels)  # (B, Tg − 1)
-    shift = prompt_lengths(g_labels) - prompt_lengths(labels)  # guided position = plain position + shift
+    shift = prompt_lengths(batch, "guided_") - prompt_lengths(batch)  # guided position = plain position + shift
     idx = (torch.arange(ids.shape[1] - 1, device=ids.device)[None] + shift[:, None]).clamp(0, lp.shape[1] - 1)
     mask = labels[:, 1:] != IGNORE
     if not torch.equal(g_ids[:, 1:].gather(1, idx)[mask], ids[:, 1:][mask]):
@@ -185,4 +173,4 @@ def _logs(w: Tensor, lp: Tensor, lp_guided: Tensor, mask: Tensor, o: NLFTOptions
             "nll_guided": float(-lp_guided.masked_fill(~mask, 0.0).sum() / n)}
 
 
-__all__ = ["NLFTOptions", "guided_logprobs", "nlft", "prompt_lengths", "label_logprobs", "token_weights"]
+__all__ = ["NLFTOptions", "guided_logprobs", "nlft", "token_weights"]
