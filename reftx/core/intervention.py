@@ -92,7 +92,8 @@ class Context:
         self.records.setdefault(f"{self.key}/{name}", []).append(value.detach())
 
     def add_loss(self, name: str, value: Tensor) -> None:
-        """Add an (already weighted) auxiliary loss; the model adds the sum to ``out.loss``."""
+        """Add an (already weighted) auxiliary loss: reported in ``out["aux_losses"]`` (summed over sites)
+        and added to the training loss by reftx.train.loss.compose."""
         self.losses.setdefault(name, []).append(value)
 
     def at(self, key: str, layer: int, batch_index: Tensor) -> Context:

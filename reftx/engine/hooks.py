@@ -1,4 +1,4 @@
-"""The only place in reftx that registers forward hooks.
+"""The only place in reftx that registers forward hooks or otherwise interposes on a module's forward.
 
 Two kinds of hooks are installed on the base model:
 
@@ -17,7 +17,8 @@ Only the handles created here are ever removed.
 
 Classification heads that read mean-pooled states (``model.pooling: mean``, reftx.eval.classify) get
 their hooks here too: ``install_mean_pooling``; the editing engine reads a module's outputs
-through ``capture_outputs``.
+through ``capture_outputs`` and replays cached site states through ``replay_site`` (its fast path:
+the layers below the edited site are skipped, the hooks above run as usual).
 """
 from __future__ import annotations
 
@@ -297,13 +298,54 @@ def install_mean_pooling(model: nn.Module, module: nn.Module, where: str) -> lis
     return [model.register_forward_pre_hook(state.capture, with_kwargs=True), inner]
 
 
+class Captured(list):
+    """The hidden states a module output, in order, and whether it returned a tuple (``as_tuple``)."""
+
+    as_tuple: bool = False
+
+
 @contextmanager
-def capture_outputs(module: nn.Module) -> Iterator[list[Tensor]]:
+def capture_outputs(module: nn.Module) -> Iterator[Captured]:
     """Within the block, the hidden state of every output of ``module`` is appended to the yielded
-    list (not detached); the hook is removed on exit (reftx.recipes.edit.engine reads site states with it)."""
-    seen: list[Tensor] = []
-    handle = module.register_forward_hook(lambda mod, args, out: seen.append(_hidden(out)))
+    list (not detached), and ``as_tuple`` records whether the module returns a tuple; the hook is
+    removed on exit (reftx.recipes.edit.engine reads site states with it)."""
+    seen = Captured()
+
+    def hook(mod: nn.Module, args: tuple, out: Any) -> None:
+        seen.as_tuple = isinstance(out, tuple)
+        seen.append(_hidden(out))
+
+    handle = module.register_forward_hook(hook)
     try:
         yield seen
     finally:
         handle.remove()
+
+
+@contextmanager
+def replay_site(base: Any, layer: int, states: Tensor, as_tuple: bool = False) -> Iterator[None]:
+    """Within the block, a forward of ``base`` skips the layers up to ``layer``: those below pass
+    their input through and layer ``layer`` returns ``states`` (its cached output), so the hooks on
+    that layer's output (the edit) and the layers above run as usual. The embeddings still run
+    (cheap). Exact when ``states`` are what the layer would output, i.e. the unedited model's states
+    at an edited site with no edit below it. Works for any architecture the sites table describes
+    (the layers are found through reftx.engine.sites; each layer's own ``forward`` is swapped, so hooks
+    registered on the modules stay in place); ``as_tuple``: the layers return tuples."""
+    mods = [sites.resolve(base, "block_output", i) for i in range(layer + 1)]
+    wrap = (lambda h: (h,)) if as_tuple else (lambda h: h)
+    saved = [m.__dict__.get("forward") for m in mods]
+
+    def through(*args: Any, **kwargs: Any) -> Any:
+        return wrap(args[0] if args else kwargs["hidden_states"])
+
+    for m in mods[:-1]:
+        m.forward = through
+    mods[-1].forward = lambda *args, **kwargs: wrap(states.to(args[0].device if args else states.device))
+    try:
+        yield
+    finally:
+        for m, f in zip(mods, saved):
+            if f is None:
+                del m.forward
+            else:
+                m.forward = f

@@ -60,7 +60,7 @@ class ProjectBound(nn.Module):
 
 class HingeBound(nn.Module):
     """Hinge penalty ``λ · max(0, ||c|| − τ)²``, returned as the parameter loss ``bound_hinge``
-    (the model adds it to ``out.loss`` once per forward with labels, summed over modules)."""
+    (reftx.train.loss.compose adds it to the training loss once per step, summed over modules)."""
 
     def __init__(self, tau: float, lam: float):
         super().__init__()

@@ -24,8 +24,8 @@ from reftx.integrations.lm_eval import (  # noqa: F401  (the pre-0.2 reftx.recip
     score_requests,
     task_manager,
 )
-from reftx.recipes.train import trained_model, versions
-from reftx.runs.folder import RunFolder, locked
+from reftx.recipes.train import trained_model
+from reftx.runs.folder import RunFolder, locked, versions
 
 
 def __getattr__(name: str) -> Any:

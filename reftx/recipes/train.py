@@ -15,7 +15,6 @@ Run dir ({output_dir}/{name}):
 from __future__ import annotations
 
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from reftx.train.objectives.common import OBJECTIVES, needs_guidance
 from reftx.runs.plots import plot_loss  # noqa: F401  (runner.plot_loss: what the run writes)
 from reftx.data.label_truncation import prefix_truncate
 from reftx.train.objectives.grpo import sampling_env
-from reftx.runs.folder import RunFolder, locked, run_folder
+from reftx.runs.folder import RunFolder, locked, run_folder, versions  # noqa: F401  (versions: the pre-0.2 name)
 from reftx.engine.schedule import plan
 from reftx.eval.task import Task, get_task
 from reftx.train.run import latest_checkpoint, seed_everything, train
@@ -135,15 +134,6 @@ def validate(exp: Experiment, model_config: Any = None, notices: list[str] | Non
 
         return lora.planned(exp, model_config)
     return plan(exp.interventions, model_config)[1]
-
-
-def versions() -> dict[str, str]:
-    """The versions of reftx, torch, transformers, accelerate and Python (results.json records them)."""
-    import accelerate
-    import transformers
-
-    return {"reftx": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "accelerate": accelerate.__version__, "python": platform.python_version()}
 
 
 def write_samples(out: RunFolder, examples: list, preds: list[str], before: list[str] | None = None) -> None:
@@ -275,9 +265,8 @@ def _run(exp: Experiment, out: RunFolder, resume: bool, show_progress: bool) -> 
     results = {"name": exp.name, "config_hash": chash, "task": task.name, "eval_split": eval_split,
                "n_train": len(train_ex), "n_eval": len(eval_ex), "metrics": metrics,
                "trainable_parameters": summary.get("trainable_parameters", model.count_parameters()), "train": summary,
-               "eval_seconds": time.perf_counter() - t_eval, "wall_seconds": time.perf_counter() - t_start,
-               "versions": versions()}
-    out.json("results.json", results)
+               "eval_seconds": time.perf_counter() - t_eval}
+    results = out.results(results, started=t_start)
     write_samples(out, eval_ex, preds, before)
     report(results, shown, before, preds[: len(shown)])
     return results
@@ -335,10 +324,8 @@ def _evaluate_run(run_dir: Path, show_progress: bool) -> dict[str, Any]:
     model, tok = trained_model(exp, run_dir)
     metrics, _ = evaluate(model, tok, task, eval_ex, exp.eval, use_chat(tok, exp.model.chat_template),
                           show_progress, reference_loaders(task))
-    results = {"name": exp.name, "config_hash": config_hash(exp.to_dict()), "metrics": metrics,
-               "versions": versions()}
-    RunFolder(run_dir).json("eval.json", results)
-    return results
+    return RunFolder(run_dir).results({"name": exp.name, "config_hash": config_hash(exp.to_dict()), "metrics": metrics},
+                                      name="eval.json")
 
 
 def baseline_dir(exp: Experiment) -> Path:
@@ -368,8 +355,8 @@ def _evaluate_base(exp: Experiment, out: RunFolder, show_progress: bool) -> dict
                               show_progress, reference_loaders(task))
     results = {"name": exp.name, "config_hash": config_hash(resolved), "model": exp.model.name,
                "task": task.name, "eval_split": eval_split, "n_eval": len(examples), "metrics": metrics,
-               "trainable_parameters": 0, "wall_seconds": time.perf_counter() - t0, "versions": versions()}
-    out.json("results.json", results)
+               "trainable_parameters": 0}
+    results = out.results(results, started=t0)
     write_samples(out, examples, preds)
     report(results, [], None, [])
     return results

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 
 from reftx.core.errors import ReftError
 from reftx.core.files import atomic_write
+from reftx.core.version import __version__
 
 LOCK_NAME = ".lock"
 
@@ -102,6 +104,33 @@ class RunFolder:
     def jsonl(self, name: str, rows: list[dict[str, Any]]) -> Path:
         return self.text(name, "".join(json.dumps(r) + "\n" for r in rows))
 
+    def results(self, fields: dict[str, Any], started: float | None = None, name: str = "results.json") -> dict[str, Any]:
+        """The one writer of a command's results (``results.json``; ``eval.json`` for ``reftx eval``):
+        ``fields`` (``name``, ``config_hash`` and ``metrics`` required, then the command's own), then
+        ``wall_seconds`` since ``started`` (a ``time.perf_counter()`` reading) and the stack's
+        ``versions``. Returns what it wrote."""
+        missing = [k for k in ("name", "config_hash", "metrics") if k not in fields]
+        if missing:
+            raise ValueError(f"{name} needs {', '.join(missing)}")
+        record = dict(fields)
+        if started is not None:
+            record["wall_seconds"] = time.perf_counter() - started
+        record["versions"] = versions()
+        self.json(name, record)
+        return record
+
+
+def versions() -> dict[str, str]:
+    """The versions of reftx, torch, transformers, accelerate and Python (every results file records them)."""
+    import platform
+
+    import accelerate
+    import torch
+    import transformers
+
+    return {"reftx": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__, "python": platform.python_version()}
+
 
 @contextmanager
 def run_folder(base: Path, what: str, *, reuse: bool = False, say: Any = None) -> Iterator[RunFolder]:
@@ -117,4 +146,4 @@ def run_folder(base: Path, what: str, *, reuse: bool = False, say: Any = None) -
     say(f"wrote {folder}")
 
 
-__all__ = ["LOCK_NAME", "RunFolder", "free_folder", "holds_run", "locked", "run_folder"]
+__all__ = ["LOCK_NAME", "RunFolder", "versions", "free_folder", "holds_run", "locked", "run_folder"]

@@ -58,7 +58,7 @@ from reftx.core.convert import require
 from reftx.data.encoding import Encoded, collate_train, encode, format_prompt, pad_id
 from reftx.parts.slot_bank import EDIT_POS, EDIT_SLOT, SlotBank
 from reftx.core.errors import ConfigError
-from reftx.engine.hooks import capture_outputs
+from reftx.engine.hooks import capture_outputs, replay_site
 from reftx.train.loop import Job, Loop, Optim, StepLoss, accelerator
 from reftx.core.intervention import after_step
 from reftx.train.loss import compose
@@ -117,14 +117,6 @@ def subject_position(tokenizer: Any, prompt: str, subject: str, chat: bool) -> t
     return max(t for t, (a, b) in enumerate(offsets) if a < end and b > a), True
 
 
-@contextmanager
-def _removing(handle: Any) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 def _padded(states: list[Tensor], batch: dict[str, Any]) -> Tensor:
     """(B, T, d) from each row's (len, d) states, zeros on the right padding of ``batch``."""
     mask = batch["attention_mask"]
@@ -132,35 +124,6 @@ def _padded(states: list[Tensor], batch: dict[str, Any]) -> Tensor:
     for r, st in enumerate(states):
         h[r, : len(st)] = st
     return h
-
-
-@contextmanager
-def replay_site(base: Any, layer: int, states: Tensor, as_tuple: bool = False) -> Iterator[None]:
-    """Within the block, a forward of ``base`` skips the layers up to ``layer``: those below pass
-    their input through and layer ``layer`` returns ``states`` (its cached output), so the hooks on
-    that layer's output (the edit) and the layers above run as usual. The embeddings still run
-    (cheap). Exact when ``states`` are what the layer would output, i.e. the unedited model's states
-    at an edited site with no edit below it. Works for any architecture the sites table describes
-    (the layers are found through reftx.engine.sites; each layer's own ``forward`` is swapped, so hooks
-    registered on the modules stay in place); ``as_tuple``: the layers return tuples."""
-    mods = [sites.resolve(base, "block_output", i) for i in range(layer + 1)]
-    wrap = (lambda h: (h,)) if as_tuple else (lambda h: h)
-    saved = [m.__dict__.get("forward") for m in mods]
-
-    def through(*args: Any, **kwargs: Any) -> Any:
-        return wrap(args[0] if args else kwargs["hidden_states"])
-
-    for m in mods[:-1]:
-        m.forward = through
-    mods[-1].forward = lambda *args, **kwargs: wrap(states.to(args[0].device if args else states.device))
-    try:
-        yield
-    finally:
-        for m, f in zip(mods, saved):
-            if f is None:
-                del m.forward
-            else:
-                m.forward = f
 
 
 @dataclass
@@ -262,8 +225,7 @@ class Editor:
         """The unedited hidden states at the edited site, (len, d) for each token sequence."""
         target = sites.resolve(self.model.base, self.group.component, self.group.layers[0])
         out: list[Tensor] = []
-        probe = target.register_forward_hook(lambda m, a, o: setattr(self, "site_tuple", isinstance(o, tuple)))
-        with capture_outputs(target) as seen, _removing(probe):
+        with capture_outputs(target) as seen:
             for s in range(0, len(sequences), batch_size):
                 chunk = [Encoded(ids, ids, len(ids)) for ids in sequences[s:s + batch_size]]
                 batch = collate_train(chunk, self.pad)
@@ -272,6 +234,7 @@ class Editor:
                     self.model.base(input_ids=batch["input_ids"].to(self.model.device),
                                     attention_mask=batch["attention_mask"].to(self.model.device))
                 out += [seen[0][r, : len(e.input_ids)] for r, e in enumerate(chunk)]
+        self.site_tuple = seen.as_tuple
         return out
 
     def site_states(self, prompts: list[str], positions: list[int]) -> list[Tensor]:

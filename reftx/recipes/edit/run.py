@@ -63,7 +63,7 @@ def run_edit(exp: Experiment, show_progress: bool = True, options: EditOptions |
 
 
 def _run_edit(exp: Experiment, opts: EditOptions, out: Any, show_progress: bool) -> dict[str, Any]:
-    from reftx.recipes.train import versions, load_base, load_task
+    from reftx.recipes.train import load_base, load_task
     from reftx.train.run import seed_everything
     from reftx.tasks.knowledge_edit import unedited_scores
 
@@ -96,9 +96,8 @@ def _run_edit(exp: Experiment, opts: EditOptions, out: Any, show_progress: bool)
     res = {"name": exp.name, "mode": opts.mode, "config_hash": chash, "task": task.name,
            "dataset": task.options.dataset, "n_edits": len(examples), "metrics": metrics,
            "trainable_parameters_per_slot": sum(p.numel() for p in editor.bank.slots[0].parameters()),
-           "train_seconds": clock["train"], "eval_seconds": clock["eval"], "wall_seconds": time.perf_counter() - t0,
-           "versions": versions()}
-    out.json("results.json", res)
+           "train_seconds": clock["train"], "eval_seconds": clock["eval"]}
+    res = out.results(res, started=t0)
     out.jsonl("edits.jsonl", lines)
     _table(res, metrics)
     return res

@@ -206,7 +206,7 @@ def test_upper_layer_path_equals_the_full_forward(tiny_dir, subject):
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen3", "gemma3_text", "gpt2"])
 def test_replayed_site_equals_the_full_forward_on_every_architecture(tiny_dir, model_type):
-    """The upper-layer path (reftx.recipes.edit.engine.replay_site) is an option of the one loop for any
+    """The upper-layer path (reftx.engine.hooks.replay_site) is an option of the one loop for any
     architecture the sites table describes: same steps, loss and weights as the full forward,
     at a middle layer and with a position schedule other than all_prompt."""
     tok = AutoTokenizer.from_pretrained(tiny_dir)
