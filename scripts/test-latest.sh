@@ -7,6 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export REFTX_EXTRAS=test,trl,lm-eval,trackers  # the adapters' tests need them
 bash scripts/setup.sh --latest
-.venv-latest/bin/python -m pytest tests/contract tests/unit/test_generation.py tests/unit/test_model.py \
-    tests/unit/test_positions.py tests/unit/test_schedule.py tests/unit/test_sites.py tests/unit/test_brep.py "$@"
+.venv-latest/bin/python -m pytest tests/contract tests/unit/engine/test_generation.py tests/unit/engine/test_model.py \
+    tests/unit/engine/test_positions.py tests/unit/engine/test_schedule.py tests/unit/engine/test_sites.py tests/unit/methods/test_brep.py "$@"
 exec .venv-latest/bin/python -m pytest tests/integration/test_trl.py tests/integration/test_lm_eval.py -m "not slow" "$@"
