@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from reftx.cli.docgen import first_paragraph
 from reftx.core.errors import ReftError
 
 console = Console(stderr=True)
@@ -76,8 +77,7 @@ LISTS = ("interventions", "tasks", "metrics", "objectives", "recipes", "experime
 
 def _first_line(text: str | None, width: int = 100) -> str:
     """The first sentence of a docstring's first paragraph, on one line (cut at ``width``)."""
-    para = " ".join((text or "").strip().split("\n\n")[0].split())
-    sentence = para.split(". ")[0].rstrip(".")
+    sentence = first_paragraph(text).split(". ")[0].rstrip(".")
     return sentence if len(sentence) <= width else sentence[:width - 3] + "..."
 
 

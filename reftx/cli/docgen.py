@@ -112,8 +112,9 @@ def _row(name: str, doc: str, options: type) -> str:
     return f"| `{name}` | {_cell(doc)} | {_cell('; '.join(opts)) or 'none'} |"
 
 
-def _first_paragraph(obj: object) -> str:
-    return " ".join((obj.__doc__ or "").strip().split("\n\n")[0].split())
+def first_paragraph(text: str | None) -> str:
+    """A docstring's first paragraph on one line."""
+    return " ".join((text or "").strip().split("\n\n")[0].split())
 
 
 def _recipes() -> list[str]:
@@ -127,14 +128,14 @@ def _tasks() -> list[str]:
     from reftx.eval.task import TASKS
 
     shipped = [(n, TASKS.get(n)) for n in TASKS.names() if TASKS.get(n).__module__.startswith("reftx.")]
-    return [_row(name, _first_paragraph(cls), cls.Options) for name, cls in shipped]
+    return [_row(name, first_paragraph(cls.__doc__), cls.Options) for name, cls in shipped]
 
 
 def _objectives() -> list[str]:
     from reftx.train.objectives.common import OBJECTIVES
 
     shipped = [(n, OBJECTIVES.get(n)) for n in OBJECTIVES.names() if OBJECTIVES.get(n).__module__.startswith("reftx.")]
-    return [_row(name, _first_paragraph(fn).split(". ")[0].rstrip(".") + ".", fn.Options) for name, fn in shipped]
+    return [_row(name, first_paragraph(fn.__doc__).split(". ")[0].rstrip(".") + ".", fn.Options) for name, fn in shipped]
 
 
 def _default(source: str) -> str:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from reftx.core.errors import DataError
-from reftx.engine.positions import IGNORE
+from reftx.engine.positions import IGNORE, spans
 
 
 
@@ -152,8 +152,8 @@ def prompt_lengths(batch: dict[str, Tensor], prefix: str = "") -> Tensor:
     if f"{prefix}prompt_lengths" in batch:
         return batch[f"{prefix}prompt_lengths"]
     labels, mask = batch[f"{prefix}labels"], batch[f"{prefix}attention_mask"]
-    has = labels != IGNORE
-    return torch.where(has.any(1), has.int().argmax(1), mask.sum(1))
+    bd = spans(mask, labels.shape[0], labels.shape[1], labels.device, labels)
+    return bd.prompt_end - bd.start
 
 
 def collate_prompts(prompts: list[list[int]], pad_id: int) -> dict[str, Tensor]:
