@@ -153,13 +153,18 @@ def test_wandb_offline_gets_the_metrics_rows_and_the_config(tmp_path, monkeypatc
     run_dir = tmp_path / "run"
     train(make_model(), make_data(), config(STEPS, 2, log_with=["wandb"]), run_dir, pad_id=0, show_progress=False,
           name="tiny", config={**RESOLVED, "train": {"lr": 0.01, "log_with": ["wandb"]}})
+    import wandb
+
+    wandb.teardown()  # stops the wandb-core service, which closes (flushes) the run's .wandb file
     records = _wandb_records(next((tmp_path / "wandb-dir").rglob("offline-run-*/run-*.wandb")))
+    kinds = [r.WhichOneof("record_type") for r in records]
+    assert "exit" in kinds, f"the .wandb file ends before the run's exit record: {kinds}"
     history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item} for r in records
                if r.WhichOneof("record_type") == "history"]
     config_items = {i.key: json.loads(i.value_json) for r in records if r.WhichOneof("record_type") == "config"
                     for i in r.config.update}
     rows = _rows(run_dir)
-    assert [h["_step"] for h in history] == [r["step"] for r in rows]
+    assert [h["_step"] for h in history] == [r["step"] for r in rows], kinds
     for h, r in zip(history, rows):
         for tag in ("loss", "lr", "epoch", "tokens_per_s", "grad_norm"):
             assert h[tag] == pytest.approx(r[tag], rel=1e-12), tag
