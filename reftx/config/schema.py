@@ -49,8 +49,9 @@ class TaskConfig:
 
     name: str  # registered task name (required)
     data_dir: str | None = None  # data folder; null: $REFTX_DATA, else ../shared/data by the repo if present
-    n_train: int | None = None  # train examples: a deterministic subset (given seed); null = all
-    n_eval: int | None = None  # eval examples: a deterministic subset (given seed); null = all
+    n_train: int | None = None  # train examples: a deterministic subset (given the training seed); null = all
+    n_eval: int | None = None  # eval examples: a deterministic subset (given eval_seed, never the training seed); null = all
+    eval_seed: int = 0  # picks the n_eval subset, so every training seed of a sweep evaluates the identical examples (paired)
     train_split: str | None = None  # split trained on; null: the task's first split
     eval_split: str | None = None  # split evaluated on; null: the task's last split
     options: dict[str, Any] = field(default_factory=dict)  # task-specific keys, validated by the task itself

@@ -36,7 +36,7 @@ from reftx.train.objectives.common import OBJECTIVES, needs_guidance
 from reftx.runs.plots import plot_loss  # noqa: F401  (runner.plot_loss: what the run writes)
 from reftx.data.label_truncation import prefix_truncate
 from reftx.train.objectives.grpo import sampling_env
-from reftx.runs.folder import RunFolder, locked, run_folder, versions  # noqa: F401  (versions: the pre-0.2 name)
+from reftx.runs.folder import RunFolder, locked, run_folder, run_folder_at, versions  # noqa: F401  (versions: the pre-0.2 name)
 from reftx.engine.schedule import plan
 from reftx.eval.task import Task, get_task
 from reftx.train.run import latest_checkpoint, seed_everything, train
@@ -57,6 +57,12 @@ def splits(exp: Experiment, task: Task) -> tuple[str, str]:
 
             raise unknown(field, s, task.splits, f"split of task {task.name!r}")
     return train_split, eval_split
+
+
+def eval_examples(exp: Experiment, task: Task) -> list:
+    """The evaluated examples: the eval split's ``task.n_eval`` subset picked by ``task.eval_seed``,
+    never by the training seed, so every seed of a sweep is scored on the identical examples (paired)."""
+    return task.examples(splits(exp, task)[1], exp.task.n_eval, exp.task.eval_seed)
 
 
 def load_base(exp: Experiment) -> tuple[Any, Any]:
@@ -126,7 +132,7 @@ def validate(exp: Experiment, model_config: Any = None, notices: list[str] | Non
     if OBJECTIVES.get(exp.train.objective).needs_env and type(task).reward is Task.reward:
         raise ConfigError("train.objective", f"objective {exp.train.objective!r} samples and scores completions; "
                           f"task {task.name!r} defines no reward (Task.reward; the math task has one)")
-    task.examples(eval_split, exp.task.n_eval, exp.seed)
+    eval_examples(exp, task)
     if model_config is None:
         model_config = model_config_of(exp, notices)
     if exp.lora is not None:  # a LoRA adapter (reftx.integrations.peft): its row, then the interventions' groups
@@ -246,7 +252,7 @@ def _run(exp: Experiment, out: RunFolder, resume: bool, show_progress: bool) -> 
     task = load_task(exp)
     train_split, eval_split = splits(exp, task)
     train_ex = task.examples(train_split, exp.task.n_train, exp.seed)
-    eval_ex = task.examples(eval_split, exp.task.n_eval, exp.seed)
+    eval_ex = eval_examples(exp, task)
     base, tok = load_base(exp)
     chat = use_chat(tok, exp.model.chat_template)
     model = _build(exp, base)  # a bad intervention spec fails here: no config.yaml, no config dump
@@ -293,13 +299,13 @@ def report(results: dict[str, Any], shown: list, before: list[str] | None, after
 
 
 def evaluate_run(run_dir: str | Path, show_progress: bool = True) -> dict[str, Any]:
-    """Re-evaluate a finished run from its config.yaml and intervention/ folder (writes eval.json)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ReftError(f"{run_dir} has no config.yaml: not a reftx run directory")
-    with locked(run_dir, "reftx eval"):  # never while a run still writes the folder (eval.json only)
-        results = _evaluate_run(run_dir, show_progress)
-    console.print(f"wrote {run_dir / 'eval.json'}")
+    """Re-evaluate a finished run from its config.yaml and intervention/ folder. Writes a new
+    ``eval.json`` each time (``eval-2.json``, ``eval-3.json``, ... once taken; never replacing one,
+    nor the run's results.json); a path that is not a run folder fails before anything is created."""
+    run_dir = run_folder_at(run_dir)
+    with locked(run_dir, "reftx eval"):  # never while a run still writes the folder
+        results, path = _evaluate_run(run_dir, show_progress)
+    console.print(f"wrote {path}")
     return results
 
 
@@ -314,18 +320,19 @@ def trained_model(exp: Experiment, run_dir: Path) -> tuple[Any, Any]:
     return ReftModel.from_pretrained(base, run_dir / "intervention"), tok
 
 
-def _evaluate_run(run_dir: Path, show_progress: bool) -> dict[str, Any]:
+def _evaluate_run(run_dir: Path, show_progress: bool) -> tuple[dict[str, Any], Path]:
     from reftx.config.schema import load_experiment
 
     exp = load_experiment(run_dir / "config.yaml")
     task = load_task(exp)
-    _, eval_split = splits(exp, task)
-    eval_ex = task.examples(eval_split, exp.task.n_eval, exp.seed)
+    eval_ex = eval_examples(exp, task)
     model, tok = trained_model(exp, run_dir)
     metrics, _ = evaluate(model, tok, task, eval_ex, exp.eval, use_chat(tok, exp.model.chat_template),
                           show_progress, reference_loaders(task))
-    return RunFolder(run_dir).results({"name": exp.name, "config_hash": config_hash(exp.to_dict()), "metrics": metrics},
-                                      name="eval.json")
+    out = RunFolder(run_dir)
+    name = out.free_name("eval.json")
+    fields = {"name": exp.name, "config_hash": config_hash(exp.to_dict()), "metrics": metrics}
+    return out.results(fields, name=name, replace=False), run_dir / name
 
 
 def baseline_dir(exp: Experiment) -> Path:
@@ -349,7 +356,7 @@ def _evaluate_base(exp: Experiment, out: RunFolder, show_progress: bool) -> dict
     out.text("config.yaml", dump_yaml(resolved))
     task = load_task(exp)
     _, eval_split = splits(exp, task)
-    examples = task.examples(eval_split, exp.task.n_eval, exp.seed)
+    examples = eval_examples(exp, task)
     model, tok = load_base(exp)
     metrics, preds = evaluate(model, tok, task, examples, exp.eval, use_chat(tok, exp.model.chat_template),
                               show_progress, reference_loaders(task))

@@ -63,7 +63,7 @@ def run_edit(exp: Experiment, show_progress: bool = True, options: EditOptions |
 
 
 def _run_edit(exp: Experiment, opts: EditOptions, out: Any, show_progress: bool) -> dict[str, Any]:
-    from reftx.recipes.train import load_base, load_task
+    from reftx.recipes.train import eval_examples, load_base, load_task
     from reftx.train.run import seed_everything
     from reftx.tasks.knowledge_edit import unedited_scores
 
@@ -76,7 +76,7 @@ def _run_edit(exp: Experiment, opts: EditOptions, out: Any, show_progress: bool)
     console.rule(f"[bold]reftx edit {exp.name} ({opts.mode}, config {chash})")
     seed_everything(exp.seed)
     task = load_task(exp)
-    examples = task.examples(exp.task.eval_split or task.splits[-1], exp.task.n_eval, exp.seed)
+    examples = eval_examples(exp, task)
     base, tok = load_base(exp)
     chat = use_chat(tok, exp.model.chat_template)
     model = attach(base, [bank_spec(exp.interventions[0], 1 if opts.mode == "sequential" else opts.parallel)])

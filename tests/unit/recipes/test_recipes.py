@@ -2,6 +2,8 @@
 sequential recipe chaining stages on a tiny model."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import yaml
@@ -90,3 +92,31 @@ def test_ls_lists_every_registered_objective_and_recipe(what, capsys):
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert listed == (OBJECTIVES if what == "objectives" else RECIPES).names()
     assert "nll" in listed or "train" in listed
+
+
+def test_every_seed_evaluates_the_identical_examples_and_eval_seed_picks_them():
+    """task.n_eval's subset follows task.eval_seed only: seeds 0..3 of a sweep score the same questions
+    (paired), while their training subsets still differ; another eval_seed picks another subset."""
+    boolq = QUICKSTART.replace("quickstart.yaml", "commonsense/boolq_loreft.yaml")
+
+    def picked(*extra):
+        exp = load_experiment(boolq, ["task.n_eval=6", "task.n_train=6", *extra])
+        task = runner.load_task(exp)
+        train = task.examples(runner.splits(exp, task)[0], exp.task.n_train, exp.seed)
+        return [ex.prompt for ex in runner.eval_examples(exp, task)], [ex.prompt for ex in train]
+
+    evals, trains = zip(*(picked(f"seed={s}") for s in range(4)))
+    assert len(set(map(tuple, evals))) == 1 and len(evals[0]) == 6
+    assert len(set(map(tuple, trains))) == 4
+    assert picked("task.eval_seed=0")[0] == evals[0]
+    assert picked("task.eval_seed=1")[0] != evals[0]
+
+
+def test_baselines_of_two_seeds_write_the_same_eval_prompts(tiny_dir, tmp_path):
+    rows = []
+    for seed in (0, 1):
+        exp = _exp(tiny_dir, tmp_path, f"seed={seed}", f"name=s{seed}", "task.n_eval=3")
+        runner.evaluate_base(exp, show_progress=False)
+        rows.append([json.loads(line)["prompt"] for line in
+                     (exp.run_dir / "baseline" / "samples.jsonl").read_text().splitlines()])
+    assert rows[0] == rows[1] and len(rows[0]) == 3
