@@ -33,8 +33,8 @@ from reftx.core.registry import Registry
 INTERVENTIONS: Registry[type[Intervention]] = Registry("intervention")
 
 
-def register_intervention(name: str) -> Callable[[type[Intervention]], type[Intervention]]:
-    """Class decorator: register an ``Intervention`` subclass under ``name``."""
+def register_intervention(name: str, replace: bool = False) -> Callable[[type[Intervention]], type[Intervention]]:
+    """Class decorator: register an ``Intervention`` subclass under ``name`` (``replace``: see ``Registry``)."""
 
     def wrap(cls: type[Intervention]) -> type[Intervention]:
         if not (isinstance(cls, type) and issubclass(cls, Intervention)):
@@ -48,7 +48,7 @@ def register_intervention(name: str) -> Callable[[type[Intervention]], type[Inte
                             "objects of the reftx.core.intervention.Modifier protocol (loss, scale, after_step, "
                             "group) from modifiers() instead")
         cls.kind = name
-        return INTERVENTIONS.register(name)(cls)
+        return INTERVENTIONS.register(name, replace)(cls)
 
     return wrap
 

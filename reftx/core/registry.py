@@ -17,21 +17,42 @@ def _load_plugins() -> None:
     load()
 
 
+def origin(obj: object) -> tuple[str, str] | None:
+    """Where ``obj`` was defined: ``(module, qualname)`` of a class or function, else of the function
+    an instance wraps (a metric's ``compute``, a recipe's ``run``); a primitive: the module that
+    registered it (its instance ``__module__``) and its kind."""
+    own = getattr(obj, "__dict__", {})
+    if not hasattr(obj, "__qualname__") and isinstance(own.get("__module__"), str):
+        return own["__module__"], str(own.get("kind", ""))
+    if not hasattr(obj, "__qualname__"):
+        obj = next((getattr(obj, a) for a in ("compute", "run") if callable(getattr(obj, a, None))), None)
+    if obj is None or not hasattr(obj, "__qualname__"):
+        return None
+    return getattr(obj, "__module__", None) or "", obj.__qualname__
+
+
 class Registry(Generic[T]):
-    """Maps names to objects. Duplicate names are an error; unknown names get a did-you-mean."""
+    """Maps names to objects; unknown names get a did-you-mean.
+
+    Registering a taken name again from the same definition (same module and qualified name: a
+    re-run notebook cell, a reloaded module) replaces the entry quietly; a different definition
+    under a taken name is an error unless ``replace=True`` is passed."""
 
     def __init__(self, what: str):
         self.what = what
         self._items: dict[str, T] = {}
         self._hidden: set[str] = set()
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, replace: bool = False) -> Callable[[T], T]:
         if not name or not name.replace("_", "").isalnum() or name.lower() != name:
             raise ValueError(f"{self.what} names are lowercase identifiers, got {name!r}")
 
         def add(obj: T) -> T:
-            if name in self._items and self._items[name] is not obj:
-                raise ValueError(f"{self.what} {name!r} is already registered by {self._items[name]!r}")
+            old = self._items.get(name)
+            if old is not None and old is not obj and not replace and (origin(old) is None or origin(old) != origin(obj)):
+                where = f" (from {origin(old)[0]})" if origin(old) else ""
+                raise ValueError(f"{self.what} {name!r} is already registered by {old!r}{where}; choose another "
+                                 f"name, or pass replace=True to replace it")
             self._items[name] = obj
             return obj
 

@@ -95,15 +95,15 @@ METRICS: Registry[Metric] = Registry("metric")
 
 
 def register_metric(name: str, compute: Compute | None = None, *, aggregate: Aggregate = mean,
-                    higher_is_better: bool | None = True, doc: str = "", key: str = "") -> Any:
+                    higher_is_better: bool | None = True, doc: str = "", key: str = "", replace: bool = False) -> Any:
     """Register the metric ``name`` (a unique lowercase identifier; a second metric of the same
-    name is a ValueError naming the first). With ``compute`` given, a plain call: returns the
+    name from another definition is a ValueError naming the first, unless ``replace``). With ``compute`` given, a plain call: returns the
     ``Metric``. Without it, a decorator on the compute function: registers it and returns the
     function unchanged. ``doc`` defaults to the compute function's docstring."""
 
     def add(fn: Compute) -> Metric:
         metric = Metric(name, fn, aggregate, higher_is_better, doc, key)
-        return METRICS.register(name)(metric)
+        return METRICS.register(name, replace)(metric)
 
     if compute is not None:
         return add(compute)

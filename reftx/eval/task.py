@@ -40,10 +40,12 @@ TASKS: Registry[type[Task]] = Registry("task")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
+def register_task(name: str, replace: bool = False) -> Callable[[type[Task]], type[Task]]:
+    """Class decorator: register a ``Task`` subclass under ``name`` (``replace``: see ``Registry``)."""
+
     def wrap(cls: type[Task]) -> type[Task]:
         cls.name = name
-        return TASKS.register(name)(cls)
+        return TASKS.register(name, replace)(cls)
 
     return wrap
 

@@ -223,10 +223,12 @@ class Primitive:
         return f"<primitive {self.kind!r} ({self.__module__})>"
 
 
-def register_primitive(kind: str, config: type, build: Callable[[Any, int], dict[str, Any]], doc: str) -> Primitive:
+def register_primitive(kind: str, config: type, build: Callable[[Any, int], dict[str, Any]], doc: str,
+                       replace: bool = False) -> Primitive:
     """Register a composed primitive: ``build(config, dim)`` returns ``Delta``'s keyword arguments
     (``parts``, ``rule``, and optionally ``bias`` and ``on_forward``). ``config`` is a frozen
-    dataclass holding the ``DeltaConfig`` modifier fields (``compose_config`` makes one)."""
+    dataclass holding the ``DeltaConfig`` modifier fields (``compose_config`` makes one). ``replace``:
+    see ``reftx.core.registry.Registry`` (re-running the same cell replaces quietly anyway)."""
     import inspect
 
     from reftx.core.intervention import INTERVENTIONS
@@ -236,7 +238,7 @@ def register_primitive(kind: str, config: type, build: Callable[[Any, int], dict
         raise TypeError(f"register_primitive({kind!r}): {config.__name__} lacks the modifier fields {missing} "
                         "(build it with compose_config(..., DeltaConfig, ...))")
     module = inspect.currentframe().f_back.f_globals.get("__name__", __name__)
-    return INTERVENTIONS.register(kind)(Primitive(kind, config, build, doc, module))
+    return INTERVENTIONS.register(kind, replace)(Primitive(kind, config, build, doc, module))
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,9 @@ class Recipe:
 RECIPES: Registry[Recipe] = Registry("recipe")
 
 
-def register_recipe(name: str, options: type, run: Callable[..., dict[str, Any]], doc: str) -> Recipe:
-    return RECIPES.register(name)(Recipe(name, options, run, doc))
+def register_recipe(name: str, options: type, run: Callable[..., dict[str, Any]], doc: str,
+                    replace: bool = False) -> Recipe:
+    return RECIPES.register(name, replace)(Recipe(name, options, run, doc))
 
 
 def recipe_of(exp: Experiment) -> tuple[Recipe, Any]:

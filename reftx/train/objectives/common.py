@@ -39,10 +39,11 @@ FIELD = "train.objective_options"
 
 
 def register_objective(name: str, options: type | None = None,
-                       needs_guidance: bool = False) -> Callable[[Objective], Objective]:
+                       needs_guidance: bool = False, replace: bool = False) -> Callable[[Objective], Objective]:
     """Register ``fn`` under ``name``; ``options``: its frozen options dataclass (None: no options);
     ``needs_guidance``: its batches carry the guided copy of each example (reftx.data: the
-    ``guided_*`` keys, built from ``Example.guidance``), as reftx.train.objectives.nlft's objective needs."""
+    ``guided_*`` keys, built from ``Example.guidance``), as reftx.train.objectives.nlft's objective needs;
+    ``replace``: see ``reftx.core.registry.Registry``."""
 
     cls = options or NoOptions
 
@@ -56,7 +57,7 @@ def register_objective(name: str, options: type | None = None,
         call.Options = cls  # type: ignore[attr-defined]
         call.needs_env = "env" in inspect.signature(fn).parameters  # type: ignore[attr-defined]
         call.needs_guidance = needs_guidance  # type: ignore[attr-defined]
-        return OBJECTIVES.register(name)(call)
+        return OBJECTIVES.register(name, replace)(call)
 
     return add
 
