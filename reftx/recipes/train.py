@@ -161,7 +161,10 @@ def run(exp: Experiment, resume: bool = False, show_progress: bool = True) -> di
     ``--resume``), the next free ``{name}-2``, ``{name}-3``, ... (said on the console), so running
     the same experiment twice never fails and never touches the first run. The folder is locked
     while this process writes it (reftx.runs.folder.run_folder, the one run-folder writer)."""
-    with run_folder(exp.run_dir, f"reftx run {exp.name}", reuse=resume, say=console.print) as out:
+    from reftx.train.trackers import check_available
+
+    check_available(exp.train.log_with)  # a tracker that cannot start fails before the run folder exists
+    with run_folder(exp.run_dir, f"reftx run {exp.name}", reuse=resume, say=_plain) as out:
         return {**_run(exp, out, resume, show_progress), "run_dir": str(out.path)}  # where it wrote (not in results.json)
 
 

@@ -3,7 +3,10 @@
 A run with trackers logs exactly the scalars of each ``metrics.jsonl`` row (at that row's step) and,
 at its start, the resolved experiment flattened to dotted keys (``train.lr``, ``interventions``
 as JSON text). Tracker output goes under ``{run_dir}/trackers/`` (TensorBoard:
-``trackers/{name}/events.out.tfevents.*``). Nothing here runs for the default ``log_with: []``.
+``trackers/{name}/events.out.tfevents.*``; wandb: ``trackers/wandb/`` unless ``WANDB_DIR`` is set;
+dvclive, swanlab: ``trackers/dvclive/``, ``trackers/swanlab/``; mlflow, comet_ml, clearml, trackio and
+aim keep their own stores, set by their environment variables). Nothing here runs for the default
+``log_with: []``.
 
 Built on accelerate 1.15's tracking API (accelerate/tracking.py: ``GeneralTracker``,
 ``TensorBoardTracker``, ``filter_trackers``; accelerate/accelerator.py: ``init_trackers``, ``log``,
@@ -41,7 +44,7 @@ def accelerator_kwargs(names: Sequence[str], run_dir: Path) -> dict[str, Any]:
 
 
 def check_available(names: Sequence[str]) -> None:
-    """Every named tracker's package is installed ("all": whichever are)."""
+    """Every named tracker's package is installed ("all": whichever are), and wandb has credentials."""
     from accelerate.tracking import get_available_trackers
 
     available = {str(t) for t in get_available_trackers()}
@@ -50,6 +53,30 @@ def check_available(names: Sequence[str]) -> None:
         pkgs = " ".join(PACKAGES.get(n, n) for n in missing)
         raise ReftError(f"train.log_with: {', '.join(missing)} not installed; pip install {pkgs} "
                         f"(tensorboard: pip install 'reftx[trackers]'), or remove it from train.log_with")
+    if "wandb" in names and not wandb_credentials():
+        raise ReftError("train.log_with: wandb has no credentials (no WANDB_API_KEY, no `wandb login` entry in "
+                        "~/.netrc) and cannot prompt here; run `wandb login`, or set WANDB_MODE=offline to log under "
+                        "{run dir}/trackers/wandb and `wandb sync` later")
+
+
+def wandb_credentials() -> bool:
+    """Whether a wandb run can start without prompting: offline/disabled mode, an API key or identity
+    token in the environment, a ~/.netrc (or $NETRC) entry for the wandb host, or a terminal to prompt on."""
+    import netrc
+    import os
+    import sys
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun") or sys.stdin.isatty():
+        return True
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -69,11 +96,27 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def start(acc: Any, names: Sequence[str], project: str, config: dict[str, Any] | None, resumed_at: int) -> None:
-    """``init_trackers`` with the flattened config; on resume, TensorBoard hides events after ``resumed_at``."""
+    """``init_trackers`` with the flattened config; on resume, TensorBoard hides events after ``resumed_at``.
+    Trackers with a local folder write under ``{run_dir}/trackers/``: wandb's ``dir`` (unless
+    ``WANDB_DIR`` is set), dvclive's ``dir``, swanlab's ``logdir``. A tracker that fails to start is a
+    one-line error naming it and the fix."""
     if not names:
         return
-    init_kwargs = {"tensorboard": {"purge_step": resumed_at + 1}} if resumed_at else {}
-    acc.init_trackers(project, config=flatten(config or {}), init_kwargs=init_kwargs)
+    import os
+
+    local = Path(acc.project_dir)
+    init_kwargs: dict[str, dict[str, Any]] = {"tensorboard": {"purge_step": resumed_at + 1}} if resumed_at else {}
+    if not os.environ.get("WANDB_DIR"):
+        (local / "wandb").mkdir(parents=True, exist_ok=True)  # wandb writes into an existing folder only
+        init_kwargs["wandb"] = {"dir": str(local / "wandb")}
+    init_kwargs["dvclive"] = {"dir": str(local / "dvclive")}
+    init_kwargs["swanlab"] = {"logdir": str(local / "swanlab")}
+    try:
+        acc.init_trackers(project, config=flatten(config or {}), init_kwargs=init_kwargs)
+    except Exception as e:  # a tracker's own start-up failure (credentials, network): name it and the fix
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ReftError(f"train.log_with: starting {', '.join(names)} failed ({type(e).__name__}: {first}); fix its "
+                        "setup (wandb: `wandb login` or WANDB_MODE=offline), or remove it from train.log_with") from e
 
 
 def log(acc: Any, row: dict[str, Any]) -> None:
@@ -89,4 +132,4 @@ def end(acc: Any) -> None:
     acc.trackers.clear()
 
 
-__all__ = ["SUBDIR", "accelerator_kwargs", "check_available", "end", "flatten", "log", "start"]
+__all__ = ["SUBDIR", "accelerator_kwargs", "check_available", "end", "flatten", "log", "start", "wandb_credentials"]

@@ -169,3 +169,39 @@ def test_wandb_offline_gets_the_metrics_rows_and_the_config(tmp_path, monkeypatc
         for tag in ("loss", "lr", "epoch", "tokens_per_s", "grad_norm"):
             assert h[tag] == pytest.approx(r[tag], rel=1e-12), tag
     assert config_items["train.lr"] == 0.01 and config_items["train.log_with"] == '["wandb"]'
+
+
+def test_wandb_writes_under_the_run_folder_not_the_working_directory(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    run_dir = tmp_path / "run"
+    train(make_model(), make_data(), config(STEPS, 2, log_with=["wandb"]), run_dir, pad_id=0, show_progress=False,
+          name="tiny", config=RESOLVED)
+    wandb.teardown()
+    runs = list((run_dir / "trackers" / "wandb").rglob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and list((tmp_path / "cwd").iterdir()) == []
+
+
+def test_wandb_without_credentials_is_one_line_before_the_run_folder_exists(tiny_dir, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("wandb")
+    import reftx.cli.commands as cli
+    from tests.integration.test_runner import REPO, tiny_overrides
+
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "netrc").write_text("machine example.org login u password p\n")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    overrides = [*tiny_overrides(tiny_dir, tmp_path), "train.log_with=[wandb]"]
+    assert cli.main(["run", str(REPO / "experiments" / "quickstart.yaml"), *overrides, "--no-progress"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "error: train.log_with: wandb has no credentials (no WANDB_API_KEY, no `wandb login` entry in ~/.netrc) " \
+           "and cannot prompt here; run `wandb login`, or set WANDB_MODE=offline" in err
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "netrc").write_text("machine api.wandb.ai login user password 0123456789abcdef\n")
+    assert tracking.wandb_credentials()
