@@ -4,6 +4,7 @@
     base, tok = reftx.load_model("default")   # SmolLM2-135M-Instruct, offline
     model = reftx.attach(base, [{"kind": "loreft", "rank": 4, "layers": [2, 5],
                                  "positions": {"first": 3, "last": 3}, "tie": "positions"}])
+    res = reftx.run("experiments/quickstart.yaml", seed=1)   # a YAML experiment, as `reftx run` runs it
 
 The folders are the layers (README, "Layout"); imports point down only:
 core < config < models < engine < parts, data < eval < train < zoo (reftx.methods, reftx.tasks)
@@ -21,6 +22,7 @@ import reftx.parts.input_gates  # noqa: F401
 import reftx.parts.norm_bounds  # noqa: F401
 import reftx.parts.slot_bank  # noqa: F401  (the editing engine's slot bank kind)
 import reftx.train.objectives  # noqa: F401  (registers the objectives)
+from reftx.recipes.api import run
 
 compat.install()  # the pre-0.2 module paths (reftx.engine.model, reftx.engine.hooks, ...) as aliases
 
@@ -40,4 +42,5 @@ __all__ = [
     "load_model",
     "plan",
     "register_intervention",
+    "run",
 ]
