@@ -183,7 +183,16 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def _no_progress(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bars (a plain line per logged step when output is not a terminal)")
+                        help="print no progress (default: bars on a terminal, else a plain line per logged step)")
+
+
+def _eval_parser(sub: argparse._SubParsersAction) -> None:
+    text = ("re-evaluate a finished run directory; writes a new {run_dir}/eval.json each time: eval-2.json, "
+            "eval-3.json, ... once that name is taken, never replacing an earlier one (nor the run's results.json)")
+    e = sub.add_parser("eval", help=text, description=text)
+    e.add_argument("run_dir", help="the folder `reftx run` printed (holds config.yaml and intervention/)")
+    _no_progress(e)
+    e.set_defaults(fn=cmd_eval)
 
 
 def _lm_eval_parser(sub: argparse._SubParsersAction) -> None:
@@ -211,11 +220,18 @@ def _push_parser(sub: argparse._SubParsersAction) -> None:
     pu.set_defaults(fn=cmd_push)
 
 
+def _version() -> str:
+    from reftx.core.version import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reftx", description="Representation finetuning experiments.")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import a module (dotted name or .py file) for its registrations before the command; "
                         "repeatable (installed plugins, entry-point group reftx.plugins, load by themselves)")
+    p.add_argument("--version", action="version", version=f"reftx {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="train and evaluate an experiment")
     r.add_argument("experiment", help="experiment YAML file")
