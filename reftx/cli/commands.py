@@ -122,7 +122,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from reftx.recipes import train as runner
 
     results = runner.evaluate_run(args.run_dir, show_progress=not args.no_progress)
-    for k, v in results["metrics"].items():  # rounded; eval.json keeps every digit
+    for k, v in results["metrics"].items():  # rounded; the eval file keeps every digit
         print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
     return 0
 
@@ -196,9 +196,11 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _lm_eval_parser(sub: argparse._SubParsersAction) -> None:
-    le = sub.add_parser("lm-eval", help="lm-evaluation-harness tasks on a finished run's trained model; writes "
-                                        "{run_dir}/lm_eval/{tasks}.json (needs reftx[lm-eval])")
-    le.add_argument("run_dir", help="a finished run's folder (config.yaml and intervention/)")
+    text = ("lm-evaluation-harness tasks on a finished run's trained model (needs reftx[lm-eval]); writes a new "
+            "{run_dir}/lm_eval/{tasks}.json each time: {tasks}-2.json, {tasks}-3.json, ... once that name is "
+            "taken, never replacing an earlier result")
+    le = sub.add_parser("lm-eval", help=text, description=text)
+    le.add_argument("run_dir", help="the folder `reftx run` printed (config.yaml and intervention/)")
     le.add_argument("--tasks", required=True, help="comma-separated lm-eval task names, e.g. arc_easy,hellaswag")
     le.add_argument("--include-path", help="a folder of lm-eval task YAMLs to add to lm-eval's own tasks")
     le.add_argument("--limit", type=float, help="at most N documents per task (a fraction of each task when < 1)")
@@ -251,10 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list what is registered (or the shipped experiments)")
     ls.add_argument("what", choices=LISTS, help="what to list")
     ls.set_defaults(fn=cmd_ls)
-    e = sub.add_parser("eval", help="re-evaluate a finished run directory")
-    e.add_argument("run_dir", help="a finished run folder (holds config.yaml and intervention/)")
-    _no_progress(e)
-    e.set_defaults(fn=cmd_eval)
+    _eval_parser(sub)
     b = sub.add_parser("baseline", help="evaluate the experiment's model as it is (no training): the zero-shot "
                                         "baseline on the same eval set, or a saved checkpoint")
     b.add_argument("experiment", help="experiment YAML file")

@@ -48,7 +48,7 @@ from reftx.engine.positions import IGNORE
 from reftx.eval.scoring import score_encoded
 
 INSTALL_HINT = "pip install 'reftx[lm-eval]'"
-OUTPUT_DIR = "lm_eval"  # reftx lm-eval writes {run_dir}/lm_eval/{task}+{task}.json
+OUTPUT_DIR = "lm_eval"  # reftx lm-eval writes {run_dir}/lm_eval/{task}+{task}.json, then ...-2.json, ...
 
 
 def hflm() -> type:

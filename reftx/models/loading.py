@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from reftx.core.files import files_problem, sha256_file
+from reftx.core.files import files_problem, sha256_file, umask
 from reftx.core.errors import ReftError, unknown
 
 logger = logging.getLogger(__name__)
@@ -162,6 +162,7 @@ def _build_cache(dest: Path) -> Path:
     start = time.perf_counter()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    tmp.chmod(0o777 & ~umask())  # mkdtemp makes it 0700; the cache gets the mode a plain mkdir gives
     try:
         model, tokenizer = load_gguf(gguf)
         model.save_pretrained(tmp)

@@ -12,7 +12,6 @@ from typing import Any
 
 from reftx.config.hashing import config_hash
 from reftx.config.schema import load_experiment
-from reftx.core.errors import ReftError
 from reftx.data.encoding import use_chat
 from reftx.integrations.lm_eval import (  # noqa: F401  (the pre-0.2 reftx.recipes.lm_eval names, re-exported)
     INSTALL_HINT,
@@ -25,7 +24,7 @@ from reftx.integrations.lm_eval import (  # noqa: F401  (the pre-0.2 reftx.recip
     task_manager,
 )
 from reftx.recipes.train import trained_model
-from reftx.runs.folder import RunFolder, locked, versions
+from reftx.runs.folder import RunFolder, locked, run_folder_at, versions
 
 
 def __getattr__(name: str) -> Any:
@@ -35,9 +34,7 @@ def __getattr__(name: str) -> Any:
 
 
 def _load(run_dir: Path) -> tuple[Any, Any, Any]:
-    if not (run_dir / "config.yaml").is_file():
-        raise ReftError(f"{run_dir} has no config.yaml: not a reftx run directory")
-    exp = load_experiment(run_dir / "config.yaml")
+    exp = load_experiment(run_folder_at(run_dir) / "config.yaml")
     return (exp, *trained_model(exp, run_dir))
 
 
@@ -51,14 +48,16 @@ def from_run(run_dir: str | Path, batch_size: int = 1, **kwargs: Any) -> Any:
 def evaluate_run(run_dir: str | Path, tasks: list[str], include_path: str | None = None,
                  limit: float | None = None, batch_size: int = 8, chat_template: bool | None = None,
                  show_progress: bool = True) -> tuple[dict[str, float], Path]:
-    """``reftx lm-eval``: lm-eval ``tasks`` on a finished run's trained model. Writes
+    """``reftx lm-eval``: lm-eval ``tasks`` on a finished run's trained model. Writes a new
     ``{run_dir}/lm_eval/{t1}+{t2}.json`` (lm-eval's results without samples, plus the run's name,
-    config hash and versions) and nothing else; returns ({task/metric: value}, that path).
-    ``chat_template``: None applies the tokenizer's chat template as the run did (model.chat_template)."""
+    config hash and versions; ``{t1}+{t2}-2.json``, ``-3``, ... when earlier calls wrote that name,
+    never replacing one) and nothing else; returns ({task/metric: value}, that path). A path that
+    is not a run folder fails before anything is created. ``chat_template``: None applies the
+    tokenizer's chat template as the run did (model.chat_template)."""
     hflm()
     import lm_eval
 
-    run_dir = Path(run_dir)
+    run_dir = run_folder_at(run_dir)
     manager = task_manager(tasks, include_path)
     with locked(run_dir, "reftx lm-eval"):  # never while a run still writes the folder
         exp, model, tok = _load(run_dir)
@@ -72,8 +71,9 @@ def evaluate_run(run_dir: str | Path, tasks: list[str], include_path: str | None
                   "versions": {**versions(), "lm_eval": lm_eval.__version__},
                   "lm_eval": {k: v for k, v in out.items() if k != "samples"}}
         (run_dir / OUTPUT_DIR).mkdir(exist_ok=True)
-        path = RunFolder(run_dir).text(f"{OUTPUT_DIR}/{'+'.join(tasks)}.json",
-                                       json.dumps(record, indent=2, default=str) + "\n")
+        folder = RunFolder(run_dir)
+        path = folder.text(folder.free_name(f"{OUTPUT_DIR}/{'+'.join(tasks)}.json"),
+                           json.dumps(record, indent=2, default=str) + "\n", replace=False)
     metrics = {f"{task}/{name.removesuffix(',none')}": float(v) for task, res in out["results"].items()
                for name, v in res.items()
                if "," in name and "_stderr," not in name and isinstance(v, (int, float)) and not isinstance(v, bool)}

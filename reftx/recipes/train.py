@@ -302,9 +302,8 @@ def report(results: dict[str, Any], shown: list, before: list[str] | None, after
 
 
 def evaluate_run(run_dir: str | Path, show_progress: bool = True) -> dict[str, Any]:
-    """Re-evaluate a finished run from its config.yaml and intervention/ folder. Writes a new
-    ``eval.json`` each time (``eval-2.json``, ``eval-3.json``, ... once taken; never replacing one,
-    nor the run's results.json); a path that is not a run folder fails before anything is created."""
+    """Re-evaluate a finished run from its config.yaml and intervention/ into a new eval.json (eval-2.json, ...
+    once taken: never replacing one, nor results.json); a path that is not a run folder creates nothing."""
     run_dir = run_folder_at(run_dir)
     with locked(run_dir, "reftx eval"):  # never while a run still writes the folder
         results, path = _evaluate_run(run_dir, show_progress)
@@ -333,9 +332,9 @@ def _evaluate_run(run_dir: Path, show_progress: bool) -> tuple[dict[str, Any], P
     metrics, _ = evaluate(model, tok, task, eval_ex, exp.eval, use_chat(tok, exp.model.chat_template),
                           show_progress, reference_loaders(task))
     out = RunFolder(run_dir)
-    name = out.free_name("eval.json")
-    fields = {"name": exp.name, "config_hash": config_hash(exp.to_dict()), "metrics": metrics}
-    return out.results(fields, name=name, replace=False), run_dir / name
+    name = out.free_name("eval.json")  # a new file each time, never one written before
+    return out.results({"name": exp.name, "config_hash": config_hash(exp.to_dict()), "metrics": metrics},
+                       name=name, replace=False), run_dir / name
 
 
 def baseline_dir(exp: Experiment) -> Path:

@@ -4,7 +4,14 @@
 folders: ``free_folder`` picks ``{base}`` or, when that already holds a run, the first free
 ``{base}-2``, ``{base}-3``, ... (so no command overwrites another's output and the same command
 works every time); every file goes through ``atomic_write`` (a crash leaves the old file or the
-new one); and the command ends by printing the folder it wrote.
+new one; files get the mode a plain ``open()`` gives, ``0o666`` less the umask); and the command
+ends by printing the folder it wrote.
+
+Commands that add a result to a finished run (``reftx eval``'s ``eval.json``, ``reftx lm-eval``'s
+``lm_eval/{tasks}.json``) never replace one they wrote before: ``RunFolder.free_name`` gives
+``eval.json``, then ``eval-2.json``, ``eval-3.json``, ... (the ``-N`` of ``free_folder``), and the
+file is written with ``replace=False``. ``run_folder_at`` checks that such a command was given a
+run folder before anything is created.
 
 Every command that writes a folder (``reftx run`` its run folder, ``baseline`` its ``baseline/``
 subfolder, ``edit`` its ``{name}-{mode}`` folder) holds an OS lock on ``.lock`` inside it for as
@@ -47,7 +54,7 @@ def locked(folder: Path, what: str) -> Iterator[Path]:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)  # less the umask, as open() gives
     except OSError as e:
         raise ReftError(_describe_io(folder, e)) from None
     try:
@@ -78,6 +85,18 @@ def holds_run(folder: Path) -> bool:
             or any((folder / "checkpoints").glob("step-*")))
 
 
+def run_folder_at(path: str | Path) -> Path:
+    """``path`` as a finished run's folder (it holds ``config.yaml``), checked before a command that
+    reads one (``reftx eval``, ``reftx lm-eval``) creates or locks anything; a one-line error otherwise."""
+    path = Path(path)
+    fix = "give the folder `reftx run` printed (it holds config.yaml)"
+    if not path.is_dir():
+        raise ReftError(f"no run folder at {path}; {fix}")
+    if not (path / "config.yaml").is_file():
+        raise ReftError(f"{path} holds no config.yaml, so it is not a run folder; {fix}")
+    return path
+
+
 def free_folder(base: Path) -> Path:
     """``base`` if it holds no run, else the first of ``base-2``, ``base-3``, ... that holds none."""
     k, folder = 1, Path(base)
@@ -93,22 +112,33 @@ class RunFolder:
     def __init__(self, folder: Path):
         self.path = Path(folder)
 
-    def text(self, name: str, text: str) -> Path:
+    def text(self, name: str, text: str, *, replace: bool = True) -> Path:
+        """Write ``name`` (relative to the folder); ``replace`` False: never over an existing file."""
         path = self.path / name
-        atomic_write(path, lambda p: Path(p).write_text(text))
+        atomic_write(path, lambda p: Path(p).write_text(text), replace=replace)
         return path
 
-    def json(self, name: str, obj: Any) -> Path:
-        return self.text(name, json.dumps(obj, indent=2) + "\n")
+    def json(self, name: str, obj: Any, *, replace: bool = True) -> Path:
+        return self.text(name, json.dumps(obj, indent=2) + "\n", replace=replace)
+
+    def free_name(self, name: str) -> str:
+        """``name`` (relative to the folder) if no file has it, else the first free ``{stem}-2{suffix}``,
+        ``{stem}-3{suffix}``, ...: ``eval.json``, ``eval-2.json``, ``lm_eval/arc_easy-2.json``."""
+        rel, k = Path(name), 1
+        while (self.path / rel).exists():
+            k += 1
+            rel = Path(name).with_name(f"{Path(name).stem}-{k}{Path(name).suffix}")
+        return rel.as_posix()
 
     def jsonl(self, name: str, rows: list[dict[str, Any]]) -> Path:
         return self.text(name, "".join(json.dumps(r) + "\n" for r in rows))
 
-    def results(self, fields: dict[str, Any], started: float | None = None, name: str = "results.json") -> dict[str, Any]:
-        """The one writer of a command's results (``results.json``; ``eval.json`` for ``reftx eval``):
-        ``fields`` (``name``, ``config_hash`` and ``metrics`` required, then the command's own), then
-        ``wall_seconds`` since ``started`` (a ``time.perf_counter()`` reading) and the stack's
-        ``versions``. Returns what it wrote."""
+    def results(self, fields: dict[str, Any], started: float | None = None, name: str = "results.json",
+                *, replace: bool = True) -> dict[str, Any]:
+        """The one writer of a command's results (``results.json``; ``eval.json``, ``eval-2.json``, ...
+        for ``reftx eval``, with ``replace`` False): ``fields`` (``name``, ``config_hash`` and ``metrics``
+        required, then the command's own), then ``wall_seconds`` since ``started`` (a
+        ``time.perf_counter()`` reading) and the stack's ``versions``. Returns what it wrote."""
         missing = [k for k in ("name", "config_hash", "metrics") if k not in fields]
         if missing:
             raise ValueError(f"{name} needs {', '.join(missing)}")
@@ -116,7 +146,7 @@ class RunFolder:
         if started is not None:
             record["wall_seconds"] = time.perf_counter() - started
         record["versions"] = versions()
-        self.json(name, record)
+        self.json(name, record, replace=replace)
         return record
 
 
@@ -146,4 +176,4 @@ def run_folder(base: Path, what: str, *, reuse: bool = False, say: Any = None) -
     say(f"wrote {folder}")
 
 
-__all__ = ["LOCK_NAME", "RunFolder", "versions", "free_folder", "holds_run", "locked", "run_folder"]
+__all__ = ["LOCK_NAME", "RunFolder", "versions", "free_folder", "holds_run", "locked", "run_folder", "run_folder_at"]

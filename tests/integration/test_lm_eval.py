@@ -211,6 +211,38 @@ def test_cli_unknown_task_names_close_matches(tiny_dir, task_dir, tmp_path, caps
     assert not (run_dir / "lm_eval").exists()
 
 
+def test_cli_second_call_writes_a_new_file(tiny_dir, task_dir, tmp_path, capsys):
+    """Never replaces an earlier result: tiny_mc.json, then tiny_mc-2.json, as reftx eval's eval-2.json."""
+    run_dir = write_run(tiny_dir, tmp_path)
+    argv = ["lm-eval", str(run_dir), "--tasks", "tiny_mc", "--include-path", str(task_dir), "--batch-size", "2",
+            "--no-chat-template", "--no-progress"]
+    assert cli.main([*argv, "--limit", "2"]) == 0
+    first = (run_dir / "lm_eval" / "tiny_mc.json").read_bytes()
+    capsys.readouterr()
+    assert cli.main([*argv, "--limit", "3"]) == 0
+    assert f"wrote {run_dir / 'lm_eval' / 'tiny_mc-2.json'}" in capsys.readouterr().err.replace("\n", "")
+    assert sorted(p.name for p in (run_dir / "lm_eval").iterdir()) == ["tiny_mc-2.json", "tiny_mc.json"]
+    assert (run_dir / "lm_eval" / "tiny_mc.json").read_bytes() == first
+    records = [json.loads((run_dir / "lm_eval" / n).read_text()) for n in ("tiny_mc.json", "tiny_mc-2.json")]
+    assert [r["limit"] for r in records] == [2, 3]
+    assert [r["lm_eval"]["n-samples"]["tiny_mc"]["effective"] for r in records] == [2, 3]
+
+
+def test_cli_mistyped_run_path_creates_nothing(task_dir, tmp_path, capsys):
+    bad = tmp_path / "runs" / "quickstrat"
+    argv = ["lm-eval", str(bad), "--tasks", "tiny_mc", "--include-path", str(task_dir), "--no-progress"]
+    assert cli.main(argv) == 2
+    fix = "give the folder `reftx run` printed (it holds config.yaml)"
+    assert capsys.readouterr().err.replace("\n", "") == f"error: no run folder at {bad}; {fix}"
+    assert list(tmp_path.iterdir()) == []  # no folder tree, no .lock
+    (tmp_path / "runs").mkdir()  # the parent of a run folder: not one either
+    assert cli.main(["lm-eval", str(tmp_path / "runs"), *argv[2:]]) == 2
+    assert "holds no config.yaml, so it is not a run folder" in capsys.readouterr().err.replace("\n", "")
+    assert list((tmp_path / "runs").iterdir()) == []
+    with pytest.raises(ReftError, match=rf"^no run folder at {bad}; give the folder `reftx run` printed"):
+        lm_eval_run.from_run(bad)
+
+
 def test_lm_eval_is_optional(tmp_path, monkeypatch):
     """Importing reftx (and this adapter, and the CLI) imports no lm_eval; without it, a clear error."""
     code = "import sys, reftx, reftx.cli, reftx.recipes.lm_eval; print('lm_eval' in sys.modules)"
