@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import math
+import shlex
 import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from reftx.cli.docgen import first_paragraph
-from reftx.core.errors import ReftError
+from reftx.core.errors import ConfigError, ReftError
 
 console = Console(stderr=True)
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
@@ -24,13 +27,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from reftx.recipes.registry import run_experiment
     from reftx.train.run import NonFiniteLoss
 
+    if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).is_dir():
+        args.overrides, args.resume = [*args.overrides, args.resume], True  # `--resume train.lr=1e-3`: an override
     exp = _experiment(args.experiment, args.overrides)
     try:
         run_experiment(exp, resume=args.resume, show_progress=not args.no_progress)
     except NonFiniteLoss as e:
-        console.print(f"[red bold]stopped:[/] {e}")
+        console.print(f"[red bold]stopped:[/] {escape(str(e))}", soft_wrap=True)
         return 3
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        if getattr(e, "run_dir", None):
+            again = shlex.join(["reftx", *(x for m in args.imports for x in ("--import", m)), "run", args.experiment,
+                                *args.overrides, "--resume", str(e.run_dir), *(["--no-progress"] * args.no_progress)])
+            console.print(f"interrupted; continue with:\n  {escape(again)}", soft_wrap=True, highlight=False)
         return 130
     return 0
 
@@ -238,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train and evaluate an experiment")
     r.add_argument("experiment", help="experiment YAML file")
     r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3 interventions.0.rank=8")
-    r.add_argument("--resume", action="store_true", help="continue from the run dir's latest checkpoint")
+    r.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue a run from its latest checkpoint: RUN_DIR, or without it the newest unfinished "
+                        "run of this experiment (with this config); a finished one is left as it is")
     _no_progress(r)
     r.set_defaults(fn=cmd_run)
     pl = sub.add_parser("plan", help="print the resolved config and intervention groups; runs nothing")

@@ -99,9 +99,12 @@ def _prerequisite(exp: Experiment, notices: list[str] | None) -> Any:
     return None
 
 
-def run_experiment(exp: Experiment, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
+def run_experiment(exp: Experiment, resume: bool | str | Path = False, show_progress: bool = True) -> dict[str, Any]:
     """Run ``exp`` with the recipe it names (``train`` when it names none)."""
     recipe, options = recipe_of(exp)
+    if not isinstance(resume, bool) and recipe.name != "train":
+        raise ConfigError("--resume", f"a folder (--resume RUN_DIR) resumes one run of the train recipe; recipe "
+                          f"{recipe.name!r} resumes by experiment: pass --resume alone")
     return recipe.run(exp, options, resume, show_progress)
 
 

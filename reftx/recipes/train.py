@@ -153,19 +153,31 @@ def write_samples(out: RunFolder, examples: list, preds: list[str], before: list
     out.jsonl("samples.jsonl", rows)
 
 
-def run(exp: Experiment, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
+def run(exp: Experiment, resume: bool | str | Path = False, show_progress: bool = True) -> dict[str, Any]:
     """Train and evaluate one experiment; returns results.json's content (which it writes) plus
     ``run_dir``, the folder it wrote.
 
     The run folder is ``{output_dir}/{name}``; when that already holds a run (and this is not
     ``--resume``), the next free ``{name}-2``, ``{name}-3``, ... (said on the console), so running
     the same experiment twice never fails and never touches the first run. The folder is locked
-    while this process writes it (reftx.runs.folder.run_folder, the one run-folder writer)."""
+    while this process writes it (reftx.runs.folder.run_folder, the one run-folder writer).
+    ``resume``: True continues the newest unfinished run of the experiment, a path that folder
+    (reftx.recipes.resume); Ctrl-C's KeyboardInterrupt carries ``run_dir``, the folder to resume."""
+    from reftx.recipes.resume import finished_results, resume_target
     from reftx.train.trackers import check_available
 
     check_available(exp.train.log_with)  # a tracker that cannot start fails before the run folder exists
-    with run_folder(exp.run_dir, f"reftx run {exp.name}", reuse=resume, say=_plain) as out:
-        return {**_run(exp, out, resume, show_progress), "run_dir": str(out.path)}  # where it wrote (not in results.json)
+    folder = resume_target(exp, resume) if resume else exp.run_dir
+    done = finished_results(folder, exp.to_dict()) if resume else None
+    if done is not None:  # nothing to do, and nothing written
+        _say(f"--resume: {folder} is already finished ({folder / 'results.json'}); nothing to do")
+        return {**done, "run_dir": str(folder)}
+    with run_folder(folder, f"reftx run {exp.name}", reuse=bool(resume), say=_plain) as out:
+        try:
+            return {**_run(exp, out, bool(resume), show_progress), "run_dir": str(out.path)}  # not in results.json
+        except KeyboardInterrupt as e:
+            e.run_dir = out.path  # type: ignore[attr-defined]  (the folder to resume: the CLI prints the command)
+            raise
 
 
 def _check_resume(run_dir: Path, resume: bool, resolved: dict[str, Any]) -> dict[str, Any] | None:

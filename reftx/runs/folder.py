@@ -85,6 +85,19 @@ def holds_run(folder: Path) -> bool:
             or any((folder / "checkpoints").glob("step-*")))
 
 
+def siblings(base: Path) -> list[Path]:
+    """``base`` and the ``base-2``, ``base-3``, ... folders next to it that exist, oldest name first:
+    the folders runs of one experiment wrote (``free_folder``'s names)."""
+    base = Path(base)
+    found = [(1, base)] if base.is_dir() else []
+    if base.parent.is_dir():
+        for p in base.parent.glob(f"{base.name}-*"):
+            k = p.name[len(base.name) + 1:]
+            if p.is_dir() and k.isdigit() and int(k) >= 2:
+                found.append((int(k), p))
+    return [p for _, p in sorted(found)]
+
+
 def run_folder_at(path: str | Path) -> Path:
     """``path`` as a finished run's folder (it holds ``config.yaml``), checked before a command that
     reads one (``reftx eval``, ``reftx lm-eval``) creates or locks anything; a one-line error otherwise."""
@@ -170,10 +183,11 @@ def run_folder(base: Path, what: str, *, reuse: bool = False, say: Any = None) -
     say = say or (lambda text: print(text, file=sys.stderr))
     folder = Path(base) if reuse else free_folder(base)
     if folder != Path(base):
-        say(f"{base} already holds a run (continue it with --resume); this run writes {folder}")
+        say(f"{base} already holds a run (continue that one with --resume {base}); this run writes {folder}")
     with locked(folder, what):
         yield RunFolder(folder)
     say(f"wrote {folder}")
 
 
-__all__ = ["LOCK_NAME", "RunFolder", "versions", "free_folder", "holds_run", "locked", "run_folder", "run_folder_at"]
+__all__ = ["LOCK_NAME", "RunFolder", "versions", "free_folder", "holds_run", "locked", "run_folder", "run_folder_at",
+           "siblings"]

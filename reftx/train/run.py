@@ -379,7 +379,7 @@ def _fit(r: _Run, ckpt: Path | None) -> dict[str, Any]:
             Loop(r.acc, r.wrapped, job.forward, where=r.where).fit([job], [r.prog.step])
     except Interrupted:
         r.checkpoint()
-        r.acc.print(f"interrupted: saved a checkpoint at step {r.prog.step}; continue with --resume")
+        r.acc.print(f"interrupted: saved a checkpoint at step {r.prog.step} in {r.run_dir}; resuming continues from it")
         raise
     r.checkpoint()
     return {"steps": r.prog.step, "tokens": r.prog.tokens, "resumed": ckpt is not None,

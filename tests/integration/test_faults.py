@@ -108,7 +108,7 @@ def test_resumed_run_keeps_the_before_answers(tiny_dir, tmp_path, finished):
 
 
 def test_resume_with_nothing_to_resume_says_so(tiny_dir, tmp_path):
-    with pytest.raises(ReftError, match="holds no run to resume"):
+    with pytest.raises(ReftError, match=r"--resume: no run of quickstart in .* \(looked for quickstart and quickstart-N\)"):
         run(tiny_dir, tmp_path, resume=True)
 
 
