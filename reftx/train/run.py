@@ -153,6 +153,12 @@ def _truncate_log(path: Path, step: int) -> None:
         atomic_write(path, lambda p: Path(p).write_text("".join(x + "\n" for x in keep)))
 
 
+def eta_text(seconds: float) -> str:
+    """A time left as the progress line prints it: ``42s``, ``3m05s``, ``2h07m``."""
+    s = max(0, round(seconds))
+    return f"{s}s" if s < 60 else f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C, honoured at a step boundary after saving a checkpoint."""
 
@@ -262,6 +268,7 @@ class _Run:
     stop: _StopFlag = field(default_factory=lambda: _StopFlag())
     t0: float = 0.0
     tokens0: int = 0
+    step0: int = 0  # the step this process started at (a resumed run's checkpoint step): the ETA counts from it
     env: Any = None  # what a sampling objective needs (reftx.train.objectives.grpo.Env)
 
     def setup(self, data: list[Encoded], pad_id: int, seed: int) -> None:
@@ -321,8 +328,10 @@ class _Run:
         self.bar.update(self.bar_task, completed=self.prog.step, info=f"loss {rec['loss']:.4f}")
         if self.show_progress and self.acc.is_main_process and not sys.stderr.isatty():
             # no terminal (nohup, slurm, CI): the bar draws nothing, print a line
+            done, left = self.prog.step - self.step0, self.steps - self.prog.step
+            eta = eta_text((time.perf_counter() - self.t0) / done * left) if done > 0 else "?"
             print(f"train step {self.prog.step}/{self.steps}  loss {rec['loss']:.4f}  lr {rec['lr']:.3g}  "
-                  f"{rec['tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
+                  f"{rec['tokens_per_s']:.0f} tok/s  eta {eta}", file=sys.stderr, flush=True)
 
 
 def train(
@@ -373,7 +382,7 @@ def _fit(r: _Run, ckpt: Path | None) -> dict[str, Any]:
                      TimeRemainingColumn(), disable=not main)
     r.bar_task = r.bar.add_task("train", total=r.steps, completed=r.prog.step, info="")
     job = RunJob(r)
-    r.t0, r.tokens0 = time.perf_counter(), r.prog.tokens
+    r.t0, r.tokens0, r.step0 = time.perf_counter(), r.prog.tokens, r.prog.step
     try:
         with r.bar, r.stop:
             Loop(r.acc, r.wrapped, job.forward, where=r.where).fit([job], [r.prog.step])

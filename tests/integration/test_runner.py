@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -174,6 +175,10 @@ def test_progress_lines_when_output_is_not_a_terminal(tiny_dir, tmp_path, capsys
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("train step ")]
     assert [ln.split()[2] for ln in lines] == ["2/4", "4/4"] and all(" tok/s" in ln for ln in lines)
+    assert re.fullmatch(r"\d+s", lines[0].split()[-1]) and lines[0].split()[-2] == "eta" and lines[1].endswith("eta 0s")
+    from reftx.train.run import eta_text
+
+    assert [eta_text(x) for x in (0.4, 59.6, 185, 7620)] == ["0s", "1m00s", "3m05s", "2h07m"]
     assert [ln for ln in err.splitlines() if ln.startswith(("before ", "eval "))] == ["before 2/2", "eval 3/3"]
     assert f"wrote {tmp_path / 'runs' / 'quickstart'}" in " ".join(err.split())
 
