@@ -1,4 +1,4 @@
-"""The ``reftx`` command line: run, plan, validate, ls, eval, lm-eval, baseline, edit, tofu-finetune, push."""
+"""The ``reftx`` command line: run, plan, validate, ls, eval, lm-eval, baseline, edit, tofu-finetune, push, check."""
 from __future__ import annotations
 
 import argparse
@@ -136,6 +136,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lm_eval_limit(limit: float | None) -> float | int | None:
+    """``--limit`` checked in reftx's words before lm-eval sees it: a whole number of documents per
+    task (>= 1), or a fraction of each task (0 < limit < 1)."""
+    if limit is None:
+        return None
+    if not math.isfinite(limit) or limit <= 0 or (limit >= 1 and limit != int(limit)):
+        raise ConfigError("--limit", f"must be a whole number of documents per task (>= 1) or a fraction of "
+                                     f"each task (0 < limit < 1), got {limit:g}")
+    return int(limit) if limit >= 1 else limit
+
+
 def cmd_lm_eval(args: argparse.Namespace) -> int:
     from reftx.recipes.lm_eval import evaluate_run
 
@@ -221,6 +232,14 @@ def _lm_eval_parser(sub: argparse._SubParsersAction) -> None:
     le.set_defaults(fn=cmd_lm_eval)
 
 
+def _validate_parser(sub: argparse._SubParsersAction) -> None:
+    v = sub.add_parser("validate", help="check experiment files (default: every file in experiments/) for what "
+                                         "`reftx run` would meet, without weights; exit code 2 when any fails")
+    v.add_argument("experiments", nargs="*", help="files or folders (searched recursively)")
+    v.add_argument("--set", dest="overrides", action="append", default=[], help="an override for every file")
+    v.set_defaults(fn=cmd_validate)
+
+
 def _push_parser(sub: argparse._SubParsersAction) -> None:
     pu = sub.add_parser("push", help="upload a finished run's interventions to the Hugging Face Hub with a model card "
                                      "(base model, schedule, training data, metrics)")
@@ -231,10 +250,45 @@ def _push_parser(sub: argparse._SubParsersAction) -> None:
     pu.set_defaults(fn=cmd_push)
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from reftx.testing import check
+
+    return check(args.kinds, args.pytest_args)
+
+
+def _check_parser(sub: argparse._SubParsersAction) -> None:
+    text = ("run the contract suite (reftx.testing.contract) on registered primitives, e.g. your own: "
+            "reftx --import my_variant.py check my_kind; exit 0 when every test passes (needs pytest)")
+    c = sub.add_parser("check", help=text, description=text)
+    c.add_argument("kinds", nargs="+", metavar="KIND", help="registered intervention kinds (see reftx ls interventions)")
+    c.add_argument("--pytest", dest="pytest_args", action="append", default=[], metavar="ARG",
+                   help="an extra pytest argument, e.g. --pytest=-x or --pytest=-k=save; repeatable")
+    c.set_defaults(fn=cmd_check)
+
+
 def _version() -> str:
     from reftx.core.version import __version__
 
     return __version__
+
+
+def _edit_parser(sub: argparse._SubParsersAction) -> None:
+    ed = sub.add_parser("edit", help="knowledge editing: an editing experiment, or one fact from the command line")
+    ed.add_argument("experiment", nargs="?", help="editing experiment YAML (experiments/editing/)")
+    ed.add_argument("overrides", nargs="*", help="dotted overrides, e.g. recipe.mode=sequential task.n_eval=100")
+    ed.add_argument("--prompt", help='the fact\'s prompt, e.g. "The Eiffel Tower is located in the city of"')
+    ed.add_argument("--target", help='the new answer, e.g. "Rome"')
+    ed.add_argument("--rephrase", help="a rephrased prompt to show before and after")
+    ed.add_argument("--unrelated", action="append", help="an unrelated prompt to show (repeatable)")
+    ed.add_argument("--model", default="default", help="model name or path (default: SmolLM2-135M-Instruct)")
+    ed.add_argument("--kind", default="loreft", help="intervention primitive (loreft, baft, ...)")
+    ed.add_argument("--layer", type=int, help="edited layer (default: the middle one)")
+    ed.add_argument("--rank", type=int, default=4, help="rank of the edit (default 4)")
+    ed.add_argument("--lr", type=float, default=5e-3, help="learning rate (default 5e-3)")
+    ed.add_argument("--steps", type=int, default=100, help="at most this many steps (stops at loss < 0.01)")
+    ed.add_argument("--max-new-tokens", type=int, default=12, help="tokens generated before and after (default 12)")
+    _no_progress(ed)
+    ed.set_defaults(fn=cmd_edit)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,10 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("overrides", nargs="*", help="dotted overrides, as for run")
     pl.add_argument("--all", action="store_true", help="one row per group even when they span more than 8 layers")
     pl.set_defaults(fn=cmd_plan)
-    v = sub.add_parser("validate", help="check experiment files (default: every file in experiments/)")
-    v.add_argument("experiments", nargs="*", help="files or folders (searched recursively)")
-    v.add_argument("--set", dest="overrides", action="append", default=[], help="an override for every file")
-    v.set_defaults(fn=cmd_validate)
+    _validate_parser(sub)
     ls = sub.add_parser("ls", help="list what is registered (or the shipped experiments)")
     ls.add_argument("what", choices=LISTS, help="what to list")
     ls.set_defaults(fn=cmd_ls)
@@ -272,22 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     _no_progress(b)
     b.set_defaults(fn=cmd_baseline)
     _lm_eval_parser(sub)
-    ed = sub.add_parser("edit", help="knowledge editing: an editing experiment, or one fact from the command line")
-    ed.add_argument("experiment", nargs="?", help="editing experiment YAML (experiments/editing/)")
-    ed.add_argument("overrides", nargs="*", help="dotted overrides, e.g. recipe.mode=sequential task.n_eval=100")
-    ed.add_argument("--prompt", help='the fact\'s prompt, e.g. "The Eiffel Tower is located in the city of"')
-    ed.add_argument("--target", help='the new answer, e.g. "Rome"')
-    ed.add_argument("--rephrase", help="a rephrased prompt to show before and after")
-    ed.add_argument("--unrelated", action="append", help="an unrelated prompt to show (repeatable)")
-    ed.add_argument("--model", default="default", help="model name or path (default: SmolLM2-135M-Instruct)")
-    ed.add_argument("--kind", default="loreft", help="intervention primitive (loreft, baft, ...)")
-    ed.add_argument("--layer", type=int, help="edited layer (default: the middle one)")
-    ed.add_argument("--rank", type=int, default=4, help="rank of the edit (default 4)")
-    ed.add_argument("--lr", type=float, default=5e-3, help="learning rate (default 5e-3)")
-    ed.add_argument("--steps", type=int, default=100, help="at most this many steps (stops at loss < 0.01)")
-    ed.add_argument("--max-new-tokens", type=int, default=12, help="tokens generated before and after (default 12)")
-    _no_progress(ed)
-    ed.set_defaults(fn=cmd_edit)
+    _edit_parser(sub)
     tf = sub.add_parser("tofu-finetune", help="TOFU stage 1: train a lora {mode: only} experiment, then write the "
                                               "merged model as a HF checkpoint to {run_dir}/model")
     tf.add_argument("experiment", help="e.g. experiments/unlearning/tofu_finetune.yaml")
@@ -295,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     _no_progress(tf)
     tf.set_defaults(fn=cmd_tofu_finetune)
     _push_parser(sub)
+    _check_parser(sub)
     return p
 
 

@@ -20,8 +20,10 @@ TREES = {"reftx": REPO / "reftx", "reftx.methods": REPO / "methods", "reftx.task
 # through importlib, by name).
 RANKS = {
     "core": 0, "config": 1, "models": 2, "engine": 3, "parts": 4, "data": 4, "eval": 5, "train": 6,
-    "methods": 7, "tasks": 7, "integrations": 8, "runs": 9, "recipes": 10, "cli": 11,
-    "": 12,  # the package's own __init__: the public facade re-exports from every layer
+    "methods": 7, "tasks": 7, "integrations": 8, "runs": 9, "recipes": 10,
+    "testing": 11,  # the shipped contract suite and tiny models (reftx check)
+    "cli": 12,
+    "": 13,  # the package's own __init__: the public facade re-exports from every layer
 }
 ZOO = ("methods", "tasks")
 ZOO_USERS = ("recipes", "cli", "methods", "tasks")
