@@ -49,5 +49,5 @@ class Persona(Task):
             if rec["split"] not in self.splits:
                 raise DataError(f"{path}:{lineno}: split must be one of {self.splits}, got {rec['split']!r}")
             if rec["split"] == split:
-                out.append(Example(rec["prompt"], rec["response"], meta={"line": lineno}))
+                out.append(Example(rec["prompt"], rec["response"], meta={"file": str(path), "line": lineno}))
         return out

@@ -30,6 +30,9 @@ NOT_HASHED = {
 # published config hash stays valid
 HASHED_UNLESS_DEFAULT = {("train", "divergence_factor"): 1.0e4, ("train", "init_from"): None,
                          ("eval", "repetition_penalty"): 1.0, ("task", "eval_seed"): 0}
+# values that compute what leaving the key out computes: task.overlong error only refuses the examples
+# that truncate cuts (what every run did before the key existed), so a run under either is the same run
+SAME_AS_ABSENT = {("task", "overlong"): ("error", "truncate")}
 
 
 def hashed_view(d: Any) -> Any:
@@ -52,9 +55,10 @@ def hashed_view(d: Any) -> Any:
         d["method"] = recipe if name == "edit" else {}
         if name not in ("train", "edit", "tofu_stage1", "baseline"):  # tofu_stage1 = train + a deterministic merge
             d["recipe"] = {"name": name, **recipe}
-    for (section, key), default in HASHED_UNLESS_DEFAULT.items():
+    absent = {k: (v,) for k, v in HASHED_UNLESS_DEFAULT.items()} | SAME_AS_ABSENT
+    for (section, key), values in absent.items():
         sec = d.get(section)
-        if isinstance(sec, dict) and key in sec and sec[key] == default:
+        if isinstance(sec, dict) and key in sec and sec[key] in values:
             del sec[key]
     return d
 
@@ -77,4 +81,4 @@ def hash_differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [k for key in keys for k in hash_differences(a.get(key), b.get(key), _join(prefix, key))]
 
 
-__all__ = ["HASHED_UNLESS_DEFAULT", "NOT_HASHED", "config_hash", "hash_differences", "hashed_view"]
+__all__ = ["HASHED_UNLESS_DEFAULT", "NOT_HASHED", "SAME_AS_ABSENT", "config_hash", "hash_differences", "hashed_view"]

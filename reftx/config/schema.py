@@ -54,6 +54,7 @@ class TaskConfig:
     eval_seed: int = 0  # picks the n_eval subset, so every training seed of a sweep evaluates the identical examples (paired)
     train_split: str | None = None  # split trained on; null: the task's first split
     eval_split: str | None = None  # split evaluated on; null: the task's last split
+    overlong: Literal["error", "truncate", "drop"] = "error"  # examples too long for the model: a training example's prompt + response tokens above train.max_length or the model's context length, an eval prompt's tokens + eval.max_new_tokens above the context. error: refuse before training, naming the first (file:line); truncate: cut them (training: the response's end, then the prompt's start; eval: the prompt's start) and say how many; drop: leave them out and say how many
     options: dict[str, Any] = field(default_factory=dict)  # task-specific keys, validated by the task itself
 
     def __post_init__(self) -> None:

@@ -34,6 +34,7 @@ class Encoded:
     info: dict[str, float] = field(default_factory=dict)
     guided_ids: list[int] | None = None  # guidance + prompt, then the same response ids (encode(guided=True))
     guided_prompt_len: int = 0  # length of the guided prompt in guided_ids
+    untruncated: tuple[int, int] = (0, 0)  # (prompt, response) tokens before truncation (reftx.data.checks reads them)
 
 
 def format_prompt(tokenizer: Any, prompt: str, chat: bool) -> str:
@@ -71,7 +72,9 @@ def encode(tokenizer: Any, ex: Example, max_length: int, chat: bool, end_token: 
            guided: bool = False) -> Encoded:
     """Prompt + target ids; labels are -100 on the prompt. The target ends with EOS (or the chat
     template's end-of-turn token, which is the EOS of chat tokenizers). Too long: the target is
-    cut first, then the prompt from the left (keeping at least one target token).
+    cut first, then the prompt from the left (keeping at least one target token); ``untruncated``
+    keeps the lengths before, so a run refuses such examples unless ``task.overlong`` says
+    otherwise (reftx.data.checks).
 
     guided: also encode the guided copy (``guided_prompt(ex)`` + the same response ids, kept whole:
     it may exceed ``max_length`` by the guidance); an example without guidance is a DataError."""
@@ -79,12 +82,14 @@ def encode(tokenizer: Any, ex: Example, max_length: int, chat: bool, end_token: 
     target = tokenizer(ex.target, add_special_tokens=False)["input_ids"]
     if end_token and tokenizer.eos_token_id is not None:
         target = target + [tokenizer.eos_token_id]
-    truncated = len(prompt) + len(target) > max_length
+    full = (len(prompt), len(target))
+    truncated = sum(full) > max_length
     if truncated:
         keep_target = max(1, max_length - len(prompt)) if target else 0
         target = target[:keep_target]
         prompt = prompt[len(prompt) - (max_length - len(target)):]
-    enc = Encoded(prompt + target, [IGNORE] * len(prompt) + target, len(prompt), truncated, dict(ex.info))
+    enc = Encoded(prompt + target, [IGNORE] * len(prompt) + target, len(prompt), truncated, dict(ex.info),
+                  untruncated=full)
     if not guided:
         return enc
     if not ex.guidance.strip():

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from reftx.data.checks import check_prompts
 from reftx.data.examples import Example
 from reftx.core.errors import ConfigError, DataError, unknown, utf8_error
 from reftx.eval.metrics import get_metric, score_metrics
@@ -133,12 +134,14 @@ class Task:
 
     # -- provided --------------------------------------------------------------------------
     def examples(self, split: str, n: int | None = None, seed: int = 0) -> list[Example]:
-        """The split's examples; ``n`` picks a subset that depends only on ``seed``."""
+        """The split's examples; ``n`` picks a subset that depends only on ``seed``. An empty
+        prompt anywhere in the split is a DataError naming it (reftx.data.checks)."""
         if split not in self.splits:
             raise unknown("split", split, self.splits, f"split of task {self.name!r}")
         data = self.load(split)
         if not data:
             raise DataError(f"task {self.name!r}: split {split!r} is empty")
+        check_prompts(data, split)
         if n is not None and n < len(data):
             idx = sorted(random.Random(f"{seed}:{split}").sample(range(len(data)), n))
             data = [data[i] for i in idx]

@@ -15,6 +15,7 @@ Run dir ({output_dir}/{name}):
 from __future__ import annotations
 
 import json
+from functools import partial
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from rich.table import Table
 from reftx.core.version import __version__
 from reftx.config.hashing import config_hash
 from reftx.core.convert import dump_yaml
-from reftx.data.encoding import encode, pad_id, use_chat
+from reftx.data import checks
+from reftx.data.encoding import pad_id, use_chat
 from reftx.core.errors import ConfigError, ReftError
 from reftx.eval.generate import evaluate, generate
 from reftx.config.schema import Experiment
@@ -34,7 +36,6 @@ from reftx.engine.model import ReftModel, attach
 from reftx.runs.plan_table import plan_table  # noqa: F401  (runner.plan_table: what cli and recipes print)
 from reftx.train.objectives.common import OBJECTIVES, needs_guidance
 from reftx.runs.plots import plot_loss  # noqa: F401  (runner.plot_loss: what the run writes)
-from reftx.data.label_truncation import prefix_truncate
 from reftx.train.objectives.grpo import sampling_env
 from reftx.runs.folder import RunFolder, locked, run_folder, run_folder_at, versions  # noqa: F401  (versions: the pre-0.2 name)
 from reftx.engine.schedule import plan
@@ -42,6 +43,8 @@ from reftx.eval.task import Task, get_task
 from reftx.train.run import latest_checkpoint, seed_everything, train
 
 console = Console(stderr=True)
+_plain = partial(console.print, markup=False, highlight=False, soft_wrap=True)  # paths, config: "[x]" is text
+_say = partial(_plain, style="yellow")  # a notice (truncated data, a finished run), also plain text
 
 
 def load_task(exp: Experiment) -> Task:
@@ -227,17 +230,19 @@ def _build(exp: Experiment, base: Any) -> Any:
     return lora.prepare(base, exp)
 
 
-def _encode(exp: Experiment, tok: Any, examples: list, chat: bool) -> list:
-    """Training examples tokenised (with BREP's prefix truncation); truncations are said."""
-    end_token = exp.model.task == "causal-lm"  # a classifier reads the text alone
-    guided = needs_guidance(exp.train.objective)
-    encoded = [encode(tok, ex, exp.train.max_length, chat, end_token, guided) for ex in examples]
-    encoded = prefix_truncate(encoded, exp.train.prefix_fraction, exp.train.prefix_tokens, exp.seed)
-    n_trunc = sum(e.truncated for e in encoded)
-    if n_trunc:
-        console.print(f"[yellow]{n_trunc} of {len(encoded)} training examples truncated to "
-                      f"train.max_length={exp.train.max_length}")
-    return encoded
+def _encode(exp: Experiment, tok: Any, examples: list, chat: bool, model_config: Any = None) -> tuple[list, list]:
+    """The training examples kept and their encodings, checked before anything is built or saved
+    (reftx.data.checks.encode_train). learns: the objective learns the response (not a classifier's
+    label, nor a sampling objective that scores its own completions)."""
+    learns = exp.model.task == "causal-lm" and exp.train.objective != "classify" and not OBJECTIVES.get(
+        exp.train.objective).needs_env
+    return checks.encode_train(exp, tok, examples, chat, model_config, needs_guidance(exp.train.objective), learns, _say)
+
+
+def _fit_eval(exp: Experiment, task: Task, tok: Any, model: Any, examples: list, chat: bool) -> tuple[list, Any]:
+    """The eval examples and EvalConfig under task.overlong (reftx.data.checks.fit_eval)."""
+    return checks.fit_eval(tok, examples, chat, getattr(model, "config", None), exp.eval,
+                           task.generate and exp.model.task == "causal-lm", exp.task.overlong, _say)
 
 
 def _fit(exp: Experiment, model: Any, encoded: list, tok: Any, run_dir: Path, resume: bool,
@@ -270,6 +275,8 @@ def _run(exp: Experiment, out: RunFolder, resume: bool, show_progress: bool) -> 
     eval_ex = eval_examples(exp, task)
     base, tok = load_base(exp)
     chat = use_chat(tok, exp.model.chat_template)
+    train_ex, encoded = _encode(exp, tok, train_ex, chat, base.config)  # bad data fails here: nothing saved
+    eval_ex, eval_cfg = _fit_eval(exp, task, tok, base, eval_ex, chat)
     model = _build(exp, base)  # a bad intervention spec fails here: no config.yaml, no config dump
     out.text("config.yaml", dump_yaml(resolved))
     console.rule(f"[bold]reftx run {exp.name}  (config {chash})")
@@ -277,12 +284,12 @@ def _run(exp: Experiment, out: RunFolder, resume: bool, show_progress: bool) -> 
     before, shown = None, eval_ex[: exp.eval.show_examples]
     if task.generate and exp.model.task == "causal-lm" and shown:  # also when resuming: samples keep "before"
         with model.disabled():
-            before = generate(model, tok, shown, exp.eval, chat, "before", show_progress)
-    encoded, env = sampling_env(exp, task, train_ex, tok, _encode(exp, tok, train_ex, chat))
+            before = generate(model, tok, shown, eval_cfg, chat, "before", show_progress)
+    encoded, env = sampling_env(exp, task, train_ex, tok, encoded)
     model, summary = _fit(exp, model, encoded, tok, run_dir, resume, show_progress, env)
 
     t_eval = time.perf_counter()
-    metrics, preds = evaluate(model, tok, task, eval_ex, exp.eval, chat, show_progress, reference_loaders(task))
+    metrics, preds = evaluate(model, tok, task, eval_ex, eval_cfg, chat, show_progress, reference_loaders(task))
     results = {"name": exp.name, "config_hash": chash, "task": task.name, "eval_split": eval_split,
                "n_train": len(train_ex), "n_eval": len(eval_ex), "metrics": metrics,
                "trainable_parameters": summary.get("trainable_parameters", model.count_parameters()), "train": summary,
@@ -341,8 +348,9 @@ def _evaluate_run(run_dir: Path, show_progress: bool) -> tuple[dict[str, Any], P
     task = load_task(exp)
     eval_ex = eval_examples(exp, task)
     model, tok = trained_model(exp, run_dir)
-    metrics, _ = evaluate(model, tok, task, eval_ex, exp.eval, use_chat(tok, exp.model.chat_template),
-                          show_progress, reference_loaders(task))
+    chat = use_chat(tok, exp.model.chat_template)
+    eval_ex, cfg = _fit_eval(exp, task, tok, model, eval_ex, chat)
+    metrics, _ = evaluate(model, tok, task, eval_ex, cfg, chat, show_progress, reference_loaders(task))
     out = RunFolder(run_dir)
     name = out.free_name("eval.json")  # a new file each time, never one written before
     return out.results({"name": exp.name, "config_hash": config_hash(exp.to_dict()), "metrics": metrics},
@@ -372,8 +380,9 @@ def _evaluate_base(exp: Experiment, out: RunFolder, show_progress: bool) -> dict
     _, eval_split = splits(exp, task)
     examples = eval_examples(exp, task)
     model, tok = load_base(exp)
-    metrics, preds = evaluate(model, tok, task, examples, exp.eval, use_chat(tok, exp.model.chat_template),
-                              show_progress, reference_loaders(task))
+    chat = use_chat(tok, exp.model.chat_template)
+    examples, cfg = _fit_eval(exp, task, tok, model, examples, chat)
+    metrics, preds = evaluate(model, tok, task, examples, cfg, chat, show_progress, reference_loaders(task))
     results = {"name": exp.name, "config_hash": config_hash(resolved), "model": exp.model.name,
                "task": task.name, "eval_split": eval_split, "n_eval": len(examples), "metrics": metrics,
                "trainable_parameters": 0}

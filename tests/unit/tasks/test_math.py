@@ -191,8 +191,8 @@ def test_tiny_train_and_eval_on_real_math(tiny_dir, tmp_path):
     to 2 SVAMP + 2 MAWPS + 2 AddSub problems scored by both rules."""
     args = ["run", str(REPO / "experiments" / "math" / "math_brep.yaml"), f"model.name={tiny_dir}",
             f"output_dir={tmp_path}", "task.n_train=8", "task.options.n_per_dataset=2", "train.max_steps=2",
-            "train.batch_size=4", "train.max_length=96", "eval.max_new_tokens=6", "eval.show_examples=1",
-            "--no-progress"]
+            "train.batch_size=4", "train.max_length=96", "task.overlong=truncate", "eval.max_new_tokens=6",
+            "eval.show_examples=1", "--no-progress"]  # 96 tokens cut every example: truncation chosen
     assert cli.main(args) == 0
     results = json.loads((tmp_path / "math_brep" / "results.json").read_text())
     assert results["n_train"] == 8 and results["n_eval"] == 6 and results["train"]["steps"] == 2
