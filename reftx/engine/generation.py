@@ -38,7 +38,7 @@ from transformers import StoppingCriteria
 from transformers.cache_utils import Cache
 
 from reftx.engine import positions as P
-from reftx.core.errors import ReftError
+from reftx.core.errors import DataError, ReftError
 from reftx.engine.schedule import PositionSpec
 
 PROMPT_PARTS = ("first", "last", "last_prompt", "all_prompt")
@@ -56,6 +56,29 @@ def cache_length(cache: Cache | None) -> int | None:
     if cache is None:
         return None
     return int(cache.get_seq_length())
+
+
+def check_left_padded(mask: Tensor) -> None:
+    """Refuse a (B, T) generate mask that is not left-padded: every row must be zeros, then ones.
+
+    ``generate`` appends each new token after the last column, so a right-padded row would continue
+    after its padding, and a 0 between 1s would hide a prompt token. One vectorised test (a 1
+    followed by a 0 anywhere) and one sync; the row and column are found only when it fails."""
+    drop = mask[:, 1:] < mask[:, :-1]  # (B, T-1): position j is a token, j + 1 is not
+    if not bool(drop.any()):
+        return
+    row = int(drop.any(1).nonzero()[0, 0])
+    col = int(drop[row].nonzero()[0, 0])  # the row's last token before a 0
+    later = (mask[row, col + 1:] != 0).nonzero()
+    if later.numel():
+        hole = col + 1
+        raise DataError(f"generate: attention_mask row {row} has a 0 at position {hole} between tokens (1s); a "
+                        "prompt must be one contiguous run of tokens with padding only on the left: mask no "
+                        "token inside a prompt (and set tokenizer.padding_side = \"left\")")
+    pad = mask.shape[1] - col - 1
+    raise DataError(f"generate: attention_mask is right-padded (row {row} ends in {pad} padding token"
+                    f"{'s' if pad != 1 else ''}), but new tokens are appended after the last column; generation "
+                    "needs left padding: set tokenizer.padding_side = \"left\" before tokenizing the prompts")
 
 
 @dataclass

@@ -30,8 +30,9 @@ from transformers import StoppingCriteriaList
 from reftx.models import hub as share
 from reftx.engine import sites
 from reftx.core.errors import ConfigError, ReftError
-from reftx.engine.generation import GenerationState, cache_length, find_cache, is_assisted
+from reftx.engine.generation import GenerationState, cache_length, check_left_padded, find_cache, is_assisted
 from reftx.engine.hooks import HookManager, Overrides
+from reftx.engine.inputs import check_forward, check_real_weights, detached_error
 from reftx.core.intervention import Intervention, after_step, defining_module, make_intervention
 from reftx.core.files import atomic_write
 from reftx.engine.serialization import CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHTS_NAME, read_config
@@ -59,6 +60,7 @@ class ReftModel(nn.Module):
         config = getattr(base, "config", None)
         if config is None:
             raise ReftError("reftx.attach needs a transformers model (with a .config)")
+        check_real_weights(base)
         specs, groups = plan(interventions, config)
         param = next(base.parameters())
         modules: dict[str, Intervention] = {}
@@ -73,6 +75,7 @@ class ReftModel(nn.Module):
         self._frozen = {n: p.requires_grad for n, p in base.named_parameters()}
         base.requires_grad_(False)
         self.train_modules = tuple(train_modules)
+        self._token_labels = bool(getattr(base, "can_generate", bool)())  # an LM: labels are (B, T) like the ids
         for i, name in enumerate(self.train_modules):
             try:
                 base.get_submodule(name).requires_grad_(True)
@@ -161,7 +164,11 @@ class ReftModel(nn.Module):
         plus ``out["aux_losses"]``: the auxiliary losses the primitives published (``ctx.add_loss``,
         summed per name over sites), and ``out["records"]``. Nothing is composed here: training
         adds them with the modifiers' terms in reftx.train.loss.compose.
+        Shapes and dtypes are checked first (reftx.engine.inputs.check_forward: no device sync).
         """
+        if not self._release.alive:
+            raise detached_error("forward")
+        check_forward(input_ids, kwargs.get("inputs_embeds"), labels, self._token_labels)
         call = Overrides(prompt_lengths, intervention_positions, example_info or {})
         with self._hooks.forward_call(call):
             out = self.base(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
@@ -183,12 +190,18 @@ class ReftModel(nn.Module):
         A user-supplied cache (``past_key_values=``) continues a sequence: pass the whole sequence
         as ``input_ids``; only the uncached tail is run, so prompt positions inside the cached
         prefix keep whatever states the cache was built with (build it with this same model).
+        Prompts must be left-padded (``tokenizer.padding_side = "left"``): a right-padded
+        ``attention_mask``, or one with a 0 between 1s, is a DataError (one check, one sync).
         """
+        if not self._release.alive:
+            raise detached_error("generate")
         ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
         embeds = kwargs.get("inputs_embeds")
         mask = kwargs.get("attention_mask")
         if ids is None and embeds is None:
             raise ValueError("ReftModel.generate needs input_ids (or inputs_embeds)")
+        if isinstance(mask, Tensor) and mask.dim() == 2:
+            check_left_padded(mask)
         ids_len = ids.shape[1] if ids is not None else 0
         width = max(ids_len, embeds.shape[1] if embeds is not None else 0,
                     mask.shape[1] if isinstance(mask, Tensor) and mask.dim() == 2 else 0)
@@ -213,6 +226,8 @@ class ReftModel(nn.Module):
         (the trainer's optimizer, device moves and train/eval modes reach them; the base's own
         weights stay frozen) and ``base.generate`` becomes this model's exact ``generate``.
         Returns the base; ``detach()`` undoes both."""
+        if not self._release.alive:
+            raise detached_error("carry")
         base = self.base
         if base._modules.get(CARRIED) is None:
             base.add_module(CARRIED, self.interventions)
@@ -221,7 +236,8 @@ class ReftModel(nn.Module):
 
     def detach(self) -> nn.Module:
         """Remove reftx's hooks and return the base model exactly as it was (also done
-        automatically when the ReftModel is garbage-collected)."""
+        automatically when the ReftModel is garbage-collected). The ReftModel is then spent: forward,
+        generate, carry and save_pretrained raise (save first; attach again to use the base)."""
         self._release()
         return self.base
 
@@ -231,6 +247,8 @@ class ReftModel(nn.Module):
         """Write ``interventions.safetensors`` and ``reft_config.json`` atomically. With ``card_info``
         (a run folder or a dict, reftx.models.hub.card_info_from_run) also a ``README.md`` model card; with
         ``push_to_hub``, then upload them to ``repo_id`` (``private``, ``commit_message``, ``token``)."""
+        if not self._release.alive:
+            raise detached_error("save_pretrained")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {f"{key}.{n}": t.detach().contiguous().cpu()
@@ -312,7 +330,9 @@ class ReftModel(nn.Module):
         """Rebuild the interventions saved in ``directory`` on ``base`` (its device and dtype).
         ``directory`` is a local folder or a Hub repo id ("user/name", at ``revision``), fetched through
         the Hugging Face cache (reftx.models.hub.resolve; HF_HUB_OFFLINE=1 reads the cache alone). Only JSON
-        and safetensors are read: nothing is ever unpickled."""
+        and safetensors are read: nothing is ever unpickled. A base without real weights (meta device)
+        is refused before anything is read."""
+        check_real_weights(base)
         directory = share.resolve(directory, (CONFIG_NAME, WEIGHTS_NAME), revision=revision, token=token,
                                   cache_dir=cache_dir)
         cfg_path = directory / CONFIG_NAME

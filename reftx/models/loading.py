@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from reftx.core.files import files_problem, sha256_file, umask
-from reftx.core.errors import ReftError, unknown
+from reftx.core.errors import ConfigError, ReftError, unknown
 
 logger = logging.getLogger(__name__)
 
@@ -238,12 +238,55 @@ def _load_default(load: Any) -> tuple[Any, Any]:
         return load(str(default_model_path(rebuild=True)))
 
 
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # and their sharded forms (*.index.json)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """What a local model folder lacks for ``load_model`` (config, weights, tokenizer), or None."""
+    if not folder.is_dir():
+        return "is a file, not a model folder; point model.name at the folder that holds config.json and the weights"
+    names = sorted(p.name for p in folder.iterdir())
+    holds = f"it holds {', '.join(names[:6])}{', ...' if len(names) > 6 else ''}" if names else "it is empty"
+    fix = f"write the model there with model.save_pretrained('{folder}') (and tokenizer.save_pretrained), " \
+          "or point model.name at a complete folder"
+    if "config.json" not in names:
+        return f"has no config.json ({holds}); {fix}"
+    weights = [n for n in names if n.endswith((".safetensors", ".gguf", ".index.json"))
+               or (n.startswith("pytorch_model") and n.endswith(".bin"))]
+    if not weights:
+        return f"has no model weights ({' or '.join(WEIGHT_FILES)}; {holds}); {fix}"
+    if not any(n in TOKENIZER_FILES or n.endswith(".model") for n in names):
+        return f"has no tokenizer files ({', '.join(TOKENIZER_FILES)}; {holds}); {fix}"
+    return None
+
+
+def _local_error(folder: Path, err: Exception) -> Exception:
+    """A one-line ConfigError for a local model folder that failed to load (the original error
+    ``err`` itself when it is a ValueError that the folder's contents do not explain)."""
+    problem = _folder_problem(folder)
+    if problem is not None:
+        return ConfigError("model.name", f"the local model folder {folder} {problem}")
+    if not isinstance(err, OSError):
+        return err
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ConfigError("model.name", f"cannot load the local model folder {folder} ({type(err).__name__}: {first}); "
+                                     "check that its files are complete (an interrupted download or save?)")
+
+
 def _load_named(load: Any, name: str) -> tuple[Any, Any]:
-    """A Hub id or local path; one that is neither found nor downloadable is a ReftError saying so."""
+    """A Hub id or local path; one that is neither found nor downloadable is a ReftError saying so,
+    and a local folder missing its config, weights or tokenizer a ConfigError naming what is missing."""
     try:
         return load(name)
-    except OSError as err:  # includes ConnectionError and huggingface_hub's offline/HTTP errors
-        if Path(name).expanduser().exists():
+    except (OSError, ValueError) as err:  # OSError includes ConnectionError and huggingface_hub's offline/HTTP errors
+        local = Path(name).expanduser()
+        if local.exists():
+            problem = _local_error(local, err)
+            if problem is err:
+                raise
+            raise problem from err
+        if not isinstance(err, OSError):
             raise
         raise ReftError(
             f"cannot load model {name!r}: it is neither a local path nor in the Hugging Face cache, "
