@@ -1,4 +1,5 @@
-"""The ``reftx`` command line: run, plan, validate, ls, eval, lm-eval, baseline, edit, tofu-finetune, push, check."""
+"""The ``reftx`` command line: run, plan, validate, ls, eval, lm-eval, baseline, edit, tofu-finetune, push, adopt,
+check."""
 from __future__ import annotations
 
 import argparse
@@ -250,6 +251,31 @@ def _push_parser(sub: argparse._SubParsersAction) -> None:
     pu.set_defaults(fn=cmd_push)
 
 
+def cmd_adopt(args: argparse.Namespace) -> int:
+    from reftx.recipes.adopt import adopt
+
+    exp = _experiment(args.experiment, args.overrides) if args.experiment else None
+    if exp is None and args.overrides:
+        raise ReftError("reftx adopt: overrides need an experiment file (reftx adopt FOLDER EXP.yaml key=value ...)")
+    adopt(args.folder, exp, args.task, args.name, args.output_dir, show_progress=not args.no_progress)
+    return 0
+
+
+def _adopt_parser(sub: argparse._SubParsersAction) -> None:
+    text = ("make a save_pretrained folder (Python or TRL path) a full run folder, so eval, lm-eval and push work "
+            "on it: copies it to {run_dir}/intervention/, writes config.yaml (the folder's interventions in the "
+            "experiment) and evaluates it into results.json")
+    a = sub.add_parser("adopt", help=text, description=text)
+    a.add_argument("folder", help="the folder model.save_pretrained(...) wrote (reft_config.json and weights)")
+    a.add_argument("experiment", nargs="?", help="experiment YAML giving model, task and eval settings")
+    a.add_argument("overrides", nargs="*", help="dotted overrides of the experiment")
+    a.add_argument("--task", help="without an experiment: this task on the folder's base model")
+    a.add_argument("--name", help="run name (default: the experiment's, or the folder's name)")
+    a.add_argument("--output-dir", help="parent folder of the run (default: the experiment's output_dir, runs)")
+    _no_progress(a)
+    a.set_defaults(fn=cmd_adopt)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from reftx.testing import check
 
@@ -331,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     _no_progress(tf)
     tf.set_defaults(fn=cmd_tofu_finetune)
     _push_parser(sub)
+    _adopt_parser(sub)
     _check_parser(sub)
     return p
 
