@@ -31,7 +31,7 @@ MOVED = {
     "objectives": "train.objectives.common", "reinforce": "train.objectives.grpo",
     "carft": "train.objectives.carft", "nlft": "train.objectives.nlft",
     "lora": "integrations.peft", "trainers": "integrations.trl", "lm_eval_adapter": "recipes.lm_eval",
-    "rundir": "runs.folder", "plots": "runs.plots", "plantable": "runs.plan_table",
+    "rundir": "runs.folder", "plots": "runs.plots", "plantable": "engine.plan_table",
     "runner": "recipes.train", "editing": "recipes.edit.engine", "edit_run": "recipes.edit.run",
     "docgen": "cli.docgen",
 }

@@ -36,6 +36,7 @@ from reftx.engine.inputs import check_forward, check_real_weights, detached_erro
 from reftx.core.intervention import Intervention, after_step, defining_module, make_intervention
 from reftx.core.files import atomic_write
 from reftx.engine.serialization import CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHTS_NAME, read_config
+from reftx.engine.plan_table import Plan, trainable_line
 from reftx.engine.schedule import INTERVENTION_DTYPES, Group, InterventionSpec, plan
 from reftx.core.version import __version__
 
@@ -105,9 +106,17 @@ class ReftModel(nn.Module):
         for g in self.groups:
             yield g.key, self.intervention(g.key)
 
-    def plan(self) -> list[Group]:
-        """Every group: key, kind, component, layers, position parts, parameter count."""
-        return list(self.groups)
+    def plan(self, show: bool = True) -> Plan:
+        """Every group (key, kind, component, layers, position parts, parameter count), as a list;
+        printed as a table unless ``show`` is False (engine.plan_table.Plan: ``str()``, ``.table``)."""
+        groups = Plan(self.groups)
+        if show:
+            print(groups, end="")
+        return groups
+
+    def print_trainable_parameters(self) -> None:
+        """Trainable (interventions, train_modules) and all parameters, as peft prints them."""
+        print(trainable_line(self.count_parameters(), self.count_parameters(trainable_only=False)))
 
     def count_parameters(self, trainable_only: bool = True) -> int:
         """Parameters of the interventions and train_modules (trainable_only) or of everything."""

@@ -33,7 +33,7 @@ from reftx.core.errors import ConfigError, ReftError
 from reftx.eval.generate import evaluate, generate
 from reftx.config.schema import Experiment
 from reftx.engine.model import ReftModel, attach
-from reftx.runs.plan_table import plan_table  # noqa: F401  (runner.plan_table: what cli and recipes print)
+from reftx.engine.plan_table import plan_table  # noqa: F401  (runner.plan_table: what cli and recipes print)
 from reftx.train.objectives.common import OBJECTIVES, needs_guidance
 from reftx.runs.plots import plot_loss  # noqa: F401  (runner.plot_loss: what the run writes)
 from reftx.train.objectives.grpo import sampling_env
@@ -217,10 +217,10 @@ def _build(exp: Experiment, base: Any) -> Any:
     before/with/instead of them (``lora:``); its plan table is printed."""
     if exp.lora is None:
         model = attach(base, exp.interventions, exp.model.train_modules)
-        console.print(plan_table(model.plan()))
+        console.print(plan_table(model.plan(show=False)))
         if exp.train.init_from:  # trained weights instead of a fresh init (checked: shapes, finite values)
             model.load_trained(exp.train.init_from)
-            console.print(f"interventions initialised from {exp.train.init_from}")
+            _plain(f"interventions initialised from {exp.train.init_from}")
         return model
     if exp.train.init_from:
         raise ConfigError("train.init_from", "starts interventions from a saved run; with a lora: section it is not supported")

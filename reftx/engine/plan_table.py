@@ -1,8 +1,9 @@
-"""The interventions table that ``reftx plan`` and every run print: one row per group, or, when
-the groups span more than ``max_layers`` layers, one row per kind of group with its layers as
-ranges ("L0-29.block_output.first": 30 groups), so it stays readable in an 80-column terminal."""
+"""The interventions table that ``reftx plan``, every run and ``ReftModel.plan()`` print: one row per
+group, or, when the groups span more than ``max_layers`` layers, one row per kind of group with its
+layers as ranges ("L0-29.block_output.first": 30 groups), so it stays readable in an 80-column terminal."""
 from __future__ import annotations
 
+import io
 from typing import Any
 
 from rich.table import Table
@@ -60,3 +61,30 @@ def plan_table(groups: list[Any], title: str = "interventions", max_layers: int 
         table.add_row(key, kind, layers, str(n), f"{params:,}")
     table.add_row("total", "", "", str(len(groups)), f"{sum(g.params for g in groups):,}", style="bold")
     return table
+
+
+class Plan(list):
+    """``ReftModel.plan()``: the groups (a list of ``Group``) with their table; ``str()`` is the table
+    as text, ``.table`` the rich table, and a notebook shows the table."""
+
+    @property
+    def table(self) -> Table:
+        return plan_table(list(self))
+
+    def __str__(self) -> str:
+        from rich.console import Console
+
+        console = Console(width=100, record=True, file=io.StringIO())
+        console.print(self.table)
+        return console.export_text()
+
+    def __rich__(self) -> Table:
+        return self.table
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # IPython/Jupyter
+        printer.text(str(self))
+
+
+def trainable_line(trainable: int, total: int) -> str:
+    """``print_trainable_parameters()``'s line, in peft's words so the two read alike."""
+    return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / max(total, 1):.4f}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 from rich.console import Console
 
 import reftx
-from reftx.runs.plan_table import layer_ranges, plan_table
+from reftx.engine.plan_table import layer_ranges, plan_table
 from tests.conftest import tiny_config
 
 
@@ -50,3 +50,21 @@ def test_many_layers_grouped_with_totals_and_all_on_request():
         ["total", "", "", "61", f"{60 * per + groups[-1].params:,}"],
     ]
     assert len([ln for ln in render(groups, max_layers=10**6) if ln.startswith("│")]) == 62
+
+
+def test_model_plan_prints_its_table_and_returns_the_groups(capsys):
+    from tests.conftest import tiny_model
+
+    model = reftx.attach(tiny_model("llama"), [{"kind": "loreft", "rank": 2, "layers": [1, 2],
+                                               "positions": {"first": 1}}])
+    groups = model.plan()
+    shown = capsys.readouterr().out
+    assert [g.key for g in groups] == ["L1.block_output.first", "L2.block_output.first"]
+    assert shown == str(groups) and "L1.block_output.first" in shown and "total" in shown
+    assert f"{sum(g.params for g in groups):,}" in shown.splitlines()[-2]
+    assert model.plan(show=False) == groups and capsys.readouterr().out == ""
+    model.print_trainable_parameters()
+    trainable, total = model.count_parameters(), model.count_parameters(trainable_only=False)
+    assert trainable == sum(g.params for g in groups) == 2 * (2 * 32 * 2 + 2)
+    assert capsys.readouterr().out == (f"trainable params: {trainable:,} || all params: {total:,} || "
+                                       f"trainable%: {100 * trainable / total:.4f}\n")
