@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import importlib
 import sys
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 
-from reftx.core.errors import ConfigError
+from reftx.core.errors import ConfigError, ReftError
 
 GROUP = "reftx.plugins"
 ZOO = ("reftx.methods", "reftx.tasks")
@@ -43,16 +43,34 @@ def load() -> None:
         for name in ZOO:
             importlib.import_module(name)
         for ep in entry_points(group=GROUP):
-            try:
-                obj = ep.load()
-            except Exception as e:
-                raise ConfigError(f"plugin {ep.name}", f"the entry point {ep.value!r} of group {GROUP!r} failed "
-                                                       f"to import: {type(e).__name__}: {e}") from e
-            if callable(obj) and not isinstance(obj, type(sys)):
-                obj()
+            _load_plugin(ep)
         _loaded = True
     finally:
         _loading = False
+
+
+def _load_plugin(ep: EntryPoint) -> None:
+    """Import one entry point (and call it when it names a callable). Any exception it raises, a
+    bare KeyError as much as an ImportError, becomes a ReftError naming the entry point, the
+    distribution that declares it and the fix: a broken plugin must not end in a traceback that
+    never says which installed package caused it."""
+    step = "importing"
+    try:
+        obj = ep.load()
+        if callable(obj) and not isinstance(obj, type(sys)):
+            step = "calling"
+            obj()
+    except Exception as e:
+        dist = getattr(ep, "dist", None)
+        name = getattr(dist, "name", None)
+        where = f"distribution {name} {getattr(dist, 'version', '')}".rstrip() if name else "an unknown distribution"
+        fix = f"pip uninstall {name}" if name else "uninstall the package that declares it"
+        raise ReftError(f"plugin entry point {ep.name} = {ep.value} (group {GROUP}, {where}) failed when {step} it: "
+                        f"{type(e).__name__}: {_line(e)}; fix the plugin or remove it ({fix})") from e
+
+
+def _line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or ["(no message)"])[0]
 
 
 def import_modules(names: list[str] | tuple[str, ...], field: str = "imports") -> None:

@@ -13,7 +13,6 @@ the interventions; their weights are saved and loaded with them (keys ``modules.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import tempfile
 import weakref
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from transformers import StoppingCriteriaList
 
@@ -34,8 +33,8 @@ from reftx.engine.generation import GenerationState, cache_length, check_left_pa
 from reftx.engine.hooks import HookManager, Overrides
 from reftx.engine.inputs import check_forward, check_real_weights, detached_error
 from reftx.core.intervention import Intervention, after_step, defining_module, make_intervention
-from reftx.core.files import atomic_write
-from reftx.engine.serialization import CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHTS_NAME, read_config
+from reftx.engine.serialization import (CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHTS_NAME, read_config,
+                                        write_interventions)
 from reftx.engine.plan_table import Plan, trainable_line
 from reftx.engine.schedule import INTERVENTION_DTYPES, Group, InterventionSpec, plan
 from reftx.core.version import __version__
@@ -259,7 +258,6 @@ class ReftModel(nn.Module):
         if not self._release.alive:
             raise detached_error("save_pretrained")
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         tensors = {f"{key}.{n}": t.detach().contiguous().cpu()
                    for key, mod in self.named_interventions() for n, t in mod.state_dict().items()}
         tensors.update({k: p.detach().contiguous().cpu() for k, p in self._module_params()})
@@ -282,8 +280,7 @@ class ReftModel(nn.Module):
         }
         if self.train_modules:
             meta["train_modules"] = list(self.train_modules)
-        atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
-        atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+        write_interventions(directory, tensors, meta)  # a failure (a full disk) names the file, cause and fix
         if push_to_hub and not repo_id:
             raise ReftError("save_pretrained(push_to_hub=True) needs repo_id='user/name'")
         if card_info is not None or push_to_hub:

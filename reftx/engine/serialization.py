@@ -1,14 +1,19 @@
 """The saved form of trained interventions: ``interventions.safetensors`` (tensors only, no pickle)
 beside ``reft_config.json`` (format, version, base model, every intervention entry with all its
-options, the module defining each kind, the groups). ``ReftModel.save_pretrained`` writes them and
+options, the module defining each kind, the groups). ``ReftModel.save_pretrained`` writes them
+(:func:`write_interventions`: a failed write names the file, the cause and the fix) and
 ``ReftModel.from_pretrained`` reads them back through :func:`read_config`."""
 from __future__ import annotations
 
+import errno
 import json
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 from reftx.core.errors import ReftError
+from reftx.core.files import atomic_write
 
 CONFIG_NAME = "reft_config.json"
 WEIGHTS_NAME = "interventions.safetensors"
@@ -50,4 +55,60 @@ def read_config(path: Path) -> dict[str, Any]:
     return meta
 
 
-__all__ = ["CONFIG_NAME", "FORMAT", "FORMAT_VERSION", "WEIGHTS_NAME", "read_config"]
+class WriteError(ReftError):
+    """A file could not be written: ``path``, the ``cause`` (the OS's words, e.g. "No space left on
+    device") and the ``fix``; callers that write inside a temporary folder (checkpoints) reword it."""
+
+    def __init__(self, path: Path, cause: str, fix: str, note: str):
+        self.path, self.cause, self.fix = Path(path), cause, fix
+        super().__init__(f"cannot write {path}: {cause}; {fix}; {note}")
+
+
+def write_failure(path: Path, error: BaseException) -> tuple[str, str]:
+    """(cause, fix) for a failed write of ``path``: an OSError, safetensors' SafetensorError (which
+    carries the OS error only in its text, "I/O error: ... (os error 28)") or torch.save's RuntimeError."""
+    code = getattr(error, "errno", None) if isinstance(error, OSError) else None
+    cause = (getattr(error, "strerror", None) or str(error)) if isinstance(error, OSError) else str(error)
+    found = re.search(r"(?:I/O error: )?([^:]*?) \(os error (\d+)\)", cause)
+    if found:
+        cause, code = found.group(1), int(found.group(2))
+    cause = (cause.strip().splitlines() or [type(error).__name__])[0]
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or code is None:
+        where = next((p for p in Path(path).absolute().parents if p.exists()), Path("/"))
+        room = f"{shutil.disk_usage(where).free:,} bytes free there"
+        if code is None:  # torch reports a full disk only as a failed write: say how much room is left
+            return f"{cause} ({room})", "check the free space on that disk, or write to another one"
+        return cause, f"free space on that disk ({room}) or write to another one"
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return cause, "make that folder writable, or write to another one"
+    return cause, "check that disk, or write to another one"
+
+
+def write_interventions(directory: Path, tensors: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Write ``interventions.safetensors`` and ``reft_config.json`` into ``directory``, each atomically,
+    the config renamed into place only once the weights are fully written (so a failure leaves the
+    pair that was there before). A failure (a full disk, no permission) is a :class:`WriteError`
+    naming the file, the cause and the fix."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    target = directory
+
+    def weights(tmp: str) -> None:
+        nonlocal target
+        target = directory / WEIGHTS_NAME
+        save_file(tensors, tmp, metadata={"format": FORMAT})
+        target = directory / CONFIG_NAME
+        atomic_write(target, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+        target = directory / WEIGHTS_NAME
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write(directory / WEIGHTS_NAME, weights)
+    except (OSError, SafetensorError) as e:
+        cause, fix = write_failure(target, e)
+        raise WriteError(target, cause, fix, f"the files already in {directory} are unchanged") from None
+
+
+__all__ = ["CONFIG_NAME", "FORMAT", "FORMAT_VERSION", "WEIGHTS_NAME", "WriteError", "read_config", "write_failure",
+           "write_interventions"]

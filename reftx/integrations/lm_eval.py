@@ -146,9 +146,7 @@ def __getattr__(name: str) -> Any:
 
 def task_manager(names: list[str], include_path: str | None) -> Any:
     """lm-eval's TaskManager (with ``include_path``), after checking that every task exists."""
-    from lm_eval.tasks import TaskManager
-
-    manager = TaskManager(include_path=include_path)
+    manager = task_manager_class()(include_path=include_path)
     missing = [n for n in names if n not in manager.all_tasks]
     if missing or not names:
         near = {n: difflib.get_close_matches(n, manager.all_tasks, 3) for n in missing}
@@ -156,6 +154,42 @@ def task_manager(names: list[str], include_path: str | None) -> Any:
         raise ReftError(f"lm-eval has no task {', '.join(missing) or '(none given)'}"
                         f"{' (' + hints + ')' if hints else ''}; local task YAMLs load with --include-path DIR")
     return manager
+
+
+@functools.cache
+def task_manager_class() -> type:
+    """lm-eval's TaskManager, except that a task whose dataset is neither in the local datasets cache
+    nor reachable (offline, no network, an unreachable HF_ENDPOINT) is one ReftError naming the task
+    and the fix, not datasets' ConnectionError traceback. It wraps ``_load_spec`` (lm-eval 0.4.13,
+    lm_eval/tasks/manager.py), which builds one requested task or group and downloads its data."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from lm_eval.tasks import TaskManager
+
+    from reftx.models.hub import network_errors
+
+    class ReftTaskManager(TaskManager):
+        def _load_spec(self, spec: Any) -> Any:
+            try:
+                return super()._load_spec(spec)
+            except (*network_errors(), LocalEntryNotFoundError) as e:
+                raise ReftError(not_cached(spec, e)) from None
+
+    ReftTaskManager.__module__, ReftTaskManager.__qualname__ = __name__, "ReftTaskManager"
+    return ReftTaskManager
+
+
+def not_cached(spec: Any, error: BaseException) -> str:
+    """The one-line error for a task whose dataset could not be fetched (``spec``: a name or a config)."""
+    import datasets
+
+    name = spec.get("task") or spec.get("group") or spec if isinstance(spec, dict) else spec
+    cause = (str(error).strip().splitlines() or [""])[0]
+    if datasets.config.HF_HUB_OFFLINE:  # HF_DATASETS_OFFLINE=1 or HF_HUB_OFFLINE=1
+        why, fix = "offline mode is on (HF_DATASETS_OFFLINE or HF_HUB_OFFLINE)", "unset them and run it once online"
+    else:
+        why, fix = "the Hub cannot be reached", "run it once with network access (check HF_ENDPOINT)"
+    return (f"lm-eval task {name}: its dataset is not in the local datasets cache and {why} ({type(error).__name__}: "
+            f"{cause}); {fix} to cache it, or give a local task YAML with --include-path DIR")
 
 
 @contextmanager
@@ -173,4 +207,5 @@ def dataset_bars(show: bool) -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-__all__ = ["INSTALL_HINT", "ReftLM", "request_rows", "reft_lm_class", "score_requests", "task_manager", "dataset_bars"]  # noqa: F822 (ReftLM: module __getattr__)
+__all__ = ["INSTALL_HINT", "ReftLM", "request_rows", "reft_lm_class", "score_requests", "task_manager",
+           "task_manager_class", "dataset_bars"]  # noqa: F822 (ReftLM: module __getattr__)

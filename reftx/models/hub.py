@@ -223,23 +223,55 @@ def write_card(folder: str | os.PathLike, meta: dict[str, Any], card_info: Any =
 
 # -- uploading ----------------------------------------------------------------------------------
 def upload(folder: str | os.PathLike, repo_id: str, files: Sequence[str], *, private: bool | None = None,
-           commit_message: str | None = None, token: str | None = None) -> Any:
+           commit_message: str | None = None, token: str | None = None, kept: str | None = None) -> Any:
     """Create ``repo_id`` (if needed) and upload ``files`` and the card from ``folder`` in one
-    commit; returns huggingface_hub's CommitInfo. Nothing else in the folder is uploaded."""
+    commit; returns huggingface_hub's CommitInfo. Nothing else in the folder is uploaded. A failure
+    is one ReftError saying what to do; ``kept`` says where the files stay meanwhile (the default
+    suggests ``save_pretrained``)."""
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     missing = [f for f in (*files, CARD_NAME) if not (Path(folder) / f).is_file()]
     if missing:
         raise ReftError(f"{folder} lacks {', '.join(missing)}: nothing was uploaded")
     api = HfApi(token=token, library_name="reftx", library_version=__version__)
+    kept = kept or "save locally with model.save_pretrained(DIR) and push later (nothing was uploaded)"
     try:
         repo = api.create_repo(repo_id, private=private, exist_ok=True)
         return api.upload_folder(repo_id=getattr(repo, "repo_id", repo_id), folder_path=str(folder),
                                  allow_patterns=[*files, CARD_NAME],
                                  commit_message=commit_message or f"Upload reftx interventions (reftx {__version__})")
-    except OSError as e:  # HTTP errors (401: not logged in, 403: no write access) and connection failures
-        raise ReftError(f"cannot push to Hub repo {repo_id!r}: {type(e).__name__}: {e}. Log in with `hf auth login` "
-                        "(or pass token=...) and check that you may write to that namespace") from None
+    except OfflineModeIsEnabled:  # a ConnectionError: before the generic network case
+        raise ReftError(f"push: HF_HUB_OFFLINE=1 is set; unset it to push to Hub repo {repo_id!r}, or {kept}") from None
+    except HfHubHTTPError as e:  # the Hub answered: 401 not logged in, 403 no write access, ...
+        raise ReftError(f"cannot push to Hub repo {repo_id!r}: {type(e).__name__}: {_line(e)}. Log in with `hf auth "
+                        "login` (or pass token=...) and check that you may write to that namespace") from None
+    except network_errors() as e:
+        raise ReftError(f"push: cannot reach the Hub at {api.endpoint} ({type(e).__name__}: {_line(e)}); check the "
+                        f"network or HF_ENDPOINT, or {kept}") from None
+    except OSError as e:
+        raise ReftError(f"cannot push to Hub repo {repo_id!r}: {type(e).__name__}: {_line(e)}. Log in with `hf auth "
+                        "login` (or pass token=...) and check that you may write to that namespace") from None
+
+
+def _line(e: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def network_errors() -> tuple[type[BaseException], ...]:
+    """Connection failures and timeouts, whichever HTTP client huggingface_hub uses (httpx2 from 1.x on
+    in some builds, httpx, or requests in 0.x, whose errors are OSErrors)."""
+    import importlib
+
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"),
+                         ("requests", "ConnectionError"), ("requests", "Timeout")):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
 
 
 def push_run(run_dir: str | os.PathLike, repo_id: str, files: Sequence[str], **upload_kw: Any) -> Any:
@@ -258,7 +290,9 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, files: Sequence[str], **u
         for f in files:
             shutil.copy2(src / f, Path(tmp) / f)
         write_card(tmp, meta, card_info_from_run(run), repo_id)
-        return upload(tmp, repo_id, files, **upload_kw)
+        kept = f"push later (nothing was uploaded; {run} is unchanged)"
+        return upload(tmp, repo_id, files, kept=kept, **upload_kw)
 
 
-__all__ = ["CARD_NAME", "card_info_from_run", "model_card", "push_run", "resolve", "upload", "write_card"]
+__all__ = ["CARD_NAME", "card_info_from_run", "model_card", "network_errors", "push_run", "resolve", "upload",
+           "write_card"]

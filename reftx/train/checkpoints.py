@@ -6,16 +6,23 @@ the newest, verifies each against its manifest, warns with the reason for every 
 (truncated or missing file, checksum, unreadable state) and returns the newest intact one;
 ``clean_stale`` removes half-written ``.tmp-*`` folders of crashed writers. Checkpoints written by
 a reftx without manifests are accepted with a warning (their files are still checked for being
-readable JSON where they are JSON).
+readable JSON where they are JSON). ``save`` writes one: a failed write (a full disk, no permission)
+removes the temporary folder, leaves every earlier checkpoint as it was and is one ReftError naming
+the file, the cause (the OS's words) and the fix.
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from safetensors import SafetensorError
+
+from reftx.core.errors import ReftError
 from reftx.core.files import files_problem, sha256_file
+from reftx.engine.serialization import WriteError, write_failure
 
 MANIFEST = "manifest.json"
 STATE_FILE = "state.json"
@@ -64,6 +71,46 @@ def intact(run_dir: Path, warn: Callable[[str], None]) -> Path | None:
     return None
 
 
+def save(run_dir: Path, step: int, fill: Callable[[Path], None], keep: int) -> Path:
+    """Write ``checkpoints/step-{step}``: ``fill(folder)`` writes the files into a temporary folder,
+    the manifest is added last, the folder is renamed into place, and only the newest ``keep``
+    checkpoints stay. Nothing older is touched before the new one is complete."""
+    root = run_dir / "checkpoints"
+    final = root / f"step-{step}"
+    tmp = root / f".tmp-step-{step}-{os.getpid()}"
+    previous = next((c for c in candidates(run_dir) if c != final), None)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        fill(tmp)
+        write_manifest(tmp)  # last: a checkpoint without it is incomplete
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(e, (OSError, RuntimeError, SafetensorError, WriteError)):
+            raise
+        raise ReftError(_failed(final, tmp, e, previous)) from None
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _failed(final: Path, tmp: Path, error: Exception, previous: Path | None) -> str:
+    """The one-line error for a checkpoint that could not be written: the file (as it would have
+    been named in ``final``), the cause, the fix, and that earlier work is intact."""
+    if isinstance(error, WriteError):
+        path, cause, fix = error.path, error.cause, error.fix
+    else:  # OSError, safetensors' SafetensorError, torch.save's RuntimeError on a full disk
+        path = Path(getattr(error, "filename", None) or tmp)
+        cause, fix = write_failure(path, error)
+    path = final / path.relative_to(tmp) if path.is_relative_to(tmp) else path
+    kept = (f"the previous checkpoint {previous} is untouched (`reftx run ... --resume` continues from it)"
+            if previous else "no earlier checkpoint exists")
+    return f"cannot write the checkpoint {final}: {'' if path == final else f'{path}: '}{cause}; {fix}; {kept}"
+
+
 def clean_stale(run_dir: Path, warn: Callable[[str], None]) -> None:
     """Remove half-written ``.tmp-*`` checkpoint folders (a crashed or killed writer's)."""
     for tmp in (run_dir / "checkpoints").glob(".tmp-*"):
@@ -71,4 +118,4 @@ def clean_stale(run_dir: Path, warn: Callable[[str], None]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["MANIFEST", "candidates", "clean_stale", "intact", "problem", "write_manifest"]
+__all__ = ["MANIFEST", "candidates", "clean_stale", "intact", "problem", "save", "write_manifest"]

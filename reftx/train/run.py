@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import shutil
 import signal
 import sys
 import threading
@@ -37,7 +35,8 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import get_scheduler
 
 from reftx.train import trackers as tracking
-from reftx.train.checkpoints import STATE_FILE, candidates, clean_stale, intact, write_manifest
+from reftx.train import checkpoints
+from reftx.train.checkpoints import STATE_FILE, candidates, clean_stale, intact
 from reftx.data.encoding import Encoded, collate_train
 from reftx.core.errors import ReftError
 from reftx.config.schema import TrainConfig
@@ -103,29 +102,16 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def save_checkpoint(run_dir: Path, model: ReftModel, opt, sched, prog: Progress_, keep: int) -> Path:
-    """Write checkpoints/step-N atomically (temporary folder, then rename); keep the newest ``keep``."""
-    root = run_dir / "checkpoints"
-    final = root / f"step-{prog.step}"
-    tmp = root / f".tmp-step-{prog.step}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-        model.save_pretrained(tmp / "intervention")
+    """Write checkpoints/step-N atomically (reftx.train.checkpoints.save: a temporary folder, then a
+    rename; a failed write names the file and the cause); keep the newest ``keep``."""
+
+    def fill(folder: Path) -> None:
+        model.save_pretrained(folder / "intervention")
         trainer = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state()}
-        torch.save(trainer, tmp / "trainer_state.pt")
-        (tmp / STATE_FILE).write_text(json.dumps(prog.__dict__) + "\n")
-        write_manifest(tmp)  # last: a checkpoint without it is incomplete
-    except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError
-        shutil.rmtree(tmp, ignore_errors=True)
-        free = shutil.disk_usage(root).free
-        cause = f"{e}" if isinstance(e, OSError) else f"{e} ({free:,} bytes free on that disk)"
-        raise ReftError(f"cannot write the checkpoint {final}: {cause}; the previous checkpoint is intact") from None
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+        torch.save(trainer, folder / "trainer_state.pt")
+        (folder / STATE_FILE).write_text(json.dumps(prog.__dict__) + "\n")
+
+    return checkpoints.save(run_dir, prog.step, fill, keep)
 
 
 def load_weights(model: ReftModel, directory: Path) -> None:
