@@ -219,7 +219,9 @@ def test_chat_template_tokens_count(tiny_dir, tmp_path, tok):
     chat = use_chat(tok, exp.model.chat_template)
     examples, encoded = runner._encode(exp, tok, runner.load_task(exp).examples("train"), chat)
     assert chat and len(examples) == 44 and max(sum(e.untruncated) for e in encoded) == 75
-    persona = Path(runner.__file__).resolve().parents[2] / "tasks" / "data" / "persona.jsonl"
+    import reftx.tasks.persona as shipped
+
+    persona = Path(shipped.DATA) / "persona.jsonl"
     with pytest.raises(DataError, match=rf"^{persona}:3: 73 tokens \(prompt 37 \+ response 36\) exceed "
                                         r"train.max_length=70; 11 of 44 train examples are longer"):
         runner._encode(load_experiment(QUICKSTART, overrides(tiny_dir, tmp_path, "train.max_length=70")),
