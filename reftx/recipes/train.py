@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.table import Table
 
 from reftx.core.version import __version__
+from reftx.config.defaults import changed
 from reftx.config.hashing import config_hash
 from reftx.core.convert import dump_yaml
 from reftx.data import checks
@@ -34,6 +34,7 @@ from reftx.eval.generate import evaluate, generate
 from reftx.config.schema import Experiment
 from reftx.engine.model import ReftModel, attach
 from reftx.engine.plan_table import plan_table  # noqa: F401  (runner.plan_table: what cli and recipes print)
+from reftx.recipes.summary import baseline_metrics, report, write_samples  # noqa: F401  (runner.report: adopt, edit)
 from reftx.train.objectives.common import OBJECTIVES, needs_guidance
 from reftx.runs.plots import plot_loss  # noqa: F401  (runner.plot_loss: what the run writes)
 from reftx.train.objectives.grpo import sampling_env
@@ -143,17 +144,6 @@ def validate(exp: Experiment, model_config: Any = None, notices: list[str] | Non
 
         return lora.planned(exp, model_config)
     return plan(exp.interventions, model_config)[1]
-
-
-def write_samples(out: RunFolder, examples: list, preds: list[str], before: list[str] | None = None) -> None:
-    """samples.jsonl: prompt, gold and prediction ("after") per example, plus "before" where given."""
-    rows = []
-    for i, ex in enumerate(examples):
-        rec = {"prompt": ex.prompt, "gold": str(ex.gold), "after": preds[i]}
-        if before is not None and i < len(before):
-            rec["before"] = before[i]
-        rows.append(rec)
-    out.jsonl("samples.jsonl", rows)
 
 
 def run(exp: Experiment, resume: bool | str | Path = False, show_progress: bool = True) -> dict[str, Any]:
@@ -280,7 +270,8 @@ def _run(exp: Experiment, out: RunFolder, resume: bool, show_progress: bool) -> 
     model = _build(exp, base)  # a bad intervention spec fails here: no config.yaml, no config dump
     out.text("config.yaml", dump_yaml(resolved))
     console.rule(f"[bold]reftx run {exp.name}  (config {chash})")
-    console.print(dump_yaml(resolved), highlight=False)
+    _plain(f"config, the fields set away from their defaults (all of it: {out.path / 'config.yaml'}):")
+    _plain(dump_yaml(changed(exp)))
     before, shown = None, eval_ex[: exp.eval.show_examples]
     if task.generate and exp.model.task == "causal-lm" and shown:  # also when resuming: samples keep "before"
         with model.disabled():
@@ -296,28 +287,8 @@ def _run(exp: Experiment, out: RunFolder, resume: bool, show_progress: bool) -> 
                "eval_seconds": time.perf_counter() - t_eval}
     results = out.results(results, started=t_start)
     write_samples(out, eval_ex, preds, before)
-    report(results, shown, before, preds[: len(shown)])
+    report(results, shown, before, preds[: len(shown)], baseline_metrics(run_dir, chash))
     return results
-
-
-def report(results: dict[str, Any], shown: list, before: list[str] | None, after: list[str]) -> None:
-    if shown and after:
-        table = Table(title="held-out prompts", show_lines=True)
-        table.add_column("prompt", max_width=40)
-        if before is not None:
-            table.add_column("before", max_width=50)
-        table.add_column("after", max_width=50)
-        for i, ex in enumerate(shown):
-            table.add_row(ex.prompt, *([before[i]] if before is not None else []), after[i])
-        console.print(table)
-    table = Table(title=f"results: {results['name']} ({results['config_hash']})")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in results["metrics"].items():
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    table.add_row("trainable parameters", f"{results['trainable_parameters']:,}")
-    table.add_row("wall time (s)", f"{results['wall_seconds']:.1f}")
-    console.print(table)
 
 
 def evaluate_run(run_dir: str | Path, show_progress: bool = True) -> dict[str, Any]:

@@ -204,3 +204,29 @@ def test_validate_offline_reports_prerequisites_as_notices(capsys):
         assert (got.num_hidden_layers, got.hidden_size, got.intermediate_size, got.num_key_value_heads,
                 got.vocab_size) == (want.num_hidden_layers, want.hidden_size, want.intermediate_size,
                                     want.num_key_value_heads, want.vocab_size), name
+
+
+def test_a_run_prints_only_the_changed_config_and_its_metrics_beside_the_baseline(tiny_dir, tmp_path, capsys):
+    """The console shows the fields set away from their defaults (config.yaml keeps all of them), and
+    the results table puts `reftx baseline`'s metrics (same config hash) beside the trained model's."""
+    from reftx.config.defaults import changed
+    from reftx.config.schema import load_experiment
+
+    exp = REPO / "experiments" / "quickstart.yaml"
+    flags = tiny_overrides(tiny_dir, tmp_path)
+    assert cli.main(["baseline", str(exp), *flags, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert cli.main(["run", str(exp), *flags, "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    run_dir = tmp_path / "runs" / "quickstart"
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    shown = changed(load_experiment(exp, flags))
+    assert "train" in shown and "lr" in shown["train"] and "weight_decay" not in shown["train"]
+    assert "weight_decay: 0.0" not in err and resolved["train"]["weight_decay"] == 0.0
+    assert f"lr: {shown['train']['lr']}" in err and "fields set away from their defaults" in err
+    base = json.loads((run_dir / "baseline" / "results.json").read_text())["metrics"]
+    trained = json.loads((run_dir / "results.json").read_text())["metrics"]
+    assert "base (reftx baseline)" in err or "base (reftx" in err
+    for k in trained:
+        row = next(ln for ln in err.splitlines() if ln.strip("│ ").startswith(k + " "))
+        assert f"{trained[k]:.4f}" in row and f"{base[k]:.4f}" in row
