@@ -37,7 +37,7 @@ def resume_target(exp: Experiment, resume: bool | str | Path) -> Path:
         return run_folder_at(resume)
     resolved = exp.to_dict()
     found = [(f, state(f, resolved)) for f in siblings(exp.run_dir)]
-    for wanted in ("unfinished", "finished"):
+    for wanted in ("unfinished", "finished", "no run"):  # "no run": just started elsewhere (the lock names who) or empty
         match = [f for f, st in found if st == wanted]
         if match:
             return match[-1]
