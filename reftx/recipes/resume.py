@@ -3,8 +3,9 @@
 Running an experiment again writes ``{name}-2``, ``{name}-3``, ... (reftx.runs.folder.free_folder),
 so after a Ctrl-C the interrupted run is often not ``{output_dir}/{name}``. ``--resume`` without a
 folder takes the newest unfinished folder of the experiment whose config hashes as the current one;
-when every such folder is finished, the newest finished one (nothing to do); otherwise it names
-each folder and what it holds. ``--resume RUN_DIR`` names the folder explicitly.
+when every such folder is finished, the newest finished one (nothing to do); then a folder with no
+run yet (one another process just started: its lock names the process); otherwise it names each
+folder and what it holds. ``--resume RUN_DIR`` names the folder explicitly.
 """
 from __future__ import annotations
 
