@@ -127,12 +127,12 @@ def test_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
     import torch
 
     code = re.search(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
-    monkeypatch.chdir(tmp_path)  # it saves to ./my-edit
+    monkeypatch.chdir(tmp_path)  # it saves to ./runs/my-edit
     torch.manual_seed(0)
     ns: dict = {}
     exec(compile(code, "README.md", "exec"), ns)
     model, again, ids, mask, labels = (ns[k] for k in ("model", "again", "ids", "mask", "labels"))
-    assert (tmp_path / "my-edit").is_dir() and capsys.readouterr().out.strip()  # it printed the answer
+    assert (tmp_path / "runs" / "my-edit").is_dir() and capsys.readouterr().out.strip()  # it printed the answer
     assert [g.key for g in again.plan()] == [g.key for g in model.plan()] == ["L2.block_output.first+last",
                                                                              "L5.block_output.first+last"]
     for (_, m), (_, n) in zip(model.named_interventions(), again.named_interventions(), strict=True):
