@@ -131,7 +131,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from reftx.recipes import train as runner
 
-    results = runner.evaluate_run(args.run_dir, show_progress=not args.no_progress)
+    results = runner.evaluate_run(args.run_dir, show_progress=not args.no_progress, overrides=args.overrides)
     for k, v in results["metrics"].items():  # rounded; the eval file keeps every digit
         print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
     return 0
@@ -212,6 +212,8 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
             "eval-3.json, ... once that name is taken, never replacing an earlier one (nor the run's results.json)")
     e = sub.add_parser("eval", help=text, description=text)
     e.add_argument("run_dir", help="the folder `reftx run` printed (holds config.yaml and intervention/)")
+    e.add_argument("overrides", nargs="*", help="eval-only overrides, e.g. eval.max_new_tokens=64 task.n_eval=200 "
+                                                "(eval.*, task.n_eval, task.eval_seed, task.eval_split, task.overlong)")
     _no_progress(e)
     e.set_defaults(fn=cmd_eval)
 

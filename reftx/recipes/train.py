@@ -291,13 +291,24 @@ def _run(exp: Experiment, out: RunFolder, resume: bool, show_progress: bool) -> 
     return results
 
 
-def evaluate_run(run_dir: str | Path, show_progress: bool = True) -> dict[str, Any]:
+EVAL_OVERRIDES = ("eval.", "task.n_eval", "task.eval_seed", "task.eval_split", "task.overlong")
+
+
+def evaluate_run(run_dir: str | Path, show_progress: bool = True, overrides: list[str] | None = None) -> dict[str, Any]:
     """Re-evaluate a finished run from its config.yaml and intervention/ into a new eval.json (eval-2.json, ...
-    once taken: never replacing one, nor results.json); a path that is not a run folder creates nothing."""
+    once taken: never replacing one, nor results.json); a path that is not a run folder creates nothing.
+    ``overrides``: eval-only dotted overrides (``eval.*``, ``task.n_eval``, ``task.eval_seed``,
+    ``task.eval_split``, ``task.overlong``), recorded in the file; any other key is refused by name."""
+    overrides = list(overrides or [])
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if not key.startswith(EVAL_OVERRIDES) or key.endswith("."):
+            raise ConfigError(key, "reftx eval takes eval-only overrides (eval.*, task.n_eval, task.eval_seed, "
+                              "task.eval_split, task.overlong); this one changes the trained run: retrain with reftx run")
     run_dir = run_folder_at(run_dir)
     with locked(run_dir, "reftx eval"):  # never while a run still writes the folder
-        results, path = _evaluate_run(run_dir, show_progress)
-    console.print(f"wrote {path}")
+        results, path = _evaluate_run(run_dir, show_progress, overrides)
+    _plain(f"wrote {path}")
     return results
 
 
@@ -312,10 +323,10 @@ def trained_model(exp: Experiment, run_dir: Path) -> tuple[Any, Any]:
     return ReftModel.from_pretrained(base, run_dir / "intervention"), tok
 
 
-def _evaluate_run(run_dir: Path, show_progress: bool) -> tuple[dict[str, Any], Path]:
+def _evaluate_run(run_dir: Path, show_progress: bool, overrides: list[str]) -> tuple[dict[str, Any], Path]:
     from reftx.config.schema import load_experiment
 
-    exp = load_experiment(run_dir / "config.yaml")
+    exp = load_experiment(run_dir / "config.yaml", overrides)
     task = load_task(exp)
     eval_ex = eval_examples(exp, task)
     model, tok = trained_model(exp, run_dir)
@@ -324,8 +335,8 @@ def _evaluate_run(run_dir: Path, show_progress: bool) -> tuple[dict[str, Any], P
     metrics, _ = evaluate(model, tok, task, eval_ex, cfg, chat, show_progress, reference_loaders(task))
     out = RunFolder(run_dir)
     name = out.free_name("eval.json")  # a new file each time, never one written before
-    return out.results({"name": exp.name, "config_hash": config_hash(exp.to_dict()), "metrics": metrics},
-                       name=name, replace=False), run_dir / name
+    return out.results({"name": exp.name, "config_hash": config_hash(exp.to_dict()), "overrides": overrides,
+                        "n_eval": len(eval_ex), "metrics": metrics}, name=name, replace=False), run_dir / name
 
 
 def baseline_dir(exp: Experiment) -> Path:

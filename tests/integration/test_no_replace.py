@@ -42,3 +42,18 @@ def test_eval_of_a_folder_without_config_creates_nothing(tmp_path, capsys):
     err = capsys.readouterr().err.replace("\n", "")
     assert err == f"error: {tmp_path / 'runs'} holds no config.yaml, so it is not a run folder; {FIX}"
     assert list((tmp_path / "runs").iterdir()) == []  # no .lock, no eval.json
+
+
+def test_eval_with_eval_only_overrides_and_a_training_key_refused(finished, capsys):  # noqa: F811
+    results = json.loads((finished / "results.json").read_text())
+    assert cli.main(["eval", str(finished), "task.n_eval=2", "eval.max_new_tokens=2", "--no-progress"]) == 0
+    got = json.loads((finished / "eval.json").read_text())
+    assert got["overrides"] == ["task.n_eval=2", "eval.max_new_tokens=2"] and got["n_eval"] == 2
+    assert got["config_hash"] != results["config_hash"]  # another eval setting: another hash, named in the file
+    capsys.readouterr()
+    before = files(finished)
+    assert cli.main(["eval", str(finished), "train.lr=0.5", "--no-progress"]) == 2
+    assert capsys.readouterr().err.replace("\n", "") == (
+        "error: train.lr: reftx eval takes eval-only overrides (eval.*, task.n_eval, task.eval_seed, task.eval_split, "
+        "task.overlong); this one changes the trained run: retrain with reftx run")
+    assert files(finished) == before
