@@ -51,9 +51,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from reftx.core.convert import dump_yaml
 
     exp = _experiment(args.experiment, args.overrides)
-    console.rule(f"[bold]{exp.name}  (config {config_hash(exp.to_dict())})")
-    console.print(dump_yaml(exp.to_dict()), highlight=False)
-    console.print(runner.plan_table(recipes.validate(exp), max_layers=10**9 if args.all else 8))
+    groups = recipes.validate(exp)  # a mistake is the one line printed, before the config
+    console.rule(f"[bold]{escape(str(exp.name))}  (config {config_hash(exp.to_dict())})")
+    console.print(dump_yaml(exp.to_dict()), highlight=False, markup=False)
+    console.print(runner.plan_table(groups, max_layers=10**9 if args.all else 8))
     return 0
 
 
@@ -72,14 +73,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
         try:
             notices: list[str] = []
             groups = recipes.validate(_experiment(str(path), args.overrides), notices=notices)
-            console.print(f"[green]ok[/]    {path}  ({len(groups)} groups, "
-                          f"{sum(g.params for g in groups):,} parameters)")
+            console.print(f"[green]ok[/]    {escape(str(path))}  ({len(groups)} groups, "
+                          f"{sum(g.params for g in groups):,} parameters)", soft_wrap=True)
             for text in notices:  # prerequisites and offline facts: not errors
-                console.print(f"      [yellow]notice:[/] {text}")
+                console.print(f"      [yellow]notice:[/] {escape(text)}", soft_wrap=True)
         except (ReftError, ValueError) as e:
             failed += 1
-            console.print(f"[red]error[/] {path}: {e}")
-    return 1 if failed else 0
+            console.print(f"[red]error[/] {escape(str(path))}: {escape(str(e))}", soft_wrap=True)
+    return 2 if failed else 0  # as every error of the command line
 
 
 LISTS = ("interventions", "tasks", "metrics", "objectives", "recipes", "experiments")
@@ -151,12 +152,14 @@ def _lm_eval_limit(limit: float | None) -> float | int | None:
 def cmd_lm_eval(args: argparse.Namespace) -> int:
     from reftx.recipes.lm_eval import evaluate_run
 
-    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    limit = _lm_eval_limit(args.limit)
+    if args.batch_size < 1:
+        raise ConfigError("--batch-size", f"must be >= 1 (requests per forward), got {args.batch_size}")
     metrics, path = evaluate_run(args.run_dir, [t for t in args.tasks.split(",") if t], args.include_path, limit,
                                  args.batch_size, args.chat_template, show_progress=not args.no_progress)
     for k, v in metrics.items():  # rounded; the JSON keeps every digit
         print(f"{k}: {v:.4f}")
-    console.print(f"wrote {path}")
+    console.print(f"wrote {path}", markup=False, soft_wrap=True)
     return 0
 
 
@@ -379,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             import_modules(args.imports, "--import")
         return args.fn(args)
     except (ReftError, ValueError) as e:
-        console.print(f"[red bold]error:[/] {e}")
+        console.print(f"[red bold]error:[/] {escape(str(e))}", soft_wrap=True)  # one line; [extras] kept
         return 2
 
 

@@ -15,6 +15,7 @@ from reftx.core.convert import apply_overrides, from_dict, load_yaml, require, t
 from reftx.core.errors import unknown
 
 SCHEMA_VERSION = 1
+NAME_BYTES = 200  # longest run name: a folder name (255 bytes on common filesystems) with room for suffixes
 
 
 def _at_least(obj: object, minimum: int, *names: str) -> None:
@@ -86,7 +87,7 @@ class TrainConfig:
     prefix_fraction: float = 0.0  # share of examples supervised only on their first prefix_tokens answer tokens (BREP); 0 = off
     prefix_tokens: int = 64  # k: answer tokens kept in the labels of prefix-truncated examples (>= 1)
     log_with: list[str] = field(default_factory=list)  # experiment trackers through accelerate, e.g. [tensorboard] or [wandb, mlflow] (accelerate's LoggerType: all, aim, clearml, comet_ml, dvclive, mlflow, swanlab, tensorboard, trackio, wandb): the metrics.jsonl scalars at their steps plus the resolved config, written under {run_dir}/trackers/; [] = none
-    init_from: str | None = None  # start from trained interventions (a run's intervention/ folder) instead of a fresh init, e.g. the previous stage of the sequential recipe; null: fresh
+    init_from: str | None = None  # start from trained interventions (a run's intervention/ folder) instead of a fresh init, e.g. the previous stage of the sequential recipe; reftx validate checks it was trained for this model with the same kinds, ranks and groups; null: fresh
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "epochs", "max_steps", "batch_size", "grad_accum", "max_length")
@@ -159,7 +160,7 @@ class Experiment:
     schema: int  # config schema version (required); only 1 is valid
     name: str | None = None  # run name; default: the config file's stem
     seed: int = 0  # seed for data subsets, initialisation and training order
-    output_dir: str = "runs"  # parent folder of run folders; the run folder is {output_dir}/{name}
+    output_dir: str = "runs"  # parent folder of run folders; the run folder is {output_dir}/{name}; must not be empty ("." writes into the current directory on purpose)
     model: ModelConfig = field(default_factory=ModelConfig)  # the base model
     task: TaskConfig  # the task (task.name is required)
     interventions: list[dict[str, Any]] = field(default_factory=list)  # intervention specs, checked by the engine
@@ -179,8 +180,14 @@ class Experiment:
             f"unsupported schema version {self.schema}; this reftx reads schema {SCHEMA_VERSION}",
         )
         if self.name is not None:
-            ok = self.name not in ("", ".", "..") and "/" not in self.name and "\\" not in self.name
+            ok = self.name not in ("", ".", "..") and not any(c in self.name for c in "/\\\0")
             require(ok, "name", f"must be a plain folder name, got {self.name!r}")
+            ok = len(self.name.encode("utf-8", "surrogatepass")) <= NAME_BYTES
+            require(ok, "name", f"must be at most {NAME_BYTES} bytes (a folder name, with room for -2, -s1), "
+                                f"got {len(self.name.encode('utf-8', 'surrogatepass'))}")
+        require(self.output_dir.strip() != "", "output_dir", f"must not be empty ({self.output_dir!r} writes the run "
+                "folder into the current directory); set a folder, e.g. output_dir: runs (or '.' on purpose)")
+        require("\0" not in self.output_dir, "output_dir", f"must not contain a NUL character, got {self.output_dir!r}")
         if self.lora is not None and (self.lora.mode == "only") == bool(self.interventions):
             need = "trains LoRA alone: remove the interventions" if self.interventions else "needs interventions"
             require(False, "lora.mode", f"{self.lora.mode!r} {need} (only: LoRA alone; sequential, joint: with them)")

@@ -30,6 +30,7 @@ import yaml
 from reftx.core.errors import ConfigError, did_you_mean, unknown, utf8_error
 
 T = TypeVar("T")
+INT64 = 2**63  # config integers lie in [-INT64, INT64)
 
 # YAML 1.1 only reads floats with a dot ("1.0e-3"); also accept the common "1e-3" / "1E+5".
 _EXP_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
@@ -204,9 +205,15 @@ def from_dict(cls: type[T], d: Any, field_prefix: str = "", what: str = "key") -
     try:
         return cls(**kwargs)
     except ConfigError as err:  # a __post_init__ check: put the section's path in front
-        text, head = str(err), f"{err.field}: "
-        message = text[len(head):] if err.field and text.startswith(head) else text
-        raise ConfigError(_join(field_prefix, err.field) if err.field else field_prefix, message) from None
+        raise within(err, field_prefix) from None
+
+
+def within(err: ConfigError, prefix: str) -> ConfigError:
+    """``err`` seen from an enclosing section: ``train.lr`` checked inside ``recipe.stages.1`` becomes
+    ``recipe.stages.1.train.lr`` (an error without a field gets ``prefix`` as its field)."""
+    text, head = str(err), f"{err.field}: "
+    message = text[len(head):] if err.field and text.startswith(head) else text
+    return ConfigError(_join(prefix, err.field) if err.field else prefix, message)
 
 
 def compose_config(name: str, *groups: type, doc: str = "", module: str | None = None) -> type:
@@ -300,10 +307,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         raise TypeError(f"{path}: unsupported config annotation {tp!r}")
     if not ok(value):
         raise ConfigError(path, f"expected {_type_name(tp)}, got {_describe(value)}")
-    if base is float:
-        if not math.isfinite(value):  # .inf / .nan in YAML: never a meaningful setting
-            raise ConfigError(path, f"must be a finite number, got {value!r}")
-        return float(value)
+    if base in (int, float):
+        return _number(value, base, path)
     if base is list:
         item = args[0] if args else Any
         return [_convert(v, item, _join(path, i)) for i, v in enumerate(value)]
@@ -315,6 +320,15 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         }
     return value
 
+
+
+def _number(value: int | float, base: type, path: str) -> int | float:
+    """An int within 64 bits (torch, numpy and seeding stop there), or a finite float."""
+    if base is int and not -INT64 <= value < INT64:
+        raise ConfigError(path, f"must fit in a 64-bit integer (|value| < 2**63), got {value}")
+    if base is float and not math.isfinite(value):  # .inf / .nan in YAML: never a meaningful setting
+        raise ConfigError(path, f"must be a finite number, got {value!r}")
+    return float(value) if base is float else value
 
 
 def to_dict(obj: Any) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from reftx.core.errors import unknown
+from reftx.core.errors import ConfigError, unknown
 
 T = TypeVar("T")
 
@@ -60,6 +60,9 @@ class Registry(Generic[T]):
 
     def get(self, name: str, field: str = "kind") -> T:
         _load_plugins()
+        if not isinstance(name, str):  # from YAML: a list or mapping where a name goes
+            got = f"{type(name).__name__} {name!r}"[:200]
+            raise ConfigError(field, f"expected a string naming the {self.what}, got {got}")
         try:
             return self._items[name]
         except KeyError:

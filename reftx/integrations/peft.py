@@ -78,6 +78,10 @@ def inject(base: nn.Module, cfg: LoraConfig, modules_to_save: list[str] | None =
     """Add a fresh LoRA adapter to ``base`` (in place; only its LoRA parameters train, and full copies
     of ``modules_to_save``, e.g. a classification head: model.train_modules)."""
     _check_targets(cfg, base)
+    hidden = getattr(getattr(base, "config", None), "hidden_size", None)
+    if isinstance(hidden, int) and cfg.r > hidden:  # a far too large r also overflows torch's size arithmetic
+        raise ConfigError("lora.r", f"must be <= the model's hidden size {hidden} (a rank above a layer's width "
+                                    f"adds nothing), got {cfg.r}")
     try:
         with _quiet_peft():
             return peft.get_peft_model(base, peft_config(cfg, modules_to_save))
@@ -257,9 +261,9 @@ def planned(exp: Experiment, model_config: Any) -> list[Any]:
 
     assert exp.lora is not None
     auto = AutoModelForCausalLM if exp.model.task == "causal-lm" else AutoModelForSequenceClassification
-    with torch.device("meta"):
+    with torch.device("meta"):  # the adapter too: a 7B model's LoRA is counted, not allocated and initialised
         meta = auto.from_config(model_config)
-    adapter = inject(meta, exp.lora, exp.model.train_modules)
+        adapter = inject(meta, exp.lora, exp.model.train_modules)
     params = sum(p.numel() for p in adapter.parameters() if p.requires_grad)
     targets = sorted(adapter.peft_config["default"].target_modules)
     row = LoraRow(params, ",".join(targets), "lora", key=f"lora ({exp.lora.mode}, r={exp.lora.r})")

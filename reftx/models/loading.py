@@ -157,7 +157,7 @@ def _build_cache(dest: Path) -> Path:
     from rich.console import Console
 
     gguf = find_default_gguf()
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)  # a path is text
     console.print(f"reftx: converting SmolLM2 GGUF to safetensors cache (one time, ~30 s) -> {dest}")
     start = time.perf_counter()
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -21,15 +21,17 @@ them (tests/unit/test_layers.py).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reftx.core.convert import NoOptions, from_dict
-from reftx.core.errors import ConfigError
+from reftx.core.convert import NoOptions, from_dict, within
+from reftx.core.errors import ConfigError, DataError
 from reftx.config.schema import Experiment
 from reftx.core.registry import Registry
+from reftx.train.trackers import check_available
 
 
 @dataclass(frozen=True)
@@ -67,15 +69,40 @@ def validate(exp: Experiment, model_config: Any = None, notices: list[str] | Non
     recipe, options = recipe_of(exp)
     if model_config is None:
         model_config = _prerequisite(exp, notices)
-    if recipe.name == "sequential":  # every stage as it will run, so a typo in stage 2 fails before stage 1 trains
-        groups = []
-        for k, stage in enumerate(_stages(exp, options), 1):
-            try:
-                groups = check_run(stage, model_config, notices)
-            except ConfigError as e:
-                raise ConfigError(f"recipe.stages.{k - 1}", str(e)) from None
-        return groups
+    if recipe.name == "sequential":
+        return _validate_stages(exp, options, model_config, notices)
+    check_available(exp.train.log_with)  # a tracker's package (an extra, reftx[trackers]) is installed
     return check_run(exp, model_config, notices)
+
+
+def _validate_stages(exp: Experiment, options: Any, model_config: Any, notices: list[str] | None) -> list:
+    """Every stage as it will run, so a mistake in stage 2 fails before stage 1 trains (errors name
+    ``recipe.stages.<i>.<field>``). Stage k > 1 loads stage k-1's trained interventions
+    (``train.init_from``, set when it runs), so it must plan the same groups and have no lora: section."""
+    from reftx.recipes.train import validate as check_run
+
+    previous: list = []
+    for i, stage in enumerate(_stages(exp, options)):
+        where = f"recipe.stages.{i}"
+        if i and stage.lora is not None:
+            raise ConfigError(where, "starts from the previous stage's interventions (train.init_from), which a "
+                                     "lora: section does not support; remove lora: or run the stages one by one")
+        if i:  # its init_from is the previous stage's folder, written when that stage has run
+            stage = dataclasses.replace(stage, train=dataclasses.replace(stage.train, init_from=None))
+        try:
+            check_available(stage.train.log_with)
+            groups = check_run(stage, model_config, notices)
+        except ConfigError as e:
+            raise within(e, where) from None
+        except DataError as e:
+            raise DataError(f"{where}: {e}") from None
+        here, before = {g.key: g.params for g in groups}, {g.key: g.params for g in previous}
+        if i and here != before:
+            changed = sorted(k for k in here.keys() | before.keys() if here.get(k) != before.get(k))
+            raise ConfigError(where, f"plans other interventions than stage {i} (groups {changed}) but starts from "
+                                     f"stage {i}'s trained ones: give every stage the same interventions")
+        previous = groups
+    return previous
 
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
@@ -85,9 +112,11 @@ def _prerequisite(exp: Experiment, notices: list[str] | None) -> Any:
     """The config of a not-yet-written ``<output_dir>/<name>/model`` from the shipped experiment
     ``<name>.yaml`` whose recipe writes it (tofu_stage1), or None."""
     path = Path(exp.model.name)
-    if path.exists() or path.name != "model" or len(path.parts) < 2 or not EXPERIMENTS.is_dir():
+    # os.path.exists: False, not an OSError, for a name too long for a file (left to the model check)
+    if os.path.exists(path) or path.name != "model" or len(path.parts) < 2 or not EXPERIMENTS.is_dir():
         return None
-    for candidate in sorted(EXPERIMENTS.rglob(f"{path.parent.name}.yaml")):
+    shipped = sorted(EXPERIMENTS.rglob("*.yaml"))  # matched by stem: no glob built from the name (too long, "[")
+    for candidate in (p for p in shipped if p.stem == path.parent.name):
         from reftx.config.schema import load_experiment
         from reftx.recipes.train import model_config_of
 
@@ -142,14 +171,19 @@ class SequentialOptions:
 def _stages(exp: Experiment, options: SequentialOptions) -> list[Experiment]:
     """Each stage's experiment: the experiment with the stage's overrides, named ``{name}-s{k}``,
     run by ``train`` (``train.init_from`` is set to the previous stage's interventions when it runs)."""
+    return [_stage(exp, overrides, k) for k, overrides in enumerate(options.stages, 1)]
+
+
+def _stage(exp: Experiment, overrides: list[str], k: int) -> Experiment:
+    """Stage ``k`` (from 1); an error names its field inside the stage, ``recipe.stages.<k-1>.<field>``."""
     from reftx.core.convert import apply_overrides
 
-    out = []
-    for k, overrides in enumerate(options.stages, 1):
-        data = apply_overrides(exp.to_dict(), [*overrides, f"name={exp.name}-s{k}"])
-        data["recipe"] = {}
-        out.append(from_dict(Experiment, data))
-    return out
+    try:
+        data = apply_overrides(exp.to_dict(), overrides)
+        data["name"], data["recipe"] = f"{exp.name}-s{k}", {}
+        return from_dict(Experiment, data)
+    except ConfigError as e:
+        raise within(e, f"recipe.stages.{k - 1}") from None
 
 
 def _sequential(exp: Experiment, options: SequentialOptions, resume: bool, show_progress: bool) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from reftx.core.version import __version__
 from reftx.config.defaults import changed
@@ -42,6 +43,7 @@ from reftx.runs.folder import RunFolder, locked, run_folder, run_folder_at, vers
 from reftx.engine.schedule import plan
 from reftx.eval.task import Task, get_task
 from reftx.train.run import latest_checkpoint, seed_everything, train
+from reftx.recipes.init_from import check_init_from
 
 console = Console(stderr=True)
 _plain = partial(console.print, markup=False, highlight=False, soft_wrap=True)  # paths, config: "[x]" is text
@@ -112,7 +114,7 @@ def model_config_of(exp: Experiment, notices: list[str] | None = None) -> Any:
         name = str(default_model_path())
     try:
         return AutoConfig.from_pretrained(name, local_files_only=published_config(name) is not None)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a folder whose config.json names no model_type, a bad id
         published = published_config(name)
         if published is None:
             raise ConfigError("model.name", f"cannot read the config of {exp.model.name!r}: {e}") from None
@@ -142,8 +144,11 @@ def validate(exp: Experiment, model_config: Any = None, notices: list[str] | Non
     if exp.lora is not None:  # a LoRA adapter (reftx.integrations.peft): its row, then the interventions' groups
         from reftx.integrations import peft as lora
 
+        check_init_from(exp, model_config, [], [])  # not with a lora: section
         return lora.planned(exp, model_config)
-    return plan(exp.interventions, model_config)[1]
+    specs, groups = plan(exp.interventions, model_config)
+    check_init_from(exp, model_config, specs, groups)  # what `reftx run` would load into these groups
+    return groups
 
 
 def run(exp: Experiment, resume: bool | str | Path = False, show_progress: bool = True) -> dict[str, Any]:
@@ -195,10 +200,10 @@ def _check_resume(run_dir: Path, resume: bool, resolved: dict[str, Any]) -> dict
                         "with the same config (and overrides), or pick another name")
     results = run_dir / "results.json"
     if results.is_file():
-        console.print(f"[yellow]--resume: {run_dir} is already finished ({results}); nothing to do")
+        _say(f"--resume: {run_dir} is already finished ({results}); nothing to do")
         return json.loads(results.read_text())
     if latest_checkpoint(run_dir) is None:
-        console.print(f"[yellow]--resume: {run_dir} has no checkpoint yet; training starts from step 0")
+        _say(f"--resume: {run_dir} has no checkpoint yet; training starts from step 0")
     return None
 
 
@@ -269,7 +274,7 @@ def _run(exp: Experiment, out: RunFolder, resume: bool, show_progress: bool) -> 
     eval_ex, eval_cfg = _fit_eval(exp, task, tok, base, eval_ex, chat)
     model = _build(exp, base)  # a bad intervention spec fails here: no config.yaml, no config dump
     out.text("config.yaml", dump_yaml(resolved))
-    console.rule(f"[bold]reftx run {exp.name}  (config {chash})")
+    console.rule(f"[bold]reftx run {escape(str(exp.name))}  (config {chash})")
     _plain(f"config, the fields set away from their defaults (all of it: {out.path / 'config.yaml'}):")
     _plain(dump_yaml(changed(exp)))
     before, shown = None, eval_ex[: exp.eval.show_examples]
@@ -350,7 +355,7 @@ def evaluate_base(exp: Experiment, show_progress: bool = True) -> dict[str, Any]
     Writes ``{run_dir}/baseline/``: ``config.yaml`` (the resolved config), ``results.json`` (same
     config hash as ``reftx run`` of this experiment) and ``samples.jsonl``; the interventions, lora
     and train sections are not used. A ``reftx run`` of the same experiment is never touched."""
-    with run_folder(baseline_dir(exp), f"reftx baseline {exp.name}", say=console.print) as out:
+    with run_folder(baseline_dir(exp), f"reftx baseline {exp.name}", say=_plain) as out:
         return _evaluate_base(exp, out, show_progress)
 
 

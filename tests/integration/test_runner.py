@@ -151,7 +151,7 @@ def test_bad_data_row_reports_file_and_line(tmp_path):
 def test_validate_cli_reports_each_file(tmp_path, capsys):
     good = write(tmp_path, BASE, "good.yaml")
     bad = write(tmp_path, {**BASE, "seed": "x"}, "bad.yaml")
-    assert cli.main(["validate", str(good), str(bad)]) == 1
+    assert cli.main(["validate", str(good), str(bad)]) == 2
     err = capsys.readouterr().err
     assert "ok" in err and "seed: expected int" in err
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.markup import escape
 from rich.table import Table
 
 from reftx.config.hashing import config_hash
@@ -58,7 +59,7 @@ def run_edit(exp: Experiment, show_progress: bool = True, options: EditOptions |
         options = from_dict(EditOptions, {k: v for k, v in exp.recipe.items() if k != "name"}, "recipe",
                             "option of recipe 'edit'")
     base = Path(exp.output_dir) / f"{exp.name}-{options.mode}"
-    with run_folder(base, f"reftx edit {exp.name}", say=console.print) as out:
+    with run_folder(base, f"reftx edit {exp.name}", say=lambda text: console.print(escape(text))) as out:
         return _run_edit(exp, options, out, show_progress)
 
 
@@ -73,7 +74,7 @@ def _run_edit(exp: Experiment, opts: EditOptions, out: Any, show_progress: bool)
     resolved = exp.to_dict()
     chash = config_hash(resolved)
     out.text("config.yaml", dump_yaml(resolved))
-    console.rule(f"[bold]reftx edit {exp.name} ({opts.mode}, config {chash})")
+    console.rule(f"[bold]reftx edit {escape(str(exp.name))} ({opts.mode}, config {chash})")
     seed_everything(exp.seed)
     task = load_task(exp)
     examples = eval_examples(exp, task)
@@ -276,7 +277,7 @@ def _demo_table(title: str, shown: list[Example], before: list[str], after: list
         where = "" if diff is None else f"; token {diff[0] + 1}: {diff[1]!r} -> {diff[2]!r}"
         measured.append(f"locality {r['locality']:.2f} ({r['agree']}/{r['tokens']} tokens agree{where})")
     for e, b, a, m in zip(shown, before, after, measured):
-        table.add_row(e.prompt, b, a, m)
+        table.add_row(*map(escape, (e.prompt, b, a, m)))  # model output: a "[/]" in it is text
     console.print(table)
     console.print(", ".join(f"{k} {v:.2f}" for k, v in scores.items() if rephrased or k != "generality"))
     console.print(LOCALITY_NOTE, style="dim")
