@@ -33,9 +33,20 @@ piece (read against trl 1.16: ``trainer/sft_trainer.py`` ``compute_loss``, ``dpo
 * Gradient checkpointing is switched off (recomputed layers would run without the edits).
 * Checkpoints hold the interventions only (``reft_config.json``, ``interventions.safetensors``);
   ``train(resume_from_checkpoint=...)`` loads them back.
+* The datasets are checked when the trainer is built: SFT needs ``text`` (``args.dataset_text_field``),
+  ``messages`` or ``prompt`` and ``completion`` (or tokenized ``input_ids``); DPO ``chosen`` and
+  ``rejected`` (and ``prompt``, which TRL otherwise extracts from them); GRPO ``prompt``. A missing
+  column is a one-line ``DataError`` naming it, the trainer and the columns there are.
+* Rewards are checked before TRL reads them (reftx.train.objectives.rewards has the policy): every
+  reward function must return one finite number per completion, or None where it does not apply
+  (TRL's meaning of None); a reward model's NaN, a completion no function scores, NaN, inf, a string
+  or a wrong count stop training with ``BadReward`` (a ``NonFiniteLoss``) naming the step, the
+  function and the completion, before the step is applied or anything is saved.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import warnings
 from typing import Any
@@ -44,8 +55,9 @@ import torch
 from torch import Tensor, nn
 from transformers import TrainerCallback
 
-from reftx.core.errors import ConfigError, ReftError
+from reftx.core.errors import ConfigError, DataError, ReftError
 from reftx.train.loss import compose
+from reftx.train.objectives.rewards import STOPPED, BadReward, checked_rewards, short
 from reftx.engine.model import ReftModel, gradient_checkpointing
 
 __all__ = ["reft_trainer", "ReftTrainerMixin"]  # and, built on first use: ReftSFTTrainer, ReftDPOTrainer, ReftGRPOTrainer
@@ -100,6 +112,107 @@ def _check_args(args: Any) -> float:
     return 0.0
 
 
+# What each TRL trainer reads from a row (trl 1.16), as alternatives: (the columns, how to say it).
+def _needs(trainer: type, kwargs: dict[str, Any]) -> tuple[list[tuple[str, ...]], str] | None:
+    names = {c.__name__ for c in trainer.__mro__}
+    args = kwargs.get("args")
+    if "SFTTrainer" in names:
+        if kwargs.get("formatting_func") is not None or (getattr(args, "dataset_kwargs", None) or {}).get(
+                "skip_prepare_dataset"):
+            return None  # the user's function makes the rows
+        text = getattr(args, "dataset_text_field", "text")
+        return ([(text,), ("messages",), ("prompt", "completion"), ("conversations",), ("input_ids",)],
+                f"SFT needs {text!r} (args.dataset_text_field), 'messages', or 'prompt' and 'completion'")
+    if "DPOTrainer" in names:
+        return [("prompt", "chosen", "rejected"), ("chosen", "rejected")], "DPO needs 'prompt', 'chosen' and 'rejected'"
+    if "GRPOTrainer" in names:
+        return [("prompt",)], "GRPO needs 'prompt'"
+    return None
+
+
+def _columns(dataset: Any) -> list[str] | None:
+    """A datasets.Dataset's (or IterableDataset's) column names; None when it has none to read."""
+    names = getattr(dataset, "column_names", None)
+    if names is None and hasattr(dataset, "take"):  # an IterableDataset of unknown features: its first row
+        first = next(iter(dataset), None)
+        names = list(first) if isinstance(first, dict) else None
+    return list(names) if isinstance(names, (list, tuple)) else None
+
+
+def _check_columns(trainer: type, kwargs: dict[str, Any]) -> None:
+    """A one-line DataError when a dataset lacks the columns ``trainer`` reads (TRL's own error is
+    a KeyError deep in its preprocessing)."""
+    need = _needs(trainer, kwargs)
+    if need is None:
+        return
+    alternatives, says = need
+    evals = kwargs.get("eval_dataset")
+    sets = [("train_dataset", kwargs.get("train_dataset"))]
+    sets += [(f"eval_dataset[{k!r}]", d) for k, d in evals.items()] if isinstance(evals, dict) else [("eval_dataset", evals)]
+    for where, dataset in sets:
+        cols = _columns(dataset) if dataset is not None else None
+        if cols is None or any(set(a) <= set(cols) for a in alternatives):
+            continue
+        best = max(alternatives, key=lambda a: len(set(a) & set(cols)))  # the first of the closest
+        missing = [c for c in best if c not in cols]
+        raise DataError(f"{trainer.__name__}: {where} has no column {', '.join(map(repr, missing))} (its columns: "
+                        f"{', '.join(cols) or 'none'}); {says}: add it, or rename yours with "
+                        f"dataset.rename_column('yours', {missing[0]!r})")
+
+
+class _CheckedReward:
+    """A TRL reward function whose rewards are checked before TRL reads them (module docstring)."""
+
+    def __init__(self, trainer: Any, fn: Any, name: str):
+        self.trainer, self.fn, self.__name__ = trainer, fn, name
+
+    def __call__(self, *, prompts: list, completions: list, **kwargs: Any) -> list:
+        return self.check(self.fn(prompts=prompts, completions=completions, **kwargs), prompts, completions)
+
+    def check(self, values: Any, prompts: list, completions: list) -> list:
+        def sample(i: int) -> str:
+            return f"prompt {short(prompts[i])}, completion {short(completions[i])}"
+
+        return checked_rewards(values, len(completions), f"reward function {self.__name__!r}", sample, none_ok=True,
+                               step=self.trainer.state.global_step + 1)
+
+
+class _CheckedAsyncReward(_CheckedReward):
+    async def __call__(self, *, prompts: list, completions: list, **kwargs: Any) -> list:  # type: ignore[override]
+        return self.check(await self.fn(prompts=prompts, completions=completions, **kwargs), prompts, completions)
+
+
+def _is_async(fn: Any) -> bool:
+    while isinstance(fn, functools.partial):  # as TRL's is_async_callable reads it
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+
+def _check_reward_table(trainer: Any, rewards: Tensor, prompts: list, completions: list) -> None:
+    """After TRL has gathered the rewards (completions × reward functions): a reward model's
+    non-finite output, or a completion that no reward function scored (every one returned None)."""
+    step, offset = trainer.state.global_step + 1, trainer.accelerator.process_index * len(prompts)
+
+    def sample(i: int) -> str:
+        j = i - offset
+        return f"prompt {short(prompts[j])}, completion {short(completions[j])}" if 0 <= j < len(prompts) \
+            else "on another process"
+
+    bad = ~torch.isfinite(rewards)
+    for k, fn in enumerate(trainer.reward_funcs):
+        if isinstance(fn, nn.Module) and bool(bad[:, k].any()):
+            i = int(bad[:, k].nonzero()[0, 0])
+            raise BadReward(f"step {step}: reward model {trainer.reward_func_names[k]!r} returned "
+                            f"{float(rewards[i, k])} for completion {i} of {len(rewards)} ({sample(i)}); check the "
+                            f"reward model (its weights and dtype); {STOPPED}.")
+    unscored = bad.all(1)
+    if bool(unscored.any()):
+        i = int(unscored.nonzero()[0, 0])
+        raise BadReward(f"step {step}: no reward function scored completion {i} of {len(rewards)} ({sample(i)}): "
+                        f"{', '.join(trainer.reward_func_names)} each returned None; return a number from at least "
+                        f"one reward function for every completion; {STOPPED}.")
+
+
 class ReftTrainerMixin:
     """Put before a trainer class (``reft_trainer`` does): its first argument is a ``ReftModel``."""
 
@@ -111,6 +224,7 @@ class ReftTrainerMixin:
             raise TypeError(f"{type(self).__name__}: pass everything after the model by keyword (args=..., "
                             "train_dataset=..., ...)")
         beta = _check_args(kwargs.get("args"))
+        _check_columns(type(self), kwargs)
         if hasattr(kwargs["args"], "precompute_ref_log_probs") and kwargs.get("ref_model") is None:
             kwargs["args"].precompute_ref_log_probs = True  # DPO: reference log-probs once, interventions off
         self.reft = model
@@ -122,6 +236,17 @@ class ReftTrainerMixin:
             self.beta = self.args.beta = beta
             self.ref_model = _Reference(model)
         self.add_callback(_AfterStep(model))
+        funcs = getattr(self, "reward_funcs", None) or []
+        for k, fn in enumerate(funcs):  # TRL's reward functions, also an environment's get_reward
+            if not isinstance(fn, nn.Module):
+                wrap = _CheckedAsyncReward if _is_async(fn) else _CheckedReward
+                funcs[k] = wrap(self, fn, self.reward_func_names[k])
+
+    def _calculate_rewards(self, inputs: Any, prompts: list, completions: list, *args: Any, **kwargs: Any) -> Tensor:
+        """GRPO-style trainers (trl 1.16): TRL's rewards, then the checks its conversion cannot do."""
+        rewards = super()._calculate_rewards(inputs, prompts, completions, *args, **kwargs)  # type: ignore[misc]
+        _check_reward_table(self, rewards, prompts, completions)
+        return rewards
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is None:

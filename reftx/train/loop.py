@@ -189,7 +189,11 @@ class Loop:
         acc = self.acc
         rows = {k: active[k].job.rows(k) for k in sorted(active)}  # before accumulate(): an epoch's end syncs
         with acc.accumulate(self.model):
-            res = self.forward(rows)
+            try:
+                res = self.forward(rows)
+            except NonFiniteLoss as e:  # an objective's refusal (e.g. a non-finite reward): name the step
+                step = min(a.steps for a in active.values()) + 1
+                raise type(e)(f"step {step}: {e}{self.where()}") from None
             for k, a in active.items():
                 a.last = res.stop[k] if k in res.stop else float(res.losses[k].detach())  # one sync per job
             done = [k for k in sorted(active) if self._finished(active[k])]

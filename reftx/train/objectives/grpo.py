@@ -29,6 +29,10 @@ the interventions switched off (no second copy of the base). One optimizer step 
 The std is the unbiased one over the group, as TRL's ``GRPOTrainer`` computes it
 (trl 1.16 ``trainer/grpo_trainer.py``); a group whose rewards are all equal has A = 0.
 
+A reward that is not one finite number per completion (NaN, inf, None, a string, a wrong count)
+stops the run before its step is applied (``BadReward``, a ``NonFiniteLoss``: reftx.train.objectives.rewards
+has the policy), naming the step, the task, the example, its prompt and the completion.
+
 Everything else (data order, checkpoints, resume, logging, trackers, divergence stops) is the one
 training loop's: ``reftx run`` with ``train.objective: grpo``, on any primitive and schedule
 (``{generated: n}`` groups edit the sampled tokens as they are generated, and the same tokens in
@@ -59,6 +63,7 @@ from reftx.core.convert import require
 from reftx.core.errors import ConfigError, DataError
 from reftx.engine.model import unwrap
 from reftx.train.objectives.common import FIELD, OBJECTIVES, Result, register_objective, result
+from reftx.train.objectives.rewards import checked_rewards, short
 from reftx.engine.schedule import resolve_layers
 from reftx.data.encoding import prompt_lengths
 from reftx.eval.scoring import token_logprobs
@@ -70,11 +75,16 @@ EXAMPLE_INDEX = "example_index"  # example_info key: the row's index into the tr
 class Env:
     """What an objective that samples needs from its run (given by the runner).
 
-    tokenizer: decodes completions; reward(texts, indices, partial) -> (N,) float rewards of
-    completion texts for the training examples at ``indices`` (reftx.eval.task.Task.reward)."""
+    tokenizer: decodes completions; reward(texts, indices, partial) -> (N,) rewards (a list or a
+    tensor) of completion texts for the training examples at ``indices`` (reftx.eval.task.Task.reward),
+    checked by reftx.train.objectives.rewards (one finite number per completion, or the run stops
+    with ``BadReward``); who: how that error names the reward function; prompt: example index -> its
+    prompt, for that error (None: the decoded prompt tokens)."""
 
     tokenizer: Any
-    reward: Callable[[list[str], list[int], float], Tensor]
+    reward: Callable[[list[str], list[int], float], Any]
+    who: str = "the reward (Env.reward)"
+    prompt: Callable[[int], str] | None = None
 
 
 def sampling_env(exp: Any, task: Any, examples: list, tok: Any, encoded: list) -> tuple[list, Env | None]:
@@ -84,11 +94,11 @@ def sampling_env(exp: Any, task: Any, examples: list, tok: Any, encoded: list) -
     if not OBJECTIVES.get(exp.train.objective, "train.objective").needs_env:
         return encoded, None
 
-    def reward(texts: list[str], index: list[int], partial: float) -> Tensor:
-        return torch.tensor([task.reward(t, examples[i], partial) for t, i in zip(texts, index)])
+    def reward(texts: list[str], index: list[int], partial: float) -> list:
+        return [task.reward(t, examples[i], partial) for t, i in zip(texts, index)]  # checked by rollout
 
     tagged = [dataclasses.replace(e, info={**e.info, EXAMPLE_INDEX: float(i)}) for i, e in enumerate(encoded)]
-    return tagged, Env(tok, reward)
+    return tagged, Env(tok, reward, f"task {task.name!r} (Task.reward)", lambda i: examples[i].prompt)
 
 
 @dataclass(frozen=True)
@@ -241,8 +251,14 @@ def rollout(model: Any, batch: dict[str, Any], opts: GRPOOptions, env: Env | Non
         tokens, cmask, old_logp = sample(reft, prompt, mask, opts, pad_id, tok.eos_token_id)
     texts = tok.batch_decode(torch.where(cmask.bool(), tokens, pad_id), skip_special_tokens=True)
     index = info[EXAMPLE_INDEX].long().repeat_interleave(opts.group_size).tolist()
-    rewards = env.reward(texts, index, opts.partial_reward).float().to(old_logp.device)
     g = opts.group_size
+
+    def sample_of(i: int) -> str:  # only on error: the example, its prompt and the completion
+        p = env.prompt(index[i]) if env.prompt else tok.decode(prompt[i // g][mask[i // g].bool()])
+        return f"example {index[i]}: prompt {short(p)}, completion {short(texts[i])}"
+
+    values = checked_rewards(env.reward(texts, index, opts.partial_reward), len(texts), env.who, sample_of)
+    rewards = torch.tensor(values, dtype=torch.float32, device=old_logp.device)
     return Rollout(prompt.repeat_interleave(g, 0), mask.repeat_interleave(g, 0), tokens, cmask, old_logp, rewards)
 
 
