@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from reftx.config.schema import load_experiment
-from reftx.engine.model import atomic_write
+from reftx.core.files import atomic_write
 from reftx.recipes.train import load_task
 from reftx.tasks.tofu_metrics import rouge_l_recall
 from reftx.tasks.tofu_metrics import UTILITY_SETS, model_utility

@@ -227,7 +227,7 @@ def mean_gate(model: Any, tokenizer: Any, examples: list[Example], chat: bool, b
 
 def _cached(retain_model: str, key: str, compute: Any, load: Loader | None) -> Any:
     """``{retain_model}/{CACHE_FILE}[key]``; on a miss ``compute(*load())``, stored there."""
-    from reftx.engine.model import atomic_write
+    from reftx.core.files import atomic_write
 
     cache = Path(retain_model) / CACHE_FILE
     stored = json.loads(cache.read_text()) if cache.is_file() else {}
