@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PretrainedConfig
 
 import reftx.cli.commands as cli
@@ -22,8 +21,6 @@ from reftx.data.encoding import use_chat
 from reftx.data.examples import Example
 from reftx.eval.task import get_task
 from reftx.recipes import train as runner
-from reftx.train.objectives.common import OBJECTIVES
-from tests.conftest import tiny_model
 from tests.integration.test_faults import QUICKSTART, overrides
 
 FIX = "or set task.overlong: truncate (or drop) to cut (or leave out) such examples"
@@ -198,19 +195,6 @@ def test_example_without_a_supervised_token_is_refused_with_the_reason(tiny_dir,
     refused(tiny_dir, tmp_path, data, f"{data}:1: no response token to train on (every label after the first position "
             f"is -100: train.max_length=1 leaves no room for a prompt token and a response token); 4 of 4 train "
             f"examples are so: raise train.max_length", "train.max_length=1", "task.overlong=truncate")
-
-
-def test_nll_of_a_batch_without_a_supervised_token_is_an_error_not_nan():
-    nll = OBJECTIVES.get("nll")
-    ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
-    labels = torch.tensor([[-100, -100, -100], [8, -100, -100]])  # row 1's label sits at position 0: no predictor
-    with pytest.raises(DataError, match=r"^objective 'nll': no supervised token in this batch \(every label after the "
-                                        r"first position is -100\), so its mean NLL is 0/0; give each example a "
-                                        r"response token within train.max_length$"):
-        nll(None, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}, {})
-    labels[1, 2] = 10
-    loss, _, _ = nll(tiny_model("llama"), {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}, {})
-    assert torch.isfinite(loss)
 
 
 def test_chat_template_tokens_count(tiny_dir, tmp_path, tok):
