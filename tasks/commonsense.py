@@ -11,17 +11,29 @@ Every instruction ends with its answer labels, e.g. "Answer format: answer1/answ
 "the correct answer is <label>" and the gold is the label.
 
 Scoring (``scoring``):
-* ``generate``: greedy generation, then the first label found anywhere in the output must equal the
-  gold (exact match), as LLM-Adapters ``commonsense_evaluate.py`` (``extract_answer``: the first
-  match of ``true|false``, ``answer1|...|answer5``, ... in the stripped output, case-sensitive, no
-  word boundaries) and pyreft score it. (reftx first read the label after the *last* "the correct
-  answer is", case-insensitively; no published result used it: the CPU BoolQ rows score by
-  log-likelihood, where both rules read the same label.)
+* ``generate``: greedy generation, then two rules (both reported):
+  - ``accuracy``: LLM-Adapters ``commonsense_evaluate.py`` (AGI-Edgerunners/LLM-Adapters 8166572,
+    ``extract_answer`` lines 265-296, compared at lines 89-93): the first match of the label
+    alternation (``true|false``, ``answer1|...|answer5``, ...) in the stripped output,
+    case-sensitive, no word boundaries, must equal the gold. One named difference: reftx's
+    alternation is the item's own labels (its "Answer format" line), LLM-Adapters' a fixed set per
+    dataset (answer1-answer5 for ARC, OBQA and SIQA); they differ only when an output names a label
+    the item does not have ("answer4" on a 3-option ARC question). (reftx first read the label
+    after the *last* "the correct answer is", case-insensitively; no published result used it.)
+  - ``accuracy_pyreft``: pyreft ``examples/loreft/compute_metrics.py`` (stanfordnlp/pyreft dafd099),
+    the scorer of the ReFT paper's commonsense table: ``extract_output`` (lines 84-93) keeps what
+    follows the first "the correct answer is " (trigger from ``task_config.py`` line 12; none: an
+    empty answer), left-stripped, and lines 231-235 count it correct when it equals the gold after
+    ``strip()``. So "the correct answer is true." (a period) and "true, the correct answer is false"
+    disagree between the two rules. pyreft searches the decoded prompt + response, reftx the
+    response: the same here, since no instruction of the shipped files holds the phrase.
 * ``loglik``: no generation; each option's continuation "the correct answer is <label>" is scored
   with teacher forcing (``reftx.eval.scoring.multiple_choice``, summed log-probability) and the most
   likely one is the prediction. The shared prefix adds the same amount to every option, so this
   ranks the labels given the phrase, about one forward pass per option: much cheaper on a CPU.
-Metric: ``accuracy``; with ``generate`` also ``answered`` (share of outputs naming a label).
+  Both rules read the same label from such a prediction.
+Metrics: ``accuracy`` and ``accuracy_pyreft``; with ``generate`` also ``answered`` (share of outputs
+naming a label).
 """
 from __future__ import annotations
 
@@ -64,6 +76,18 @@ def commonsense_accuracy(prediction: str, example: Example) -> float:
     return float(extract_label(prediction, example.meta["options"]) == example.gold)
 
 
+def pyreft_answer(text: str) -> str | None:
+    """pyreft's reading: what follows the first "the correct answer is ", stripped (None without it)."""
+    start = text.find(f"{PHRASE} ")
+    return None if start < 0 else text[start + len(PHRASE) + 1:].strip()
+
+
+@register_metric("commonsense_accuracy_pyreft", aggregate=mean_float32, key="accuracy_pyreft")
+def commonsense_accuracy_pyreft(prediction: str, example: Example) -> float:
+    """Commonsense accuracy by pyreft's rule: the whole text after the first "the correct answer is " is the gold."""
+    return float(pyreft_answer(prediction) == str(example.gold).strip())
+
+
 @register_metric("commonsense_answered", aggregate=mean_float32, key="answered")
 def commonsense_answered(prediction: str, example: Example) -> float:
     """Share of commonsense outputs naming any answer label (generated answers only)."""
@@ -75,7 +99,7 @@ Dataset = Literal["boolq", "arc_easy", "arc_challenge", "openbookqa", "piqa", "s
 
 @register_task("commonsense")
 class Commonsense(Task):
-    """One commonsense dataset in the LLM-Adapters format. Metric: accuracy (exact label match)."""
+    """One commonsense dataset in the LLM-Adapters format. Metrics: accuracy (LLM-Adapters' first label) and accuracy_pyreft (pyreft's exact match after "the correct answer is")."""
 
     @dataclass(frozen=True)
     class Options:
@@ -85,13 +109,13 @@ class Commonsense(Task):
         hub_id: str = ""  # a Hub dataset with LLM-Adapters columns: its train/test splits replace the local files (online only)
 
     splits = ("train", "test")
-    metrics = ("commonsense_accuracy", "commonsense_answered")
+    metrics = ("commonsense_accuracy", "commonsense_accuracy_pyreft", "commonsense_answered")
 
     def __init__(self, options: Any = None, data_dir: str | Path | None = None):
         super().__init__(options, data_dir)
         self.generate = self.options.scoring == "generate"  # the runner skips "before" generations otherwise
         if not self.generate:  # every log-likelihood pick names a label: "answered" says nothing
-            self.metrics = ("commonsense_accuracy",)
+            self.metrics = ("commonsense_accuracy", "commonsense_accuracy_pyreft")
 
     def load(self, split: str) -> list[Example]:
         if self.options.hub_id:

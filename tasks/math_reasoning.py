@@ -29,11 +29,12 @@ prompt: true}``) is applied by the engine during that generation.
 Answer rules: every rule of ``tasks/math_rules.py``, each named after its reference, reported as
 ``accuracy_<rule>`` (and per dataset as ``<dataset>/accuracy_<rule>`` when there are several):
 ``llm_adapters`` (LLM-Adapters' evaluate.py), ``lm_eval_strict`` and ``lm_eval_flexible``
-(lm-evaluation-harness gsm8k's two filters), ``brep_lenient`` (the gold anywhere in the output) and
-``math_verify`` (the math-verify package). The lm-eval and math-verify rules count numeric
-answers only. Before these rules reftx reported ``accuracy_strict`` (its own last-number rule,
-which read "a/b" as its value and took AQuA's letter after "answer is") and ``accuracy_lenient``
-(= ``brep_lenient``).
+(lm-evaluation-harness gsm8k's two filters, the gold written as GSM8K writes it: "8.0" is "8"),
+``brep`` (BREP's substring test: gold 5 counts in "15"), ``any_number`` (reftx's lenient rule: the
+gold equals any number in the output) and ``math_verify`` (the math-verify package). The lm-eval
+and math-verify rules count numeric answers only. Before these rules reftx reported
+``accuracy_strict`` (its own last-number rule, which read "a/b" as its value and took AQuA's letter
+after "answer is") and ``accuracy_lenient`` (= ``any_number``, later reported as ``brep_lenient``).
 """
 from __future__ import annotations
 
@@ -62,9 +63,10 @@ Dataset = Literal["gsm8k", "svamp", "mawps", "aqua", "addsub", "multiarith", "si
 _GSM_CALC = re.compile(r"<<[^>]*>>")
 RULE_DOCS = {  # the first line of each accuracy_<rule> metric's doc (details: tasks/math_rules.py)
     "llm_adapters": "Math accuracy by LLM-Adapters' evaluate.py: the last number within 0.001, or the first A-E.",
-    "lm_eval_strict": "Math accuracy by lm-eval gsm8k's strict-match: the first '#### <number>' (numeric golds only).",
-    "lm_eval_flexible": "Math accuracy by lm-eval gsm8k's flexible-extract: the last number (numeric golds only).",
-    "brep_lenient": "Math accuracy by BREP's lenient rule: the gold anywhere in the output.",
+    "lm_eval_strict": "Math accuracy by lm-eval gsm8k's strict-match: the first '#### <number>' equals the gold as GSM8K writes it (8.0 is 8; numeric golds only).",
+    "lm_eval_flexible": "Math accuracy by lm-eval gsm8k's flexible-extract: the last number equals the gold as GSM8K writes it (8.0 is 8; numeric golds only).",
+    "brep": "Math accuracy by BREP's rule: the gold (or its integer, or 1,000-grouped form) as a substring of the output.",
+    "any_number": "Math accuracy by reftx's lenient rule: any number in the output equals the gold (within 0.001).",
     "math_verify": "Math accuracy by math-verify: the final answer's equivalence (numeric golds only).",
 }
 
@@ -114,7 +116,7 @@ class MathReasoning(Task):
         seed: int = 0  # seed of the per-dataset test subsets
         template: Template = "plain"  # prompt: plain (the question) or alpaca (the LLM-Adapters/ReFT prompt)
         hub_id: str = ""  # a Hub dataset with LLM-Adapters columns: its train/test splits replace the local files (online only)
-        reward_rule: Literal["llm_adapters", "lm_eval_strict", "lm_eval_flexible", "brep_lenient", "math_verify"] = "llm_adapters"  # the answer rule of the reward of sampling objectives (train.objective: grpo), one of the accuracy rules
+        reward_rule: Literal["llm_adapters", "lm_eval_strict", "lm_eval_flexible", "brep", "any_number", "math_verify"] = "llm_adapters"  # the answer rule of the reward of sampling objectives (train.objective: grpo), one of the accuracy rules
 
         def __post_init__(self) -> None:
             if not self.datasets or len(set(self.datasets)) != len(self.datasets):

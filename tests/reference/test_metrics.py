@@ -36,7 +36,7 @@ def private_registry(monkeypatch):
 # -- the registry --------------------------------------------------------------------------------
 def test_unknown_metric_did_you_mean():
     with pytest.raises(ConfigError, match=r"^metrics: unknown metric 'persona_opn' \(did you mean 'persona_open'\?\); "
-                                          r"valid: accuracy_brep_lenient, "):
+                                          r"valid: accuracy_any_number, accuracy_brep, "):
         get_metric("persona_opn")
     with pytest.raises(ConfigError, match=r"^task\.metrics: unknown metric 'rougeL_recall' \(did you mean "
                                           r"'rougel_recall'\?\)"):

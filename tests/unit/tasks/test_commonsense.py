@@ -52,8 +52,10 @@ def test_score_generate_and_loglik():
           Example("q", answer="false", meta={"options": ["true", "false"]}),
           Example("q", answer="true", meta={"options": ["true", "false"]})]
     preds = ["the correct answer is true", "the correct answer is true", "maybe"]
-    assert get_task("commonsense").score(preds, ex) == pytest.approx({"accuracy": 1 / 3, "answered": 2 / 3})
-    assert get_task("commonsense", {"scoring": "loglik"}).score(preds, ex) == pytest.approx({"accuracy": 1 / 3})
+    assert get_task("commonsense").score(preds, ex) == pytest.approx(
+        {"accuracy": 1 / 3, "accuracy_pyreft": 1 / 3, "answered": 2 / 3})
+    assert get_task("commonsense", {"scoring": "loglik"}).score(preds, ex) == pytest.approx(
+        {"accuracy": 1 / 3, "accuracy_pyreft": 1 / 3})
     assert get_task("commonsense").generate and not get_task("commonsense", {"scoring": "loglik"}).generate
 
 
@@ -108,7 +110,8 @@ def test_loglik_picks_the_most_likely_option(tiny_dir):
         scores = score_continuations(base, tok, [e.prompt] * 3, [f"the correct answer is {o}" for o in opts], True)
         best = max(range(3), key=lambda i: scores[i].logprob)
         assert pred == f"the correct answer is {opts[best]}"
-    assert metrics == pytest.approx({"accuracy": sum(p.endswith(str(e.gold)) for p, e in zip(preds, ex)) / 4})
+    accuracy = sum(p.endswith(str(e.gold)) for p, e in zip(preds, ex)) / 4
+    assert metrics == pytest.approx({"accuracy": accuracy, "accuracy_pyreft": accuracy})
 
 
 @needs_data
@@ -124,4 +127,5 @@ def test_tiny_train_and_eval_on_real_boolq(tiny_dir, tmp_path):
     assert all(s["after"] in ("the correct answer is true", "the correct answer is false") for s in samples)
     assert not any("before" in s for s in samples)  # log-likelihood scoring generates nothing
     correct = sum(s["after"].endswith(s["gold"]) for s in samples)
-    assert set(results["metrics"]) == {"accuracy"} and results["metrics"]["accuracy"] == pytest.approx(correct / 8)
+    assert set(results["metrics"]) == {"accuracy", "accuracy_pyreft"}
+    assert results["metrics"]["accuracy"] == results["metrics"]["accuracy_pyreft"] == pytest.approx(correct / 8)

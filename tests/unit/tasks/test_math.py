@@ -80,17 +80,19 @@ def test_score_reports_every_rule_per_dataset():
     exs = [Example("q", answer="4.0", meta={"dataset": "svamp"}), Example("q", answer="2", meta={"dataset": "svamp"}),
            Example("q", answer="B", meta={"dataset": "aqua"})]
     got = task.score(["The answer is 4.", "2 + 1 = 3", "The answer is (C)."], exs)
-    # "The answer is 4." vs 4.0: LLM-Adapters 4.0 (yes), lm-eval "4" != "4.0" (no), BREP yes, math-verify yes;
-    # "2 + 1 = 3" vs 2: only BREP (2 appears); "(C)" vs B: no (lm-eval and math-verify skip letters)
+    # "The answer is 4." vs 4.0: LLM-Adapters 4.0 (yes), lm-eval strict no "####" (no), flexible "4" = GSM8K's
+    # "4" (yes), BREP "4" in it (yes), any_number yes, math-verify yes; "2 + 1 = 3" vs 2: only BREP and any_number
+    # (2 appears); "(C)" vs B: no (lm-eval and math-verify skip letters)
     assert got == pytest.approx({
-        "accuracy_llm_adapters": 1 / 3, "accuracy_lm_eval_strict": 0.0, "accuracy_lm_eval_flexible": 0.0,
-        "accuracy_brep_lenient": 2 / 3, "accuracy_math_verify": 0.5,
+        "accuracy_llm_adapters": 1 / 3, "accuracy_lm_eval_strict": 0.0, "accuracy_lm_eval_flexible": 0.5,
+        "accuracy_brep": 2 / 3, "accuracy_any_number": 2 / 3, "accuracy_math_verify": 0.5,
         "svamp/accuracy_llm_adapters": 0.5, "svamp/accuracy_lm_eval_strict": 0.0,
-        "svamp/accuracy_lm_eval_flexible": 0.0, "svamp/accuracy_brep_lenient": 1.0, "svamp/accuracy_math_verify": 0.5,
-        "aqua/accuracy_llm_adapters": 0.0, "aqua/accuracy_brep_lenient": 0.0})
+        "svamp/accuracy_lm_eval_flexible": 0.5, "svamp/accuracy_brep": 1.0, "svamp/accuracy_any_number": 1.0,
+        "svamp/accuracy_math_verify": 0.5,
+        "aqua/accuracy_llm_adapters": 0.0, "aqua/accuracy_brep": 0.0, "aqua/accuracy_any_number": 0.0})
     single = get_task("math", {"datasets": ["svamp"]}).score(["7"], [Example("q", answer="7")])
     assert single == {"accuracy_llm_adapters": 1.0, "accuracy_lm_eval_strict": 0.0, "accuracy_lm_eval_flexible": 1.0,
-                      "accuracy_brep_lenient": 1.0, "accuracy_math_verify": 1.0}
+                      "accuracy_brep": 1.0, "accuracy_any_number": 1.0, "accuracy_math_verify": 1.0}
 
 
 @pytest.mark.parametrize("rule, output, gold, expected", [
@@ -111,8 +113,9 @@ def test_score_reports_every_rule_per_dataset():
     # math-verify: equivalence of the final answer
     ("math_verify", "The answer is $\\frac{1}{2}$", "0.5", True),
     ("math_verify", "3", "4", False),
-    # BREP: the gold anywhere, fraction parts included
-    ("brep_lenient", "2 + 1 = 3", "2", True),
+    # BREP: the gold as a substring; any_number: the gold equals a number, fraction parts included
+    ("brep", "2 + 1 = 3", "2", True),
+    ("any_number", "2 + 1 = 3", "2", True),
 ])
 def test_each_rule_on_hand_cases(rule, output, gold, expected):
     from reftx.tasks.math_rules import RULES
