@@ -13,12 +13,17 @@ just these and the forget set's authors.
 Splits (every example carries ``info["gate_label"]``: 1 forget, 0 retain, which GRUN's gate loss
 and the unlearning objectives read):
 * ``train``: the whole forget set plus ``n_retain`` retain examples (default: as many as the forget
-  set), a subset fixed by ``seed``. With ``idk: true`` every forget target is replaced by a random
-  line of idontknow.jsonl (the IDK objective); the gold answer stays the real one.
+  set), a subset fixed by ``seed``, drawn from the retain questions that split ``tofu`` does *not*
+  evaluate (held out by construction: ``eval_retain``). The unlearning objectives pair them in
+  batches (reftx.data.pairing: each forget example with a retain one drawn at random, as
+  open-unlearning's ForgetRetainDataset), so ``n_retain`` is the size of the retain pool. With
+  ``idk: true`` every forget target is replaced by a random line of idontknow.jsonl (the IDK
+  objective); the gold answer stays the real one.
 * ``retain``: the whole retain set; ``forget``: the whole forget set (real answers).
 * ``eval``: the forget set plus as many retain examples, drawn from those *not* in ``train``.
 * ``tofu``: TOFU's evaluation sets (``meta["set"]``): ``forget`` (forgetNN_perturbed.json, the
-  first ``n_forget_eval``), ``retain`` (retain_perturbed.json rows of retain authors),
+  first ``n_forget_eval``), ``retain`` (retain_perturbed.json rows of retain authors, never in
+  ``train``; open-unlearning instead trains on all of retainNN, these rows included),
   ``real_authors`` and ``world_facts`` (their _perturbed files), ``n_utility`` of each, fixed by
   ``seed``. Each carries its paraphrased and perturbed answers in ``meta``; evaluating it gives
   TOFU's metrics (tasks/tofu_metrics.py: answer probability, truth ratio, Forget Quality against
@@ -154,7 +159,7 @@ class TofuUnlearn(Task):
     @dataclass(frozen=True)
     class Options:
         forget: Literal["forget01", "forget05", "forget10"] = "forget01"  # forget set; retain = the rest
-        n_retain: int | None = None  # retain examples in the train split; null: as many as the forget set
+        n_retain: int | None = None  # retain examples in the train split (the pool the forget examples are paired with), never one split tofu evaluates; null: as many as the forget set
         idk: bool = False  # train on "I don't know" answers for the forget set (idontknow.jsonl)
         seed: int = 0  # seed of the retain subset, of the IDK answers and of the utility subsets
         retain_authors: int | None = None  # reduced TOFU: the retain set is authors 0..N-1 only; null: all
@@ -187,24 +192,40 @@ class TofuUnlearn(Task):
             self._sets = forget, retain
         return self._sets
 
-    def _retain_subsets(self, n_retain: int, n_forget: int) -> tuple[list[int], list[int]]:
-        """Indices of the train retain subset and of the (disjoint) eval retain subset."""
-        order = list(range(n_retain))
+    def eval_retain(self) -> list[Perturbed]:
+        """Split ``tofu``'s retain questions: the retain_perturbed.json rows whose question is in the
+        retain set, ``n_utility`` of them fixed by ``seed``. The train split never holds them."""
+        o = self.options
+        retain_q = {q.question for q in self._forget_retain()[1]}
+        rows = [r for r in read_perturbed(self.data_dir / "tofu" / "retain_perturbed.json", True)
+                if r.question in retain_q]
+        return _pick(rows, o.n_utility, f"{o.seed}:tofu-retain")
+
+    def _retain_subsets(self, retain: list[QA], n_forget: int) -> tuple[list[int], list[int]]:
+        """Indices of the train retain subset (drawn from the questions split tofu does not
+        evaluate, so the two are disjoint by construction) and of the eval retain subset (not in train)."""
+        held = {r.question for r in self.eval_retain()}
+        order = list(range(len(retain)))
         random.Random(f"{self.options.seed}:tofu-retain").shuffle(order)
+        pool = [i for i in order if retain[i].question not in held]
         n = self.options.n_retain or n_forget
-        if n > n_retain:
-            raise ConfigError("task.options.n_retain", f"the retain set has only {n_retain} examples, asked {n}")
-        return sorted(order[:n]), sorted(order[n:n + n_forget])
+        if n > len(pool):
+            raise ConfigError("task.options.n_retain", f"{n} retain examples asked, but the retain set has "
+                              f"{len(retain)} and {len(retain) - len(pool)} of them are split tofu's retain "
+                              f"questions (held out of training): at most {len(pool)}; lower n_retain, "
+                              f"n_utility or raise retain_authors")
+        train = set(pool[:n])
+        return sorted(train), sorted([i for i in order if i not in train][:n_forget])
 
     def load(self, split: str) -> list[Example]:
         if split == "tofu":
             return self._tofu_sets()
         forget, retain = self._forget_retain()
-        train_idx, eval_idx = self._retain_subsets(len(retain), len(forget))
         if split == "forget":
             return [_example(q, 1.0) for q in forget]
         if split == "retain":
             return [_example(q, 0.0) for q in retain]
+        train_idx, eval_idx = self._retain_subsets(retain, len(forget))
         if split == "eval":
             return [_example(q, 1.0) for q in forget] + [_example(retain[i], 0.0) for i in eval_idx]
         if split == "train":
@@ -221,16 +242,14 @@ class TofuUnlearn(Task):
         """TOFU's evaluation sets (split ``tofu``), each example tagged with its set in ``meta``."""
         o, root = self.options, self.data_dir / "tofu"
         forget = read_perturbed(root / f"{o.forget}_perturbed.json", True)[: o.n_forget_eval]
-        retain_q = {q.question for q in self._forget_retain()[1]}
-        retain = [r for r in read_perturbed(root / "retain_perturbed.json", True) if r.question in retain_q]
         out = [_tofu_example(r, "forget") for r in forget]
-        for name, rows in (("retain", retain), ("real_authors", read_perturbed(root / "real_authors_perturbed.json")),
-                           ("world_facts", read_perturbed(root / "world_facts_perturbed.json"))):
+        for name, rows in (("retain", self.eval_retain()),
+                           ("real_authors", _pick(read_perturbed(root / "real_authors_perturbed.json"), o.n_utility,
+                                                  f"{o.seed}:tofu-real_authors")),
+                           ("world_facts", _pick(read_perturbed(root / "world_facts_perturbed.json"), o.n_utility,
+                                                 f"{o.seed}:tofu-world_facts"))):
             if not rows:
                 raise DataError(f"tofu: no {name} questions to evaluate (retain_authors too small?)")
-            if o.n_utility is not None and o.n_utility < len(rows):
-                pick = random.Random(f"{o.seed}:tofu-{name}").sample(range(len(rows)), o.n_utility)
-                rows = [rows[i] for i in sorted(pick)]
             out += [_tofu_example(r, name) for r in rows]
         if o.memorization:  # MIA non-members: as many holdout questions as forget questions
             holdout = read_qa(root / f"holdout{o.forget[-2:]}.json", ("question", "answer"))[: o.n_forget_eval]
@@ -293,6 +312,13 @@ def read_perturbed(path: Path, paraphrased: bool = False) -> list[Perturbed]:
         para = rec["paraphrased_answer"] if paraphrased else rec["answer"]
         out.append(Perturbed(rec["question"], rec["answer"], para, tuple(pert), path.name, line, index))
     return out
+
+
+def _pick(rows: list[Perturbed], n: int | None, seed: str) -> list[Perturbed]:
+    """``n`` of ``rows`` (all when n is None or not smaller), in file order, fixed by ``seed``."""
+    if n is None or n >= len(rows):
+        return rows
+    return [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), n))]
 
 
 def _set_of(example: Example) -> str | None:

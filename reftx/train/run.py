@@ -38,6 +38,7 @@ from reftx.train import trackers as tracking
 from reftx.train import checkpoints
 from reftx.train.checkpoints import STATE_FILE, candidates, clean_stale, intact
 from reftx.data.encoding import Encoded, collate_train
+from reftx.data.pairing import paired_order, unpair
 from reftx.core.errors import ReftError
 from reftx.config.schema import TrainConfig
 from reftx.train.loop import Diverged, DivergenceGuard, Job, Loop, NonFiniteLoss, Optim, StepLoss, accelerator
@@ -263,15 +264,18 @@ class _Run:
         self.objective = OBJECTIVES.get(cfg.objective, "train.objective")
         self.objective_opts = objective_options(cfg.objective, cfg.objective_options)
         seed_everything(seed)
-        self.sampler = EpochSampler(len(data), seed)
+        pair_by = getattr(self.objective, "pairs_by", None)  # B forget + B drawn retain rows a batch (reftx.data.pairing)
+        dataset, self.sampler = (paired_order(data, seed, pair_by, f"train.objective {cfg.objective!r}") if pair_by
+                                 else (data, EpochSampler(len(data), seed)))
+        rows = unpair if pair_by else list
         # its own generator: iterating a DataLoader draws a worker seed from the generator it is given
         # (the global torch RNG by default), which would shift the dropout RNG of a resumed run
-        loader = DataLoader(data, batch_size=cfg.batch_size, sampler=self.sampler,
-                            collate_fn=lambda b: collate_train(b, pad_id), generator=torch.Generator().manual_seed(seed))
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=self.sampler,
+                            collate_fn=lambda b: collate_train(rows(b), pad_id), generator=torch.Generator().manual_seed(seed))
         groups = self.model.param_groups(cfg.weight_decay)
         self.trained = [p for g in groups for p in g["params"]]  # what gradient clipping sees
         opt = torch.optim.AdamW(groups, lr=cfg.lr)
-        self.steps = total_steps(cfg, math.ceil(len(data) / cfg.batch_size / acc.num_processes))
+        self.steps = total_steps(cfg, math.ceil(len(self.sampler) / cfg.batch_size / acc.num_processes))
         self.sched = get_scheduler(cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup", opt,
                                    num_warmup_steps=int(cfg.warmup * self.steps), num_training_steps=self.steps)
         self.wrapped, self.opt, self.loader = acc.prepare(self.model, opt, loader)

@@ -35,7 +35,9 @@ LOGITS = torch.tensor([
     [[LN2, LN2, 0.0], [X, 0.0, 0.0], [X, X, 0.0]],
 ])
 NLL = torch.tensor([math.log(6) / 2, math.log(5 / 3), math.log(5 / 2)])
-NLL_F = (math.log(6) / 2 + math.log(5 / 2)) / 2
+# a half's NLL pools its answer tokens (open-unlearning's outputs.loss on that half): forget =
+# rows 0 and 2, three tokens (ln 2 + ln 3 + ln(5/2))/3 = ln 15 / 3; retain = row 1, one token
+NLL_F = math.log(15) / 3
 NLL_R = math.log(5 / 3)
 # reference model: uniform logits on rows 0 and 2 -> NLL_ref = ln 3 for both
 REF_LOGITS = torch.zeros(3, 3, 3)
@@ -110,9 +112,9 @@ def test_gd_reference():
     assert logs["nll_forget"] == pytest.approx(NLL_F, abs=1e-6)
     assert logs["nll_retain"] == pytest.approx(NLL_R, abs=1e-6)
     assert logs["objective"] == pytest.approx(-NLL_F + 0.5 * NLL_R, abs=1e-6)
-    # gradient ascent on F: d/dlogit of the forget target is +(1 − p)/(2·2) on row 0 position 0
+    # gradient ascent on F: d/dlogit of the forget target is +(1 − p)/3 on row 0 position 0 (3 forget tokens)
     loss.backward()
-    assert model.logits.grad[0, 0, 0].item() == pytest.approx((1 - 0.5) / 4, abs=1e-6)
+    assert model.logits.grad[0, 0, 0].item() == pytest.approx((1 - 0.5) / 3, abs=1e-6)
     assert model.logits.grad[1, 1, 2].item() == pytest.approx(-0.5 * (1 - 0.6), abs=1e-6)
 
 
@@ -125,8 +127,8 @@ def test_idk_reference_and_loss_scale():
 
 def test_absent_set_contributes_zero():
     loss, logs, _ = OBJECTIVES.get("gd")(FakeModel(), make_batch(gate=torch.zeros(3)), {})
-    # all retain: mean of the three NLLs
-    assert loss.item() == pytest.approx(float(NLL.mean()), abs=1e-6)
+    # all retain: the mean of the four answer tokens' NLLs, ln(2·3·(5/3)·(5/2))/4 = ln 25 / 4
+    assert loss.item() == pytest.approx(math.log(25) / 4, abs=1e-6)
     assert "nll_forget" not in logs
 
 
@@ -147,6 +149,45 @@ def test_npo_reference():
     # nll: mean reproduces the mean-token variant: row 0 β·Δ = 2·(ln 6/2 − ln 3) = ln(2/3), σ = 2/5
     loss, _, _ = OBJECTIVES.get("npo")(FakeModel(), make_batch(), {"beta": 2.0, "retain_weight": 0.5, "nll": "mean"})
     assert loss.item() == pytest.approx(math.log(6.1) / 2 + 0.5 * NLL_R, abs=1e-6)
+
+
+def test_gd_idk_npo_equal_open_unlearnings_formulas_on_a_paired_batch():
+    """A paired batch (reftx.data.pairing): two forget rows, then two retain rows, answers of 4, 1,
+    3 and 1 tokens, random logits. open-unlearning (d3d7cf9) runs each half through the model
+    apart: GradDiff = γ·(−outputs.loss(forget)) + α·outputs.loss(retain) (grad_diff.py:41-60), with
+    HF's outputs.loss the token mean over the half's shifted labels; NPO (npo.py:12-31) replaces the
+    forget term by compute_dpo_loss(win=None, lose=forget) (utils.py:34-67), written out here as
+    the reference writes it. reftx's idk is GradDiff with the forget sign flipped (γ = −1)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    logits, ref_logits = torch.randn(4, 5, 4, generator=g), torch.randn(4, 5, 4, generator=g)
+    labels = torch.tensor([[-100, 1, 2, 3, 0], [-100, -100, -100, -100, 2],
+                           [-100, -100, 3, 1, 1], [-100, -100, -100, 0, -100]])
+    b = {"input_ids": torch.arange(4).unsqueeze(1).expand(4, 5).clone(), "attention_mask": torch.ones(4, 5, dtype=torch.long),
+         "labels": labels, "example_info": {"gate_label": torch.tensor([1.0, 1.0, 0.0, 0.0])}}
+    f, r = slice(0, 2), slice(2, 4)
+
+    def hf_loss(lg, lb):  # transformers' causal-LM loss: shift, flatten, mean over the unmasked tokens
+        return F.cross_entropy(lg[:, :-1].reshape(-1, 4), lb[:, 1:].reshape(-1), ignore_index=-100)
+
+    def compute_batch_nll(lg, lb):  # open-unlearning src/trainer/utils.py:34-44
+        return F.cross_entropy(lg[..., :-1, :].transpose(-1, -2), lb[..., 1:], ignore_index=-100,
+                               reduction="none").sum(dim=-1)
+
+    alpha, beta = 0.7, 0.5
+    forget_nll, retain_nll = hf_loss(logits[f], labels[f]), hf_loss(logits[r], labels[r])
+    assert forget_nll.item() != pytest.approx(sequence_nll(logits[f], labels[f]).mean().item(), abs=1e-3)  # pooled ≠ per row
+    lose_log_ratio = -(compute_batch_nll(logits[f], labels[f]) - compute_batch_nll(ref_logits[f], labels[f]))
+    npo_forget = -2 / beta * F.logsigmoid(beta * (0.0 - lose_log_ratio)).mean()
+    expected = {"gd": -forget_nll + alpha * retain_nll, "idk": forget_nll + alpha * retain_nll,
+                "npo": npo_forget + alpha * retain_nll}
+    for name, want in expected.items():
+        opts = {"retain_weight": alpha, **({"beta": beta} if name == "npo" else {})}
+        core, logs, _ = OBJECTIVES.get(name)(FakeModel(logits=logits, ref_logits=ref_logits), b, opts)
+        assert core.item() == pytest.approx(want.item(), abs=1e-6), name
+        assert logs["nll_forget"] == pytest.approx(forget_nll.item(), abs=1e-6)
+        assert logs["nll_retain"] == pytest.approx(retain_nll.item(), abs=1e-6)
 
 
 def test_npo_weight_moves_with_the_sequence_nll():

@@ -38,12 +38,14 @@ OBJECTIVES: Registry[Objective] = Registry("objective")
 FIELD = "train.objective_options"
 
 
-def register_objective(name: str, options: type | None = None,
-                       needs_guidance: bool = False, replace: bool = False) -> Callable[[Objective], Objective]:
+def register_objective(name: str, options: type | None = None, needs_guidance: bool = False,
+                       replace: bool = False, pairs_by: str | None = None) -> Callable[[Objective], Objective]:
     """Register ``fn`` under ``name``; ``options``: its frozen options dataclass (None: no options);
     ``needs_guidance``: its batches carry the guided copy of each example (reftx.data: the
     ``guided_*`` keys, built from ``Example.guidance``), as reftx.train.objectives.nlft's objective needs;
-    ``replace``: see ``reftx.core.registry.Registry``."""
+    ``replace``: see ``reftx.core.registry.Registry``; ``pairs_by``: an ``example_info`` key that
+    makes the run pair its batches (reftx.data.pairing): each of the B examples with key 1 (forget)
+    with one drawn at random among those with 0 (retain), an epoch being one pass over the first."""
 
     cls = options or NoOptions
 
@@ -57,6 +59,7 @@ def register_objective(name: str, options: type | None = None,
         call.Options = cls  # type: ignore[attr-defined]
         call.needs_env = "env" in inspect.signature(fn).parameters  # type: ignore[attr-defined]
         call.needs_guidance = needs_guidance  # type: ignore[attr-defined]
+        call.pairs_by = pairs_by  # type: ignore[attr-defined]
         return OBJECTIVES.register(name, replace)(call)
 
     return add
@@ -109,10 +112,15 @@ def classify(model: Any, batch: dict[str, Any], options: dict[str, Any]) -> tupl
 
 # -- unlearning objectives (GRUN, METHODS.md §4) ---------------------------------------------------
 # Every example carries ``example_info["gate_label"]``: 1 = forget set F, 0 = retain set R (the
-# key GRUN's gate loss reads too). NLL_i is the mean token NLL of example i's response (labels
-# shifted by one, -100 ignored); a set's term is the mean over that set's examples in the batch,
-# and 0 when the batch holds none of them. The primitives' auxiliary losses (e.g. GRUN's gate BCE)
-# are added, and the whole loss is scaled by the primitives' loss scale, as ``ReftModel`` does.
+# key GRUN's gate loss reads too). A run pairs their batches (``pairs_by``, reftx.data.pairing, as
+# open-unlearning's ForgetRetainDataset): B forget rows, then B retain rows drawn at random.
+# gd / idk / npo reduce each half as open-unlearning's trainers do (d3d7cf9,
+# src/trainer/unlearn/grad_diff.py:41-60, npo.py:12-31): an NLL term of a half is HF's
+# ``outputs.loss`` on that half alone, the mean over *all* its answer tokens pooled (long answers
+# weigh more), and NPO's forget term is the mean over the forget rows of a function of each row's
+# summed NLL; a half the batch lacks (possible only when an objective is called directly)
+# contributes 0. The primitives' auxiliary losses (e.g. GRUN's gate BCE) and the modifiers' terms are
+# added by the driver (reftx.train.loss.compose).
 GATE_LABEL = "gate_label"
 Result = tuple[Tensor, dict[str, float], Any]
 
@@ -130,6 +138,16 @@ def sequence_nll(logits: Tensor, labels: Tensor, reduction: str = "mean") -> Ten
         return tok.sum(1)
     count = (target != IGNORE).sum(1)
     return tok.sum(1) / count.clamp(min=1)
+
+
+def half_token_mean(logits: Tensor, labels: Tensor, rows: Tensor) -> Tensor:
+    """The mean token NLL over every answer token of the rows in ``rows`` (B,) bool, pooled: what a
+    HF causal LM's ``outputs.loss`` is on a batch of just those rows (open-unlearning's GD, IDK and
+    retain terms). 0 (in the graph) when the rows hold no answer token."""
+    total = sequence_nll(logits, labels, "sum")
+    count = (labels[:, 1:] != IGNORE).sum(1).to(total.dtype)
+    w = rows.to(total.dtype)
+    return (total * w).sum() / (count * w).sum().clamp(min=1)
 
 
 def npo_forget_term(nll: Tensor, ref: Tensor, beta: float) -> Tensor:
@@ -158,19 +176,12 @@ def _forget_rows(batch: dict[str, Any], name: str) -> Tensor:
     return label.to(batch["input_ids"].device) > 0.5
 
 
-def _set_mean(x: Tensor, rows: Tensor) -> Tensor:
-    """Mean of x (B,) over the rows in ``rows`` (B,) bool; 0 (in the graph) when there are none."""
-    w = rows.to(x.dtype)
-    return (x * w).sum() / w.sum().clamp(min=1)
-
-
 def _rows(batch: dict[str, Any], rows: Tensor) -> dict[str, Any]:
     """The batch restricted to some examples (positions depend only on each row's own mask and labels)."""
     out = {k: v[rows] for k, v in batch.items() if isinstance(v, Tensor)}
     if "example_info" in batch:
         out["example_info"] = {k: v[rows] for k, v in batch["example_info"].items()}
     return out
-
 
 
 def _reference(model: Any, batch: dict[str, Any], **kwargs: Any) -> Any:
@@ -180,12 +191,13 @@ def _reference(model: Any, batch: dict[str, Any], **kwargs: Any) -> Any:
         return base(**batch, **kwargs)
 
 
-def _set_logs(values: Tensor, forget: Tensor, what: str) -> dict[str, float]:
-    logs = {}
-    for tag, rows in (("forget", forget), ("retain", ~forget)):
-        if rows.any():
-            logs[f"{what}_{tag}"] = float(values.detach()[rows].mean())
-    return logs
+def _halves(out: Any, batch: dict[str, Any], forget: Tensor) -> tuple[Tensor, Tensor, dict[str, float]]:
+    """The forget and retain halves' pooled token NLLs (``half_token_mean``) and their logs
+    (``nll_forget`` / ``nll_retain``, for the halves the batch holds)."""
+    halves = [half_token_mean(out.logits, batch["labels"], rows) for rows in (forget, ~forget)]
+    logs = {f"nll_{tag}": float(v.detach()) for tag, v, rows in zip(("forget", "retain"), halves, (forget, ~forget))
+            if rows.any()}
+    return halves[0], halves[1], logs
 
 
 def finish(model: Any, out: Any, core: Tensor, logs: dict[str, float]) -> Result:
@@ -210,36 +222,37 @@ def result(out: Any, core: Tensor, logs: dict[str, float]) -> Result:
 class RetainOptions:
     """Options of gd and idk."""
 
-    retain_weight: float = 1.0  # w_r: weight of the retain-set NLL (>= 0)
+    retain_weight: float = 1.0  # w_r: weight of the retain-set NLL (>= 0); open-unlearning's alpha (its gamma, the forget weight, is 1)
 
     def __post_init__(self) -> None:
         _finite_at_least(self, 0.0, "retain_weight")
 
 
-@register_objective("gd", RetainOptions)
+@register_objective("gd", RetainOptions, pairs_by=GATE_LABEL)
 def gradient_difference(model: Any, batch: dict[str, Any], options: RetainOptions) -> Result:
-    """Gradient difference: ``−NLL_F + w_r·NLL_R``. Options: retain_weight w_r (1.0).
+    """Gradient difference: ``−NLL_F + w_r·NLL_R``, each NLL the pooled token mean of its half of
+    the paired batch, as open-unlearning's GradDiff (``grad_diff.py:41-60``, γ = 1, α = w_r).
+    Options: retain_weight w_r (1.0).
 
     Unbounded below (ascent on F): stop it by steps, or let GRUN's gate confine the damage.
     """
-    o = options
     forget = _forget_rows(batch, "gd")
     out = model(**batch)
-    nll = sequence_nll(out.logits, batch["labels"])
-    core = -_set_mean(nll, forget) + o.retain_weight * _set_mean(nll, ~forget)
-    return result(out, core, _set_logs(nll, forget, "nll"))
+    nll_f, nll_r, logs = _halves(out, batch, forget)
+    return result(out, -nll_f + options.retain_weight * nll_r, logs)
 
 
-@register_objective("idk", RetainOptions)
+@register_objective("idk", RetainOptions, pairs_by=GATE_LABEL)
 def i_dont_know(model: Any, batch: dict[str, Any], options: RetainOptions) -> Result:
     """``NLL_F + w_r·NLL_R``, where the task has replaced the forget targets by "I don't know"-style
-    answers (tofu_unlearn with ``idk: true``): a weighted NLL by set. Options: retain_weight (1.0)."""
-    o = options
+    answers (tofu_unlearn with ``idk: true``); each NLL the pooled token mean of its half, GradDiff's
+    reduction with the forget sign flipped. Documented difference: TOFU's own ``idk`` loss
+    (locuslab/tofu ``dataloader.py:134-145``) takes one token mean over both halves together.
+    Options: retain_weight (1.0)."""
     forget = _forget_rows(batch, "idk")
     out = model(**batch)
-    nll = sequence_nll(out.logits, batch["labels"])
-    core = _set_mean(nll, forget) + o.retain_weight * _set_mean(nll, ~forget)
-    return result(out, core, _set_logs(nll, forget, "nll"))
+    nll_f, nll_r, logs = _halves(out, batch, forget)
+    return result(out, nll_f + options.retain_weight * nll_r, logs)
 
 
 @dataclass(frozen=True)
@@ -255,33 +268,31 @@ class NpoOptions:
         _finite_at_least(self, 0.0, "retain_weight")
 
 
-@register_objective("npo", NpoOptions)
+@register_objective("npo", NpoOptions, pairs_by=GATE_LABEL)
 def negative_preference(model: Any, batch: dict[str, Any], options: NpoOptions) -> Result:
-    """NPO: ``−(2/β)·mean_F log σ(β(NLL_θ − NLL_ref)) + w_r·NLL_R``.
+    """NPO: ``−(2/β)·mean_F log σ(β(NLL_θ − NLL_ref)) + w_r·NLL_R`` (open-unlearning ``npo.py:12-31``).
 
     NLL_θ and NLL_ref are sequence NLLs (summed over the answer tokens, as NPO and open-unlearning
-    compute them; ``nll: mean`` gives the mean token NLL instead); NLL_R is the mean token NLL of
-    the retain rows. NLL_ref comes from the same model with its interventions switched off
-    (``model.disabled()``, no gradients), run on the forget rows only. The forget term is
-    (2/β)·log 2 at the start (NLL_θ = NLL_ref) and falls toward 0 as NLL_θ rises above NLL_ref;
-    unlike GD it is bounded. Options: beta β (0.1), retain_weight w_r (1.0), nll (sum).
+    compute them; ``nll: mean`` gives the mean token NLL instead); NLL_R is the pooled token mean of
+    the retain half (HF's ``outputs.loss`` on it). NLL_ref comes from the same model with its
+    interventions switched off (``model.disabled()``, no gradients), run on the forget rows only.
+    The forget term is (2/β)·log 2 at the start (NLL_θ = NLL_ref) and falls toward 0 as NLL_θ rises
+    above NLL_ref; unlike GD it is bounded. Options: beta β (0.1), retain_weight w_r (1.0), nll (sum).
     """
     o = options
     forget = _forget_rows(batch, "npo")
     out = model(**batch)
-    nll = sequence_nll(out.logits, batch["labels"])
-    beta = o.beta
-    logs = _set_logs(nll, forget, "nll")
+    _, nll_r, logs = _halves(out, batch, forget)
     if forget.any():
-        ref = sequence_nll(_reference(model, _rows(batch, forget)).logits, batch["labels"][forget], o.nll)
-        mine = nll[forget] if o.nll == "mean" else sequence_nll(out.logits[forget], batch["labels"][forget], "sum")
-        npo = npo_forget_term(mine, ref, beta)
+        labels = batch["labels"][forget]
+        ref = sequence_nll(_reference(model, _rows(batch, forget)).logits, labels, o.nll)
+        mine = sequence_nll(out.logits[forget], labels, o.nll)
+        npo = npo_forget_term(mine, ref, o.beta)
         logs["nll_ref_forget"] = float(ref.mean())
-        logs["npo_weight_forget"] = float((2 * torch.sigmoid(-beta * (mine - ref))).detach().mean())
+        logs["npo_weight_forget"] = float((2 * torch.sigmoid(-o.beta * (mine - ref))).detach().mean())
     else:
-        npo = nll.sum() * 0.0
-    core = npo + o.retain_weight * _set_mean(nll, ~forget)
-    return result(out, core, logs)
+        npo = out.logits.sum() * 0.0
+    return result(out, npo + o.retain_weight * nll_r, logs)
 
 
 @dataclass(frozen=True)
@@ -299,7 +310,7 @@ class RmuOptions:
         _finite_at_least(self, 0.0, "alpha")
 
 
-@register_objective("rmu", RmuOptions)
+@register_objective("rmu", RmuOptions, pairs_by=GATE_LABEL)
 def representation_misdirection(model: Any, batch: dict[str, Any], options: RmuOptions) -> Result:
     """RMU: at one layer, push F's hidden states toward c·u and keep R's where the unedited model has them.
 
@@ -313,6 +324,8 @@ def representation_misdirection(model: Any, batch: dict[str, Any], options: RmuO
     c (6.5, RMU's steering coefficient for 7B models: scale it to the model's hidden-state norms),
     alpha (1.0), seed (0), tokens: ``response`` (positions predicting a response token, i.e. the
     last prompt token and the response) or ``all`` (every non-padding token).
+    Batches are paired as gd's. Documented difference: open-unlearning's RMU (``rmu.py:108-117``)
+    averages each row's tokens first, then the rows, over the answer tokens' own positions (line 158).
     """
     o = options
     forget = _forget_rows(batch, "rmu")

@@ -72,6 +72,36 @@ def test_splits():
 
 
 @needs_data
+@pytest.mark.parametrize("opts", [
+    {"forget": "forget05", "retain_authors": 4, "n_retain": 60, "n_utility": 20},  # every question not evaluated
+    {"forget": "forget01", "retain_authors": 4, "n_retain": 40, "n_utility": 20},  # the shipped CPU configs
+    {"forget": "forget10", "n_utility": None},  # the paper config: all 400 retain_perturbed rows evaluated
+    {"forget": "forget01", "retain_authors": 2, "n_retain": 15, "n_utility": 25, "seed": 7},
+])
+def test_evaluated_retain_questions_are_never_trained_on(opts):
+    """Split tofu's retain questions are held out of the unlearning training set by construction
+    (before, n_retain=80 of the 80 reduced-TOFU retain questions trained on all 20 evaluated ones,
+    and the forget10 paper config trained on 55 of its 400)."""
+    task = get_task("tofu_unlearn", opts)
+    trained = {e.prompt for e in task.load("train") if e.info["gate_label"] == 0.0}
+    evaluated = {e.prompt for e in task.load("tofu") if e.meta["set"] == "retain"}
+    assert len(trained) == opts.get("n_retain", {"forget10": 400}.get(opts["forget"]))
+    assert len(evaluated) == (opts["n_utility"] or 400)
+    assert not trained & evaluated
+    assert evaluated == {r.question for r in task.eval_retain()}
+
+
+@needs_data
+def test_n_retain_beyond_the_held_out_retain_set_is_refused():
+    task = get_task("tofu_unlearn", {"forget": "forget05", "retain_authors": 4, "n_retain": 80, "n_utility": 20})
+    with pytest.raises(reftx.ConfigError, match=r"^task\.options\.n_retain: 80 retain examples asked, but the retain "
+                                                r"set has 80 and 20 of them are split tofu's retain questions \(held "
+                                                r"out of training\): at most 60; lower n_retain, n_utility or raise "
+                                                r"retain_authors$"):
+        task.load("train")
+
+
+@needs_data
 def test_idk_replaces_forget_targets_only():
     idk = set(read_lines(TOFU / "idontknow.jsonl"))
     plain, task = get_task("tofu_unlearn").load("train"), get_task("tofu_unlearn", {"idk": True}).load("train")
