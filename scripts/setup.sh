@@ -26,7 +26,7 @@ step "pip"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 step "torch 2.13.0 (CPU)"
 "$VENV/bin/python" -m pip install -q torch==2.13.0
-# REFTX_EXTRAS: the optional dependency groups to install (the test scripts add trl, lm-eval, trackers)
+# REFTX_EXTRAS: the optional dependency groups to install (the test scripts add trl, lm-eval, trackers, sweep)
 EXTRAS=${REFTX_EXTRAS:-test}
 step "reftx[$EXTRAS] and its dependencies (${PIN[*]})"
 "$VENV/bin/python" -m pip install -q "${PIN[@]}" -e ".[$EXTRAS]" torch==2.13.0
