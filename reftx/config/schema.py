@@ -55,12 +55,14 @@ class TaskConfig:
     eval_seed: int = 0  # picks the n_eval subset, so every training seed of a sweep evaluates the identical examples (paired)
     train_split: str | None = None  # split trained on; null: the task's first split
     eval_split: str | None = None  # split evaluated on; null: the task's last split
+    dev_size: int = 0  # examples held out of the training split as a dev split named "dev" (task.eval_split: dev; what train.eval_every evaluates): picked by a fixed seed, never the training seed or eval_seed, so every run of a sweep holds out the same examples; disjoint from training, and from evaluation when a task evaluates on its training split; 0 = none
     overlong: Literal["error", "truncate", "drop"] = "error"  # examples too long for the model: a training example's prompt + response tokens above train.max_length or the model's context length, an eval prompt's tokens + eval.max_new_tokens above the context. error: refuse before training, naming the first (file:line); truncate: cut them (training: the response's end, then the prompt's start; eval: the prompt's start) and say how many; drop: leave them out and say how many
     options: dict[str, Any] = field(default_factory=dict)  # task-specific keys, validated by the task itself
 
     def __post_init__(self) -> None:
         require(self.name != "", "name", "must not be empty")
         _at_least(self, 1, "n_train", "n_eval")
+        _at_least(self, 0, "dev_size")
 
 
 @dataclass
@@ -87,12 +89,24 @@ class TrainConfig:
     prefix_fraction: float = 0.0  # share of examples supervised only on their first prefix_tokens answer tokens (BREP); 0 = off
     prefix_tokens: int = 64  # k: answer tokens kept in the labels of prefix-truncated examples (>= 1)
     log_with: list[str] = field(default_factory=list)  # experiment trackers through accelerate, e.g. [tensorboard] or [wandb, mlflow] (accelerate's LoggerType: all, aim, clearml, comet_ml, dvclive, mlflow, swanlab, tensorboard, trackio, wandb): the metrics.jsonl scalars at their steps plus the resolved config, written under {run_dir}/trackers/; [] = none
+    eval_every: int = 0  # every this many optimizer steps, and at the last, score the dev split (task.dev_size): dev/loss (the response NLL per token, teacher-forced) and, with eval_task_metrics, the task's metrics as dev/<metric>, into metrics.jsonl and the trackers; the RNG is set aside meanwhile, so training is the same with or without it; 0 = never
+    eval_task_metrics: bool = True  # with eval_every: also the task's metrics on the dev split (generates answers, slower); false: dev/loss alone
+    eval_metric: str = "loss"  # the dev metric that picks the best checkpoint and drives early_stopping: loss (lower is better) or one of the task's metrics (higher is better)
+    early_stopping: int = 0  # stop once this many evaluations in a row have not improved eval_metric on the best so far (patience); 0 = never
+    load_best: bool = False  # with eval_every: the best checkpoint by eval_metric becomes the run's intervention/ and is what the final evaluation scores (else the last step's, with the best reported beside it)
     init_from: str | None = None  # start from trained interventions (a run's intervention/ folder) instead of a fresh init, e.g. the previous stage of the sequential recipe; reftx validate checks it was trained for this model with the same kinds, ranks and groups; null: fresh
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "epochs", "max_steps", "batch_size", "grad_accum", "max_length")
         _at_least(self, 1, "keep_checkpoints", "log_every")
-        _at_least(self, 0, "checkpoint_every")
+        _at_least(self, 0, "checkpoint_every", "eval_every", "early_stopping")
+        require(self.eval_metric.strip() != "", "eval_metric", "must name a dev metric: loss, or one of the task's metrics")
+        for key in ("early_stopping", "load_best"):
+            require(not getattr(self, key) or self.eval_every > 0, key,
+                    "needs evaluations on the dev split: set train.eval_every (and task.dev_size)")
+        ok = self.eval_task_metrics or self.eval_metric == "loss"
+        require(ok, "eval_metric", f"{self.eval_metric!r} is a task metric, but train.eval_task_metrics is false: "
+                "set it true, or eval_metric: loss")
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(0 <= self.warmup < 1, "warmup", f"must satisfy 0 <= warmup < 1, got {self.warmup}")

@@ -82,6 +82,26 @@ class Task:
     def __init__(self, options: Any = None, data_dir: str | Path | None = None):
         self.options = options if options is not None else self.Options()
         self._data_dir = Path(data_dir) if data_dir else None
+        self._dev: tuple[str, int] | None = None  # (split it is carved from, size): see hold_out_dev
+
+    def hold_out_dev(self, source: str, size: int) -> None:
+        """Carve a ``dev`` split of ``size`` examples out of ``source`` (the training split; task.dev_size).
+
+        The held-out examples are the first ``size`` of one fixed permutation of ``source`` (seeded by
+        the string "reftx-dev", never by the training seed or eval_seed), so every run holds out the same
+        ones, and a larger size holds out a superset. From then on ``source`` no longer yields them, in
+        training and in evaluation alike (a task that evaluates on its training split), so dev is disjoint
+        from both by construction. A task with a ``dev`` split of its own keeps it (size must be 0)."""
+        if "dev" in type(self).splits:
+            raise ConfigError("task.dev_size", f"task {self.name!r} has a dev split of its own; leave task.dev_size at 0")
+        if source not in type(self).splits:
+            raise unknown("task.train_split", source, type(self).splits, f"split of task {self.name!r}")
+        self._dev = (source, size)
+        self.splits = (*type(self).splits, "dev")  # this instance only
+
+    def default_splits(self) -> tuple[str, str]:
+        """The (train, eval) splits when the experiment names none: the task's first and last."""
+        return type(self).splits[0], type(self).splits[-1]
 
     @property
     def data_dir(self) -> Path:
@@ -133,15 +153,31 @@ class Task:
         return self.score(preds, examples), preds
 
     # -- provided --------------------------------------------------------------------------
+    def _load_split(self, split: str) -> list[Example]:
+        """A split's examples, checked, with the dev split carved out of its source."""
+        source = self._dev[0] if self._dev is not None and split in ("dev", self._dev[0]) else split
+        data = self.load(source)
+        if not data:
+            raise DataError(f"task {self.name!r}: split {source!r} is empty")
+        check_prompts(data, source)
+        if self._dev is None or split not in ("dev", source):
+            return data
+        size = self._dev[1]
+        if size >= len(data):
+            raise ConfigError("task.dev_size", f"holds out {size} of the {len(data)} examples of split {source!r} "
+                              f"of task {self.name!r}, which leaves none to train on; choose fewer")
+        order = list(range(len(data)))
+        random.Random("reftx-dev").shuffle(order)
+        held = set(order[:size])
+        return [ex for i, ex in enumerate(data) if (i in held) == (split == "dev")]
+
     def examples(self, split: str, n: int | None = None, seed: int = 0) -> list[Example]:
         """The split's examples; ``n`` picks a subset that depends only on ``seed``. An empty
-        prompt anywhere in the split is a DataError naming it (reftx.data.checks)."""
+        prompt anywhere in the split is a DataError naming it (reftx.data.checks). With a dev split
+        held out (``hold_out_dev``), ``dev`` is that part of its source split and the source the rest."""
         if split not in self.splits:
             raise unknown("split", split, self.splits, f"split of task {self.name!r}")
-        data = self.load(split)
-        if not data:
-            raise DataError(f"task {self.name!r}: split {split!r} is empty")
-        check_prompts(data, split)
+        data = self._load_split(split)
         if n is not None and n < len(data):
             idx = sorted(random.Random(f"{seed}:{split}").sample(range(len(data)), n))
             data = [data[i] for i in idx]

@@ -2,7 +2,8 @@
 
 Run dir ({output_dir}/{name}):
   config.yaml       the resolved experiment (what actually ran)
-  metrics.jsonl     one line per logged step: step, epoch, loss, lr, tokens_per_s, grad_norm, aux/*, rec/*
+  metrics.jsonl     one line per logged step: step, epoch, loss, lr, tokens_per_s, grad_norm, aux/*, rec/*;
+                    with train.eval_every, dev rows: step, epoch, dev/loss, dev/<metric> (reftx.train.validation)
   checkpoints/      step-N/ folders (intervention weights, optimizer, scheduler, RNG, data position)
   intervention/     the final interventions (ReftModel.save_pretrained)
   lora/, stage1/    with a `lora:` section: the LoRA adapter, and a sequential LoRA stage's training (reftx.integrations.peft)
@@ -44,6 +45,7 @@ from reftx.engine.schedule import plan
 from reftx.eval.task import Task, get_task
 from reftx.train.run import latest_checkpoint, seed_everything, train
 from reftx.recipes.init_from import check_init_from
+from reftx.recipes import dev as dev_split
 
 console = Console(stderr=True)
 _plain = partial(console.print, markup=False, highlight=False, soft_wrap=True)  # paths, config: "[x]" is text
@@ -51,13 +53,20 @@ _say = partial(_plain, style="yellow")  # a notice (truncated data, a finished r
 
 
 def load_task(exp: Experiment) -> Task:
-    return get_task(exp.task.name, exp.task.options, exp.task.data_dir)
+    """The experiment's task, with its dev split held out of the training split (task.dev_size)."""
+    task = get_task(exp.task.name, exp.task.options, exp.task.data_dir)
+    if exp.task.dev_size:
+        task.hold_out_dev(exp.task.train_split or task.default_splits()[0], exp.task.dev_size)
+    return task
 
 
 def splits(exp: Experiment, task: Task) -> tuple[str, str]:
-    train_split = exp.task.train_split or task.splits[0]
-    eval_split = exp.task.eval_split or task.splits[-1]
+    train_split = exp.task.train_split or task.default_splits()[0]
+    eval_split = exp.task.eval_split or task.default_splits()[1]
     for field, s in (("task.train_split", train_split), ("task.eval_split", eval_split)):
+        if s == "dev" and s not in task.splits:
+            raise ConfigError(field, f"task {task.name!r} holds out no dev split: set task.dev_size (e.g. 64), "
+                              "the examples held out of its training split")
         if s not in task.splits:
             from reftx.core.errors import unknown
 
@@ -139,6 +148,7 @@ def validate(exp: Experiment, model_config: Any = None, notices: list[str] | Non
         raise ConfigError("train.objective", f"objective {exp.train.objective!r} samples and scores completions; "
                           f"task {task.name!r} defines no reward (Task.reward; the math task has one)")
     eval_examples(exp, task)
+    dev_split.check(exp, task)  # train.eval_every: a dev split to score, a dev metric it has
     if model_config is None:
         model_config = model_config_of(exp, notices)
     if exp.lora is not None:  # a LoRA adapter (reftx.integrations.peft): its row, then the interventions' groups
@@ -241,10 +251,11 @@ def _fit_eval(exp: Experiment, task: Task, tok: Any, model: Any, examples: list,
 
 
 def _fit(exp: Experiment, model: Any, encoded: list, tok: Any, run_dir: Path, resume: bool,
-         show_progress: bool, env: Any = None) -> tuple[Any, dict[str, Any]]:
-    """Train (one job of the one loop, or reftx.integrations.peft's stages) and save the trained weights."""
+         show_progress: bool, env: Any = None, dev: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Train (one job of the one loop, or reftx.integrations.peft's stages) and save the trained weights.
+    ``dev``: the dev split's scorer (reftx.recipes.dev; train.eval_every)."""
     train_kw = {"pad_id": pad_id(tok), "seed": exp.seed, "resume": resume, "show_progress": show_progress,
-                "name": exp.name, "config": exp.to_dict(), "env": env}  # config: what trackers record
+                "name": exp.name, "config": exp.to_dict(), "env": env, "dev": dev}  # config: what trackers record
     if exp.lora is None:
         summary = train(model, encoded, exp.train, run_dir, **train_kw)
         model.save_pretrained(run_dir / "intervention")
@@ -282,7 +293,8 @@ def _run(exp: Experiment, out: RunFolder, resume: bool, show_progress: bool) -> 
         with model.disabled():
             before = generate(model, tok, shown, eval_cfg, chat, "before", show_progress)
     encoded, env = sampling_env(exp, task, train_ex, tok, encoded)
-    model, summary = _fit(exp, model, encoded, tok, run_dir, resume, show_progress, env)
+    dev = dev_split.build(exp, task, tok, chat, base.config, reference_loaders(task), _say)
+    model, summary = _fit(exp, model, encoded, tok, run_dir, resume, show_progress, env, dev)
 
     t_eval = time.perf_counter()
     metrics, preds = evaluate(model, tok, task, eval_ex, eval_cfg, chat, show_progress, reference_loaders(task))

@@ -1,4 +1,5 @@
-"""A run's figures from its metrics.jsonl (headless matplotlib): loss.png, records.png (what
+"""A run's figures from its metrics.jsonl (headless matplotlib): loss.png (with the dev loss, when the
+run evaluated during training), records.png (what
 primitives logged: ``rec/<group key>/<name>``) and objective.png (what the objective logged:
 ``obj/<term>``, e.g. GRPO's reward and KL, NLFT's token weights, CARFT's similarities), one panel
 per term because their scales differ. Per-step objective terms of sampling objectives are noisy
@@ -14,7 +15,9 @@ from typing import Any
 
 def plot_loss(run_dir: Path) -> Path | None:
     """Write the run's figures; returns loss.png (None when nothing was logged)."""
-    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    every = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    rows = [r for r in every if "loss" in r]  # training rows; dev rows (train.eval_every) hold dev/* alone
+    dev = [r for r in every if "dev/loss" in r]
     if not rows:
         return None
     import matplotlib
@@ -31,6 +34,9 @@ def plot_loss(run_dir: Path) -> Path | None:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for label, ys in lines.items():
             ax.plot(steps, ys, lw=1.5, label=label)
+        if name == "loss" and dev:
+            ax.plot([r["step"] for r in dev], [r["dev/loss"] for r in dev], "o-", lw=1.5, label="dev loss")
+            ax.legend(fontsize=7)
         ax.set(xlabel="optimizer step", ylabel="training loss" if name == "loss" else "mean value",
                title=run_dir.name)
         if name == "records":

@@ -9,6 +9,10 @@ a reftx without manifests are accepted with a warning (their files are still che
 readable JSON where they are JSON). ``save`` writes one: a failed write (a full disk, no permission)
 removes the temporary folder, leaves every earlier checkpoint as it was and is one ReftError naming
 the file, the cause (the OS's words) and the fix.
+
+A checkpoint of ``reftx run`` (``save_checkpoint``) holds the trained weights (``intervention/``),
+``trainer_state.pt`` (optimizer, LR schedule, every RNG state) and ``state.json`` (``Progress_``: the
+position in the data, and validation's best and early-stopping state once there is any).
 """
 from __future__ import annotations
 
@@ -16,13 +20,18 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from safetensors import SafetensorError
 
 from reftx.core.errors import ReftError
 from reftx.core.files import files_problem, sha256_file
 from reftx.engine.serialization import WriteError, write_failure
+from reftx.train.order import rng_state, set_rng_state
 
 MANIFEST = "manifest.json"
 STATE_FILE = "state.json"
@@ -71,10 +80,11 @@ def intact(run_dir: Path, warn: Callable[[str], None]) -> Path | None:
     return None
 
 
-def save(run_dir: Path, step: int, fill: Callable[[Path], None], keep: int) -> Path:
+def save(run_dir: Path, step: int, fill: Callable[[Path], None], keep: int, protect: int | None = None) -> Path:
     """Write ``checkpoints/step-{step}``: ``fill(folder)`` writes the files into a temporary folder,
     the manifest is added last, the folder is renamed into place, and only the newest ``keep``
-    checkpoints stay. Nothing older is touched before the new one is complete."""
+    checkpoints stay, besides ``protect`` (the step of the best checkpoint, reftx.train.validation). Nothing
+    older is touched before the new one is complete."""
     root = run_dir / "checkpoints"
     final = root / f"step-{step}"
     tmp = root / f".tmp-step-{step}-{os.getpid()}"
@@ -93,7 +103,8 @@ def save(run_dir: Path, step: int, fill: Callable[[Path], None], keep: int) -> P
         shutil.rmtree(final)
     os.replace(tmp, final)
     for old in sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.name != f"step-{protect}":
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -118,4 +129,50 @@ def clean_stale(run_dir: Path, warn: Callable[[str], None]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["MANIFEST", "candidates", "clean_stale", "intact", "problem", "save", "write_manifest"]
+@dataclass
+class Progress_:
+    """Where a run stands: what ``state.json`` of each checkpoint holds."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch: int = 0  # batches of the current epoch consumed (at a step boundary)
+    tokens: int = 0
+    best: float | None = None  # validation (reftx.train.validation): the best train.eval_metric so far,
+    best_step: int | None = None  # its step (checkpoints/step-N, kept by rotation),
+    bad_evals: int = 0  # evaluations in a row without improvement,
+    stopped: bool = False  # and whether train.early_stopping ended the run
+
+    def state(self) -> dict[str, Any]:
+        """state.json's content: the position, and the validation fields once they are set."""
+        position = ("step", "epoch", "batch", "tokens")
+        validated = self.best_step is not None or self.bad_evals or self.stopped
+        return {k: v for k, v in self.__dict__.items() if k in position or validated}
+
+
+def save_checkpoint(run_dir: Path, model: Any, opt, sched, prog: Progress_, keep: int) -> Path:
+    """Write checkpoints/step-N atomically (``save``: a temporary folder, then a rename; a failed write
+    names the file and the cause); keep the newest ``keep``, and the best one (``prog.best_step``)."""
+
+    def fill(folder: Path) -> None:
+        model.save_pretrained(folder / "intervention")
+        trainer = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state()}
+        torch.save(trainer, folder / "trainer_state.pt")
+        (folder / STATE_FILE).write_text(json.dumps(prog.state()) + "\n")
+
+    return save(run_dir, prog.step, fill, keep, protect=prog.best_step)
+
+
+def load_checkpoint(path: Path, model: Any, opt, sched) -> Progress_:
+    """Restore the weights, optimizer, schedule and RNG states of a checkpoint; returns its ``Progress_``."""
+    model.load_trained(path / "intervention")
+    try:
+        state = torch.load(path / "trainer_state.pt", weights_only=True)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        return Progress_(**json.loads((path / STATE_FILE).read_text()))
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise ReftError(f"cannot resume from {path}: {type(e).__name__}: {e}") from None
+
+
+__all__ = ["MANIFEST", "Progress_", "load_checkpoint", "save_checkpoint", "candidates", "clean_stale", "intact", "problem", "save", "write_manifest"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import signal
 import sys
 import threading
@@ -26,17 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from accelerate import Accelerator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
 from reftx.train import trackers as tracking
 from reftx.train import checkpoints
-from reftx.train.checkpoints import STATE_FILE, candidates, clean_stale, intact
+from reftx.train.checkpoints import STATE_FILE, Progress_, candidates, clean_stale, intact, load_checkpoint, save_checkpoint
 from reftx.data.encoding import Encoded, collate_train
 from reftx.data.pairing import paired_order, unpair
 from reftx.core.errors import ReftError
@@ -45,55 +43,15 @@ from reftx.train.loop import Diverged, DivergenceGuard, Job, Loop, NonFiniteLoss
 from reftx.engine.model import ReftModel
 from reftx.core.files import atomic_write
 from reftx.train.loss import compose
+from reftx.train.order import EpochSampler, rng_state, seed_everything, set_rng_state
+from reftx.train import validation
+from reftx.train.validation import DevEval
 from reftx.train.objectives.common import OBJECTIVES, objective_options
 
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-class EpochSampler(Sampler[int]):
-    """A permutation of the dataset seeded by (seed, epoch): the same on every rank and every resume."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
-@dataclass
-class Progress_:
-    step: int = 0  # optimizer steps done
-    epoch: int = 0
-    batch: int = 0  # batches of the current epoch consumed (at a step boundary)
-    tokens: int = 0
-
-
 def total_steps(cfg: TrainConfig, n_batches: int) -> int:
     return cfg.max_steps or cfg.epochs * math.ceil(n_batches / cfg.grad_accum)
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
-            "numpy": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2])}
-
-
-def _set_rng_state(s: dict[str, Any]) -> None:
-    torch.set_rng_state(s["torch"])
-    random.setstate((3, tuple(s["python"]), s["python_pos"]))
-    np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), s["numpy_pos"], 0, 0.0))
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -102,35 +60,10 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return ckpts[0] if ckpts else None
 
 
-def save_checkpoint(run_dir: Path, model: ReftModel, opt, sched, prog: Progress_, keep: int) -> Path:
-    """Write checkpoints/step-N atomically (reftx.train.checkpoints.save: a temporary folder, then a
-    rename; a failed write names the file and the cause); keep the newest ``keep``."""
-
-    def fill(folder: Path) -> None:
-        model.save_pretrained(folder / "intervention")
-        trainer = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state()}
-        torch.save(trainer, folder / "trainer_state.pt")
-        (folder / STATE_FILE).write_text(json.dumps(prog.__dict__) + "\n")
-
-    return checkpoints.save(run_dir, prog.step, fill, keep)
-
-
 def load_weights(model: ReftModel, directory: Path) -> None:
     """Restore the trained weights ``model.save_pretrained(directory)`` wrote (any model with
     ``load_trained``: a ReftModel's interventions, or reftx.integrations.peft.LoraReft's adapter and interventions)."""
     model.load_trained(directory)
-
-
-def load_checkpoint(path: Path, model: ReftModel, opt, sched) -> Progress_:
-    load_weights(model, path / "intervention")
-    try:
-        state = torch.load(path / "trainer_state.pt", weights_only=True)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        return Progress_(**json.loads((path / STATE_FILE).read_text()))
-    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
-        raise ReftError(f"cannot resume from {path}: {type(e).__name__}: {e}") from None
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -220,8 +153,11 @@ class RunJob(Job):
         if step % r.cfg.log_every == 0 or step == r.steps:
             r.log(self._record(grad_norm, result))
             self.window.clear()
-        if r.cfg.checkpoint_every and step % r.cfg.checkpoint_every == 0 and step < r.steps:
+        saved = r.validate() if r.dev is not None and validation.due(step, r.cfg.eval_every, r.steps) else False
+        if not saved and r.cfg.checkpoint_every and step % r.cfg.checkpoint_every == 0 and step < r.steps:
             r.checkpoint()
+        if prog.stopped:  # train.early_stopping: the loop ends this job at this step
+            self.max_steps = step
         if r.stop.requested:
             raise Interrupted
 
@@ -257,6 +193,7 @@ class _Run:
     tokens0: int = 0
     step0: int = 0  # the step this process started at (a resumed run's checkpoint step): the ETA counts from it
     env: Any = None  # what a sampling objective needs (reftx.train.objectives.grpo.Env)
+    dev: DevEval | None = None  # scores the model on the dev split (train.eval_every; reftx.train.validation)
 
     def setup(self, data: list[Encoded], pad_id: int, seed: int) -> None:
         """Objective, data order, optimizer and schedule, wrapped by accelerate."""
@@ -303,6 +240,36 @@ class _Run:
             save_checkpoint(self.run_dir, self.model, self.opt, self.sched, self.prog, self.cfg.keep_checkpoints)
         self.acc.wait_for_everyone()
 
+    def validate(self) -> bool:
+        """Score the dev split at this step: a metrics.jsonl row, the trackers, a plain line; a new best
+        is checkpointed at once (returns True then). Early stopping is recorded in ``prog``."""
+        cfg, prog = self.cfg, self.prog
+        values = validation.evaluate(self.dev, self.model, cfg.eval_metric)
+        best = validation.update(prog, values, cfg.eval_metric, cfg.early_stopping)
+        rec = {"step": prog.step, "epoch": prog.epoch, **{f"dev/{k}": v for k, v in values.items()}}
+        if self.acc.is_main_process:
+            with (self.run_dir / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if cfg.log_with:
+                tracking.log(self.acc, rec)
+            if self.show_progress:
+                validation.say(validation.line(prog, self.steps, values, cfg.eval_metric))
+        if prog.stopped:
+            self.acc.print(f"train.early_stopping: dev/{cfg.eval_metric} has not improved in {prog.bad_evals} "
+                           f"evaluations; stopped at step {prog.step} (best: step {prog.best_step})")
+        if best or prog.stopped:
+            self.checkpoint()  # the best is kept; a stopped run resumes to nothing left to train
+        return best or prog.stopped
+
+    def finish(self, ckpt: Path | None) -> dict[str, Any]:
+        """The run's summary; with train.load_best, the best checkpoint's weights loaded into the model."""
+        best = validation.summary(self.prog, self.cfg.eval_metric)
+        if best is not None and self.cfg.load_best and best["step"] != self.prog.step:
+            load_weights(self.model, self.run_dir / best["checkpoint"] / "intervention")
+            self.acc.print(f"train.load_best: the weights of {best['checkpoint']} ({best['metric']} {best['value']:.4g})")
+        out = {"steps": self.prog.step, "tokens": self.prog.tokens, "resumed": ckpt is not None}
+        return {**out, "best": best} if best is not None else out
+
     def where(self) -> str:
         return f" Last good checkpoint: {latest_checkpoint(self.run_dir)}"
 
@@ -338,11 +305,14 @@ def train(
     name: str | None = None,
     config: dict[str, Any] | None = None,
     env: Any = None,
+    dev: DevEval | None = None,
 ) -> dict[str, Any]:
     """Train ``model``'s interventions on encoded examples (one job of reftx.train.loop's loop); returns a
     summary of the run. With ``cfg.log_with``, trackers (reftx.train.trackers) record every logged row and
     ``config`` (the resolved experiment) under the project ``name`` (default: the run folder's name).
     ``env``: what an objective that samples needs (reftx.train.objectives.grpo.Env: the tokenizer and the task's reward).
+    ``dev``: scores the model on the dev split every ``cfg.eval_every`` steps (reftx.train.validation);
+    the summary's ``best`` names the best checkpoint by ``cfg.eval_metric``.
 
     ``model`` is a ReftModel or any module with its training surface: forward, ``param_groups``
     (what the optimizer trains), ``after_optimizer_step``, ``save_pretrained`` and, for resuming,
@@ -350,14 +320,18 @@ def train(
     """
     run_dir = Path(run_dir)
     acc = accelerator(cfg.grad_accum, cfg.precision, **tracking.accelerator_kwargs(cfg.log_with, run_dir))
-    r = _Run(model, cfg, run_dir, acc, show_progress=show_progress, on_log=on_log, env=env)
+    if cfg.eval_every and dev is None:
+        raise ReftError("train.eval_every scores a dev split: pass dev= (reftx.train.validation.DevEval; "
+                        "`reftx run` builds it from task.dev_size)")
+    r = _Run(model, cfg, run_dir, acc, show_progress=show_progress, on_log=on_log, env=env,
+             dev=dev if cfg.eval_every else None)
     r.setup(data, pad_id, seed)
     if r.objective.needs_env and env is None:
         raise ReftError(f"train.objective {cfg.objective!r} samples and scores completions: it needs env= "
                         "(reftx.train.objectives.grpo.Env; `reftx run` supplies it)")
     ckpt = r.restore(resume)
-    if r.prog.step >= r.steps:
-        return {"steps": r.prog.step, "resumed": ckpt is not None}
+    if r.prog.step >= r.steps or r.prog.stopped:  # finished (or stopped early) before: nothing left to train
+        return r.finish(ckpt)
     tracking.start(acc, cfg.log_with, name or run_dir.name, config, r.prog.step)
     try:
         return _fit(r, ckpt)
@@ -381,8 +355,7 @@ def _fit(r: _Run, ckpt: Path | None) -> dict[str, Any]:
         r.acc.print(f"interrupted: saved a checkpoint at step {r.prog.step} in {r.run_dir}; resuming continues from it")
         raise
     r.checkpoint()
-    return {"steps": r.prog.step, "tokens": r.prog.tokens, "resumed": ckpt is not None,
-            "train_seconds": time.perf_counter() - r.t0}
+    return {**r.finish(ckpt), "train_seconds": time.perf_counter() - r.t0}
 
 
 __all__ = ["Diverged", "DivergenceGuard", "Interrupted", "RunJob", "NonFiniteLoss", "train", "latest_checkpoint", "load_weights", "seed_everything",
