@@ -256,8 +256,9 @@ def retain_auc(retain_model: str, examples: list[Example], chat: bool, key: str,
     """The retain-only model's Min-K% AUC on the forget and holdout ``examples`` (privleak's
     reference), cached like ``retain_ratios``."""
     key = f"{key}:chat={chat}:n={len(examples)}:mia_min_k:k={MIN_K}"
-    return _cached(retain_model, key, lambda model, tok: score_metrics(
-        ["mia_min_k"], token_scores(model, tok, examples, chat, batch_size), examples)["mia_min_k_auc"], load)
+    return _cached(retain_model, key, lambda model, tok: score_metrics(  # record=False: not the evaluated model's
+        ["mia_min_k"], token_scores(model, tok, examples, chat, batch_size), examples, record=False)["mia_min_k_auc"],
+        load)
 
 
 MIA_MAX_LENGTH = 512  # open-unlearning configs/data/datasets/TOFU_MIA.yaml max_length
@@ -306,8 +307,8 @@ def memorization_metrics(model: Any, tokenizer: Any, examples: list[Example], ch
         raise DataError("tofu memorization metrics need forget and holdout examples "
                         f"(got {len(forget)} forget, {len(mia) - len(forget)} holdout)")
     scores = token_scores(model, tokenizer, mia, chat, batch_size)
-    out = {f"{k}_forget": v for k, v in score_metrics(["exact_memorization", "extraction_strength"],
-                                                      [scores[j] for j in forget], [mia[j] for j in forget]).items()}
+    out = score_metrics(["exact_memorization", "extraction_strength"], [scores[j] for j in forget],
+                        [mia[j] for j in forget], overall="{metric}_forget")
     out |= score_metrics(["mia_loss", "mia_zlib", "mia_min_k", "mia_min_k_plus_plus"], scores, mia)
     if retain_model:
         out["privleak"] = privleak(out["mia_min_k_auc"], retain_auc(retain_model, mia, chat, key, batch_size, load))
@@ -353,9 +354,9 @@ def evaluate_tofu(model: Any, tokenizer: Any, examples: list[Example], cfg: Any,
             continue
         subset = [tofu[i] for i in idx]
         ratio = "truth_ratio_closer_to_1" if name == "forget" else "truth_ratio_true_better"
-        scores = {**score_metrics(["rougel_recall"], [preds[main[i]] for i in idx], subset),
-                  **score_metrics(["tofu_prob", ratio], [stats[i] for i in idx], subset)}
-        metrics |= {f"{k}_{name}": v for k, v in scores.items()}  # rougeL_recall_forget, prob_forget, ...
+        per_set = f"{{metric}}_{name}"  # rougeL_recall_forget, prob_forget, ...
+        metrics |= score_metrics(["rougel_recall"], [preds[main[i]] for i in idx], subset, overall=per_set)
+        metrics |= score_metrics(["tofu_prob", ratio], [stats[i] for i in idx], subset, overall=per_set)
         gate = mean_gate(model, tokenizer, subset, chat, cfg.batch_size)
         if gate is not None:
             metrics[f"gate_{name}"] = gate

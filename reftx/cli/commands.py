@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from reftx.cli.docgen import first_paragraph
+from reftx.cli import report as report_cli
 from reftx.cli import sweep as sweep_cli
 from reftx.core.errors import ConfigError, ReftError
 
@@ -365,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     _push_parser(sub)
     _adopt_parser(sub)
     _check_parser(sub)
+    report_cli.add_parser(sub)
     sweep_cli.add_parser(sub)
     return p
 

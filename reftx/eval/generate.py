@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from reftx.data.encoding import collate_prompts, encode_prompt, pad_id
 from reftx.config.schema import EvalConfig
 from reftx.data.examples import Example
+from reftx.eval.outcomes import Predictions, recording
 
 
 
@@ -56,6 +57,10 @@ def evaluate(model: Any, tokenizer: Any, task: Any, examples: list[Example], cfg
     ``task`` is a reftx.eval.task.Task (not imported: task.py imports this module for its default
     ``evaluate``). (``Task.evaluate``: generation + ``score`` unless the task scores another way).
     ``references``: loaders of the task's reference models (``Task.reference_models``), passed
-    on only when there are any, so a task without reference models need not take the keyword."""
+    on only when there are any, so a task without reference models need not take the keyword.
+    The predictions come back as ``reftx.eval.outcomes.Predictions``: with every metric's
+    per-example values (what ``samples.jsonl`` keeps for paired comparisons across runs)."""
     extra = {"references": references} if references else {}
-    return task.evaluate(model, tokenizer, examples, cfg, chat, show_progress, **extra)
+    with recording(examples) as rec:
+        metrics, preds = task.evaluate(model, tokenizer, examples, cfg, chat, show_progress, **extra)
+    return metrics, Predictions(preds, rec.rows, rec.aggregates)

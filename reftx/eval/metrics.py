@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from reftx.core.registry import Registry
+from reftx.eval import outcomes
 
 Compute = Callable[[Any, Any], Any]
 Aggregate = Callable[[list[Any]], float]
@@ -128,14 +129,19 @@ def available_metrics() -> list[str]:
 
 def score_metrics(metrics: Iterable[str | Metric], predictions: Sequence[Any], examples: Sequence[Any],
                   by: Callable[[Any], str | None] | None = None, key: str = "{group}/{metric}",
-                  field: str = "metrics") -> dict[str, float]:
+                  field: str = "metrics", overall: str = "{metric}", record: bool = True) -> dict[str, float]:
     """``{metric.key: aggregate(values)}`` for each metric (names are looked up with
     :func:`get_metric`, ``field`` naming where they came from), over the examples it applies to;
-    a metric that applies to none is left out.
+    a metric that applies to none is left out. ``overall``: the key of the overall value,
+    ``overall.format(metric=metric.key)`` (e.g. ``"{metric}_forget"`` for a subset's scores).
 
     ``by``: optionally a group of each example (a name, or None for none): every metric is then
     also aggregated per group, keyed ``key.format(group=..., metric=metric.key)``, groups in order
-    of first appearance, after the overall values. Each per-example value is computed once."""
+    of first appearance, after the overall values. Each per-example value is computed once.
+
+    While a recording is open (reftx.eval.outcomes.recording) the per-example values are also
+    recorded under the keys they are aggregated into; ``record`` False leaves them out (a
+    reference model's scores of the same examples)."""
     resolved = [m if isinstance(m, Metric) else get_metric(m, field) for m in metrics]
     keys = [m.key for m in resolved]
     if len(set(keys)) != len(keys):
@@ -152,8 +158,11 @@ def score_metrics(metrics: Iterable[str | Metric], predictions: Sequence[Any], e
         for m in resolved:
             kept = [v for v in (values[m.key][i] for i in idx) if v is not None]
             if kept:
-                name = m.key if group is None else key.format(group=group, metric=m.key)
+                name = overall.format(metric=m.key) if group is None else key.format(group=group, metric=m.key)
                 out[name] = float(m.aggregate(kept))
+                if record:
+                    outcomes.record(name, m.name, m.aggregate in (mean, mean_float32), [examples[i] for i in idx],
+                                    [values[m.key][i] for i in idx])
     return out
 
 

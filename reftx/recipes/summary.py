@@ -10,18 +10,29 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from reftx.eval.outcomes import example_ids
 from reftx.runs.folder import RunFolder
 
 console = Console(stderr=True)
 
 
 def write_samples(out: RunFolder, examples: list, preds: list[str], before: list[str] | None = None) -> None:
-    """samples.jsonl: prompt, gold and prediction ("after") per example, plus "before" where given."""
+    """samples.jsonl: per example its stable ``id`` (reftx.eval.outcomes.example_ids), prompt, gold and
+    prediction ("after"), "before" where given, and, when ``preds`` carries them
+    (reftx.eval.outcomes.Predictions), ``metrics``: every metric's value on it, keyed as in
+    results.json, with ``aggregates`` naming the metric of any key not aggregated by the mean."""
+    outcomes = getattr(preds, "outcomes", None)
+    aggregates = getattr(preds, "aggregates", {})
     rows = []
-    for i, ex in enumerate(examples):
-        rec = {"prompt": ex.prompt, "gold": str(ex.gold), "after": preds[i]}
+    for i, (eid, ex) in enumerate(zip(example_ids(examples), examples)):
+        rec = {"id": eid, "prompt": ex.prompt, "gold": str(ex.gold), "after": preds[i]}
         if before is not None and i < len(before):
             rec["before"] = before[i]
+        if outcomes is not None:
+            rec["metrics"] = outcomes[i]
+            named = {k: aggregates[k] for k in outcomes[i] if k in aggregates}
+            if named:
+                rec["aggregates"] = named
         rows.append(rec)
     out.jsonl("samples.jsonl", rows)
 

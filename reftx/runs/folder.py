@@ -124,6 +124,7 @@ class RunFolder:
 
     def __init__(self, folder: Path):
         self.path = Path(folder)
+        self._cpu0 = time.process_time()  # results' cpu_seconds count from here
 
     def text(self, name: str, text: str, *, replace: bool = True) -> Path:
         """Write ``name`` (relative to the folder); ``replace`` False: never over an existing file."""
@@ -151,13 +152,15 @@ class RunFolder:
         """The one writer of a command's results (``results.json``; ``eval.json``, ``eval-2.json``, ...
         for ``reftx eval``, with ``replace`` False): ``fields`` (``name``, ``config_hash`` and ``metrics``
         required, then the command's own), then ``wall_seconds`` since ``started`` (a
-        ``time.perf_counter()`` reading) and the stack's ``versions``. Returns what it wrote."""
+        ``time.perf_counter()`` reading) with ``cpu_seconds``, the CPU time of this process (every
+        thread) since the folder was opened, and the stack's ``versions``. Returns what it wrote."""
         missing = [k for k in ("name", "config_hash", "metrics") if k not in fields]
         if missing:
             raise ValueError(f"{name} needs {', '.join(missing)}")
         record = dict(fields)
         if started is not None:
             record["wall_seconds"] = time.perf_counter() - started
+            record["cpu_seconds"] = time.process_time() - self._cpu0
         record["versions"] = versions()
         self.json(name, record, replace=replace)
         return record

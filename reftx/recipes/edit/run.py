@@ -6,8 +6,9 @@ Run dir ``{output_dir}/{name}-{mode}``:
   results.json   mean reliability / generality / locality (sequential: ``metric@N`` after N edits),
                  the unedited model's reliability and generality, steps per edit, config hash,
                  wall / train / eval seconds, versions
-  edits.jsonl    one line per edit (sequential: per edit and evaluation point): file index, prompt,
-                 target, the three metrics, steps and final loss
+  edits.jsonl    one line per edit (sequential: per edit and evaluation point): its stable id, file index,
+                 prompt, target, the three metrics, steps and final loss, and ``metrics`` (its values under
+                 results.json's keys, for paired comparisons: reftx report)
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from reftx.core.errors import ConfigError
 from reftx.config.schema import EvalConfig, Experiment, TrainConfig
 from reftx.engine.model import attach
 from reftx.data.examples import Example
+from reftx.eval.outcomes import example_ids
 
 EDIT_METRICS = ("reliability", "generality", "locality")
 COUNTERFACT = ("efficacy_score", "efficacy_magnitude", "paraphrase_score", "paraphrase_magnitude",
@@ -151,7 +153,8 @@ def _independent(editor: Editor, examples: list[Example], before: list[dict[str,
     clock["eval"] += time.perf_counter() - t
     per_edit = [results[j] for j, job in enumerate(jobs) for _ in job]
     metrics.update(_means(rows))
-    return [_line(examples[i], before[i], rows[i], per_edit[i]) for i in range(n)], results
+    ids = example_ids(examples)
+    return [_line(examples[i], ids[i], before[i], rows[i], per_edit[i]) for i in range(n)], results
 
 
 def _sequential(editor: Editor, examples: list[Example], before: list[dict[str, float]],
@@ -165,6 +168,7 @@ def _sequential(editor: Editor, examples: list[Example], before: list[dict[str, 
     results: list[JobResult] = []
     t0, eval_s = time.perf_counter(), 0.0
     points = [c for c in opts.checkpoints if c <= n] or [n]
+    ids = example_ids(examples)
     for i in range(n):
         if opts.sequence_balance_weight:
             editor.seq_states += editor.site_states([examples[i].prompt], [editor.pos[i]])
@@ -173,7 +177,8 @@ def _sequential(editor: Editor, examples: list[Example], before: list[dict[str, 
             t = time.perf_counter()
             rows = editor.evaluate(list(range(i + 1)), [0] * (i + 1), unedited)
             eval_s += time.perf_counter() - t
-            lines += [{**_line(examples[j], before[j], rows[j], results[j]), "after": i + 1} for j in range(i + 1)]
+            lines += [{**_line(examples[j], ids[j], before[j], rows[j], results[j], f"@{i + 1}"), "after": i + 1}
+                      for j in range(i + 1)]
             metrics.update(_means(rows, suffix=f"@{i + 1}"))
             console.print(f"after {i + 1} edits: " + ", ".join(f"{k} {v:.3f}" for k, v in _means(rows).items()))
     clock["train"] = time.perf_counter() - t0 - eval_s
@@ -191,10 +196,15 @@ def _table(res: dict[str, Any], metrics: dict[str, float]) -> None:
     console.print(table)
 
 
-def _line(ex: Example, before: dict[str, float], row: dict[str, float], res: JobResult) -> dict[str, Any]:
-    return {"index": ex.meta.get("index"), "prompt": ex.prompt, "target": ex.target.strip(), **row,
+def _line(ex: Example, eid: str, before: dict[str, float], row: dict[str, float], res: JobResult,
+          suffix: str = "") -> dict[str, Any]:
+    """One edits.jsonl line; ``id``: the edit's stable id (reftx.eval.outcomes.example_ids) and ``metrics``:
+    its values under the results.json keys they are averaged into (sequential: ``reliability@N``)."""
+    metrics = {f"{k}{suffix}": row[k] for k in EDIT_METRICS + COUNTERFACT if k in row}
+    metrics |= {f"{k}_unedited": before[k] for k in EDIT_METRICS[:2] + COUNTERFACT if k in before}
+    return {"id": eid, "index": ex.meta.get("index"), "prompt": ex.prompt, "target": ex.target.strip(), **row,
             "reliability_unedited": before["reliability"], "generality_unedited": before["generality"],
-            "steps": res.steps, "loss": res.loss}
+            "steps": res.steps, "loss": res.loss, "metrics": metrics}
 
 
 def _steps(results: list[JobResult], stop: float) -> dict[str, float]:

@@ -80,7 +80,11 @@ def test_evaluate_command(tiny_dir, tmp_path):
     assert results["metrics"]["forget_quality"] == pytest.approx(1.0)  # the retain model is this model
     assert not any(k.startswith("gate_") for k in results["metrics"])
     samples = (tmp_path / "stage1" / "baseline" / "samples.jsonl").read_text().splitlines()
-    assert len(samples) == 10 and set(json.loads(samples[0])) == {"prompt", "gold", "after"}
+    assert len(samples) == 10
+    assert set(json.loads(samples[0])) == {"id", "prompt", "gold", "after", "metrics", "aggregates"}
+    first = json.loads(samples[0])  # a forget question: its per-example values, keyed as in results.json
+    assert set(first["metrics"]) == {"rougeL_recall_forget", "prob_forget", "truth_ratio_forget"}
+    assert first["aggregates"] == {"truth_ratio_forget": "truth_ratio_closer_to_1"}
     # the folder describes itself: its config.yaml has the hash of results.json
     assert config_hash(load_yaml(tmp_path / "stage1" / "baseline" / "config.yaml")) == results["config_hash"]
     # scripts/tofu_rescore.py recomputes ROUGE-L and MU from samples.jsonl: with the same scorer, the same values
