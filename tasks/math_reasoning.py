@@ -16,10 +16,13 @@ Data (``{data_dir}``, see shared/data/SOURCES.md):
   enough for a small model to solve a fair share (for CPU-sized studies of reinforced finetuning);
   they are not GSM8K.
 
-Guidance (for objectives that compare the response with and without it, reftx.train.objectives.nlft): every example
-carries ``guidance`` = "Hint: the correct final answer is <gold>." (the final answer only: the
-target already is the reference solution, so giving the whole solution would make every token
-salient by copying).
+Guidance (for objectives that compare the response with and without it, reftx.train.objectives.nlft),
+``options.guidance``: ``solution`` (default) gives the whole reference solution, as NLFT's released
+code guides with the standard answer (Julia-LiuJ/NLFT finetune_unlikelihood_dynamic_correct.py:470-474,
+worded for a guidance in front of the question); ``final_answer`` gives "Hint: the correct final
+answer is <gold>." (reftx before issue 26: meant for responses that are the reference solution
+itself, which the whole solution would make salient by copying). An example without a solution
+(a test example of LLM-Adapters' sets) gets the final answer.
 
 Splits: ``train`` (``train_set``) and ``test`` (every dataset in ``datasets``, each cut to
 ``n_per_dataset`` examples by a draw fixed by ``seed``). Evaluation generates greedily (batched,
@@ -96,8 +99,12 @@ def gsm8k_solution(answer: str, where: str) -> tuple[str, str]:
     return f"{_GSM_CALC.sub('', body).strip()}\nThe answer is {gold}.", gold
 
 
-def guidance(gold: str) -> str:
-    """The natural-language guidance of an example (see the module docstring)."""
+def guidance(gold: str, solution: str = "", kind: str = "final_answer") -> str:
+    """The natural-language guidance of an example (see the module docstring): the reference
+    ``solution`` (kind solution, when there is one) or the final answer ``gold``."""
+    if kind == "solution" and solution.strip():
+        return (f"Assuming you are a math expert, the standard answer to the question below is:\n{solution.strip()}\n"
+                "Please refer to the standard answer and give your answer.")
     return f"Hint: the correct final answer is {gold}."
 
 
@@ -116,6 +123,7 @@ class MathReasoning(Task):
         seed: int = 0  # seed of the per-dataset test subsets
         template: Template = "plain"  # prompt: plain (the question) or alpaca (the LLM-Adapters/ReFT prompt)
         hub_id: str = ""  # a Hub dataset with LLM-Adapters columns: its train/test splits replace the local files (online only)
+        guidance: Literal["solution", "final_answer"] = "solution"  # Example.guidance (train.objective: nlft): the whole reference solution (NLFT's released code) or "Hint: the correct final answer is N."
         reward_rule: Literal["llm_adapters", "lm_eval_strict", "lm_eval_flexible", "brep", "any_number", "math_verify"] = "llm_adapters"  # the answer rule of the reward of sampling objectives (train.objective: grpo), one of the accuracy rules
 
         def __post_init__(self) -> None:
@@ -175,13 +183,14 @@ class MathReasoning(Task):
                 raise DataError(f"{where}: answer {r.answer!r} is neither a number nor a letter A-E") from None
         target = re.sub(r"^A:\s*", "", r.output.strip()) if train else ""  # math_data outputs start "\nA: "
         return Example(r.prompt(self.options.template), target, answer=r.answer,
-                       meta={"dataset": dataset, "file": r.file, "line": r.line}, guidance=guidance(r.answer))
+                       meta={"dataset": dataset, "file": r.file, "line": r.line},
+                       guidance=guidance(r.answer, target, self.options.guidance))
 
     def _gsm8k_format(self, question: str, answer: str, dataset: str, file: str, line: int, where: str) -> Example:
         """An example from a GSM8K-format (question, "...#### N" answer) pair; errors name ``where``."""
         target, gold = gsm8k_solution(answer, where)
         prompt = Record(question, "", target, gold, file, line, line - 1).prompt(self.options.template)
-        return Example(prompt, target, answer=gold, guidance=guidance(gold),
+        return Example(prompt, target, answer=gold, guidance=guidance(gold, target, self.options.guidance),
                        meta={"dataset": dataset, "file": file, "line": line})
 
     def _gsm8k(self, path: Path) -> list[Example]:

@@ -7,9 +7,11 @@ the tokenizer's chat template when asked. ``collate_train`` pads on the right;
 
 An objective that scores the response with and without natural-language guidance (reftx.train.objectives.nlft)
 asks ``encode`` for a guided copy of each example (``guided=True``): the same response token ids
-after a prompt that starts with ``Example.guidance``; ``collate_train`` then adds
-``guided_input_ids``, ``guided_attention_mask`` and ``guided_labels`` (-100 on the guided prompt)
-to the batch. Without it the batch is exactly as before.
+after a prompt that starts with ``Example.guidance``, and a judged copy: the same response after
+a prompt that starts with ``JUDGMENT`` (a negative verdict, what NLFT's unlikelihood branch compares
+a wrong response against); ``collate_train`` then adds ``guided_input_ids``,
+``guided_attention_mask``, ``guided_labels`` (-100 on the guided prompt) and the same three
+``judged_*`` keys to the batch. Without it the batch is exactly as before.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ class Encoded:
     info: dict[str, float] = field(default_factory=dict)
     guided_ids: list[int] | None = None  # guidance + prompt, then the same response ids (encode(guided=True))
     guided_prompt_len: int = 0  # length of the guided prompt in guided_ids
+    judged_ids: list[int] | None = None  # JUDGMENT + prompt, then the same response ids (encode(guided=True))
+    judged_prompt_len: int = 0  # length of the judged prompt in judged_ids
     untruncated: tuple[int, int] = (0, 0)  # (prompt, response) tokens before truncation (reftx.data.checks reads them)
 
 
@@ -68,6 +72,18 @@ def guided_prompt(ex: Example) -> str:
     return f"{ex.guidance}{GUIDANCE_SEPARATOR}{ex.prompt}"
 
 
+# The judged copy's verdict: NLFT's released prompt for a response judged wrong (Julia-LiuJ/NLFT
+# finetune_unlikelihood_dynamic_correct.py:464-467, "Write a bad response ... weaknesses mentioned in
+# the below judgment"), with the task's verdict (wrong) as the judgment: no judge model writes one here.
+JUDGMENT = ("Write a bad response to the question below. Your response should contain the weaknesses "
+            "mentioned in this judgment.\nJudgment: the response is wrong.")
+
+
+def judged_prompt(ex: Example) -> str:
+    """The prompt text of the judged copy: ``JUDGMENT`` in front of the prompt."""
+    return f"{JUDGMENT}{GUIDANCE_SEPARATOR}{ex.prompt}"
+
+
 def encode(tokenizer: Any, ex: Example, max_length: int, chat: bool, end_token: bool = True,
            guided: bool = False) -> Encoded:
     """Prompt + target ids; labels are -100 on the prompt. The target ends with EOS (or the chat
@@ -77,7 +93,8 @@ def encode(tokenizer: Any, ex: Example, max_length: int, chat: bool, end_token: 
     otherwise (reftx.data.checks).
 
     guided: also encode the guided copy (``guided_prompt(ex)`` + the same response ids, kept whole:
-    it may exceed ``max_length`` by the guidance); an example without guidance is a DataError."""
+    it may exceed ``max_length`` by the guidance) and the judged copy (``judged_prompt(ex)`` + the
+    same response ids); an example without guidance is a DataError."""
     prompt = encode_prompt(tokenizer, ex.prompt, chat)
     target = tokenizer(ex.target, add_special_tokens=False)["input_ids"]
     if end_token and tokenizer.eos_token_id is not None:
@@ -96,7 +113,9 @@ def encode(tokenizer: Any, ex: Example, max_length: int, chat: bool, end_token: 
         raise DataError(f"this objective needs Example.guidance (natural-language guidance such as a reference "
                         f"answer) on every training example; none on the example with prompt {ex.prompt[:60]!r}")
     g_prompt = encode_prompt(tokenizer, guided_prompt(ex), chat)
-    return dataclasses.replace(enc, guided_ids=g_prompt + target, guided_prompt_len=len(g_prompt))
+    j_prompt = encode_prompt(tokenizer, judged_prompt(ex), chat)
+    return dataclasses.replace(enc, guided_ids=g_prompt + target, guided_prompt_len=len(g_prompt),
+                               judged_ids=j_prompt + target, judged_prompt_len=len(j_prompt))
 
 
 def pad_id(tokenizer: Any) -> int:
@@ -121,8 +140,9 @@ def collate_train(batch: list[Encoded], pad_id: int) -> dict[str, Tensor]:
         mask[i, :n] = 1
     out: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "labels": labels,
                            "prompt_lengths": torch.tensor([e.prompt_len for e in batch])}
-    if any(e.guided_ids is not None for e in batch):
-        out.update(_collate_guided(batch, pad_id))
+    for copy in ("guided", "judged"):
+        if any(getattr(e, f"{copy}_ids") is not None for e in batch):
+            out.update(_collate_copy(batch, pad_id, copy))
     keys = sorted(batch[0].info)
     if keys:
         if any(sorted(e.info) != keys for e in batch):
@@ -131,29 +151,31 @@ def collate_train(batch: list[Encoded], pad_id: int) -> dict[str, Tensor]:
     return out
 
 
-def _collate_guided(batch: list[Encoded], pad_id: int) -> dict[str, Tensor]:
-    """guided_input_ids, guided_attention_mask, guided_labels (-100 on the guided prompt and the
-    padding), right-padded like the plain batch."""
-    if any(e.guided_ids is None for e in batch):
-        raise ValueError("some examples of the batch carry a guided copy and some do not")
-    t = max(len(e.guided_ids) for e in batch)
+def _collate_copy(batch: list[Encoded], pad_id: int, copy: str) -> dict[str, Tensor]:
+    """{copy}_input_ids, {copy}_attention_mask, {copy}_labels (-100 on the copy's prompt and the
+    padding), right-padded like the plain batch, and {copy}_prompt_lengths; copy: guided or judged."""
+    seqs = [getattr(e, f"{copy}_ids") for e in batch]
+    if any(s is None for s in seqs):
+        raise ValueError(f"some examples of the batch carry a {copy} copy and some do not")
+    t = max(len(s) for s in seqs)
     ids = torch.full((len(batch), t), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), t), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(batch), t), dtype=torch.long)
-    for i, e in enumerate(batch):
-        n, p = len(e.guided_ids), e.guided_prompt_len
-        ids[i, :n] = torch.tensor(e.guided_ids)
+    lengths = [getattr(e, f"{copy}_prompt_len") for e in batch]
+    for i, (s, p) in enumerate(zip(seqs, lengths)):
+        n = len(s)
+        ids[i, :n] = torch.tensor(s)
         labels[i, p:n] = ids[i, p:n]
         mask[i, :n] = 1
-    return {"guided_input_ids": ids, "guided_attention_mask": mask, "guided_labels": labels,
-            "guided_prompt_lengths": torch.tensor([e.guided_prompt_len for e in batch])}
+    return {f"{copy}_input_ids": ids, f"{copy}_attention_mask": mask, f"{copy}_labels": labels,
+            f"{copy}_prompt_lengths": torch.tensor(lengths)}
 
 
 def prompt_lengths(batch: dict[str, Tensor], prefix: str = "") -> Tensor:
     """(B,) prompt length of every row of a training batch: the boundary ``collate_train`` carries
     from encoding (``{prefix}prompt_lengths``). A batch built outside reftx's encoding (TRL's, a
     hand-made dict) that lacks it gets the tokens before each row's first label, the rule the hooks
-    apply to such batches (reftx.engine.positions.spans). prefix: ``"guided_"`` for the guided copy."""
+    apply to such batches (reftx.engine.positions.spans). prefix: ``"guided_"`` or ``"judged_"`` for a copy."""
     if f"{prefix}prompt_lengths" in batch:
         return batch[f"{prefix}prompt_lengths"]
     labels, mask = batch[f"{prefix}labels"], batch[f"{prefix}attention_mask"]
@@ -172,4 +194,5 @@ def collate_prompts(prompts: list[list[int]], pad_id: int) -> dict[str, Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
-__all__ = ["Encoded", "collate_prompts", "collate_train", "encode", "encode_prompt", "format_prompt", "guided_prompt", "use_chat", "pad_id"]
+__all__ = ["JUDGMENT", "Encoded", "collate_prompts", "collate_train", "encode", "encode_prompt", "format_prompt",
+           "guided_prompt", "judged_prompt", "use_chat", "pad_id"]

@@ -48,10 +48,12 @@ def lm_batch(**info):
     return {**b, "example_info": {k: torch.tensor(v) for k, v in info.items()}} if info else b
 
 
-def guided_batch():
+def guided_batch():  # nlft's: the guided copy (guidance 40.. + prompt) and the judged copy (70.. + prompt)
     rows = [([5, 6, 7, 8, 9], [40, 41], [11, 12, 13, 2]), ([20, 21, 22, 23, 24], [42], [30, 31, 2])]
-    return collate_train([Encoded(p + r, [-100] * len(p) + r, len(p), guided_ids=g + p + r,
-                                  guided_prompt_len=len(g) + len(p)) for p, g, r in rows], pad_id=0)
+    return collate_train([Encoded(p + r, [-100] * len(p) + r, len(p), info={EXAMPLE_INDEX: float(i)},
+                                  guided_ids=g + p + r, guided_prompt_len=len(g) + len(p),
+                                  judged_ids=[70, 71] + p + r, judged_prompt_len=2 + len(p))
+                          for i, (p, g, r) in enumerate(rows)], pad_id=0)
 
 
 def class_batch():
@@ -71,7 +73,7 @@ CASES = {
     "grpo": ("llama", lambda: lm_batch(**{EXAMPLE_INDEX: [0.0, 1.0]}), SAMPLING, True),
     "carft": ("llama", lambda: lm_batch(**{EXAMPLE_INDEX: [0.0, 1.0]}), {**SAMPLING, "contrastive": {"weight": 0.5}},
               True),
-    "nlft": ("llama", guided_batch, {}, False),
+    "nlft": ("llama", guided_batch, {"max_new_tokens": 3}, True),
     "baft_locality_kl": ("llama", lambda: lm_batch(locality=[0.0, 1.0]), {"weight": 0.5}, False),
 }
 
