@@ -82,4 +82,12 @@ def detached_error(call: str) -> ReftError:
                      "weights call save_pretrained before detach()")
 
 
-__all__ = ["check_forward", "check_real_weights", "detached_error"]
+def gradient_checkpointing(base: nn.Module) -> bool:
+    """Whether ``base`` has gradient (activation) checkpointing switched on (attach refuses it)."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(base), name) or name in vars(base):
+            return bool(getattr(base, name))
+    return False
+
+
+__all__ = ["check_forward", "check_real_weights", "detached_error", "gradient_checkpointing"]

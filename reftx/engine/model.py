@@ -31,10 +31,10 @@ from reftx.engine import sites
 from reftx.core.errors import ConfigError, ReftError
 from reftx.engine.generation import GenerationState, cache_length, check_left_padded, find_cache, is_assisted
 from reftx.engine.hooks import HookManager, Overrides
-from reftx.engine.inputs import check_forward, check_real_weights, detached_error
+from reftx.engine.inputs import check_forward, check_real_weights, detached_error, gradient_checkpointing
 from reftx.core.intervention import Intervention, after_step, defining_module, make_intervention
 from reftx.engine.serialization import (CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHTS_NAME, read_config,
-                                        write_interventions)
+                                        read_extras, write_extras, write_interventions)
 from reftx.engine.plan_table import Plan, trainable_line
 from reftx.engine.schedule import INTERVENTION_DTYPES, Group, InterventionSpec, plan
 from reftx.core.version import __version__
@@ -72,6 +72,7 @@ class ReftModel(nn.Module):
         self.specs: list[InterventionSpec] = specs
         self.groups: list[Group] = groups
         self.interventions = nn.ModuleDict({_slot(k): m for k, m in modules.items()})
+        self.extras = nn.ModuleDict()  # modules an objective keeps with the interventions (add_extra)
         self._frozen = {n: p.requires_grad for n, p in base.named_parameters()}
         base.requires_grad_(False)
         self.train_modules = tuple(train_modules)
@@ -114,15 +115,25 @@ class ReftModel(nn.Module):
         return groups
 
     def print_trainable_parameters(self) -> None:
-        """Trainable (interventions, train_modules) and all parameters, as peft prints them."""
+        """Trainable (interventions, train_modules, extras) and all parameters, as peft prints them."""
         print(trainable_line(self.count_parameters(), self.count_parameters(trainable_only=False)))
 
     def count_parameters(self, trainable_only: bool = True) -> int:
-        """Parameters of the interventions and train_modules (trainable_only) or of everything."""
+        """Parameters of the interventions, train_modules and extras (trainable_only) or of everything."""
         if not trainable_only:
             return sum(p.numel() for p in self.parameters())
         return sum(p.numel() for p in self.interventions.parameters() if p.requires_grad) + \
-            sum(t.numel() for _, t in self._module_params())
+            sum(t.numel() for _, t in self._module_params()) + sum(p.numel() for p in self._extra_params())
+
+    def add_extra(self, name: str, module: nn.Module) -> nn.Module:
+        """Keep ``module`` with the interventions (an objective's state: PPO's value head, the RL KL
+        anchor): its trainable parameters join ``param_groups`` and ``count_parameters``; save_pretrained
+        and load_trained carry its state in ``extras.safetensors`` (from_pretrained does not need it)."""
+        self.extras[name] = module.to(self.device)
+        return self.extras[name]
+
+    def _extra_params(self) -> list[nn.Parameter]:  # the trained ones (an anchor holds only buffers)
+        return [p for p in self.extras.parameters() if p.requires_grad]
 
     def _module_params(self) -> list[tuple[str, nn.Parameter]]:
         """(saved key, parameter) of every train_modules parameter."""
@@ -136,7 +147,7 @@ class ReftModel(nn.Module):
             d, n = mod.decay_split()
             decay += d
             no_decay += n
-        head = [p for _, p in self._module_params()]
+        head = [p for _, p in self._module_params()] + self._extra_params()
         return [g for g in ({"params": decay, "weight_decay": weight_decay},
                             {"params": no_decay, "weight_decay": 0.0},
                             {"params": head, "weight_decay": weight_decay}) if g["params"]]
@@ -281,6 +292,7 @@ class ReftModel(nn.Module):
         if self.train_modules:
             meta["train_modules"] = list(self.train_modules)
         write_interventions(directory, tensors, meta)  # a failure (a full disk) names the file, cause and fix
+        write_extras(directory, dict(self.extras))
         if push_to_hub and not repo_id:
             raise ReftError("save_pretrained(push_to_hub=True) needs repo_id='user/name'")
         if card_info is not None or push_to_hub:
@@ -329,6 +341,7 @@ class ReftModel(nn.Module):
         with torch.no_grad():
             for k, p in self._module_params():
                 p.copy_(tensors[k])
+        read_extras(directory, dict(self.extras), self.device)
 
     @classmethod
     def from_pretrained(cls, base: nn.Module, directory: str | os.PathLike, allow_nonfinite: bool = False, *,
@@ -371,14 +384,6 @@ def _release(hooks: HookManager, base: nn.Module, frozen: dict[str, bool]) -> No
     for n, p in base.named_parameters():
         p.requires_grad_(frozen.get(n, p.requires_grad))
     _ATTACHED.discard(base)
-
-
-def gradient_checkpointing(base: nn.Module) -> bool:
-    """Whether ``base`` has gradient (activation) checkpointing switched on."""
-    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
-        if hasattr(type(base), name) or name in vars(base):
-            return bool(getattr(base, name))
-    return False
 
 
 def unwrap(model: Any) -> Any:

@@ -2,7 +2,10 @@
 beside ``reft_config.json`` (format, version, base model, every intervention entry with all its
 options, the module defining each kind, the groups). ``ReftModel.save_pretrained`` writes them
 (:func:`write_interventions`: a failed write names the file, the cause and the fix) and
-``ReftModel.from_pretrained`` reads them back through :func:`read_config`."""
+``ReftModel.from_pretrained`` reads them back through :func:`read_config`. Beside them,
+``extras.safetensors`` holds the modules an objective keeps with the interventions (PPO's value
+head, the RL objectives' KL anchor: ``ReftModel.add_extra``), training state that checkpoints and
+``--resume`` carry and that ``from_pretrained`` does not need."""
 from __future__ import annotations
 
 import errno
@@ -17,6 +20,7 @@ from reftx.core.files import atomic_write
 
 CONFIG_NAME = "reft_config.json"
 WEIGHTS_NAME = "interventions.safetensors"
+EXTRAS_NAME = "extras.safetensors"
 FORMAT = "reftx.interventions"
 FORMAT_VERSION = 1
 
@@ -110,5 +114,49 @@ def write_interventions(directory: Path, tensors: dict[str, Any], meta: dict[str
         raise WriteError(target, cause, fix, f"the files already in {directory} are unchanged") from None
 
 
-__all__ = ["CONFIG_NAME", "FORMAT", "FORMAT_VERSION", "WEIGHTS_NAME", "WriteError", "read_config", "write_failure",
-           "write_interventions"]
+def write_extras(directory: Path, extras: dict[str, Any]) -> None:
+    """``extras.safetensors`` (atomically): the state of every module in ``extras`` (name -> module),
+    keys ``<name>.<tensor>``; nothing is written when there are none. A failure is a WriteError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    if not extras:
+        return
+    tensors = {f"{name}.{k}": t.detach().contiguous().cpu() for name, mod in extras.items()
+               for k, t in mod.state_dict().items()}
+    target = Path(directory) / EXTRAS_NAME
+    try:
+        atomic_write(target, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    except (OSError, SafetensorError) as e:
+        cause, fix = write_failure(target, e)
+        raise WriteError(target, cause, fix, f"the files already in {directory} are unchanged") from None
+
+
+def read_extras(directory: Path, extras: dict[str, Any], device: Any) -> None:
+    """Load what :func:`write_extras` saved into the modules of ``extras`` that the file holds. A
+    folder without the file, or a module the file lacks, keeps its state: a run started from another
+    run's interventions (``train.init_from``) starts its value head and anchor afresh; a module the
+    file holds must match in every tensor's name and shape."""
+    from safetensors.torch import load_file
+
+    path = Path(directory) / EXTRAS_NAME
+    if not extras or not path.is_file():
+        return
+    try:
+        tensors = load_file(path, device=str(device))
+    except Exception as e:  # safetensors reports truncation and bad headers with its own error type
+        raise ReftError(f"{path} cannot be read ({type(e).__name__}: {e}); the file is damaged or truncated") from None
+    for name, mod in extras.items():
+        own = mod.state_dict()
+        saved = {k[len(name) + 1:]: t for k, t in tensors.items() if k.startswith(f"{name}.")}
+        if not saved:
+            continue
+        if set(saved) != set(own) or any(saved[k].shape != t.shape for k, t in own.items()):
+            raise ReftError(f"{path}: {name!r} holds {sorted((k, tuple(t.shape)) for k, t in saved.items())}, this model's "
+                            f"{name} expects {sorted((k, tuple(t.shape)) for k, t in own.items())} (another model or "
+                            "other interventions): resume with the same config")
+        mod.load_state_dict(saved)
+
+
+__all__ = ["CONFIG_NAME", "EXTRAS_NAME", "FORMAT", "FORMAT_VERSION", "WEIGHTS_NAME", "WriteError", "read_config",
+           "read_extras", "write_extras", "write_failure", "write_interventions"]

@@ -209,6 +209,7 @@ class _Run:
         # (the global torch RNG by default), which would shift the dropout RNG of a resumed run
         loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=self.sampler,
                             collate_fn=lambda b: collate_train(rows(b), pad_id), generator=torch.Generator().manual_seed(seed))
+        getattr(self.objective, "prepare", lambda *_: None)(self.model, self.objective_opts)  # PPO's value head, RL's KL anchor
         groups = self.model.param_groups(cfg.weight_decay)
         self.trained = [p for g in groups for p in g["params"]]  # what gradient clipping sees
         opt = torch.optim.AdamW(groups, lr=cfg.lr)

@@ -73,6 +73,7 @@ CASES = {
     "grpo": ("llama", lambda: lm_batch(**{EXAMPLE_INDEX: [0.0, 1.0]}), SAMPLING, True),
     "carft": ("llama", lambda: lm_batch(**{EXAMPLE_INDEX: [0.0, 1.0]}), {**SAMPLING, "contrastive": {"weight": 0.5}},
               True),
+    "ppo": ("llama", lambda: lm_batch(**{EXAMPLE_INDEX: [0.0, 1.0]}), {"group_size": 2, "max_new_tokens": 3}, True),
     "nlft": ("llama", guided_batch, {"max_new_tokens": 3}, True),
     "baft_locality_kl": ("llama", lambda: lm_batch(locality=[0.0, 1.0]), {"weight": 0.5}, False),
 }

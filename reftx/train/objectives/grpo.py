@@ -23,8 +23,11 @@ reductions are TRL's (trl 1.16 ``GRPOConfig.loss_type``/``scale_rewards``; TRL's
 ``dapo`` and β = 0; reftx keeps the paper's ``grpo`` and β = 0.04 as defaults).
 
 π_old is the sampling policy (its log-probs come from ``generate``'s own logits, checked against a
-teacher-forced recomputation by tests/reference/test_reinforce.py); π_ref is the same model with
-the interventions switched off (no second copy of the base). One optimizer step per sampled batch
+teacher-forced recomputation by tests/reference/test_reinforce.py); π_ref is the policy where RL
+starts (``kl_reference: start``, the default: after a ``sequential`` warm-up, the SFT policy, as
+DeepSeekMath and Luong et al. anchor it; a frozen copy of the trained parameters saved with the
+run, reftx.train.objectives.anchor) or the model with its interventions off (``kl_reference:
+base``; no second copy of the base either way). One optimizer step per sampled batch
 (μ = 1), so ρ = 1 in value and the clip acts only on the gradient's scale, as in TRL's default.
 The std is the unbiased one over the group, as TRL's ``GRPOTrainer`` computes it
 (trl 1.16 ``trainer/grpo_trainer.py``); a group whose rewards are all equal has A = 0.
@@ -37,8 +40,7 @@ Everything else (data order, checkpoints, resume, logging, trackers, divergence 
 training loop's: ``reftx run`` with ``train.objective: grpo``, on any primitive and schedule
 (``{generated: n}`` groups edit the sampled tokens as they are generated, and the same tokens in
 the teacher-forced pass). An SFT warm-up is a previous run: ``train.init_from``.
-PPO with a value head and GAE (the paper's algorithm) is not implemented: a value head is a second
-trainable model beside the interventions, and GRPO needs none.
+PPO with a value head and GAE (Luong et al.'s algorithm) is the ``ppo`` objective (reftx.train.objectives.ppo).
 """
 from __future__ import annotations
 
@@ -63,6 +65,7 @@ from reftx.core.convert import require
 from reftx.core.errors import ConfigError, DataError
 from reftx.engine.model import unwrap
 from reftx.train.objectives.common import FIELD, OBJECTIVES, Result, register_objective, result
+from reftx.train.objectives.anchor import prepare_anchor, reference
 from reftx.train.objectives.rewards import checked_rewards, short
 from reftx.engine.schedule import resolve_layers
 from reftx.data.encoding import prompt_lengths
@@ -110,7 +113,8 @@ class GRPOOptions:
     temperature: float = 1.0  # sampling temperature (> 0); log-probs use the same tempered logits
     top_p: float = 1.0  # nucleus sampling mass (0 < top_p <= 1)
     clip: float = 0.2  # ε of the clipped ratio (> 0)
-    beta: float = 0.04  # weight of the KL to the reference (the model with interventions off); 0 skips it
+    beta: float = 0.04  # weight of the KL to the reference (kl_reference); 0 skips it
+    kl_reference: Literal["start", "base"] = "start"  # KL reference: the policy where RL starts (start: train.init_from's interventions after a warm-up, saved with the run) or the model with interventions off (base)
     partial_reward: float = 0.1  # reward of a parsable but wrong final answer (Luong et al. 2024: 0.1)
     eps: float = 1.0e-4  # added to the group's reward std
     loss_type: Literal["grpo", "dapo", "dr_grpo"] = "grpo"  # token reduction: per completion then mean (grpo), over the batch's tokens (dapo), over G*max_new_tokens (dr_grpo)
@@ -263,12 +267,12 @@ def rollout(model: Any, batch: dict[str, Any], opts: GRPOOptions, env: Env | Non
 
 
 def rl_loss(model: Any, r: Rollout, opts: GRPOOptions, logp: Tensor) -> tuple[Tensor, dict[str, float]]:
-    """GRPO's loss of rollout ``r`` given the policy's log-probs, with the KL to the model with its
-    interventions off when ``opts.beta`` > 0; logs reward, accuracy, kl, clip_fraction, lengths."""
+    """GRPO's loss of rollout ``r`` given the policy's log-probs, with the KL to the reference
+    (``opts.kl_reference``) when ``opts.beta`` > 0; logs reward, accuracy, kl, clip_fraction, lengths."""
     ref_logp = None
     if opts.beta > 0:
-        with torch.no_grad(), unwrap(model).disabled():
-            ref_logp, _ = policy_logprobs(model, r.prompt, r.mask, r.tokens, r.cmask, opts.temperature)
+        ref_logp, _ = policy_logprobs(reference(model, opts.kl_reference), r.prompt, r.mask, r.tokens, r.cmask,
+                                      opts.temperature)
     adv = group_advantages(r.rewards, opts.group_size, opts.eps, scale=opts.scale_rewards == "group")
     core, logs = grpo_loss(logp, r.old_logp, adv, r.cmask, opts.clip, opts.beta, ref_logp, opts.loss_type,
                            opts.max_new_tokens)
@@ -285,6 +289,15 @@ def grpo(model: Any, batch: dict[str, Any], opts: GRPOOptions, env: Env | None =
     logp, out = policy_logprobs(model, r.prompt, r.mask, r.tokens, r.cmask, opts.temperature)
     core, logs = rl_loss(model, r, opts, logp)
     return result(out, core, logs)
+
+
+def prepare(model: Any, opts: GRPOOptions) -> None:
+    """Before the optimizer is built (the runner calls it): the KL anchor, when there is a KL term."""
+    if opts.beta > 0:
+        prepare_anchor(model, opts.kl_reference)
+
+
+grpo.prepare = prepare  # type: ignore[attr-defined]
 
 
 # -- CARFT: GRPO plus a contrastive term on chain-of-thought representations (reftx.train.objectives.carft) ----------
@@ -332,3 +345,6 @@ def carft(model: Any, batch: dict[str, Any], opts: Any, env: Env | None = None) 
     core, logs = rl_loss(model, r, opts, logp)
     logs.update(cl_logs)
     return result(out, core + c.weight * cl, logs)
+
+
+carft.prepare = prepare  # type: ignore[attr-defined]
