@@ -16,6 +16,7 @@ from reftx.core.errors import ConfigError, DataError, ReftError
 from reftx.core.intervention import Context, Intervention, available_interventions, register_intervention
 from reftx.models.loading import load_model
 from reftx.engine.model import ReftModel, attach
+from reftx.engine.multi import MultiReft
 from reftx.engine.schedule import plan
 import reftx.parts.basis_gates  # noqa: F401  (registers the shared modifiers)
 import reftx.parts.input_gates  # noqa: F401
@@ -34,6 +35,7 @@ __all__ = [
     "Context",
     "DataError",
     "Intervention",
+    "MultiReft",
     "ReftError",
     "ReftModel",
     "__version__",

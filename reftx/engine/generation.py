@@ -226,6 +226,26 @@ def window_rows(prompt: P.Spans, width: int, w: Window, spec: PositionSpec, part
     return _tail_rows(batch, lo, hi, w.offset, device)
 
 
+def open_generation(base: Any, args: tuple, kwargs: dict[str, Any], prompt_lengths: Tensor | None = None,
+                    who: str = "ReftModel.generate") -> GenerationState:
+    """The :class:`GenerationState` of one ``generate`` call, from that call's own arguments (input
+    ids or embeddings, a left-padded mask, a user-supplied cache, assisted decoding); ``who`` names
+    the caller in errors (ReftModel.generate, MultiReft.generate)."""
+    ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
+    embeds = kwargs.get("inputs_embeds")
+    mask = kwargs.get("attention_mask")
+    if ids is None and embeds is None:
+        raise ValueError(f"{who} needs input_ids (or inputs_embeds)")
+    if isinstance(mask, Tensor) and mask.dim() == 2:
+        check_left_padded(mask)
+    ids_len = ids.shape[1] if ids is not None else 0
+    width = max(ids_len, embeds.shape[1] if embeds is not None else 0,
+                mask.shape[1] if isinstance(mask, Tensor) and mask.dim() == 2 else 0)
+    return GenerationState(width, ids_len, cache_length(find_cache((), kwargs)) or 0,
+                           mask if isinstance(mask, Tensor) else None, prompt_lengths,
+                           assisted=is_assisted(kwargs, base))
+
+
 _ASSISTED = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit")
 
 

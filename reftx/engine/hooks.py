@@ -63,6 +63,7 @@ class ForwardState:
     explicit: tuple[Tensor, Tensor] | None
     ctx: Context
     stack: ExitStack
+    only: Tensor | None = None  # (B,) bool: the rows this manager edits (reftx.engine.multi); None: all
     _rows: dict[tuple, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
     def rows(self, spec: PositionSpec, parts: tuple[str, ...]) -> tuple[Tensor, Tensor]:
@@ -75,6 +76,9 @@ class ForwardState:
             else:
                 pieces = [P.part_rows(self.spans, spec, part) for part in parts]
             r = pieces[0] if len(pieces) == 1 else tuple(torch.cat(x) for x in zip(*pieces))
+            if self.only is not None:  # once per forward and selector, like the rows themselves
+                keep = self.only[r[0]]
+                r = (r[0][keep], r[1][keep])
             self._rows[key] = r
         return self._rows[key]
 
@@ -93,11 +97,14 @@ def _hidden(x: Any) -> Tensor:
 class HookManager:
     """Installs and removes reftx's hooks on one base model."""
 
-    def __init__(self, base: nn.Module, groups: list[Group], modules: dict[str, Intervention]):
+    def __init__(self, base: nn.Module, groups: list[Group], modules: dict[str, Intervention],
+                 parked: bool = False):
         self.base = base
         self.groups = groups
         self.modules = modules
         self.enabled = True
+        self.parked = parked  # True: the hooks place and edit nothing (outside routed(), MultiReft's managers)
+        self.only: Tensor | None = None  # see routed()
         self.pending: Overrides | None = None
         self.generation: GenerationState | None = None
         self._state: ForwardState | None = None
@@ -148,6 +155,18 @@ class HookManager:
             self.pending = None
 
     @contextmanager
+    def routed(self, only: Tensor) -> Iterator[None]:
+        """Within the block, edit only the rows where ``only`` (B,) bool is True, and run even when
+        parked (reftx.engine.multi: K adapters on one base, each on its own rows). A generate call that
+        expands rows (beams, ``num_return_sequences``) expands ``only`` the same way."""
+        saved = self.only, self.parked
+        self.only, self.parked = only, False
+        try:
+            yield
+        finally:
+            self.only, self.parked = saved
+
+    @contextmanager
     def collecting(self) -> Iterator[list[Context]]:
         """Within the block, the context of every forward that closes is appended to the yielded
         list: the auxiliary losses of forwards that a trainer runs on the base model directly."""
@@ -174,6 +193,8 @@ class HookManager:
 
     # -- top level -------------------------------------------------------------------------
     def _open(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self.parked:
+            return
         pending, self.pending = self.pending, None
         pending = pending or Overrides()
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -207,7 +228,8 @@ class HookManager:
                                        mask if window is None else None, seq)
         ctx = Context(torch.empty(0, dtype=torch.long), batch, example_info=pending.example_info)
         width = gen.width if gen is not None else seq
-        state = ForwardState(batch, seq, x.device, bd, window, prompt, width, explicit, ctx, ExitStack())
+        state = ForwardState(batch, seq, x.device, bd, window, prompt, width, explicit, ctx, ExitStack(),
+                             _expand(self.only, batch, x.device))
         decoding = window is not None and window.offset >= width
         if self.enabled and self._bases and (not decoding or self._any_decode_edit()):
             state.stack.enter_context(shared_rotations(self._bases))
@@ -256,6 +278,16 @@ class HookManager:
             self._edit(_hidden(args if args else kwargs.get("hidden_states")), entries)
 
         return hook
+
+
+def _expand(only: Tensor | None, batch: int, device: torch.device) -> Tensor | None:
+    """A (B,) row selection over the ``batch`` rows a forward runs (generate repeats each row for
+    beams and returned sequences, consecutively)."""
+    if only is None:
+        return None
+    if batch % only.shape[0]:
+        raise ReftError(f"the rows were routed for a batch of {only.shape[0]}, but the model runs {batch}")
+    return only.to(device).repeat_interleave(batch // only.shape[0])
 
 
 class _CallMask:

@@ -29,7 +29,7 @@ from transformers import StoppingCriteriaList
 from reftx.models import hub as share
 from reftx.engine import sites
 from reftx.core.errors import ConfigError, ReftError
-from reftx.engine.generation import GenerationState, cache_length, check_left_padded, find_cache, is_assisted
+from reftx.engine.generation import open_generation
 from reftx.engine.hooks import HookManager, Overrides
 from reftx.engine.inputs import check_forward, check_real_weights, detached_error, gradient_checkpointing
 from reftx.core.intervention import Intervention, after_step, defining_module, make_intervention
@@ -214,20 +214,7 @@ class ReftModel(nn.Module):
         """
         if not self._release.alive:
             raise detached_error("generate")
-        ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
-        embeds = kwargs.get("inputs_embeds")
-        mask = kwargs.get("attention_mask")
-        if ids is None and embeds is None:
-            raise ValueError("ReftModel.generate needs input_ids (or inputs_embeds)")
-        if isinstance(mask, Tensor) and mask.dim() == 2:
-            check_left_padded(mask)
-        ids_len = ids.shape[1] if ids is not None else 0
-        width = max(ids_len, embeds.shape[1] if embeds is not None else 0,
-                    mask.shape[1] if isinstance(mask, Tensor) and mask.dim() == 2 else 0)
-        user_cache = find_cache((), kwargs)
-        state = GenerationState(width, ids_len, cache_length(user_cache) or 0,
-                                mask if isinstance(mask, Tensor) else None, prompt_lengths,
-                                assisted=is_assisted(kwargs, self.base))
+        state = open_generation(self.base, args, kwargs, prompt_lengths)
         criteria = StoppingCriteriaList(kwargs.pop("stopping_criteria", None) or [])
         criteria.append(state.criterion())
         with self._hooks.generation_call(state):  # the class's generate: carry() may route base.generate here
