@@ -1,4 +1,6 @@
-"""CARFT's contrastive signal (reftx.train.objectives.carft) on tiny hand-made vectors, exact values.
+"""CARFT's contrastive signal (reftx.train.objectives.carft) on tiny hand-made vectors, exact values;
+the learned projection (trained, saved and resumed with the interventions), the value-head hook,
+and the signal's direction where pooled cosines exceed the clamp.
 
 Cosines are chosen to be read off: a = (1, 0) against (2, 0) is 1, against (0, 1) is 0, against
 (1, 1) is 1/√2, against (-1, 0) is -1; (3, 4) against (1, 0) is 3/5.
@@ -12,12 +14,17 @@ import torch
 
 import reftx
 from reftx.train.objectives.carft import (
+    PROJECTION,
     CARFTOptions,
+    CoTProjection,
     contrastive_loss,
+    cot_pair,
     cot_representation,
     embedding_partial_reward,
     group_similarity,
+    prepare_projection,
 )
+from reftx.train.objectives.common import OBJECTIVES
 from reftx.core.convert import from_dict
 from tests.conftest import batch, tiny_model
 
@@ -258,3 +265,156 @@ def test_on_a_tiny_model_gradients_reach_only_the_interventions():
     loss.backward()
     assert all(p.grad is None for p in base.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.interventions.parameters())
+
+
+# -- the authors' representation: a learned projection, trained and saved with the interventions ------
+
+def _dominant_model(seed: int, representation: str, init: str = "centred"):
+    """A tiny llama (width 64) whose last-layer states share a dominant component (every token
+    embedding +0.3 in one coordinate), as a real model's do: mean-pooled CoTs then have cosines
+    above κ = 0.9 (0.96-0.98 here, 0.94-0.99 on the default model), the regime where the clamp
+    inverts the pooled signal. LoReFT on prompt positions, as the CARFT experiment places it."""
+    base = tiny_model("llama", layers=4, hidden=64)
+    with torch.no_grad():
+        base.model.embed_tokens.weight[:, 5] += 0.3
+    model = reftx.attach(base, [{"kind": "loreft", "rank": 2, "layers": [1, 2], "positions": {"first": 2, "last": 2}}])
+    c = CARFTOptions(representation=representation, projection_init=init)
+    torch.manual_seed(seed)
+    prepare_projection(model, c)  # as the runner does (the objective's prepare), before the optimizer
+    g = torch.Generator().manual_seed(seed)
+    prompt, ann = torch.randint(3, 97, (1, 5), generator=g), torch.randint(3, 97, (1, 6), generator=g)
+    batch = {"input_ids": torch.cat([prompt, ann], 1), "attention_mask": torch.ones(1, 11, dtype=torch.long),
+             "labels": torch.cat([torch.full((1, 5), -100), ann], 1)}
+    tokens = torch.randint(3, 97, (2, 6), generator=g)  # Q = 1 question, G = 2 samples: correct, wrong
+
+    def pair():
+        out = model(input_ids=torch.cat([prompt.repeat(2, 1), tokens], 1), output_hidden_states=True)
+        return cot_pair(model, batch, out.hidden_states, 5, torch.ones(2, 6, dtype=torch.long), c, 3, 2)
+
+    return model, c, pair
+
+
+def _pull(a, s, correct, c) -> float:
+    """How a small gradient step of L_CL on the samples' representations (the anchor fixed) changes
+    the correct sample's cosine: > 0 pulls it toward the anchor, < 0 pushes it away."""
+    leaf = s.detach().requires_grad_(True)
+    contrastive_loss(a.detach(), leaf, correct, c.temperature, max_similarity=c.max_similarity)[0].backward()
+    before = group_similarity(a.detach(), leaf.detach())[0, 0]
+    return float(group_similarity(a.detach(), (leaf - 1e-3 * leaf.grad).detach())[0, 0] - before)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_default_projection_pulls_a_correct_sample_where_pooled_cosines_exceed_the_clamp(seed):
+    """Q = 1 question, a correct and a wrong sample. Pooled states: both cosines start above κ, the
+    clamped numerator is constant, and the term's gradient pushes the correct sample away (issue 26's
+    inversion); one AdamW step (lr 1e-3, the CARFT experiment's) lowers its cosine. The authors'
+    projection at its random init: cosines above κ as well, the same inverted gradient. The default
+    (the projection reading the states minus their first-batch mean): cosines start below κ, the
+    gradient pulls, and one AdamW step raises the correct sample's cosine and lowers the wrong one's."""
+    correct = torch.tensor([[True, False]])
+    for rep, init in (("pooled", "centred"), ("projection", "random"), ("projection", "centred")):
+        model, c, pair = _dominant_model(seed, rep, init)
+        opt = torch.optim.AdamW(model.param_groups(0.0), lr=1e-3)
+        a, s = pair()
+        before = group_similarity(a.detach(), s.detach())[0]
+        pull = _pull(a, s, correct, c)
+        loss, _ = contrastive_loss(a, s, correct, c.temperature, max_similarity=c.max_similarity)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            after = group_similarity(*pair())[0]
+        if init == "random" or rep == "pooled":
+            assert (before > 0.9).all() and pull < 0, (rep, init, before, pull)  # above κ: pushed away
+        if rep == "pooled":
+            assert after[0] < before[0]
+        if rep == "projection" and init == "centred":
+            assert (before < 0.9).all() and pull > 0
+            assert after[0] > before[0] + 0.02 and after[1] < before[1]
+
+
+def test_projection_is_trained_saved_and_resumed_with_the_interventions(tmp_path):
+    from reftx.train.objectives.common import objective_options
+
+    base = tiny_model("llama", layers=4)
+    model = reftx.attach(base, [{"kind": "loreft", "rank": 2, "layers": [1], "positions": "all"}])
+    opts = objective_options("carft", {"beta": 0.0})
+    OBJECTIVES.get("carft").prepare(model, opts)  # what the runner calls before building the optimizer
+    proj = model.extras[PROJECTION]
+    assert isinstance(proj, CoTProjection) and proj.linear.weight.shape == (64, 32) and float(proj.ready) == 0.0
+    trained = {id(p) for g in model.param_groups(0.01) for p in g["params"]}
+    assert {id(proj.linear.weight), id(proj.linear.bias)} <= trained  # the run's optimizer trains it
+    assert model.count_parameters() == sum(p.numel() for p in model.interventions.parameters()) + 64 * 32 + 64
+    proj.centre_(torch.randn(5, 32))
+    with torch.no_grad():
+        proj.linear.weight.add_(1.0)
+    model.save_pretrained(tmp_path / "run")
+    again = reftx.attach(tiny_model("llama", layers=4), [{"kind": "loreft", "rank": 2, "layers": [1], "positions": "all"}])
+    OBJECTIVES.get("carft").prepare(again, opts)
+    assert not torch.equal(again.extras[PROJECTION].linear.weight, proj.linear.weight)
+    again.load_trained(tmp_path / "run")  # resume: the projection comes back, bias set once (ready)
+    for k, v in proj.state_dict().items():
+        assert torch.equal(again.extras[PROJECTION].state_dict()[k], v), k
+    plain = reftx.ReftModel.from_pretrained(tiny_model("llama", layers=4), tmp_path / "run")
+    assert PROJECTION not in plain.extras  # inference does not need it
+    # pooled: no head is made
+    pooled = reftx.attach(tiny_model("llama", layers=4), [{"kind": "loreft", "rank": 2, "layers": [1]}])
+    assert prepare_projection(pooled, CARFTOptions(representation="pooled")) is None and PROJECTION not in pooled.extras
+
+
+def test_cot_projection_init_centring_and_empty_rows():
+    state = torch.get_rng_state()
+    p = CoTProjection(32, 64, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)  # no draw from the global RNG
+    again = CoTProjection(32, 64, seed=3)
+    assert torch.equal(p.linear.weight, again.linear.weight) and torch.equal(p.linear.bias, again.linear.bias)
+    bound = 1 / math.sqrt(32)  # nn.Linear's init: U(±1/√fan_in) for W and b
+    assert p.linear.weight.abs().max() <= bound and p.linear.bias.abs().max() <= bound
+    rows = torch.randn(6, 32) + 3.0
+    torch.testing.assert_close(p(rows), rows @ p.linear.weight.T + p.linear.bias)  # μ = 0 before: W·h + b
+    p.centre_(rows)
+    assert float(p.ready) == 1.0
+    torch.testing.assert_close(p.centre, rows.mean(0))
+    torch.testing.assert_close(p(rows), (rows - rows.mean(0)) @ p.linear.weight.T + p.linear.bias)  # W·(h − μ) + b
+    torch.testing.assert_close(p(rows).mean(0), p.linear.bias, atol=1e-5, rtol=0)
+    z = p(torch.cat([rows[:1], torch.zeros(1, 32)]))
+    assert (z[1] == 0).all() and z.dtype == torch.float32  # an empty CoT stays the zero vector
+    assert float(CoTProjection(32, 64, centred=False).ready) == 1.0  # random: nothing to set
+
+
+def test_value_head_hook_weights_tokens_by_softmax_of_the_values():
+    """Under PPO the authors weight each CoT token by softmax of the value head's per-token values
+    (my_cl_trainer_v4.py:762-764, 779-783). ``cot_pair(value_fn=...)``: the anchor's values from
+    value_fn on its last-layer states; the samples' from ``sample_values`` when given. A value of 50
+    on one token puts (nearly) all the weight there: the pooled vector is that token's state."""
+    base = tiny_model("llama", layers=4)
+    model = reftx.attach(base, [{"kind": "loreft", "rank": 2, "layers": [1], "positions": "all"}])
+    c = CARFTOptions(representation="pooled")
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11], [5, 6, 7, 12, 13, 14, 15]])
+    batch = {"input_ids": ids[:1], "attention_mask": torch.ones(1, 7, dtype=torch.long),
+             "labels": torch.tensor([[-100, -100, -100, 8, 9, 10, 11]])}
+    out = model(input_ids=ids, output_hidden_states=True)
+    last = out.hidden_states[-1]
+    picks = lambda h: torch.where(torch.arange(h.shape[1]) == h.shape[1] - 2, 50.0, 0.0).expand(h.shape[:2])  # noqa: E731
+    values = torch.zeros(2, 4)
+    values[0, 1], values[1, 3] = 50.0, 50.0  # sample 0: its 2nd completion token; sample 1: its 4th
+    a, s = cot_pair(model, batch, out.hidden_states, 3, torch.ones(2, 4, dtype=torch.long), c, 3, 2,
+                    value_fn=picks, sample_values=values)
+    with torch.no_grad():
+        ann_last = model(**batch, output_hidden_states=True).hidden_states[-1]
+    torch.testing.assert_close(a[0], ann_last[0, 5].float(), atol=1e-5, rtol=1e-5)  # value_fn's pick: position T − 2
+    torch.testing.assert_close(s[0, 0], last[0, 4].float(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s[0, 1], last[1, 6].float(), atol=1e-5, rtol=1e-5)
+    # without the hook (GRPO): the masked mean
+    a, s = cot_pair(model, batch, out.hidden_states, 3, torch.ones(2, 4, dtype=torch.long), c, 3, 2)
+    torch.testing.assert_close(s[0, 0], last[0, 3:].float().mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_representation_options():
+    o = CARFTOptions()
+    assert (o.representation, o.projection_dim, o.projection_init) == ("projection", 64, "centred")
+    cases = [({"representation": "raw"}, r"^recipe\.carft\.representation"),
+             ({"projection_dim": 0}, r"^recipe\.carft\.projection_dim: must be an integer >= 1"),
+             ({"projection_init": "zeros"}, r"^recipe\.carft\.projection_init")]
+    for raw, message in cases:
+        with pytest.raises(reftx.ConfigError, match=message):
+            from_dict(CARFTOptions, raw, "recipe.carft")

@@ -13,13 +13,31 @@ our choices.
 Notation: question q = 1..Q with annotated CoT and G sampled CoTs (q, g); ``correct[q, g]`` is 1
 when the sample reaches the gold answer (ReFT reward 1).
 
-* Representation [code, adapted]. z = Σ_t w_t h_t over the CoT's tokens t (prompt and padding
-  excluded), h_t the hidden state of one layer. The authors take the last layer, project each token
-  with a learned Linear(d, 64) (the first layer of their PPO value head) and weight tokens by
-  w = softmax_t(V_t), V_t the value head's per-token value. GRPO has no value head, so [ours]
-  the default is the masked mean, w_t = 1/|CoT| (``cot_representation(..., scores=None)``);
-  passing per-token ``scores`` gives the authors' softmax weighting. Pooling is linear, so a
-  projection head, if the recipe learns one, may be applied before or after pooling alike.
+* Representation [code]. z = Σ_t w_t P(h_t) over the CoT's tokens t (prompt and padding
+  excluded), h_t the last layer's hidden state (``layer``), P a learned Linear(d, 64): in the
+  authors' code the first layer of their PPO value head (``modeling_hidden_head_v2.py``:45-47, 63,
+  185: the 64-d ``proj_output`` before the ReLU), w = softmax_t(V_t) with V_t that head's per-token
+  value (``my_cl_trainer_v4.py``:762-764, 779-783, ``masked_softmax`` 1241-1259). Here P is its own
+  head (``CoTProjection``, ``representation: projection``, the default), trained by the run's
+  optimizer through L_CL and saved, checkpointed and resumed with the interventions
+  (``ReftModel.add_extra``). The weights w are the value head's under PPO (``cot_pair``'s
+  ``value_fn`` / ``sample_values``: the hook a PPO objective passes its value head through); GRPO
+  has no value head, so there w_t = 1/|CoT|. P is affine and Σ w_t = 1, so P is applied after
+  pooling (the same z, one matrix product per CoT). ``representation: pooled`` [ours, reftx before
+  issue 26] uses z = Σ_t w_t h_t itself: on real models those vectors share a dominant component
+  and their cosines sit above κ (0.94-0.99 on the default model; 0.915-0.99 in the shipped run),
+  where the clamped numerator is constant and the term only pushes every sample, correct ones
+  included, away from the anchor.
+* Input centring [ours]. The authors' P is ``nn.Linear`` at its init; a random linear map keeps
+  that dominant component, so the projected cosines start above κ as well (0.95-0.98 on the
+  default model) and the term does not pull a correct sample toward the anchor.
+  ``projection_init: centred`` (the default) keeps that init and has P read the pooled states
+  minus μ, their mean over the first batch (anchors and samples), a fixed buffer set once:
+  z = W·(h − μ) + b, an affine map of h like the authors' (a data-dependent input centring, as one
+  standardises features before a linear layer). Cosines then start spread around 0, below κ. A bias
+  set to −W·μ instead (the same z at init) does not last: the optimizer's first steps on W change
+  W·h by the dominant component (one AdamW step at lr 1e-3 brought both cosines back to 0.97 on
+  the default model). ``random`` is the authors' init (μ = 0).
 * Anchor [code]. a_q = z(annotated CoT of q) under the policy, computed without gradients in
   the authors' rollout: sg(a_q). Gradients reach only the sampled CoTs (``detach_anchor``).
 * Positive signal [code]. With c_qg = cos(a_q, s_qg), ĉ = min(c, κ) (κ = 0.9: stop pulling once a
@@ -45,17 +63,23 @@ when the sample reaches the gold answer (ReFT reward 1).
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from reftx.core.convert import require
+from reftx.core.errors import ConfigError
+from reftx.engine.model import unwrap
 
 NEGATIVES = ("batch", "wrong")
+PROJECTION = "carft_projection"  # the extra (ReftModel.add_extra) holding the learned projection
 
 
 @dataclass(frozen=True)
@@ -67,6 +91,9 @@ class CARFTOptions:
     max_similarity: float | None = 0.9  # κ: the positive's cosine is clamped to <= κ (authors: 0.9); null: no clamp
     negatives: Literal["batch", "wrong"] = "batch"  # denominator: batch = every sampled CoT passed (authors); wrong = the positive and its question's wrong samples (ours)
     detach_anchor: bool = True  # no gradient through the annotated CoT's representation (authors compute it without gradients)
+    representation: Literal["projection", "pooled"] = "projection"  # projection: a learned Linear(d, projection_dim) of the pooled states, trained and saved with the interventions (the authors'); pooled: the pooled hidden states (reftx before issue 26; their cosines sit above max_similarity on real models, which inverts the signal: docs/reasoning.md)
+    projection_dim: int = 64  # width of the learned projection (authors: 64)
+    projection_init: Literal["centred", "random"] = "centred"  # centred: nn.Linear's init, reading the pooled states minus their mean over the first batch (ours: at the authors' init the projected cosines sit above max_similarity too); random: nn.Linear's init on the states themselves (the authors')
     layer: int | float = -1  # block whose output is pooled (hidden_states[layer + 1], resolved by the recipe with schedule.resolve_layers, as rmu does): an index, negative from the end, or a depth fraction; -1 = hidden_states[-1], the authors' choice
     partial_reward: bool = False  # replace the partial reward by the embedding-enhanced one (authors' v11)
     partial_value: float = 0.1  # the reward that marks "a number extracted but wrong" (ReFT's partial reward)
@@ -82,6 +109,12 @@ class CARFTOptions:
         require(k is None or (isinstance(k, (int, float)) and -1 < k <= 1), "max_similarity",
                 f"must be a cosine in (-1, 1] or null, got {k!r}")
         require(self.negatives in NEGATIVES, "negatives", f"must be one of {', '.join(NEGATIVES)}, got {self.negatives!r}")
+        require(self.representation in ("projection", "pooled"), "representation",
+                f"must be projection or pooled, got {self.representation!r}")
+        require(self.projection_init in ("centred", "random"), "projection_init",
+                f"must be centred or random, got {self.projection_init!r}")
+        require(isinstance(self.projection_dim, int) and not isinstance(self.projection_dim, bool)
+                and self.projection_dim >= 1, "projection_dim", f"must be an integer >= 1, got {self.projection_dim!r}")
         layer = self.layer
         require(not isinstance(layer, bool) and isinstance(layer, (int, float))
                 and (isinstance(layer, int) or 0.0 <= layer <= 1.0), "layer",
@@ -179,6 +212,94 @@ def embedding_partial_reward(annotated: Tensor, sampled: Tensor, rewards: Tensor
         cos = group_similarity(annotated, sampled)
         hit = torch.isclose(rewards.float(), torch.tensor(float(partial), device=rewards.device))
         return torch.where(hit, scale * cos + offset, rewards.float()).to(rewards.dtype)
+
+
+class CoTProjection(nn.Module):
+    """CARFT's learned projection z = W·(h − μ) + b (float32): d -> ``dim`` (the authors' 64-d
+    ``ValueHead.proj``, with μ = 0). Initialised as ``nn.Linear`` initialises (U(±1/√d) for W and b),
+    from ``seed`` without drawing from the global RNG; ``centred``: μ is set by ``centre_`` on the
+    first batch (buffers ``centre`` and ``ready``, saved with the head, so a resumed run keeps its μ)."""
+
+    def __init__(self, d: int, dim: int = 64, seed: int = 0, centred: bool = True):
+        super().__init__()
+        self.linear = nn.utils.skip_init(nn.Linear, d, dim)
+        g, bound = torch.Generator().manual_seed(seed), 1 / math.sqrt(d)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.rand(dim, d, generator=g) * 2 * bound - bound)
+            self.linear.bias.copy_(torch.rand(dim, generator=g) * 2 * bound - bound)
+        self.register_buffer("centre", torch.zeros(d))  # μ, subtracted from the input (0: none)
+        self.register_buffer("ready", torch.tensor(0.0 if centred else 1.0))
+
+    @torch.no_grad()
+    def centre_(self, pooled: Tensor) -> None:
+        """μ = the mean of the rows of ``pooled`` (n, d) (averaged over processes when distributed),
+        fixed from then on: the projection reads h − μ; once."""
+        mean = pooled.float().mean(0)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(mean, op=torch.distributed.ReduceOp.AVG)
+        self.centre.copy_(mean)
+        self.ready.fill_(1.0)
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        """(..., d) -> (..., dim) float32: W·(h − μ) + b; a zero row (a CoT without tokens) stays
+        zero (cosine 0)."""
+        z = self.linear(pooled.float() - self.centre)
+        return torch.where((pooled != 0).any(-1, keepdim=True), z, torch.zeros_like(z))
+
+
+def prepare_projection(model: Any, c: CARFTOptions, first_use: bool = False) -> CoTProjection | None:
+    """The model's learned projection (``representation: projection``), added as an extra before the
+    optimizer is built (the runner calls the objective's ``prepare``), seeded by ``torch.initial_seed()``
+    (the run's seed); the existing one when the model has it; None for ``representation: pooled``.
+    ``first_use``: called by the objective itself (a direct call without ``prepare``), which warns:
+    an optimizer built before that call does not train the new head."""
+    if c.representation != "projection":
+        return None
+    reft = unwrap(model)
+    if not hasattr(reft, "add_extra"):
+        raise ConfigError("train.objective_options.contrastive.representation",
+                          f"projection trains a head kept with the interventions, which {type(reft).__name__} "
+                          "(a lora: section) cannot carry: set representation: pooled")
+    if PROJECTION not in reft.extras:
+        d = reft.config.hidden_size
+        reft.add_extra(PROJECTION, CoTProjection(d, c.projection_dim, torch.initial_seed() % 2**63,
+                                                 c.projection_init == "centred"))
+        if first_use:
+            warnings.warn("carft: the learned projection was created on the objective's first call; an optimizer "
+                          "built before it does not train it: call the objective's prepare(model, options) first "
+                          "(reftx run does)", stacklevel=3)
+    return reft.extras[PROJECTION]
+
+
+def cot_pair(model: Any, batch: dict[str, Any], hidden_states: tuple, width: int, cmask: Tensor, c: CARFTOptions,
+             layer: int, group: int, *, value_fn: Callable[[Tensor], Tensor] | None = None,
+             sample_values: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(annotated (Q, k), sampled (Q, G, k)): the representations of the batch's annotated CoTs (a
+    forward of the policy on the batch, without gradient when ``detach_anchor``) and of the G
+    sampled CoTs per question, from ``hidden_states`` of the policy's forward on prompt (``width``
+    columns, left-padded) + completions (mask ``cmask`` (N, L)); ``layer`` resolved.
+
+    The value-head hook (PPO): ``value_fn`` maps the last layer's hidden states (B, T, d) to per-token
+    values (B, T); with it the annotated CoT's tokens are weighted by softmax of its values, and the
+    samples' by softmax of ``sample_values`` (N, L, over the completion, with gradient as the authors
+    have it) or of ``value_fn`` on ``hidden_states[-1]``. Without it (GRPO): the masked mean."""
+    projection = prepare_projection(model, c, first_use=True)
+    if value_fn is not None and sample_values is None:
+        sample_values = value_fn(hidden_states[-1])[:, width:]
+    sampled = cot_representation(hidden_states[layer + 1][:, width:], cmask.bool(), sample_values)
+    with torch.no_grad() if c.detach_anchor else contextlib.nullcontext():
+        ann = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                    output_hidden_states=True)
+        values = value_fn(ann.hidden_states[-1]) if value_fn is not None else None
+        annotated = cot_representation(ann.hidden_states[layer + 1], batch["labels"] != -100, values)
+    if projection is not None:
+        if not bool(projection.ready):
+            rows = torch.cat([annotated, sampled]).detach()
+            projection.centre_(rows[(rows != 0).any(-1)])
+        with torch.no_grad() if c.detach_anchor else contextlib.nullcontext():
+            annotated = projection(annotated)
+        sampled = projection(sampled)
+    return annotated, sampled.reshape(-1, group, sampled.shape[-1])
 
 
 def _check(annotated: Tensor, sampled: Tensor) -> None:

@@ -44,7 +44,6 @@ PPO with a value head and GAE (Luong et al.'s algorithm) is the ``ppo`` objectiv
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from collections.abc import Callable
@@ -58,8 +57,9 @@ from reftx.engine import sites
 from reftx.train.objectives.carft import (
     CARFTOptions,
     contrastive_loss,
-    cot_representation,
+    cot_pair,
     embedding_partial_reward,
+    prepare_projection,
 )
 from reftx.core.convert import require
 from reftx.core.errors import ConfigError, DataError
@@ -308,15 +308,12 @@ class CARFTRunOptions(GRPOOptions):
     contrastive: CARFTOptions = field(default_factory=CARFTOptions)  # CARFT's term (reftx.train.objectives.carft.CARFTOptions: weight, temperature, max_similarity, negatives, layer, partial_reward, ...)
 
 
-def _pooled(hidden_states: tuple, layer: int, mask: Tensor) -> Tensor:
-    return cot_representation(hidden_states[layer + 1], mask)
-
-
 @register_objective("carft", options=CARFTRunOptions)
 def carft(model: Any, batch: dict[str, Any], opts: Any, env: Env | None = None) -> Result:
     """CARFT: GRPO's loss + λ·L_CL, where L_CL pulls the representations of the sampled CoTs that
     reach the gold answer toward the row's annotated CoT (Zhu and others 2025; the batch's target,
-    pooled from the policy's hidden states at ``contrastive.layer``; reftx.train.objectives.carft has the formula and
+    pooled from the policy's hidden states at ``contrastive.layer`` and projected by the learned
+    projection, ``contrastive.representation``; reftx.train.objectives.carft has the formula and
     its sources). With ``contrastive.partial_reward`` a parsable wrong answer's reward becomes
     α·cos(annotated, sampled) + β before the advantages are computed."""
     c = opts.contrastive
@@ -329,12 +326,7 @@ def carft(model: Any, batch: dict[str, Any], opts: Any, env: Env | None = None) 
     out = model(input_ids=torch.cat([r.prompt, r.tokens], 1), attention_mask=torch.cat([r.mask, r.cmask], 1),
                 prompt_lengths=r.mask.sum(1), output_hidden_states=True)
     logp = token_logprobs(out.logits[:, width - 1:-1], r.tokens, opts.temperature)
-    sampled = cot_representation(out.hidden_states[layer + 1][:, width:], r.cmask.bool())
-    sampled = sampled.reshape(-1, g, sampled.shape[-1])
-    with torch.no_grad() if c.detach_anchor else contextlib.nullcontext():
-        ann = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                    output_hidden_states=True)
-        annotated = _pooled(ann.hidden_states, layer, batch["labels"] != -100)
+    annotated, sampled = cot_pair(model, batch, out.hidden_states, width, r.cmask, c, layer, g)
     if c.partial_reward:
         shaped = embedding_partial_reward(annotated, sampled, r.rewards.reshape(-1, g), partial=opts.partial_reward,
                                           scale=c.partial_scale, offset=c.partial_offset)
@@ -347,4 +339,10 @@ def carft(model: Any, batch: dict[str, Any], opts: Any, env: Env | None = None) 
     return result(out, core + c.weight * cl, logs)
 
 
-carft.prepare = prepare  # type: ignore[attr-defined]
+def _prepare_carft(model: Any, opts: Any) -> None:
+    """GRPO's prepare, and the learned projection (reftx.train.objectives.carft.prepare_projection)."""
+    prepare(model, opts)
+    prepare_projection(model, opts.contrastive)
+
+
+carft.prepare = _prepare_carft  # type: ignore[attr-defined]

@@ -70,7 +70,7 @@ _LOGS = "task.n_train=1342 train.max_length=256 eval.max_length=256"
 PUBLISHED = [
     "quickstart", "quickstart eval.repetition_penalty=1.0", "math/math_grpo_loreft output_dir=runs/issue17",
     "math/math_nlft_change_loreft train.epochs=1 output_dir=runs/issue17",
-    "math/math_carft_loreft output_dir=runs/issue17",
+    "math/math_carft_pooled_loreft output_dir=runs/issue17",
     "math/math_grpo_g8_loreft output_dir=runs/issue17", "math/math_sft_budget_loreft output_dir=runs/issue17",
     "math/math_grpo_synthetic_loreft output_dir=runs/issue17",
     "math/math_sft_synthetic_budget_loreft output_dir=runs/issue17",
