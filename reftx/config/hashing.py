@@ -24,6 +24,8 @@ NOT_HASHED = {
     "train.checkpoint_every": "how often a checkpoint is written; resuming from one gives the same weights",
     "train.keep_checkpoints": "how many old checkpoints stay on disk",
     "train.log_with": "where training metrics are sent (a tracker), not what they are",
+    "train.gradient_checkpointing": "recomputes activations in the backward pass; the gradients are the same "
+                                    "(tests/contract/test_checkpointing.py)",
     "eval.show_examples": "how many before/after answers are printed; every answer is generated and scored anyway",
 }
 # keys added after results were published: hashed only when set away from their default, so every

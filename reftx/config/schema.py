@@ -30,7 +30,7 @@ class ModelConfig:
     """The frozen base model the interventions are trained on."""
 
     name: str = "default"  # "default" (embedded SmolLM2-135M-Instruct), an HF model id or a local path
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"  # dtype of the loaded weights
+    dtype: Literal["float32", "bfloat16", "float16", "auto", "fp32", "bf16", "fp16"] = "float32"  # dtype of the base model's (frozen) weights: float32, bfloat16, float16 (or fp32, bf16, fp16: the same, resolved to the long name) or auto (the checkpoint's); the interventions keep their own dtype (interventions.N.dtype, float32 by default: fp32 masters on a bf16 or fp16 base, run in fp32 and returned in the base's dtype)
     task: Literal["causal-lm", "sequence-classification"] = "causal-lm"  # model head
     num_labels: int | None = None  # number of classes for sequence-classification (null: the task decides)
     chat_template: bool | None = None  # wrap prompts in the tokenizer's chat template; null: when it has one
@@ -39,6 +39,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         require(self.name != "", "name", "must not be empty")
+        self.dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(self.dtype, self.dtype)
         _at_least(self, 1, "num_labels")
         ok = self.pooling == "model" or self.task == "sequence-classification"
         require(ok, "pooling", f"{self.pooling!r} needs task: sequence-classification")
@@ -79,7 +80,8 @@ class TrainConfig:
     warmup: float = 0.0  # warmup length as a fraction of total steps (0 <= warmup < 1)
     max_grad_norm: float | None = 1.0  # gradient-norm clipping threshold (> 0); null disables clipping
     divergence_factor: float | None = 1.0e4  # stop (before saving) when a trained parameter's norm grows beyond this factor of max(its initial norm, 1), or a positive loss beyond this factor of max(its running minimum, 1); null disables (non-finite values always stop)
-    precision: Literal["fp32", "bf16"] = "fp32"  # fp32, or bf16 autocast where the device supports it
+    precision: Literal["fp32", "bf16"] = "fp32"  # fp32, or bf16 autocast (accelerate's mixed_precision) where the device supports it: matmuls run in bf16, the trained parameters and the optimizer state keep their dtype (float32 by default), and so do the saved weights
+    gradient_checkpointing: bool = False  # recompute each layer's activations in the backward pass instead of keeping them (transformers' non-reentrant activation checkpointing): less memory for a longer step, the same gradients (an edit inside a recomputed layer is replayed exactly: reftx.engine.checkpointing)
     max_length: int = 512  # tokens per example after truncation
     checkpoint_every: int = 100  # save a checkpoint every this many steps; 0 = only at the end
     keep_checkpoints: int = 2  # most recent checkpoints kept on disk (older ones are deleted)

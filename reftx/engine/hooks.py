@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from reftx.engine import checkpointing
 from reftx.engine import positions as P
 from reftx.engine import sites
 from reftx.core.errors import ReftError
@@ -65,6 +66,7 @@ class ForwardState:
     stack: ExitStack
     only: Tensor | None = None  # (B,) bool: the rows this manager edits (reftx.engine.multi); None: all
     _rows: dict[tuple, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    rotations: list[tuple[OrthoBasis, Tensor]] = field(default_factory=list)  # this forward's R per basis
 
     def rows(self, spec: PositionSpec, parts: tuple[str, ...]) -> tuple[Tensor, Tensor]:
         key = (spec, parts)
@@ -113,6 +115,7 @@ class HookManager:
         self._prompt_groups = any(g.positions.mode not in ("all", "generated") or "all_prompt" in g.parts
                                   for g in groups)
         self._bases = [m for mod in modules.values() for m in mod.modules() if isinstance(m, OrthoBasis)]
+        self._checkpointed = checkpointing.candidates(base)
         by_site: dict[tuple[int, bool], list] = defaultdict(list)
         targets: dict[int, nn.Module] = {}
         for g in groups:
@@ -186,7 +189,17 @@ class HookManager:
         finally:
             self.enabled = before
 
+    def current(self) -> ForwardState | None:  # the forward running now (reftx.engine.checkpointing)
+        return self._state
+
+    def swap(self, state: ForwardState | None, enabled: bool) -> tuple[ForwardState | None, bool]:
+        """Make ``state`` the running forward's, with ``enabled``; returns the previous pair (a checkpointed
+        layer's recomputation replays the state of its forward: reftx.engine.checkpointing)."""
+        before, self._state, self.enabled = (self._state, self.enabled), state, enabled
+        return before
+
     def remove(self) -> None:
+        checkpointing.unbind(self, self._checkpointed)
         for h in self._handles:
             h.remove()
         self._handles.clear()
@@ -232,7 +245,9 @@ class HookManager:
                              _expand(self.only, batch, x.device))
         decoding = window is not None and window.offset >= width
         if self.enabled and self._bases and (not decoding or self._any_decode_edit()):
-            state.stack.enter_context(shared_rotations(self._bases))
+            state.rotations = state.stack.enter_context(shared_rotations(self._bases))
+        if self._checkpointed and torch.is_grad_enabled():  # a checkpointed layer replays this state
+            checkpointing.bind(self, self._checkpointed)
         pending.state = state
         self._state = state
 

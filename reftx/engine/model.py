@@ -55,8 +55,6 @@ class ReftModel(nn.Module):
         super().__init__()
         if base in _ATTACHED:
             raise ReftError("this base model already has reftx interventions attached; detach() them first")
-        if gradient_checkpointing(base):
-            raise ReftError("gradient checkpointing re-runs layers outside the hooked forward; disable it")
         config = getattr(base, "config", None)
         if config is None:
             raise ReftError("reftx.attach needs a transformers model (with a .config)")

@@ -45,22 +45,33 @@ class OrthoBasis(nn.Module):
 
 
 @contextmanager
-def shared_rotations(bases: Iterable[OrthoBasis]) -> Iterator[None]:
-    """Orthonormalise every basis in one batched QR per (shape, dtype, device) for one forward."""
+def shared_rotations(bases: Iterable[OrthoBasis]) -> Iterator[list[tuple[OrthoBasis, Tensor]]]:
+    """Orthonormalise every basis in one batched QR per (shape, dtype, device) for one forward;
+    yields the (basis, R) pairs, which ``reuse_rotations`` puts back for a checkpointed layer's
+    recomputation (reftx.engine.checkpointing)."""
     buckets: dict[tuple, list[OrthoBasis]] = defaultdict(list)
     for b in bases:
         w = b.weight
         buckets[(tuple(w.shape), w.dtype, w.device)].append(b)
+    pairs: list[tuple[OrthoBasis, Tensor]] = []
+    for group in buckets.values():
+        rs = orthonormalize(torch.stack([b.weight for b in group]))
+        pairs += zip(group, rs.unbind(0))
+    with reuse_rotations(pairs):
+        yield pairs
+
+
+@contextmanager
+def reuse_rotations(pairs: list[tuple[OrthoBasis, Tensor]]) -> Iterator[list[tuple[OrthoBasis, Tensor]]]:
+    """Within the block, each basis of ``pairs`` returns its given R; afterwards what it returned before."""
+    before = [(b, b._cached) for b, _ in pairs]
     try:
-        for group in buckets.values():
-            rs = orthonormalize(torch.stack([b.weight for b in group]))
-            for b, r in zip(group, rs.unbind(0)):
-                b._cached = r
-        yield
+        for b, r in pairs:
+            b._cached = r
+        yield pairs
     finally:
-        for group in buckets.values():
-            for b in group:
-                b._cached = None
+        for b, r in before:
+            b._cached = r
 
 
-__all__ = ["OrthoBasis", "orthonormalize", "shared_rotations"]
+__all__ = ["OrthoBasis", "orthonormalize", "reuse_rotations", "shared_rotations"]

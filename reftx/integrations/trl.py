@@ -30,7 +30,8 @@ piece (read against trl 1.16: ``trainer/sft_trainer.py`` ``compute_loss``, ``dpo
   trainer is built runs with them off (DPO's ``precompute_ref_log_probs``, switched on here when no
   ``ref_model`` is given, so no second copy of the base is loaded), and a GRPO-style config with
   ``beta > 0`` gets a reference that switches them off per call.
-* Gradient checkpointing is switched off (recomputed layers would run without the edits).
+* Gradient checkpointing (``args.gradient_checkpointing``, on by default in TRL's configs) stays on:
+  a recomputed layer edits exactly as its forward did (reftx.engine.checkpointing), reentrant or not.
 * Checkpoints hold the interventions only (``reft_config.json``, ``interventions.safetensors``);
   ``train(resume_from_checkpoint=...)`` loads them back.
 * The datasets are checked when the trainer is built: SFT needs ``text`` (``args.dataset_text_field``),
@@ -48,7 +49,6 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-import warnings
 from typing import Any
 
 import torch
@@ -58,7 +58,7 @@ from transformers import TrainerCallback
 from reftx.core.errors import ConfigError, DataError, ReftError
 from reftx.train.loss import compose
 from reftx.train.objectives.rewards import STOPPED, BadReward, checked_rewards, short
-from reftx.engine.model import ReftModel, gradient_checkpointing
+from reftx.engine.model import ReftModel
 
 __all__ = ["reft_trainer", "ReftTrainerMixin"]  # and, built on first use: ReftSFTTrainer, ReftDPOTrainer, ReftGRPOTrainer
 
@@ -91,20 +91,14 @@ class _AfterStep(TrainerCallback):
 
 
 def _check_args(args: Any) -> float:
-    """Refuse what reftx cannot place, switch off what would silently break it; returns a GRPO-style
-    ``beta`` whose reference this adapter supplies (0.0 when there is none)."""
+    """Refuse what reftx cannot place; returns a GRPO-style ``beta`` whose reference this adapter
+    supplies (0.0 when there is none)."""
     if args is None:
         raise ConfigError("args", "pass the trainer's config (e.g. SFTConfig(...)) as args=")
     for name in ("packing", "padding_free"):
         if getattr(args, name, False):
             raise ConfigError(f"args.{name}", "puts several sequences in one row, so no row has one prompt for "
                                               "reftx's prompt positions; set it to False")
-    names = [n for n in ("activation_checkpointing", "gradient_checkpointing") if getattr(args, n, False)]
-    if names:  # transformers 5.2x renamed it; the old name is an alias
-        warnings.warn(f"reftx switched {names[0]} off: recomputed layers would run without the interventions' "
-                      "edits", stacklevel=3)
-        for n in names:
-            setattr(args, n, False)
     beta = float(getattr(args, "beta", 0.0) or 0.0)
     if hasattr(args, "num_generations") and beta != 0.0:
         args.beta = 0.0  # the trainer would load a second copy of the base by its hub id
@@ -230,8 +224,6 @@ class ReftTrainerMixin:
         self.reft = model
         with model.disabled():  # forwards while the trainer is built are reference forwards
             super().__init__(model=model.carry(), **kwargs)
-        if gradient_checkpointing(model.base):
-            raise ReftError("the trainer switched gradient checkpointing on; reftx cannot train through it")
         if beta:
             self.beta = self.args.beta = beta
             self.ref_model = _Reference(model)

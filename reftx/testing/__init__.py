@@ -2,8 +2,8 @@
 
 The registry-derived contract tests (shape and dtype kept, gradients only to intervention
 parameters, unscheduled and padded positions untouched, save -> load identical, unknown options
-refused, every modifier and site combination) live in ``reftx.testing.contract``, so an
-out-of-tree variant runs the same tests as the shipped zoo::
+refused, every modifier and site combination, the same gradients under gradient checkpointing)
+live in ``reftx.testing.contract``, so an out-of-tree variant runs the same tests as the shipped zoo::
 
     reftx --import my_variant.py check my_kind            # or: import my_variant; reftx.testing.check(["my_kind"])
     REFTX_CHECK_KINDS=my_kind pytest --pyargs reftx.testing.contract -p my_variant

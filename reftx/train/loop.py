@@ -149,9 +149,20 @@ class _Active:
     t0: float = field(default_factory=time.perf_counter)
 
 
+def _same_precision(mixed: str) -> None:
+    """accelerate keeps one AcceleratorState per process and refuses another mixed precision in it: a
+    run after one of another train.precision (a notebook, an in-process sweep) starts that state afresh
+    (the process group, accelerate's PartialState, stays)."""
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and AcceleratorState._shared_state.get("_mixed_precision") != mixed:
+        AcceleratorState._reset_state()
+
+
 def accelerator(grad_accum: int = 1, precision: str = "fp32", **trackers: Any) -> Accelerator:
     """The loop's accelerate ``Accelerator`` (bf16 autocast when ``precision`` is bf16); ``trackers``:
     accelerate's ``log_with`` and ``project_dir`` (reftx.train.trackers.accelerator_kwargs), or nothing."""
+    _same_precision("bf16" if precision == "bf16" else "no")
     return Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision="bf16" if precision == "bf16" else "no",
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)], **trackers)
 

@@ -40,6 +40,7 @@ from reftx.data.pairing import paired_order, unpair
 from reftx.core.errors import ReftError
 from reftx.config.schema import TrainConfig
 from reftx.train.loop import Diverged, DivergenceGuard, Job, Loop, NonFiniteLoss, Optim, StepLoss, accelerator
+from reftx.engine.checkpointing import enable as enable_checkpointing
 from reftx.engine.model import ReftModel
 from reftx.core.files import atomic_write
 from reftx.train.loss import compose
@@ -216,6 +217,8 @@ class _Run:
         self.steps = total_steps(cfg, math.ceil(len(self.sampler) / cfg.batch_size / acc.num_processes))
         self.sched = get_scheduler(cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup", opt,
                                    num_warmup_steps=int(cfg.warmup * self.steps), num_training_steps=self.steps)
+        if cfg.gradient_checkpointing:  # activations recomputed in the backward: less memory, the same gradients
+            enable_checkpointing(self.model)
         self.wrapped, self.opt, self.loader = acc.prepare(self.model, opt, loader)
 
     def restore(self, resume: bool) -> Path | None:
@@ -264,6 +267,7 @@ class _Run:
 
     def finish(self, ckpt: Path | None) -> dict[str, Any]:
         """The run's summary; with train.load_best, the best checkpoint's weights loaded into the model."""
+        self.acc.unwrap_model(self.wrapped, keep_fp32_wrapper=False)  # no autocast left: it runs as when reloaded
         best = validation.summary(self.prog, self.cfg.eval_metric)
         if best is not None and self.cfg.load_best and best["step"] != self.prog.step:
             load_weights(self.model, self.run_dir / best["checkpoint"] / "intervention")

@@ -42,9 +42,8 @@ def grpo_trainer(tmp_path, tok, *reward_funcs, **kw):
     reft = reftx.attach(tiny_model("llama"), SPEC)
     args = trl.GRPOConfig(**{**common(tmp_path / "out", batch=8, max_steps=2), "save_strategy": "steps"},
                           save_steps=1, num_generations=4, max_completion_length=3)
-    with pytest.warns(UserWarning, match="checkpointing off"):
-        trainer = ReftGRPOTrainer(reft, reward_funcs=list(reward_funcs), args=args, processing_class=tok,
-                                  train_dataset=Dataset.from_list([{"prompt": LONG}, {"prompt": SHORT}] * 2), **kw)
+    trainer = ReftGRPOTrainer(reft, reward_funcs=list(reward_funcs), args=args, processing_class=tok,
+                              train_dataset=Dataset.from_list([{"prompt": LONG}, {"prompt": SHORT}] * 2), **kw)
     weights = {n: p.detach().clone() for n, p in reft.interventions.named_parameters()}
     return trainer, reft, weights
 
@@ -189,6 +188,6 @@ def test_a_dataset_without_the_trainers_columns_is_refused_when_the_trainer_is_b
     extra = {"num_generations": 4, "max_completion_length": 3} if trainer == "ReftGRPOTrainer" else {}
     args = getattr(trl, config)(**common(tmp_path / "out", batch=4), **extra)
     kw = {"reward_funcs": lambda completions, **k: [0.0] * len(completions)} if trainer == "ReftGRPOTrainer" else {}
-    with pytest.raises(DataError, match=exactly(message)), pytest.warns(UserWarning, match="checkpointing off"):
+    with pytest.raises(DataError, match=exactly(message)):
         getattr(adapter, trainer)(reft, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok, **kw)
     assert not (tmp_path / "out").exists()

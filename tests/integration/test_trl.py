@@ -119,8 +119,7 @@ def test_sft_trains_only_the_interventions_on_prompt_positions(tmp_path, tok, mo
     nll0 = completion_nll(reft, tok, rows)
     spy = Spy(monkeypatch, base)
     args = trl.SFTConfig(**common(tmp_path, max_steps=30, learning_rate=5e-2))
-    with pytest.warns(UserWarning, match="checkpointing off"):
-        trainer = ReftSFTTrainer(reft, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    trainer = ReftSFTTrainer(reft, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
     trainer.train()
     spy.stop()
     assert completion_nll(reft, tok, rows) < nll0 - 0.2  # 4.49 -> 4.24 measured
@@ -145,8 +144,7 @@ def test_dpo_edits_the_prompt_of_chosen_and_rejected_and_its_reference_is_the_ba
     spy = Spy(monkeypatch, base)
     args = trl.DPOConfig(**common(tmp_path, max_steps=12, learning_rate=5e-2))
     assert not args.precompute_ref_log_probs
-    with pytest.warns(UserWarning, match="checkpointing off"):
-        trainer = ReftDPOTrainer(reft, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    trainer = ReftDPOTrainer(reft, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
     assert not [c for c in spy.calls if c["edited"]]  # the precomputed reference ran with edits off
     # the reference log-probs are the plain base model's (no second copy of the base was loaded)
     plain = tiny_model("llama")
@@ -192,9 +190,8 @@ def test_grpo_samples_with_the_interventions_and_edits_left_padded_prompts(tmp_p
     spy = Spy(monkeypatch, base)
     args = trl.GRPOConfig(**common(tmp_path, batch=8, max_steps=15, learning_rate=5e-2), num_generations=4,
                           max_completion_length=3, beta=0.05)
-    with pytest.warns(UserWarning, match="checkpointing off"):
-        trainer = ReftGRPOTrainer(reft, reward_funcs=reward, args=args, processing_class=tok,
-                                  train_dataset=Dataset.from_list([{"prompt": LONG}, {"prompt": SHORT}] * 2))
+    trainer = ReftGRPOTrainer(reft, reward_funcs=reward, args=args, processing_class=tok,
+                              train_dataset=Dataset.from_list([{"prompt": LONG}, {"prompt": SHORT}] * 2))
     trainer.train()
     spy.stop()
     share = even_share(reft, tok, [LONG, SHORT])
@@ -233,8 +230,7 @@ def test_checkpoints_hold_the_interventions_and_resume_loads_them(tmp_path, tok)
         reft = reftx.attach(tiny_model("llama"), SPEC)
         args = trl.SFTConfig(**{**common(out, max_steps=6, learning_rate=5e-2), "save_strategy": "steps"},
                              save_steps=3)
-        with pytest.warns(UserWarning, match="checkpointing off"):
-            trainer = ReftSFTTrainer(reft, args=args, train_dataset=rows, processing_class=tok)
+        trainer = ReftSFTTrainer(reft, args=args, train_dataset=rows, processing_class=tok)
         trainer.train(resume_from_checkpoint=resume)
         return reft
 
@@ -253,9 +249,8 @@ def test_the_primitives_losses_join_the_trainers_loss(tmp_path, tok, monkeypatch
 
     reft = reftx.attach(tiny_model("llama"), SPEC)
     rows = Dataset.from_list([{"prompt": LONG, "completion": " w10 w11"}])
-    with pytest.warns(UserWarning, match="checkpointing off"):
-        trainer = ReftSFTTrainer(reft, args=trl.SFTConfig(**common(tmp_path)), train_dataset=rows,
-                                 processing_class=tok)
+    trainer = ReftSFTTrainer(reft, args=trl.SFTConfig(**common(tmp_path)), train_dataset=rows,
+                             processing_class=tok)
     batch = next(iter(trainer.get_train_dataloader()))
     plain = float(trainer.compute_loss(trainer.model, dict(batch)))
     probe = SimpleNamespace(loss=lambda: {"bound_hinge": torch.tensor(1.5)}, scale=lambda: torch.tensor(2.0), group=None)
@@ -271,6 +266,32 @@ def readme_trl_examples() -> list[str]:
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = text.split("## Training with TRL", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_gradient_checkpointing_stays_on_and_trains_as_without_it(tmp_path, tok, reentrant):
+    """TRL's configs switch gradient checkpointing on by default; the adapter keeps it, and an edit
+    inside the checkpointed layer (mlp_output: its hook runs again in the recomputation) trains to
+    the weights it reaches without checkpointing."""
+    from reftx.integrations.trl import ReftSFTTrainer
+
+    spec = [{"kind": "loreft", "rank": 4, "layers": [1, 2], "component": "mlp_output",
+             "positions": {"first": 2, "last": 2}}]
+    rows = Dataset.from_list([{"prompt": LONG, "completion": " w10 w11"}, {"prompt": SHORT, "completion": " w12"}])
+    weights = []
+    for on in (True, False):
+        reft = reftx.attach(tiny_model("llama"), spec)
+        args = trl.SFTConfig(**common(tmp_path / str(on), max_steps=4, learning_rate=5e-2), activation_checkpointing=on,
+                             activation_checkpointing_kwargs={"use_reentrant": reentrant})
+        trainer = ReftSFTTrainer(reft, args=args, train_dataset=rows, processing_class=tok)
+        trainer.train()
+        assert reft.base.is_activation_checkpointing is on
+        weights.append({n: p.detach().clone() for n, p in reft.interventions.named_parameters()})
+    start = dict(reftx.attach(tiny_model("llama"), spec).interventions.named_parameters())
+    for n, p in weights[1].items():
+        assert not torch.equal(p, start[n])  # it trained
+        assert float((weights[0][n] - p).norm()) <= 1e-6 * float(p.norm()), n
 
 
 @pytest.mark.slow
@@ -294,8 +315,7 @@ def test_the_readme_trl_examples_run_on_the_default_model(index, tmp_path, monke
     monkeypatch.setattr(reftx, "attach", spy_attach)
     monkeypatch.setattr(reftx.ReftModel, "generate", spy_generate)
     namespace: dict = {}
-    with pytest.warns(UserWarning, match="checkpointing off"):
-        exec(compile(code[index], f"README.md TRL example {index}", "exec"), namespace)
+    exec(compile(code[index], f"README.md TRL example {index}", "exec"), namespace)
     reft = namespace["reft"]
     if index == 2:  # GRPO: sampled through the exact generate (equal rewards would leave weights as they were)
         assert generated

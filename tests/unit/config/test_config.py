@@ -217,7 +217,7 @@ def test_experiment_overrides_and_exponent_float(tmp_path: Path) -> None:
         ("", ("train.epochs=1.5",), "train.epochs: expected int, got float 1.5"),
         ("", ("train.scheduler=cosin",), "train.scheduler: invalid value 'cosin' (did you mean 'cosine'?); "
          "choices: 'linear', 'cosine', 'constant'"),
-        ("", ("model.dtype=fp16",), "model.dtype: invalid value 'fp16'"),
+        ("", ("model.dtype=fp8",), "model.dtype: invalid value 'fp8'"),
         ("", ("interventions=[1]",), "interventions.0: expected dict[str, Any], got int 1"),
         ("", ("schema=2",), "schema: unsupported schema version 2"),
         ("", ("train.warmup=1",), "train.warmup: must satisfy 0 <= warmup < 1, got 1.0"),
