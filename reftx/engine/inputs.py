@@ -83,7 +83,8 @@ def detached_error(call: str) -> ReftError:
 
 
 def gradient_checkpointing(base: nn.Module) -> bool:
-    """Whether ``base`` has gradient (activation) checkpointing switched on (attach refuses it)."""
+    """Whether ``base`` has gradient (activation) checkpointing switched on (reftx.engine.checkpointing replays
+    the edits in its recomputation)."""
     for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
         if hasattr(type(base), name) or name in vars(base):
             return bool(getattr(base, name))
