@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from reftx.cli.docgen import first_paragraph
+from reftx.cli import launch
 from reftx.cli import report as report_cli
 from reftx.cli import sweep as sweep_cli
 from reftx.core.errors import ConfigError, ReftError
@@ -33,15 +34,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).is_dir():
         args.overrides, args.resume = [*args.overrides, args.resume], True  # `--resume train.lr=1e-3`: an override
     exp = _experiment(args.experiment, args.overrides)
+    if args.num_processes != 1 or args.fsdp:  # this command in N processes, started by accelerate's launcher
+        return launch.relaunch(launch.run_argv(args), args.num_processes, args.fsdp, exp)
+    main = launch.speaker(exp)  # under a launcher the main process speaks for the run, the others only of errors
     try:
-        run_experiment(exp, resume=args.resume, show_progress=not args.no_progress)
+        run_experiment(exp, resume=args.resume, show_progress=not args.no_progress and main)
     except NonFiniteLoss as e:
         console.print(f"[red bold]stopped:[/] {escape(str(e))}", soft_wrap=True)
         return 3
     except KeyboardInterrupt as e:
-        if getattr(e, "run_dir", None):
-            again = shlex.join(["reftx", *(x for m in args.imports for x in ("--import", m)), "run", args.experiment,
-                                *args.overrides, "--resume", str(e.run_dir), *(["--no-progress"] * args.no_progress)])
+        if getattr(e, "run_dir", None) and main:  # any number of processes resumes it
+            again = shlex.join(["reftx", *launch.run_argv(args, resume=e.run_dir)])
             console.print(f"interrupted; continue with:\n  {escape(again)}", soft_wrap=True, highlight=False)
         return 130
     return 0
@@ -337,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
                    help="continue a run from its latest checkpoint: RUN_DIR, or without it the newest unfinished "
                         "run of this experiment (with this config); a finished one is left as it is")
+    launch.add_arguments(r)
     _no_progress(r)
     r.set_defaults(fn=cmd_run)
     pl = sub.add_parser("plan", help="print the resolved config and intervention groups; runs nothing")

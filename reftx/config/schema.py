@@ -72,7 +72,7 @@ class TrainConfig:
 
     epochs: int = 1  # passes over the training set
     max_steps: int | None = None  # total optimiser steps; overrides epochs when set
-    batch_size: int = 8  # examples per forward pass
+    batch_size: int = 8  # examples per forward pass: the global batch, of which each of N processes takes batch_size / N (a multiple of N; reftx run --num-processes)
     grad_accum: int = 1  # forward passes per optimiser step (effective batch = batch_size * grad_accum)
     lr: float = 1.0e-3  # peak learning rate (> 0)
     weight_decay: float = 0.0  # AdamW weight decay (>= 0)
@@ -131,7 +131,7 @@ class TrainConfig:
 class EvalConfig:
     """Evaluation and generation settings."""
 
-    batch_size: int = 16  # examples per evaluation batch
+    batch_size: int = 16  # examples per evaluation batch (N processes generate every N-th batch each, then share the predictions)
     max_new_tokens: int = 64  # generation length limit for causal-lm tasks
     do_sample: bool = False  # sample instead of greedy/beam decoding
     num_beams: int = 1  # beam-search width (1 = no beam search)

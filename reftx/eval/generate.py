@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from reftx.core import processes
 from reftx.data.encoding import collate_prompts, encode_prompt, pad_id
 from reftx.config.schema import EvalConfig
 from reftx.data.examples import Example
@@ -25,7 +26,10 @@ def generate(model: Any, tokenizer: Any, examples: list[Example], cfg: EvalConfi
              label: str = "generate", show_progress: bool = True) -> list[str]:
     """Greedy (or configured) completions of every prompt, decoded without special tokens.
 
-    Prompts are sorted by length so batches pad little; results come back in input order.
+    Prompts are sorted by length so batches pad little; results come back in input order. In a
+    multi-process run (reftx.core.processes) the batches are dealt out round-robin, each process
+    generates whole batches exactly as one process would batch them, and every process gets every
+    completion back (so a task scores the same predictions, and the same metrics, in every process).
     """
     was_training = model.training
     model.eval()
@@ -34,18 +38,23 @@ def generate(model: Any, tokenizer: Any, examples: list[Example], cfg: EvalConfi
     out: list[str] = [""] * len(prompts)
     pid = pad_id(tokenizer)
     device = next(model.parameters()).device
+    batches = [order[s:s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
+    mine = batches[processes.rank()::processes.world()]  # all of them in a single process
+    done, total, texts = 0, sum(map(len, mine)), []
     with progress(label, not show_progress) as bar:
-        task = bar.add_task(label, total=len(prompts))
-        for s in range(0, len(order), cfg.batch_size):
-            idx = order[s:s + cfg.batch_size]
+        task = bar.add_task(label, total=total)
+        for idx in mine:
             batch = {k: v.to(device) for k, v in collate_prompts([prompts[i] for i in idx], pid).items()}
             gen = model.generate(**batch, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
                                  num_beams=cfg.num_beams, repetition_penalty=cfg.repetition_penalty, pad_token_id=pid)
-            for row, i in enumerate(idx):
-                out[i] = tokenizer.decode(gen[row, batch["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+            n = batch["input_ids"].shape[1]
+            texts += [(i, tokenizer.decode(gen[row, n:], skip_special_tokens=True).strip()) for row, i in enumerate(idx)]
+            done += len(idx)
             bar.update(task, advance=len(idx))
             if show_progress and not sys.stderr.isatty():  # no terminal (nohup, slurm, CI): a plain line
-                print(f"{label} {min(s + cfg.batch_size, len(order))}/{len(order)}", file=sys.stderr, flush=True)
+                print(f"{label} {done}/{total}", file=sys.stderr, flush=True)
+    for i, text in processes.gather(texts):
+        out[i] = text
     model.train(was_training)
     return out
 

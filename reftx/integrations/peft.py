@@ -35,6 +35,7 @@ from peft.utils import load_peft_weights, set_peft_model_state_dict
 from rich.console import Console
 from torch import nn
 
+from reftx.core import processes
 from reftx.core.errors import ConfigError, ReftError, unknown
 from reftx.config.schema import Experiment, LoraConfig
 from reftx.engine.model import ReftModel, attach
@@ -212,16 +213,17 @@ def train_stages(model: LoraReft, exp: Experiment, data: list, run_dir: str | Pa
         final = model
     else:
         stage("lora", model, lora_train, run_dir / STAGE1)
-        model.adapter.save_pretrained(str(run_dir / ADAPTER))
+        if processes.is_main():  # one writer of the run folder (reftx.runs.shared)
+            model.adapter.save_pretrained(str(run_dir / ADAPTER))
         with torch.no_grad():
             hf = model.adapter.merge_and_unload() if cfg.merge else _frozen(model.adapter.get_base_model())
         seed_everything(exp.seed)
         final = attach(hf, exp.interventions)
         stage("interventions", final, exp.train, run_dir)
-    if cfg.mode != "sequential":
+    if cfg.mode != "sequential" and processes.is_main():
         model.adapter.save_pretrained(str(run_dir / ADAPTER))
     reft = final if isinstance(final, ReftModel) else model.reft
-    if reft is not None:
+    if reft is not None and processes.is_main():
         reft.save_pretrained(run_dir / INTERVENTION_DIR)
     summary = {"mode": cfg.mode, "stages": stages, "steps": sum(s["steps"] for s in stages),
                "trainable_parameters": sum(s["trainable_parameters"] for s in stages)}

@@ -40,6 +40,8 @@ from reftx.recipes.summary import baseline_metrics, report, write_samples  # noq
 from reftx.train.objectives.common import OBJECTIVES, needs_guidance
 from reftx.runs.plots import plot_loss  # noqa: F401  (runner.plot_loss: what the run writes)
 from reftx.train.objectives.grpo import sampling_env
+from reftx.core import processes
+from reftx.runs import shared
 from reftx.runs.folder import RunFolder, locked, run_folder, run_folder_at, versions  # noqa: F401  (versions: the pre-0.2 name)
 from reftx.engine.schedule import plan
 from reftx.eval.task import Task, get_task
@@ -84,7 +86,8 @@ def load_base(exp: Experiment) -> tuple[Any, Any]:
     from reftx.models.loading import load_model
 
     kwargs = {"num_labels": exp.model.num_labels} if exp.model.num_labels else {}
-    model, tok = load_model(exp.model.name, dtype=exp.model.dtype, task=exp.model.task, **kwargs)
+    model, tok = load_model(exp.model.name, dtype=exp.model.dtype, task=exp.model.task, device=processes.device(),
+                            **kwargs)  # this process's GPU (else the CPU): nothing generates on the CPU first
     if exp.model.pooling != "model":
         from reftx.eval.classify import set_pooling
 
@@ -175,12 +178,12 @@ def run(exp: Experiment, resume: bool | str | Path = False, show_progress: bool 
     from reftx.train.trackers import check_available
 
     check_available(exp.train.log_with)  # a tracker that cannot start fails before the run folder exists
-    folder = resume_target(exp, resume) if resume else exp.run_dir
+    folder = processes.main_decides(lambda: resume_target(exp, resume)) if resume else exp.run_dir  # one for all
     done = finished_results(folder, exp.to_dict()) if resume else None
     if done is not None:  # nothing to do, and nothing written
         _say(f"--resume: {folder} is already finished ({folder / 'results.json'}); nothing to do")
         return {**done, "run_dir": str(folder)}
-    with run_folder(folder, f"reftx run {exp.name}", reuse=bool(resume), say=_plain) as out:
+    with shared.run_folder(folder, f"reftx run {exp.name}", reuse=bool(resume), say=_plain) as out:
         try:
             return {**_run(exp, out, bool(resume), show_progress), "run_dir": str(out.path)}  # not in results.json
         except KeyboardInterrupt as e:
@@ -258,12 +261,14 @@ def _fit(exp: Experiment, model: Any, encoded: list, tok: Any, run_dir: Path, re
                 "name": exp.name, "config": exp.to_dict(), "env": env, "dev": dev}  # config: what trackers record
     if exp.lora is None:
         summary = train(model, encoded, exp.train, run_dir, **train_kw)
-        model.save_pretrained(run_dir / "intervention")
+        if processes.is_main():  # one writer of the run folder (reftx.runs.shared)
+            model.save_pretrained(run_dir / "intervention")
     else:
         from reftx.integrations import peft as lora
 
         model, summary = lora.train_stages(model, exp, encoded, run_dir, **train_kw)
-    plot_loss(run_dir)
+    if processes.is_main():
+        plot_loss(run_dir)
     return model, summary
 
 

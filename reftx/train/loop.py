@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 from torch import Tensor
 
 from reftx.core.errors import ReftError
@@ -161,9 +161,15 @@ def _same_precision(mixed: str) -> None:
 
 def accelerator(grad_accum: int = 1, precision: str = "fp32", **trackers: Any) -> Accelerator:
     """The loop's accelerate ``Accelerator`` (bf16 autocast when ``precision`` is bf16); ``trackers``:
-    accelerate's ``log_with`` and ``project_dir`` (reftx.train.trackers.accelerator_kwargs), or nothing."""
+    accelerate's ``log_with`` and ``project_dir`` (reftx.train.trackers.accelerator_kwargs), or nothing.
+
+    ``split_batches``: with N processes each takes 1/N of every batch, so ``train.batch_size`` is the
+    global batch whatever the number of processes: the same data order, steps and (with equal
+    supervised tokens per process) the same weights as one process, and a checkpoint's position in
+    the data holds for any number of processes (resume on another count)."""
     _same_precision("bf16" if precision == "bf16" else "no")
     return Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision="bf16" if precision == "bf16" else "no",
+                       dataloader_config=DataLoaderConfiguration(split_batches=True),
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)], **trackers)
 
 

@@ -37,7 +37,7 @@ from reftx.train import checkpoints
 from reftx.train.checkpoints import STATE_FILE, Progress_, candidates, clean_stale, intact, load_checkpoint, save_checkpoint
 from reftx.data.encoding import Encoded, collate_train
 from reftx.data.pairing import paired_order, unpair
-from reftx.core.errors import ReftError
+from reftx.core.errors import ConfigError, ReftError
 from reftx.config.schema import TrainConfig
 from reftx.train.loop import Diverged, DivergenceGuard, Job, Loop, NonFiniteLoss, Optim, StepLoss, accelerator
 from reftx.engine.checkpointing import enable as enable_checkpointing
@@ -117,6 +117,7 @@ class RunJob(Job):
         self.batches = self._batches()
         self.window: list[float] = []
         self.terms: dict[str, Tensor] = {}
+        self.stop_all = False  # a multi-process run: some process was asked to stop (``_agree``)
 
     def start(self, slot: int) -> Optim:
         r = self.run
@@ -144,7 +145,7 @@ class RunJob(Job):
         env = {"env": r.env} if r.objective.needs_env else {}
         core, logs, out = r.objective(r.wrapped, rows[0], r.objective_opts, **env)
         loss, self.terms = compose(core, out.get("aux_losses"), (m for _, m in r.model.named_interventions()))
-        value = loss.item()  # the step's one read of the loss: logged, guarded, never read again
+        value = self._agree(loss)  # the step's one read of the loss: logged, guarded, never read again
         self.window.append(value)
         return StepLoss({0: loss}, stop={0: value}, logs=logs, out=out)
 
@@ -159,8 +160,20 @@ class RunJob(Job):
             r.checkpoint()
         if prog.stopped:  # train.early_stopping: the loop ends this job at this step
             self.max_steps = step
-        if r.stop.requested:
+        if r.stop.requested if r.acc.num_processes == 1 else self.stop_all:
             raise Interrupted
+
+    def _agree(self, loss: Tensor) -> float:
+        """The loss every process logs and guards: its own, or in a multi-process run the mean over the
+        processes, read with whether any of them was asked to stop (Ctrl-C) in one reduction, so all
+        stop at the same step boundary (``stop_all``)."""
+        r = self.run
+        if r.acc.num_processes == 1:
+            return loss.item()
+        flag = torch.tensor(float(r.stop.requested), device=loss.device)
+        both = r.acc.reduce(torch.stack([loss.detach().float(), flag]), "sum").tolist()
+        self.stop_all = both[1] > 0
+        return both[0] / r.acc.num_processes
 
     def _record(self, grad_norm: float | None, result: StepLoss) -> dict[str, Any]:
         r, prog = self.run, self.run.prog
@@ -214,7 +227,10 @@ class _Run:
         groups = self.model.param_groups(cfg.weight_decay)
         self.trained = [p for g in groups for p in g["params"]]  # what gradient clipping sees
         opt = torch.optim.AdamW(groups, lr=cfg.lr)
-        self.steps = total_steps(cfg, math.ceil(len(self.sampler) / cfg.batch_size / acc.num_processes))
+        if cfg.batch_size % acc.num_processes:  # accelerate splits each batch (reftx.train.loop.accelerator)
+            raise ConfigError("train.batch_size", f"{cfg.batch_size} does not split over {acc.num_processes} processes, "
+                              f"which each take an equal share of every batch: make it a multiple of {acc.num_processes}")
+        self.steps = total_steps(cfg, math.ceil(len(self.sampler) / cfg.batch_size))
         self.sched = get_scheduler(cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup", opt,
                                    num_warmup_steps=int(cfg.warmup * self.steps), num_training_steps=self.steps)
         if cfg.gradient_checkpointing:  # activations recomputed in the backward: less memory, the same gradients

@@ -224,9 +224,10 @@ def test_two_processes_train_the_same_weights(launched):
     log_ = metrics(run)
     assert [r["step"] for r in log_] == list(range(1, STEPS + 1))
     assert log_[-1]["loss"] < 0.01 < 5 < log_[0]["loss"]
-    # 8 examples over 2 ranks: one optimizer step per epoch, tokens counted over both ranks
-    assert [r["epoch"] for r in log_] == list(range(STEPS))
-    assert state(run / "checkpoints" / "step-12")["tokens"] == STEPS * 2 * TOKENS_PER_STEP
+    # train.batch_size is the global batch, split over the ranks (reftx.train.loop.accelerator): two
+    # optimizer steps per epoch of 8 examples, as in one process; tokens counted over both ranks
+    assert [r["epoch"] for r in log_] == [s // 2 for s in range(STEPS)]
+    assert state(run / "checkpoints" / "step-12")["tokens"] == STEPS * TOKENS_PER_STEP
     # rank 0 saved them (keys: module slots "L0|block_output|all" are group keys "L0.block_output.all")
     assert_same_weights({k.replace("|", "."): v for k, v in r0.items()}, weights(run / WEIGHTS))
     init = make_model().interventions.state_dict()
@@ -297,3 +298,20 @@ def test_grad_accum_matches_a_larger_batch(tmp_path):
     for a, b in zip(m_acc, m_big):
         assert math.isclose(a["loss"], b["loss"], rel_tol=1e-5)
         assert a["lr"] == b["lr"]
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused_by_name(tmp_path, monkeypatch):
+    """train.batch_size is the global batch, split evenly over the processes (reftx.train.loop.accelerator):
+    3 over 2 processes is refused before anything is prepared or written (the count is faked here;
+    tests/integration/test_processes.py runs two real processes)."""
+    from accelerate import Accelerator
+
+    from reftx.core.errors import ConfigError
+
+    monkeypatch.setattr(Accelerator, "num_processes", property(lambda self: 2))
+    cfg = config(4, 0)
+    cfg.batch_size = 3
+    with pytest.raises(ConfigError, match=r"^train\.batch_size: 3 does not split over 2 processes, which each take an "
+                                          r"equal share of every batch: make it a multiple of 2$"):
+        train(make_model(), make_data(), cfg, tmp_path / "run", pad_id=0, show_progress=False)
+    assert not (tmp_path / "run").exists()

@@ -24,6 +24,7 @@ RANKS = {
     "testing": 11,  # the shipped contract suite and tiny models (reftx check)
     "cli": 12,
     "": 13,  # the package's own __init__: the public facade re-exports from every layer
+    "__main__": 14,  # python -m reftx (what accelerate launch -m reftx starts): the command line
 }
 ZOO = ("methods", "tasks")
 ZOO_USERS = ("recipes", "cli", "methods", "tasks")

@@ -1,0 +1,89 @@
+"""``reftx run --num-processes N [--fsdp]`` (reftx.cli.launch): what it hands accelerate's launcher,
+and what it refuses before starting anything. The runs themselves: tests/integration/test_processes.py."""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import reftx.cli.commands as cli
+from reftx.cli import launch
+from reftx.core.errors import ReftError
+
+REPO = Path(__file__).resolve().parents[3]
+QUICKSTART = REPO / "experiments" / "quickstart.yaml"
+
+
+def test_python_dash_m_reftx_is_the_command_line():
+    p = subprocess.run([sys.executable, "-m", "reftx", "--version"], capture_output=True, text=True, cwd=REPO,
+                       timeout=120)
+    assert (p.returncode, p.stdout.strip()) == (0, f"reftx {cli._version()}")
+
+
+def test_ddp_launch_arguments_on_cpu_share_the_cores():
+    args = launch.launch_args(2, False, [], gpus=False, cores=8)
+    port = args[args.index("--main_process_port") + 1]
+    assert args == ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                    "--main_process_port", port, "--num_cpu_threads_per_process", "4", "--multi_gpu"]
+    assert 0 < int(port) < 65536
+
+
+def test_fsdp_launch_arguments_name_fsdp2_and_the_decoder_layer():
+    args = launch.launch_args(4, True, ["LlamaDecoderLayer"], gpus=True, cores=16)
+    assert "--multi_gpu" not in args and "--num_cpu_threads_per_process" not in args
+    tail = args[args.index("--use_fsdp"):]
+    assert tail == ["--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
+                    "--fsdp_state_dict_type", "FULL_STATE_DICT", "--fsdp_reshard_after_forward", "true",
+                    "--fsdp_transformer_layer_cls_to_wrap", "LlamaDecoderLayer"]
+    from accelerate.commands.launch import launch_command_parser
+
+    parsed = launch_command_parser().parse_args([*args, "-m", "reftx", "run", "x.yaml"])  # accelerate takes them
+    assert (parsed.use_fsdp, parsed.fsdp_version, parsed.module, parsed.training_script) == (True, "2", True, "reftx")
+    assert parsed.training_script_args == ["run", "x.yaml"]
+
+
+def test_layer_classes_come_from_the_models_config(tiny_dir):
+    from reftx.config.schema import load_experiment
+
+    exp = load_experiment(QUICKSTART, [f"model.name={tiny_dir}"])
+    assert launch.layer_classes(exp) == ["LlamaDecoderLayer"]
+
+
+def test_each_process_runs_the_command_as_given_without_the_launch_flags():
+    args = cli.build_parser().parse_args(["--import", "my.py", "run", "e.yaml", "train.lr=1", "--resume", "runs/x",
+                                          "--num-processes", "2", "--fsdp", "--no-progress"])
+    assert launch.run_argv(args) == ["--import", "my.py", "run", "e.yaml", "train.lr=1", "--resume", "runs/x",
+                                     "--no-progress"]
+    assert launch.run_argv(args, resume="runs/y")[-3:] == ["--resume", "runs/y", "--no-progress"]
+    plain = argparse.Namespace(imports=[], experiment="e.yaml", overrides=[], resume=True, no_progress=False)
+    assert launch.run_argv(plain) == ["run", "e.yaml", "--resume"]
+
+
+@pytest.mark.parametrize(("n", "fsdp", "gpus", "message"), [
+    (0, False, 0, "--num-processes must be 1 or more, got 0"),
+    (4, False, 2, "--num-processes 4: this machine has 2 GPUs, one process each; use at most 2"),
+    (2, True, 0, "--fsdp shards the model over GPUs, and this machine has none"),
+])
+def test_what_accelerate_would_fail_on_is_refused_first(n, fsdp, gpus, message):
+    with pytest.raises(ReftError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        launch.check(n, fsdp, gpus)
+
+
+def test_num_processes_under_a_launcher_is_refused(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(ReftError, match=r"under `accelerate launch` \(or torchrun\), which already started them"):
+        launch.check(2, False, 0)
+
+
+def test_fsdp_on_a_machine_without_gpus_is_refused_in_one_line(tiny_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.main(["run", str(QUICKSTART), f"model.name={tiny_dir}", f"output_dir={tmp_path}",
+                     "--num-processes", "2", "--fsdp"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --fsdp shards the model over GPUs, and this machine has none (accelerate runs FSDP only on GPUs; "
+        "on CPU it would run plain DDP): drop --fsdp, or run on a GPU machine")
+    assert list(tmp_path.iterdir()) == []  # nothing started, nothing written
