@@ -251,23 +251,3 @@ def test_lm_eval_is_optional(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval.models.huggingface", None)  # import fails as if not installed
     with pytest.raises(ReftError, match=r"pip install 'reftx\[lm-eval\]'"):
         lm_eval_run.from_run(tmp_path)
-
-
-def test_the_readme_offline_task_yaml_runs_as_shown(tiny_dir, tmp_path, capsys, monkeypatch):
-    """README's lm-eval section: its my_task.yaml over my_tasks/items.jsonl, run offline as shown."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## lm-evaluation-harness", 1)[1]
-    task_yaml = section.split("```yaml\n", 1)[1].split("```", 1)[0]
-    run_dir = write_run(tiny_dir, tmp_path)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "ds-cache"))
-    (tmp_path / "my_tasks").mkdir()
-    (tmp_path / "my_tasks" / "my_task.yaml").write_text(task_yaml)
-    rows = [{"question": q, "choices": ["blue", "white", "green", "red"], "answer": i % 4} for i, q in enumerate(QUESTIONS)]
-    (tmp_path / "my_tasks" / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert cli.main(["lm-eval", str(run_dir), "--tasks", "my_task", "--include-path", "my_tasks/", "--no-progress"]) == 0
-    out = json.loads((run_dir / "lm_eval" / "my_task.json").read_text())["lm_eval"]
-    acc = out["results"]["my_task"]["acc,none"]
-    assert out["n-samples"]["my_task"]["effective"] == len(QUESTIONS)
-    assert f"my_task/acc: {acc:.4f}" in capsys.readouterr().out
