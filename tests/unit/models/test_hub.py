@@ -64,12 +64,12 @@ def _logits(model, tokenizer, text: str = "The capital of France is") -> torch.T
 
 # --- quick tests ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", ["float64", "fp32", torch.float64])
+@pytest.mark.parametrize("dtype", ["float64", "fp8", torch.float64])
 def test_invalid_dtype_lists_valid_ones(dtype):
     with pytest.raises(ConfigError) as info:
         hub.load_model("default", dtype=dtype)
     assert info.value.field == "model.dtype"
-    for valid in ("auto", "bfloat16", "float16", "float32"):
+    for valid in ("auto", "bfloat16", "float16", "float32", "bf16", "fp16", "fp32"):
         assert valid in str(info.value)
 
 
