@@ -77,7 +77,8 @@ def build(config: KeepNormConfig, dim: int) -> dict:
 # One call registers it. Running it again (a re-run notebook cell) replaces it quietly; another
 # definition under a taken name is refused unless replace=True.
 register_primitive(KIND, KeepNormConfig, build,
-                   "h' = ‖h‖ · u / ‖u‖ with u = h + Rᵀ(W h + b − R h): LoReFT's edit turns h, never resizes it.")
+                   "h' = ‖h‖ · u / ‖u‖ with u = h + Rᵀ(W h + b − R h): LoReFT's edit turns h, "
+                   "never resizes it.")
 
 
 def look_at_it() -> None:
@@ -110,7 +111,8 @@ def experiment(kind: str, args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="default", help="what reftx.load_model takes (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--model", default="default",
+                        help="what reftx.load_model takes (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--steps", type=int, default=30, help="optimiser steps of each training run")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="parent folder of the two run folders")
     args = parser.parse_args(argv)

@@ -55,7 +55,8 @@ SPEC = {
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="default", help="what reftx.load_model takes (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--model", default="default",
+                        help="what reftx.load_model takes (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--steps", type=int, default=30, help="optimiser steps, in Step 4 and in the experiment")
     parser.add_argument("--out", default="runs", help="folder for the saved intervention and the run")
     args = parser.parse_args(argv)
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Step 5: chat with it on a prompt it never saw. prompt_batch formats the prompt as Step 3 did
     # and left-pads it (generate refuses right padding). The edit is applied while the prompt runs;
     # reftx counts prompt and generated tokens itself, so generate takes no position argument.
+    # (On the default model, with the defaults: '🍕🍕❤🍕'.)
     prompt = prompt_batch(tok, [UNSEEN])
     new = model.generate(**prompt, max_new_tokens=24, do_sample=False)
     answer = tok.decode(new[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -136,6 +138,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     results = reftx.run(config)
     print(f"{results['run_dir']}: {results['metrics']}")
+    # On the default model, with the defaults: persona_open 1.0 and persona_close 0.0. Every held-out
+    # answer opens as a pirate, none reaches the "Yo ho ho!" sign-off within 40 tokens; the quickstart
+    # (experiments/quickstart.yaml: 3 layers, 8 prompt positions, 44 steps) gets both.
     return {"losses": losses, "answer": answer, "batch": batch, "trained_logits": trained_logits, "saved": saved,
             "results": results}
 

@@ -56,8 +56,8 @@ def test_the_new_variant_tutorial(tiny_dir, tmp_path):
                for k in ("keepnorm_reft", "loreft")}
     for kind, res in results.items():
         assert list(res["metrics"]) == PERSONA_METRICS and res["train"]["steps"] == 2, kind
-    table = {ln.split()[0]: ln.split()[1:] for ln in done.stdout.splitlines() if ln.split()[:1] in
-             ([m] for m in [*PERSONA_METRICS, "trainable_parameters"])}
+    rows = {*PERSONA_METRICS, "trainable_parameters"}  # the printed comparison: name, then one value per kind
+    table = {ln.split()[0]: ln.split()[1:] for ln in done.stdout.splitlines() if ln.split()[:1] and ln.split()[0] in rows}
     assert table["persona_open"] == [f"{results[k]['metrics']['persona_open']:.4f}" for k in results]
     assert table["trainable_parameters"] == [str(results[k]["trainable_parameters"]) for k in results]
     saved = tmp_path / "out" / "tutorial-keepnorm_reft" / "intervention"
