@@ -37,6 +37,15 @@ HASHED_UNLESS_DEFAULT = {("train", "divergence_factor"): 1.0e4, ("train", "init_
 # values that compute what leaving the key out computes: task.overlong error only refuses the examples
 # that truncate cuts (what every run did before the key existed), so a run under either is the same run
 SAME_AS_ABSENT = {("task", "overlong"): ("error", "truncate")}
+# objective options whose default changed after results were published (issue 26), per objective:
+# (option path, the former default, the default now). The former default is hashed as absent, as it
+# was then, and an absent option is hashed as the default now, so a run under today's default never
+# shares a hash with a published run under the former one (the KL anchor only where the KL is on).
+CHANGED_DEFAULTS = {
+    "grpo": [("kl_reference", "base", "start")],
+    "carft": [("kl_reference", "base", "start"), ("contrastive.representation", "pooled", "projection")],
+}
+_OPTIONS = "train.objective_options."
 
 
 def hashed_view(d: Any) -> Any:
@@ -59,12 +68,66 @@ def hashed_view(d: Any) -> Any:
         d["method"] = recipe if name == "edit" else {}
         if name not in ("train", "edit", "tofu_stage1", "baseline"):  # tofu_stage1 = train + a deterministic merge
             d["recipe"] = {"name": name, **recipe}
+    _changed_defaults(d)
     absent = {k: (v,) for k, v in HASHED_UNLESS_DEFAULT.items()} | SAME_AS_ABSENT
     for (section, key), values in absent.items():
         sec = d.get(section)
         if isinstance(sec, dict) and key in sec and sec[key] in values:
             del sec[key]
     return d
+
+
+def _changed_defaults(d: dict) -> None:
+    """Spell ``CHANGED_DEFAULTS`` in ``d`` in place: in ``train.objective_options`` and in each
+    ``sequential`` stage's override list (``train.objective_options.OPTION=VALUE``)."""
+    train = d.get("train")
+    if isinstance(train, dict) and isinstance(train.get("objective_options") or {}, dict) \
+            and str(train.get("objective")) in CHANGED_DEFAULTS:
+        opts = {k[len(_OPTIONS):]: v for k, v in _flatten(train.get("objective_options") or {}, _OPTIONS) if k != _OPTIONS[:-1]}
+        kept = _respell(str(train.get("objective")), opts)
+        train["objective_options"] = _unflatten(kept)
+    stages = (d.get("recipe") or {}).get("stages") if isinstance(d.get("recipe"), dict) else None
+    for i, stage in enumerate(stages if isinstance(stages, list) else []):
+        if not (isinstance(stage, list) and all(isinstance(o, str) and "=" in o for o in stage)):
+            continue
+        pairs = [o.split("=", 1) for o in stage]
+        objective = next((v.strip() for k, v in pairs if k.strip() == "train.objective"), "")
+        opts = {k.strip()[len(_OPTIONS):]: v.strip() for k, v in pairs if k.strip().startswith(_OPTIONS)}
+        if objective not in CHANGED_DEFAULTS:
+            continue
+        kept = _respell(objective, opts)
+        rest = [o for o, (k, _) in zip(stage, pairs) if not k.strip().startswith(_OPTIONS)]
+        stages[i] = rest + [f"{_OPTIONS}{k}={v}" for k, v in kept.items()]
+
+
+def _respell(objective: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """``opts`` (dotted option paths) with ``objective``'s former defaults dropped and its new ones added."""
+    kl_on = str(opts.get("beta", "")).strip() not in ("0", "0.0", "0.", "0e0")
+    for path, former, now in CHANGED_DEFAULTS.get(objective, []):
+        if path == "kl_reference" and not kl_on:
+            continue
+        if str(opts.get(path, now)) == former:
+            del opts[path]
+        else:
+            opts.setdefault(path, now)
+    return opts
+
+
+def _flatten(node: Any, prefix: str) -> list[tuple[str, Any]]:
+    if isinstance(node, dict) and node:
+        return [kv for k, v in node.items() for kv in _flatten(v, f"{prefix}{k}.")]
+    return [(prefix[:-1], node)]
+
+
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path, value in flat.items():
+        *parents, last = path.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
 
 
 def config_hash(d: Any) -> str:
@@ -85,4 +148,4 @@ def hash_differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [k for key in keys for k in hash_differences(a.get(key), b.get(key), _join(prefix, key))]
 
 
-__all__ = ["HASHED_UNLESS_DEFAULT", "NOT_HASHED", "SAME_AS_ABSENT", "config_hash", "hash_differences", "hashed_view"]
+__all__ = ["CHANGED_DEFAULTS", "HASHED_UNLESS_DEFAULT", "NOT_HASHED", "SAME_AS_ABSENT", "config_hash", "hash_differences", "hashed_view"]
