@@ -78,19 +78,17 @@ def dev_loss(model: Any, encoded: list, batch_size: int, pad: int, causal: bool)
     """The response NLL per token over every dev example (causal LM), or the mean cross-entropy of the
     class label (sequence classifier); teacher-forced, in batches of ``batch_size``."""
     from reftx.eval.classify import LABEL
+    from reftx.train.objectives.common import sequence_nll
 
     total, count = torch.zeros((), dtype=torch.float64), 0
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     for i in range(0, len(encoded), batch_size):
-        rows = collate_train(encoded[i:i + batch_size], pad)
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        rows = send_to_device(rows, device)
+        rows = send_to_device(collate_train(encoded[i:i + batch_size], pad), device)
         labels = rows.pop("labels")
         out = model(**rows)
         if causal:
-            target = labels[:, 1:]
-            tok = F.cross_entropy(out.logits[:, :-1].float().transpose(1, 2), target, ignore_index=IGNORE,
-                                  reduction="sum")
-            total, count = total + tok.double().cpu(), count + int((target != IGNORE).sum())
+            total = total + sequence_nll(out.logits, labels, "sum").sum().double().cpu()
+            count += int((labels[:, 1:] != IGNORE).sum())
         else:
             target = rows["example_info"][LABEL].to(out.logits.device).long()
             ce = F.cross_entropy(out.logits.float(), target, reduction="sum")
