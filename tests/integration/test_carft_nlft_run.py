@@ -5,7 +5,6 @@ run; NLFT samples and judges its answers inside the loop and resumes exactly too
 from __future__ import annotations
 
 import json
-import shutil
 
 import torch
 from safetensors.torch import load_file
@@ -15,26 +14,15 @@ from reftx.config.schema import TrainConfig
 from reftx.data.encoding import Encoded
 from reftx.engine.serialization import EXTRAS_NAME
 from reftx.train.objectives.carft import PROJECTION
-from reftx.train.objectives.grpo import EXAMPLE_INDEX, Env
+from reftx.train.objectives.grpo import EXAMPLE_INDEX
 from reftx.train.run import train
 from tests.conftest import tiny_model
+from tests.integration.rl_loop import SPEC, env, resumes_exactly
 
-SPEC = [{"kind": "loreft", "rank": 2, "layers": [1, 2], "positions": {"first": 2, "last": 2}}]
 # (prompt, annotated response, guidance): the guided copy is guidance + prompt + response, the judged
 # copy [70, 71] + prompt + response
 ROWS = [([5, 6, 7, 8], [20, 24, 2], [40]), ([10, 11, 12], [21, 26, 2], [41, 42]),
         ([13, 14, 15, 16, 17], [22, 28, 2], [43]), ([30, 31], [23, 30, 2], [44, 45])]
-
-
-class Tok:
-    pad_token_id, eos_token_id = 0, 2
-
-    def batch_decode(self, ids, skip_special_tokens=True):
-        return [" ".join(str(int(t)) for t in row) for row in ids]
-
-
-def _env() -> Env:  # 1 for an even first token, the partial reward otherwise
-    return Env(Tok(), lambda texts, index, partial: [1.0 if int(t.split()[0]) % 2 == 0 else partial for t in texts])
 
 
 def _data() -> list[Encoded]:
@@ -47,23 +35,12 @@ def _train(run_dir, objective, options, resume=False) -> reftx.ReftModel:
     cfg = TrainConfig(objective=objective, objective_options=options, max_steps=3, batch_size=2, checkpoint_every=1,
                       keep_checkpoints=5, log_every=1, lr=1e-2)
     model = reftx.attach(tiny_model("llama"), SPEC)
-    train(model, _data(), cfg, run_dir, pad_id=0, seed=0, resume=resume, show_progress=False, env=_env())
+    train(model, _data(), cfg, run_dir, pad_id=0, seed=0, resume=resume, show_progress=False, env=env())
     return model
 
 
-def _state(model) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("interventions.", "extras."))}
-
-
 def _resumes_exactly(tmp_path, objective, options) -> reftx.ReftModel:
-    full = _train(tmp_path / "full", objective, options)
-    state = _state(full)
-    shutil.copytree(tmp_path / "full", tmp_path / "cut")  # killed after step 1
-    for step in (2, 3):
-        shutil.rmtree(tmp_path / "cut" / "checkpoints" / f"step-{step}")
-    again = _state(_train(tmp_path / "cut", objective, options, resume=True))
-    assert set(again) == set(state) and all(torch.equal(again[k], state[k]) for k in state)
-    return full
+    return resumes_exactly(lambda run_dir, resume=False: _train(run_dir, objective, options, resume), tmp_path)
 
 
 def test_carft_trains_checkpoints_and_resumes_its_projection_exactly(tmp_path):

@@ -4,7 +4,6 @@ an uninterrupted run); the shipped SFT-then-PPO experiment runs end to end on a 
 from __future__ import annotations
 
 import json
-import shutil
 
 import torch
 from safetensors.torch import load_file
@@ -15,25 +14,14 @@ from reftx.data.encoding import Encoded
 from reftx.engine.serialization import EXTRAS_NAME
 from reftx.recipes.registry import run_experiment
 from reftx.train.objectives.anchor import ANCHOR, policy_parameters
-from reftx.train.objectives.grpo import EXAMPLE_INDEX, Env
+from reftx.train.objectives.grpo import EXAMPLE_INDEX
 from reftx.train.objectives.ppo import VALUE_HEAD
 from reftx.train.run import train
 from tests.conftest import tiny_model
+from tests.integration.rl_loop import SPEC, env, resumes_exactly
 from tests.integration.test_runner import REPO
 
-SPEC = [{"kind": "loreft", "rank": 2, "layers": [1, 2], "positions": {"first": 2, "last": 2}}]
 ROWS = [([5, 6, 7, 8], [20, 2]), ([10, 11, 12], [21, 2]), ([13, 14, 15, 16, 17], [22, 2]), ([30, 31], [23, 2])]
-
-
-class Tok:
-    pad_token_id, eos_token_id = 0, 2
-
-    def batch_decode(self, ids, skip_special_tokens=True):
-        return [" ".join(str(int(t)) for t in row) for row in ids]
-
-
-def _env() -> Env:  # 1 for an even first token, the partial reward otherwise
-    return Env(Tok(), lambda texts, index, partial: [1.0 if int(t.split()[0]) % 2 == 0 else partial for t in texts])
 
 
 def _data() -> list[Encoded]:
@@ -53,18 +41,13 @@ def _train(run_dir, resume=False) -> reftx.ReftModel:
     cfg = TrainConfig(objective="ppo", objective_options={"group_size": 2, "max_new_tokens": 3}, max_steps=3,
                       batch_size=2, checkpoint_every=1, keep_checkpoints=5, log_every=1, lr=1e-2)
     model = _warm_model()
-    train(model, _data(), cfg, run_dir, pad_id=0, seed=0, resume=resume, show_progress=False, env=_env())
+    train(model, _data(), cfg, run_dir, pad_id=0, seed=0, resume=resume, show_progress=False, env=env())
     return model
-
-
-def _state(model) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("interventions.", "extras."))}
 
 
 def test_ppo_trains_checkpoints_and_resumes_its_value_head_and_anchor_exactly(tmp_path):
     warm = {f"{k}": v.clone() for k, v in _warm_model().named_parameters() if v.requires_grad}
-    full = _train(tmp_path / "full")
-    state = _state(full)
+    full = resumes_exactly(_train, tmp_path)  # killed after step 1 and resumed: ends where it did
     assert sorted(full.extras) == [ANCHOR, VALUE_HEAD]
     # the anchor is the warm-up policy, the value head trained (moved from its seeded init)
     anchor = full.extras[ANCHOR].tensors()
@@ -79,13 +62,6 @@ def test_ppo_trains_checkpoints_and_resumes_its_value_head_and_anchor_exactly(tm
         assert all(torch.equal(saved[f"{ANCHOR}.{k.replace('.', ':')}"], warm[k]) for k in warm)
         heads.append(saved[f"{VALUE_HEAD}.summary.weight"])
     assert not torch.equal(heads[0], heads[2])  # the optimizer trains the value head
-    # a run killed after step 1 and resumed ends exactly where the uninterrupted one did
-    shutil.copytree(tmp_path / "full", tmp_path / "cut")
-    for step in (2, 3):
-        shutil.rmtree(tmp_path / "cut" / "checkpoints" / f"step-{step}")
-    resumed = _train(tmp_path / "cut", resume=True)
-    again = _state(resumed)
-    assert set(again) == set(state) and all(torch.equal(again[k], state[k]) for k in state)
 
 
 def test_the_sft_then_ppo_experiment_runs_end_to_end(tiny_dir, tmp_path):
