@@ -23,6 +23,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import reftx
+from reftx.train.optim import adamw
 
 RANK, FIRST, LAST = 8, 7, 7
 NAMES = ("F0", "floor", "reftx", "pyreft")
@@ -59,9 +60,11 @@ ADAMW: dict = {}  # extra AdamW keyword arguments (--adamw foreach|fused); defau
 
 
 class Contestant:
-    def __init__(self, name: str, loss_fn, params, obj=None):
+    def __init__(self, name: str, loss_fn, params, obj=None, optimizer=torch.optim.AdamW):
+        """``optimizer``: the AdamW class or builder; reftx's is the one its training builds
+        (reftx.train.optim.adamw: foreach), unless --adamw sets one implementation for everyone."""
         self.name, self.loss_fn, self.obj = name, loss_fn, obj
-        self.opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0, **ADAMW)
+        self.opt = (optimizer if not ADAMW else torch.optim.AdamW)(params, lr=1e-3, weight_decay=0.0, **ADAMW)
 
     def step(self, batch: dict) -> None:
         self.loss_fn(batch).backward()
@@ -137,7 +140,7 @@ def make(name: str, base: LlamaForCausalLM, s: dict) -> Contestant:
         return Contestant(name, f.loss, f.params, f)
     if name == "reftx":
         m = reftx.attach(base, [SPEC])
-        return Contestant(name, lambda b: m(**b).loss, m.param_groups(0.0), m)
+        return Contestant(name, lambda b: m(**b).loss, m.param_groups(0.0), m, adamw)
     import pyreft  # noqa: PLC0415  (optional: lives in the separate benchmark venv)
 
     L, d = base.config.num_hidden_layers, base.config.hidden_size
@@ -321,7 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=0, help="untimed steps per contestant first (0: setting's default)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="what to time (cpu: process CPU time)")
     ap.add_argument("--adamw", choices=("default", "foreach", "fused"), default="default",
-                    help="AdamW implementation for every contestant (default: torch's choice, a for-loop on CPU)")
+                    help="AdamW implementation for every contestant (default: torch's choice, a for-loop on CPU, "
+                         "for F0, floor and pyreft; reftx's own, foreach, for reftx)")
     ap.add_argument("--memory", action="store_true", help="also measure peak memory, one subprocess per contestant")
     ap.add_argument("--no-pyreft", action="store_true", help="skip pyreft even if it is installed")
     ap.add_argument("--out", help="write the results as JSON here")
