@@ -33,7 +33,8 @@ NOT_HASHED = {
 HASHED_UNLESS_DEFAULT = {("train", "divergence_factor"): 1.0e4, ("train", "init_from"): None,
                          ("eval", "repetition_penalty"): 1.0, ("task", "eval_seed"): 0,
                          ("task", "dev_size"): 0, ("train", "eval_every"): 0, ("train", "eval_task_metrics"): True,
-                         ("train", "eval_metric"): "loss", ("train", "early_stopping"): 0, ("train", "load_best"): False}
+                         ("train", "eval_metric"): "loss", ("train", "early_stopping"): 0, ("train", "load_best"): False,
+                         ("model", "quantization"): None}
 # values that compute what leaving the key out computes: task.overlong error only refuses the examples
 # that truncate cuts (what every run did before the key existed), so a run under either is the same run
 SAME_AS_ABSENT = {("task", "overlong"): ("error", "truncate")}
