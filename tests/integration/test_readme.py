@@ -10,11 +10,10 @@ on a block no handler claims, so the README cannot grow an untested example. How
   and fraction resolves as on SmolLM2-135M. The first example also runs on the default model (slow);
   the TRL examples do in tests/integration/test_trl.py (slow).
 * bash: one command a line. ``reftx ...`` runs through ``reftx.cli.commands.main`` with a short
-  budget appended where it trains; a command that needs the network prints its one-line offline
-  error; ``bash scripts/*.sh`` are checked against what CI runs, not run (they build a .venv);
+  budget appended where it trains (Comparing methods: readme_compare.py); a command that needs the
+  network prints its one-line offline error; ``bash scripts/*.sh`` are checked against what CI runs, not run (they build a .venv);
   ``python scripts/...`` runs on the run folder the block's earlier line wrote.
-* yaml: the experiment block is loaded by the strict loader (its ``extends:`` a tmp base.yaml); the
-  lm-eval task block runs with the lm-eval command it belongs to.
+* yaml: experiment blocks load strictly (``extends:`` a tmp base.yaml); lm-eval's run with its command.
 """
 from __future__ import annotations
 
@@ -34,6 +33,7 @@ import reftx
 import reftx.cli.commands as cli
 from reftx.core.intervention import INTERVENTIONS
 from reftx.models import loading
+from tests.integration import readme_compare  # noqa: F401 (registers its handler)
 from tests.integration.readme_env import (HANDLERS, QUICKSTART, REPO, SHORT, Env, claimed, commands, errors, handles,
                                           lm_eval_index_once, python, readme_blocks, same_weights, write_tiny30)
 

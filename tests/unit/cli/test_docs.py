@@ -58,7 +58,9 @@ _KE, _F05 = "train.lr=5e-3 output_dir=runs/ke", "model.name=runs/tofu_finetune_f
 _SEQ = f"{_KE} recipe.mode=sequential task.n_eval=100"
 _LOGS = "task.n_train=1342 train.max_length=256 eval.max_length=256"
 PUBLISHED = [
-    "quickstart", "quickstart eval.repetition_penalty=1.0", "math/math_grpo_loreft output_dir=runs/issue17",
+    "quickstart", "quickstart eval.repetition_penalty=1.0", "quickstart seed=1", "quickstart seed=2",
+    *(f"quickstart interventions.0.kind=direft seed={k}" for k in range(3)),
+    *(f"sweeps/persona_lora seed={k}" for k in range(3)), "math/math_grpo_loreft output_dir=runs/issue17",
     "math/math_nlft_change_loreft train.epochs=1 output_dir=runs/issue17",
     "math/math_carft_pooled_loreft output_dir=runs/issue17",
     "math/math_grpo_g8_loreft output_dir=runs/issue17", "math/math_sft_budget_loreft output_dir=runs/issue17",
