@@ -1,0 +1,125 @@
+"""reftx[vllm]: saved reftx interventions served per request inside vLLM, as a plugin (no fork).
+
+    pip install -e ".[vllm]"   # or: bash scripts/setup.sh --vllm (its own environment, .venv-vllm)
+    llm = LLM(base, enforce_eager=True, dtype="float32",
+              additional_config={"reftx": {"adapters": {"a": "runs/x", "b": "runs/y/intervention"}}})
+    llm.generate(prompts, SamplingParams(max_tokens=32, extra_args={"reft": "a"}))  # no "reft": the base
+
+The entry point ``vllm.general_plugins: reftx`` makes vLLM call :func:`register` in every process
+it starts (front end, engine core, workers). ``register`` refuses any vLLM other than the tested
+one (:data:`TESTED_VLLM`), then wraps two vLLM methods, and does nothing more until an engine is
+configured with an ``additional_config['reftx']`` section:
+
+* ``InputProcessor.process_inputs`` (front end): the adapter a request names is checked, and its
+  prefix cache salted per adapter and prompt length (reftx.integrations.vllm.frontend);
+* ``CPUModelRunner.load_model`` (worker): after the model loads, reftx's hooks go on its decoder
+  layers (reftx.integrations.vllm.worker); each forward places its tokens
+  (reftx.integrations.vllm.placement) and edits every adapter's scheduled rows with the registered
+  primitive, loaded from the saved folder (reftx.integrations.vllm.adapters).
+
+Compilation and CUDA graphs (the plan for a GPU; what runs today is the CPU model runner, eager):
+
+* The hooks are Python: under ``torch.compile`` Dynamo would trace them with the forward's batch
+  baked in, and CUDA graphs replay kernels without running Python at all, so the edit would be
+  silently dropped. Until a GPU run proves the alternative, an engine with adapters and compilation
+  or CUDA graphs on is refused at load time with a one-line error (use ``enforce_eager=True``).
+* Piecewise graphs: the edit becomes one opaque custom op (``torch.library``, like vLLM's attention
+  op) registered in ``compilation_config.splitting_ops``, so each graph piece ends before it and
+  the op runs eagerly with the forward's placement.
+* Full graphs: per-token index buffers allocated once at the largest batch (persistent, as vLLM's
+  LoRA keeps ``token_lora_indices``) and filled before each replay; the edit is then a fixed-shape
+  masked op. A 1-token prefill chunk whose edit position changes between replays is exactly what
+  such a graph would miss, so it stays refused until tested.
+* vLLM's V2 GPU model runner keeps its batch in other structures; it is not wrapped, and an engine
+  with adapters on it is refused.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from reftx.core.errors import ReftError
+
+TESTED_VLLM = "0.32.0"  # the one vLLM release the parity suite (tests/vllm) passed with
+_serving: list[Any] = []  # the hooks installed in this process (tests read them)
+
+
+def check_version(installed: str) -> None:
+    """Refuse a vLLM release the plugin was not tested with (one line, with the fix)."""
+    if installed.split("+")[0] != TESTED_VLLM:
+        raise ReftError(f"reftx's vLLM plugin is tested with vLLM {TESTED_VLLM} only, but vLLM {installed} is "
+                        f"installed: install vllm=={TESTED_VLLM} (bash scripts/setup.sh --vllm), or leave the "
+                        "plugin out with VLLM_PLUGINS (a list of plugin names without 'reftx')")
+
+
+def check_eager(vllm_config: Any) -> None:
+    """Refuse compiled graphs and CUDA graphs, which would drop the hooks' edits (see the docstring)."""
+    from vllm.config import CompilationMode, CUDAGraphMode
+
+    cc = vllm_config.compilation_config
+    if cc.mode != CompilationMode.NONE or cc.cudagraph_mode not in (None, CUDAGraphMode.NONE):
+        raise ReftError(f"reftx adapters need vLLM in eager mode (compilation mode {cc.mode.name}, cudagraph mode "
+                        f"{getattr(cc.cudagraph_mode, 'name', cc.cudagraph_mode)} would drop their edits): pass "
+                        "enforce_eager=True (--enforce-eager)")
+
+
+def _wrap_processor(cls: type) -> None:
+    from reftx.integrations.vllm.frontend import admit
+
+    original = cls.process_inputs
+
+    @functools.wraps(original)
+    def process_inputs(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return admit(self, original(self, *args, **kwargs))
+
+    process_inputs.reftx = True
+    cls.process_inputs = process_inputs
+
+
+def _wrap_runner(cls: type, supported: bool) -> None:
+    from reftx.integrations.vllm.frontend import table_for
+    from reftx.integrations.vllm.worker import Serving
+
+    original = cls.load_model
+
+    @functools.wraps(original)
+    def load_model(self: Any, *args: Any, **kwargs: Any) -> Any:
+        table = table_for(self.vllm_config)
+        if table is not None and not supported:
+            raise ReftError(f"reftx adapters are served by vLLM's V1 CPU model runner only for now; "
+                            f"{cls.__module__}.{cls.__name__} is not verified (see reftx.integrations.vllm's "
+                            "docstring); on CPU unset VLLM_USE_V2_MODEL_RUNNER")
+        if table is not None:
+            check_eager(self.vllm_config)
+        out = original(self, *args, **kwargs)
+        if table is not None:
+            _serving.append(Serving(self, self.model, table))
+        return out
+
+    load_model.reftx = True
+    cls.load_model = load_model
+
+
+def register() -> None:
+    """vLLM's ``vllm.general_plugins`` entry point (runs once per process; safe to run again)."""
+    import vllm
+    from vllm.v1.engine.input_processor import InputProcessor
+    from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    check_version(vllm.__version__)
+    if not getattr(InputProcessor.process_inputs, "reftx", False):
+        _wrap_processor(InputProcessor)
+    runners = [(CPUModelRunner, True), (GPUModelRunner, False)]
+    try:  # the V2 runner (needs Triton): refused, never silently unhooked
+        from vllm.v1.worker.gpu.model_runner import GPUModelRunner as RunnerV2
+
+        runners.append((RunnerV2, False))
+    except ImportError:
+        pass
+    for cls, supported in runners:
+        if "load_model" in vars(cls) and not getattr(vars(cls)["load_model"], "reftx", False):
+            _wrap_runner(cls, supported)
+
+
+__all__ = ["TESTED_VLLM", "check_eager", "check_version", "register"]
