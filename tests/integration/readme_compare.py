@@ -22,7 +22,7 @@ def compare_methods(env: Env, block: str):
     assert env.reftx(report)[0] == 0
     with open(folder / "report" / "groups.csv") as f:
         groups = {row["group"]: row for row in csv.DictReader(f)}
-    assert sorted(groups) == ["direft", "loreft", "lora"] and {g["n"] for g in groups.values()} == {"3"}
+    assert sorted(groups) == ["direft", "lora", "loreft"] and {g["n"] for g in groups.values()} == {"3"}, groups
     with open(folder / "report" / "pairs.csv") as f:
         pairs = {(row["a"], row["b"]) for row in csv.DictReader(f)}
     assert len(pairs) == 3  # every pair of methods, scored on the same held-out prompts
