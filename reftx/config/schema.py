@@ -15,6 +15,8 @@ from reftx.core.convert import apply_overrides, from_dict, load_yaml, require, t
 from reftx.core.errors import unknown
 
 SCHEMA_VERSION = 1
+# model.quantization's schemes and the package each needs (reftx.models.quantization builds their configs)
+QUANTIZATION_PACKAGES = {"bnb-int8": "bitsandbytes", "bnb-nf4": "bitsandbytes"}
 NAME_BYTES = 200  # longest run name: a folder name (255 bytes on common filesystems) with room for suffixes
 
 
@@ -36,6 +38,7 @@ class ModelConfig:
     chat_template: bool | None = None  # wrap prompts in the tokenizer's chat template; null: when it has one
     pooling: Literal["model", "mean"] = "model"  # what a sequence-classification head reads (reftx.eval.classify): model = the architecture's own (decoders: last non-padding token; BERT: [CLS] via its pooler), mean = masked mean of the final hidden states
     train_modules: list[str] = field(default_factory=list)  # base-model modules trained and saved with the interventions, e.g. [score] (a decoder's classification head) or [classifier] (BERT's); with lora: peft's modules_to_save
+    quantization: Literal["bnb-int8", "bnb-nf4"] | None = None  # QReFT: load the frozen base quantized by bitsandbytes through transformers (reftx.models.quantization; pip install 'reftx[quant]'; CUDA or CPU): bnb-int8 (LLM.int8: int8 weights, a scale per row) or bnb-nf4 (4-bit NormalFloat, computed in model.dtype); the output head, the embeddings and train_modules stay in float, the interventions keep their dtype and train as on a float base, and the saved interventions load onto the quantized or the float base alike; null: not quantized
 
     def __post_init__(self) -> None:
         require(self.name != "", "name", "must not be empty")

@@ -303,6 +303,8 @@ def load_model(
     device: str | None = None,
     task: str = "causal-lm",
     trust_remote_code: bool = False,
+    quantization: str | None = None,
+    train_modules: tuple[str, ...] | list[str] = (),
     **kwargs: Any,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)``, the model in eval mode on ``device`` (default: where it loads, CPU).
@@ -314,7 +316,9 @@ def load_model(
     ``AutoModelForCausalLM`` ("causal-lm") or ``AutoModelForSequenceClassification``
     ("sequence-classification"); extra ``kwargs`` (e.g. ``num_labels``) go to its
     ``from_pretrained``. ``dtype`` is a key of ``MODEL_DTYPES`` or the matching ``torch.dtype`` (else
-    :class:`~reftx.core.errors.ConfigError` for ``model.dtype``).
+    :class:`~reftx.core.errors.ConfigError` for ``model.dtype``). ``quantization`` (``model.quantization``)
+    loads the base quantized, placed on ``device`` as it loads, ``train_modules`` kept in float
+    (:mod:`reftx.models.quantization`).
 
     A tokenizer without a pad token gets its eos token as pad (and the model config the matching
     ``pad_token_id``). ``padding_side`` is left at the tokenizer's own default (right for SmolLM2);
@@ -327,6 +331,12 @@ def load_model(
 
     auto = {"causal-lm": transformers.AutoModelForCausalLM,
             "sequence-classification": transformers.AutoModelForSequenceClassification}[task]
+    if quantization is not None:
+        from reftx.models.quantization import quantization_config
+
+        kwargs["quantization_config"] = quantization_config(quantization, torch_dtype, train_modules)
+        if device is not None:  # quantized where it will run: bitsandbytes weights are not moved after packing
+            kwargs["device_map"], device = {"": str(device)}, None
 
     def load(path: str) -> tuple[Any, Any]:
         model = auto.from_pretrained(

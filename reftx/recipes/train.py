@@ -87,6 +87,7 @@ def load_base(exp: Experiment) -> tuple[Any, Any]:
 
     kwargs = {"num_labels": exp.model.num_labels} if exp.model.num_labels else {}
     model, tok = load_model(exp.model.name, dtype=exp.model.dtype, task=exp.model.task, device=processes.device(),
+                            quantization=exp.model.quantization, train_modules=exp.model.train_modules,
                             **kwargs)  # this process's GPU (else the CPU): nothing generates on the CPU first
     if exp.model.pooling != "model":
         from reftx.eval.classify import set_pooling
