@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -149,12 +149,13 @@ def after_step(mods: Iterable[Intervention]) -> None:
 class Intervention(nn.Module):
     """Base class of every primitive. Subclasses set ``Config`` and implement ``forward``.
 
-    Optional extension points, both with harmless defaults:
+    Optional extension points, all with harmless defaults:
       * ``modifiers()``: the :class:`Modifier` objects acting on this primitive (a parameter loss
         such as a norm penalty, a loss scale such as BREP's PID weight, work after each optimizer
         step such as a norm projection); the only way a primitive adds to the loss outside its
         forward (inside it: ``ctx.add_loss``);
-      * ``no_decay_parameters()``: names of parameters to keep out of weight decay.
+      * ``no_decay_parameters()``: names of parameters to keep out of weight decay;
+      * ``stack_key()`` / ``forward_stacked()``: run with others of its kind at a site as one batch.
     """
 
     kind: ClassVar[str] = ""
@@ -167,6 +168,17 @@ class Intervention(nn.Module):
 
     def forward(self, h: Tensor, ctx: Context) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def stack_key(self) -> Hashable | None:
+        """Opt-in batching (reftx.engine.stacked): consecutive interventions of one site with equal,
+        non-None keys may run together through ``forward_stacked``. None (the default): always alone."""
+        return None
+
+    def forward_stacked(self, modules: list[Intervention], h: Tensor) -> Tensor:
+        """h: (k, n, dim), block i the rows of ``modules[i]`` (``self`` is ``modules[0]``; all have this
+        ``stack_key``) -> (k, n, dim) in h's dtype, equal to ``cast_call(modules[i], h[i], ctx)`` for every
+        i. Never gets a ctx: a primitive that reads or writes one returns None from ``stack_key``."""
+        raise NotImplementedError(f"{type(self).__name__} returns a stack_key but has no forward_stacked")
 
     def modifiers(self) -> list[Modifier]:
         """The modifiers acting on this primitive; the training loss (reftx.train.loss) and

@@ -11,7 +11,8 @@ Two kinds of hooks are installed on the base model:
 * one hook per edited module (site), serving every group at that site: it
   gathers only the scheduled rows ``h[b, p]``, runs the primitive on them and
   writes them back in place with ``index_put_``: no copy of the full hidden
-  state, no Python loop over examples.
+  state, no Python loop over examples. Several interventions of one kind at a
+  site run as one (one gather, batched matmuls, one scatter: reftx.engine.stacked).
 
 Only the handles created here are ever removed.
 
@@ -34,10 +35,10 @@ from torch.utils.hooks import RemovableHandle
 
 from reftx.engine import checkpointing
 from reftx.engine import positions as P
-from reftx.engine import sites
+from reftx.engine import sites, stacked
 from reftx.core.errors import ReftError
 from reftx.engine.generation import GenerationState, Window, cache_length, find_cache, window_rows
-from reftx.core.intervention import Context, Intervention, cast_call
+from reftx.core.intervention import Context, Intervention
 from reftx.engine.rotations import OrthoBasis, shared_rotations
 from reftx.engine.schedule import Group, PositionSpec
 
@@ -67,6 +68,7 @@ class ForwardState:
     only: Tensor | None = None  # (B,) bool: the rows this manager edits (reftx.engine.multi); None: all
     _rows: dict[tuple, tuple[Tensor, Tensor]] = field(default_factory=dict)
     rotations: list[tuple[OrthoBasis, Tensor]] = field(default_factory=list)  # this forward's R per basis
+    stacks: dict[int, tuple[Tensor, Tensor] | None] = field(default_factory=dict)  # reftx.engine.stacked
 
     def rows(self, spec: PositionSpec, parts: tuple[str, ...]) -> tuple[Tensor, Tensor]:
         key = (spec, parts)
@@ -124,10 +126,12 @@ class HookManager:
                 pre = sites.uses_pre_hook(g.component)
                 targets[id(target)] = target
                 by_site[(id(target), pre)].append((modules[g.key], g, layer))
+        row_sets: dict[tuple, int] = {}
         try:
             self._handles.append(base.register_forward_pre_hook(self._open, with_kwargs=True))
             self._handles.append(base.register_forward_hook(self._close, always_call=True))
             for (tid, pre), entries in by_site.items():
+                entries = stacked.plan(entries, row_sets)
                 if pre:
                     h = targets[tid].register_forward_pre_hook(self._pre_site(entries), with_kwargs=True)
                 else:
@@ -268,19 +272,9 @@ class HookManager:
                 self._closed.append(state.ctx)
 
     # -- sites -------------------------------------------------------------------------------
-    def _edit(self, h: Tensor, entries: list) -> None:
-        state = self._state
-        if state is None or not self.enabled:
-            return
-        for module, group, layer in entries:
-            if h.shape[-1] != group.dim:
-                raise ReftError(f"{group.key}: the hidden state at {group.component!r} (layer {layer}) has width "
-                                f"{h.shape[-1]}, but the intervention was built for width {group.dim}")
-            b, p = state.rows(group.positions, group.parts)
-            if b.numel() == 0:
-                continue
-            new = cast_call(module, h[b, p], state.ctx.at(group.key, layer, b))
-            h.index_put_((b, p), new)
+    def _edit(self, h: Tensor, units: list) -> None:  # gather, edit, scatter back: reftx.engine.stacked
+        if self._state is not None and self.enabled:
+            stacked.edit(h, units, self._state)
 
     def _post_site(self, entries: list):
         def hook(module: nn.Module, args: tuple, output: Any) -> None:

@@ -42,6 +42,7 @@ from reftx.core.errors import ConfigError, unknown
 from reftx.core.intervention import Context, Intervention
 from reftx.core.registry import Registry
 from reftx.engine.rotations import OrthoBasis, orthonormalize  # noqa: F401  (re-exported for primitives)
+from reftx.parts.stacking import stacked_scale_bias, stacked_subspace
 
 ACTIVATIONS = {
     "identity": nn.Identity,
@@ -198,6 +199,19 @@ class Delta(Intervention):
     def modifiers(self) -> list[BoundOn]:
         return [] if self.bound is None else [BoundOn(self.bound, self.bias())]
 
+    def stack_key(self) -> Any:
+        """Edits of one composition and config stack at a site (reftx.engine.stacked) when the rule has a
+        batched form (``rule.stacked``: reftx.parts.stacking) and nothing else acts in the forward (no
+        input or basis gate, no dropout, no ``on_forward``); otherwise None: each runs alone."""
+        batched = getattr(self.rule, "stacked", None)
+        if (batched is None or self.input_gate is not None or self.has_basis_gate or self.config.dropout > 0
+                or self.on_forward is not None):
+            return None
+        return batched, self.dim, self.config
+
+    def forward_stacked(self, modules: list[Intervention], h: Tensor) -> Tensor:
+        return self.rule.stacked(modules, h)
+
     @property
     def has_basis_gate(self) -> bool:
         return getattr(self, "basis_gate", None) is not None
@@ -297,6 +311,8 @@ def subspace(orthogonal: bool = True, source: Literal["linear", "bias"] = "linea
             z = on_coordinates(m, z, ctx)
         return z @ basis
 
+    rule.stacked = stacked_subspace(source, subtract) if on_weights is None and on_coordinates is None else None
+
     def build(config: Any, dim: int) -> dict[str, Any]:
         if config.rank > dim:
             raise ConfigError("rank", f"rank {config.rank} is larger than the hidden width {dim} at this site")
@@ -316,6 +332,7 @@ def scale_bias(config: Any, dim: int) -> dict[str, Any]:
     def rule(m: Delta, h: Tensor, ctx: Context) -> Tensor:
         return (m.scale - 1) * h + m.shift
 
+    rule.stacked = stacked_scale_bias
     parts = {"scale": nn.Parameter(torch.ones(dim)), "shift": nn.Parameter(torch.zeros(dim))}
     return {"parts": parts, "rule": rule, "bias": "shift"}
 
