@@ -165,8 +165,14 @@ def test_prompt_edit_changes_prefill_only():
 def test_prompt_edit_on_unpadded_prompt_is_not_reapplied_at_decode():
     """transformers 5.24 sends an unpadded prompt's decode steps with no mask and no cache_position;
     the old keyword-based detection re-applied prompt edits to every generated token
-    ([28, 95, 95, 95, ...]). Count the edited rows per forward instead of trusting the tokens."""
-    model = build("llama", {"first": 2, "last": 2})
+    ([28, 95, 95, 95, ...]). Count the edited rows per forward instead of trusting the tokens (with
+    the interventions run one at a time, so the module's own forward sees its rows: a stack of the first
+    and last edits calls forward_stacked instead, reftx.engine.stacked)."""
+    from reftx.parts.compose import Delta
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Delta, "stack_key", lambda self: None)
+        model = build("llama", {"first": 2, "last": 2})
     seen = []
     model.intervention("L0.block_output.first").register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0]))
     ids, mask = batch(t=6, b=1)
