@@ -60,7 +60,10 @@ _LOGS = "task.n_train=1342 train.max_length=256 eval.max_length=256"
 PUBLISHED = [
     "quickstart", "quickstart eval.repetition_penalty=1.0", "quickstart seed=1", "quickstart seed=2",
     *(f"quickstart interventions.0.kind=direft seed={k}" for k in range(3)),
-    *(f"sweeps/persona_lora seed={k}" for k in range(3)), "math/math_grpo_loreft output_dir=runs/issue17",
+    *(f"sweeps/persona_lora seed={k}" for k in range(3)),
+    *(f"math/rl/warmup seed={k}" for k in range(3)),
+    *(f"math/rl/ppo seed={k} train.init_from=runs/math_rl/warmup/warmup-{h}/intervention"
+      for k, h in enumerate(("1fa8902c0572", "69a865cfd0fa", "702252f14060"))), "math/math_grpo_loreft output_dir=runs/issue17",
     "math/math_nlft_change_loreft train.epochs=1 output_dir=runs/issue17",
     "math/math_carft_pooled_loreft output_dir=runs/issue17",
     "math/math_grpo_g8_loreft output_dir=runs/issue17", "math/math_sft_budget_loreft output_dir=runs/issue17",
