@@ -296,29 +296,13 @@ def test_gradient_checkpointing_stays_on_and_trains_as_without_it(tmp_path, tok,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("index", [0, 1, 2], ids=["sft", "dpo", "grpo"])
-def test_the_readme_trl_examples_run_on_the_default_model(index, tmp_path, monkeypatch):
+def test_the_readme_trl_examples_run_on_the_default_model(index, tmp_path, monkeypatch, capsys, request):
+    from tests.integration.readme_env import Env
+    from tests.integration.test_readme import trl_example
+
     code = readme_trl_examples()
     assert len(code) == 3
-    monkeypatch.chdir(tmp_path)
-    initial, generated = {}, []
-    attach, generate = reftx.attach, reftx.ReftModel.generate
-
-    def spy_attach(*args, **kwargs):
-        reft = attach(*args, **kwargs)
-        initial.update({n: p.detach().clone() for n, p in reft.interventions.named_parameters()})
-        return reft
-
-    def spy_generate(self, *args, **kwargs):
-        generated.append(1)
-        return generate(self, *args, **kwargs)
-
-    monkeypatch.setattr(reftx, "attach", spy_attach)
-    monkeypatch.setattr(reftx.ReftModel, "generate", spy_generate)
-    namespace: dict = {}
-    exec(compile(code[index], f"README.md TRL example {index}", "exec"), namespace)
-    reft = namespace["reft"]
-    if index == 2:  # GRPO: sampled through the exact generate (equal rewards would leave weights as they were)
-        assert generated
-    else:
-        after = dict(reft.interventions.named_parameters())
-        assert any(not torch.equal(after[n], p) for n, p in initial.items())
+    env = Env(tmp_path, monkeypatch, capsys, request, None)  # the real default model
+    _, changed, generated = trl_example(env, code[index], f"README.md TRL example {index}")
+    # GRPO: sampled through the exact generate (equal rewards would leave weights as they were)
+    assert generated if index == 2 else changed
