@@ -98,4 +98,15 @@ def main_decides(fn: Callable[[], T]) -> T:
     return value
 
 
-__all__ = ["device", "gather", "is_main", "launched", "main_decides", "rank", "world"]
+def sharded(model: Any) -> bool:
+    """Whether any module of ``model`` is FSDP2-sharded (``fully_shard``: by accelerate's FSDP on GPUs,
+    by reftx.train.sharding on CPU processes). A forward of it is then a collective, so every process
+    must run the same forwards: evaluation runs whole on every process instead of sharded."""
+    if not _group():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+__all__ = ["device", "gather", "is_main", "launched", "main_decides", "rank", "sharded", "world"]

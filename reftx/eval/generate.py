@@ -30,6 +30,7 @@ def generate(model: Any, tokenizer: Any, examples: list[Example], cfg: EvalConfi
     multi-process run (reftx.core.processes) the batches are dealt out round-robin, each process
     generates whole batches exactly as one process would batch them, and every process gets every
     completion back (so a task scores the same predictions, and the same metrics, in every process).
+    With an FSDP-sharded base every forward is a collective: every process generates every batch.
     """
     was_training = model.training
     model.eval()
@@ -39,7 +40,8 @@ def generate(model: Any, tokenizer: Any, examples: list[Example], cfg: EvalConfi
     pid = pad_id(tokenizer)
     device = next(model.parameters()).device
     batches = [order[s:s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
-    mine = batches[processes.rank()::processes.world()]  # all of them in a single process
+    deal = 1 if processes.sharded(model) else processes.world()
+    mine = batches[processes.rank() % deal::deal]  # all of them in a single process, or with a sharded base
     done, total, texts = 0, sum(map(len, mine)), []
     with progress(label, not show_progress) as bar:
         task = bar.add_task(label, total=total)
@@ -53,7 +55,7 @@ def generate(model: Any, tokenizer: Any, examples: list[Example], cfg: EvalConfi
             bar.update(task, advance=len(idx))
             if show_progress and not sys.stderr.isatty():  # no terminal (nohup, slurm, CI): a plain line
                 print(f"{label} {done}/{total}", file=sys.stderr, flush=True)
-    for i, text in processes.gather(texts):
+    for i, text in (processes.gather(texts) if deal > 1 else texts):
         out[i] = text
     model.train(was_training)
     return out

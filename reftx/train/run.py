@@ -46,7 +46,7 @@ from reftx.core.files import atomic_write
 from reftx.train.loss import compose
 from reftx.train.optim import adamw
 from reftx.train.order import EpochSampler, rng_state, seed_everything, set_rng_state
-from reftx.train import validation
+from reftx.train import sharding, validation
 from reftx.train.validation import DevEval
 from reftx.train.objectives.common import OBJECTIVES, objective_options
 
@@ -236,6 +236,8 @@ class _Run:
                                    num_warmup_steps=int(cfg.warmup * self.steps), num_training_steps=self.steps)
         if cfg.gradient_checkpointing:  # activations recomputed in the backward: less memory, the same gradients
             enable_checkpointing(self.model)
+        if sharding.needed(acc):  # FSDP asked for on CPU processes, where accelerate runs DDP: shard the base
+            acc.print(sharding.shard_base(self.model))
         self.wrapped, self.opt, self.loader = acc.prepare(self.model, opt, loader)
 
     def restore(self, resume: bool) -> Path | None:
