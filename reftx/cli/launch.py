@@ -10,9 +10,10 @@ are split over the processes (reftx.train.loop.accelerator), evaluation is shard
 (``ACCELERATE_USE_CPU=1``: accelerate's ``--cpu`` launcher needs MPI for more than one process, its
 ``--multi_gpu`` one goes through torchrun), each with its share of the CPU cores.
 
-FSDP needs GPUs: accelerate 1.15 enables FSDP only on GPU-type devices (``AcceleratorState``: a
-``MULTI_CPU`` run ignores ``ACCELERATE_USE_FSDP`` and runs plain DDP), so ``--fsdp`` on a machine
-without one is refused rather than silently run as DDP.
+With ``--fsdp`` the launcher passes ``--use_fsdp --fsdp_version 2`` (FSDP2): on GPUs accelerate shards
+the model itself; on CPU processes accelerate 1.15 runs plain DDP whatever FSDP settings it gets, so
+reftx.train.sharding shards the frozen base there with torch's ``fully_shard`` (gloo), the launch
+still accelerate's.
 """
 from __future__ import annotations
 
@@ -56,13 +57,10 @@ def launch_args(n: int, fsdp: bool, layers: list[str], gpus: bool, cores: int) -
     return [*args, "--fsdp_transformer_layer_cls_to_wrap", ",".join(layers)] if layers else args
 
 
-def check(n: int, fsdp: bool, gpus: int) -> None:
+def check(n: int, gpus: int) -> None:
     """Refuse what accelerate would fail on later, or run otherwise than asked."""
     if n < 1:
         raise ReftError(f"--num-processes must be 1 or more, got {n}")
-    if fsdp and not gpus:
-        raise ReftError("--fsdp shards the model over GPUs, and this machine has none (accelerate runs FSDP only on "
-                        "GPUs; on CPU it would run plain DDP): drop --fsdp, or run on a GPU machine")
     if gpus and n > gpus:
         raise ReftError(f"--num-processes {n}: this machine has {gpus} GPU{'s' * (gpus != 1)}, one process each; "
                         f"use at most {gpus}")
@@ -78,7 +76,8 @@ def add_arguments(run: Any) -> None:
                           "launcher, as `accelerate launch --multi_gpu --num_processes N -m reftx run ...` would; "
                           "train.batch_size stays the global batch, split over the processes")
     run.add_argument("--fsdp", action="store_true",
-                     help="with --num-processes: shard the model with FSDP (accelerate's FSDP2; GPUs only) instead of DDP")
+                     help="with --num-processes: shard the frozen base with FSDP2 instead of replicating it (DDP); on GPUs "
+                          "or gloo CPU processes")
 
 
 def run_argv(args: Any, resume: Any = None) -> list[str]:
@@ -121,7 +120,7 @@ def relaunch(argv: list[str], n: int, fsdp: bool, exp: Any) -> int:
     from accelerate.commands.launch import launch_command, launch_command_parser
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    check(n, fsdp, gpus)
+    check(n, gpus)
     check_recipe(exp)
     if not gpus:
         os.environ["ACCELERATE_USE_CPU"] = "1"  # the workers inherit it: gloo CPU ranks

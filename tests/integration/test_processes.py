@@ -10,8 +10,8 @@ and is resumed with the other number of processes.
 
 Every process is a fresh Python (torch, transformers): the runs of one phase start together and the
 module's fixture waits for them; marked ``multiprocess`` (deselect with -m "not multiprocess").
-FSDP cannot run here: accelerate runs it only on GPUs (reftx.cli.launch; tests/unit/cli/test_launch.py
-checks the refusal); benchmarks/gpu.sh covers it.
+FSDP on 2 CPU processes: tests/integration/test_fsdp.py (with this module's helpers); accelerate's own
+FSDP on a GPU: benchmarks/gpu.sh.
 """
 from __future__ import annotations
 
