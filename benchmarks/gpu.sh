@@ -13,7 +13,8 @@
 #                  and as one plain process: both finish, and their weights agree
 #
 # --device cpu is the dry path (tests/integration/test_gpu_script.py runs it): tiny sizes, the same code
-# paths, fp32, no peak-memory subprocesses, and section 6 skipped (accelerate runs FSDP only on GPUs).
+# paths, fp32, no peak-memory subprocesses, and section 6 skipped (accelerate runs its FSDP only on GPUs;
+# FSDP on CPU processes, where reftx shards the base itself, is tests/integration/test_fsdp.py).
 # Each section runs under its own time limit (4x on a CPU) and a failed one does not stop the others; the summary lists each section's status and time,
 # and the exit code is the number of sections that failed. Everything printed is also in DIR/gpu.log.
 set -uo pipefail
