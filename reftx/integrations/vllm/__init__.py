@@ -15,7 +15,13 @@ configured with an ``additional_config['reftx']`` section:
 * ``CPUModelRunner.load_model`` (worker): after the model loads, reftx's hooks go on its decoder
   layers (reftx.integrations.vllm.worker); each forward places its tokens
   (reftx.integrations.vllm.placement) and edits every adapter's scheduled rows with the registered
-  primitive, loaded from the saved folder (reftx.integrations.vllm.adapters).
+  primitive, loaded from the saved folder (reftx.integrations.vllm.adapters);
+* ``WorkerWrapperBase.reftx_adapters`` (worker): loads and unloads adapters while the engine runs,
+  called through ``collective_rpc`` by the endpoint plugin ``vllm.endpoint_plugins: reftx_adapters``
+  (reftx.integrations.vllm.runtime, reftx.integrations.vllm.endpoint).
+
+``reftx serve RUN_DIR...`` (reftx.integrations.vllm.serve) starts vLLM's own OpenAI-compatible server
+with these adapters; a request names one with ``extra_body={"vllm_xargs": {"reft": name}}``.
 
 Compilation and CUDA graphs (the plan for a GPU; what runs today is the CPU model runner, eager):
 
@@ -93,11 +99,22 @@ def _wrap_runner(cls: type, supported: bool) -> None:
             check_eager(self.vllm_config)
         out = original(self, *args, **kwargs)
         if table is not None:
-            _serving.append(Serving(self, self.model, table))
+            self.reftx_serving = Serving(self, self.model, table)  # runtime loading finds it here
+            _serving.append(self.reftx_serving)
         return out
 
     load_model.reftx = True
     cls.load_model = load_model
+
+
+def _add_worker_rpc() -> None:
+    """The worker method runtime loading calls through ``collective_rpc`` (reftx.integrations.vllm.runtime)."""
+    from vllm.v1.worker.worker_base import WorkerWrapperBase
+
+    from reftx.integrations.vllm.runtime import RPC, worker_rpc
+
+    if not hasattr(WorkerWrapperBase, RPC):
+        setattr(WorkerWrapperBase, RPC, worker_rpc)
 
 
 def register() -> None:
@@ -120,6 +137,7 @@ def register() -> None:
     for cls, supported in runners:
         if "load_model" in vars(cls) and not getattr(vars(cls)["load_model"], "reftx", False):
             _wrap_runner(cls, supported)
+    _add_worker_rpc()
 
 
 __all__ = ["TESTED_VLLM", "check_eager", "check_version", "register"]

@@ -59,6 +59,7 @@ class AdapterTable:
 
     adapters: dict[str, Adapter] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    unloaded: set[str] = field(default_factory=set)  # unloaded at runtime (reftx.integrations.vllm.runtime)
 
     def get(self, name: Any) -> Adapter:
         """The adapter a request names, or a ReftError saying why it cannot be served."""
@@ -66,6 +67,9 @@ class AdapterTable:
             raise AdapterError(f"extra_args['reft'] must be an adapter name (a non-empty string), got {name!r}")
         if name in self.errors:
             raise AdapterError(f"adapter {name!r} cannot be served: {self.errors[name]}")
+        if name in self.unloaded and name not in self.adapters:
+            raise AdapterError(f"adapter {name!r} was unloaded from this server; load it again with POST "
+                               "/v1/load_reft_adapter {\"name\": ..., \"path\": ...}")
         if name not in self.adapters:
             known = sorted([*self.adapters, *self.errors])
             raise AdapterError(f"unknown adapter {name!r} in extra_args['reft']{did_you_mean(name, known)}; "

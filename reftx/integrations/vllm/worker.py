@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from reftx.core.errors import ReftError
 from reftx.core.intervention import Context, cast_call
 from reftx.engine import sites
-from reftx.integrations.vllm.adapters import AdapterTable
+from reftx.integrations.vllm.adapters import Adapter, AdapterTable
 from reftx.integrations.vllm.placement import Placement
 
 KEY = "reft"  # SamplingParams.extra_args[KEY]: the adapter a request uses
@@ -43,28 +43,65 @@ def adapter_name(params: Any) -> Any:
 
 
 class Serving:
-    """reftx's hooks on one vLLM model runner's model, serving every adapter of ``table``."""
+    """reftx's hooks on one vLLM model runner's model, serving every adapter of ``table``; adapters
+    can be added (:meth:`add`) and retired (:meth:`retire`) while the engine runs."""
 
     def __init__(self, runner: Any, model: nn.Module, table: AdapterTable) -> None:
-        self.runner, self.table = runner, table
-        self.names = list(table.adapters)
-        self.index = {n: i for i, n in enumerate(self.names)}
+        self.runner, self.table, self.model = runner, table, model
+        self.index: dict[str, int] = {}  # the served adapters: name -> adapter index
+        self.retired: dict[str, int] = {}  # unloaded: requests admitted before the unload keep them
+        self.retiring: set[int] = set()  # replaced by a reload: dropped once no running request uses them
         self.placement: Placement | None = None
+        self._present: set[int] = set()  # the adapter indices of this forward's requests
+        self._count = 0
         self._by_req: dict[str, int] = {}
-        by_site: dict[int, list] = defaultdict(list)
-        targets: dict[int, tuple[nn.Module, str]] = {}
-        for ai, name in enumerate(self.names):
-            adapter = table.adapters[name]
-            for g in adapter.groups:
-                for layer in g.layers:
-                    target = sites.resolve(model, g.component, layer, f"adapter {name}: {g.key}", g.dim)
-                    targets[id(target)] = (target, g.component)
-                    by_site[id(target)].append((ai, adapter.modules[g.key], g, layer))
+        self._sites: dict[int, list] = {}  # id(module) -> its (adapter index, primitive, group, layer)
         self.handles = [model.register_forward_pre_hook(self._open, with_kwargs=True),
                         model.register_forward_hook(self._close, always_call=True)]
-        for tid, entries in by_site.items():
-            target, component = targets[tid]
-            self.handles.append(target.register_forward_hook(self._site(entries, component == "block_output")))
+        for name, adapter in table.adapters.items():
+            self.add(name, adapter)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.index)
+
+    def add(self, name: str, adapter: Adapter) -> None:
+        """Serve ``adapter`` as ``name`` from the next forward on (every hook site resolved first)."""
+        if name in self.index:
+            raise ReftError(f"adapter {name!r} is already loaded; unload it first")
+        ai, self._count = self._count, self._count + 1
+        entries = []
+        for g in adapter.groups:
+            for layer in g.layers:
+                target = sites.resolve(self.model, g.component, layer, f"adapter {name}: {g.key}", g.dim)
+                entries.append((target, g.component, (ai, adapter.modules[g.key], g, layer)))
+        for target, component, entry in entries:
+            if id(target) not in self._sites:
+                self._sites[id(target)] = []
+                hook = self._site(self._sites[id(target)], component == "block_output")
+                self.handles.append(target.register_forward_hook(hook))
+            self._sites[id(target)].append(entry)
+        if name in self.retired:
+            self.retiring.add(self.retired.pop(name))
+        self.index[name] = ai
+        self.table.adapters[name] = adapter
+
+    def retire(self, name: str) -> None:
+        """Stop serving ``name`` to new requests. Requests admitted before keep it (the front end refuses
+        the name from now on); its edits cost nothing in forwards without such a request."""
+        if name not in self.index:
+            raise ReftError(f"adapter {name!r} is not loaded")
+        self.retired[name] = self.index.pop(name)
+        self.table.adapters.pop(name, None)
+
+    def _sweep(self) -> None:
+        """Drop the edits of replaced adapters that no running request uses any more."""
+        running = self.runner.requests
+        self._by_req = {r: i for r, i in self._by_req.items() if r in running}
+        done = self.retiring - set(self._by_req.values())
+        for entries in self._sites.values():
+            entries[:] = [e for e in entries if e[0] not in done]
+        self.retiring -= done
 
     def remove(self) -> None:
         for h in self.handles:
@@ -76,22 +113,26 @@ class Serving:
         if req_id not in self._by_req:
             state = self.runner.requests.get(req_id)
             name = adapter_name(getattr(state, "sampling_params", None))
-            if name is not None and name not in self.index:  # the front end refuses these first
+            ai = -1 if name is None else self.index.get(name, self.retired.get(name))
+            if ai is None:  # the front end refuses these first
                 raise ReftError(f"request {req_id} names adapter {name!r}, which this worker has not loaded")
             if len(self._by_req) > 4096:  # finished requests: forget them
-                self._by_req.clear()
-            self._by_req[req_id] = -1 if name is None else self.index[name]
+                self._by_req = {r: i for r, i in self._by_req.items() if r in self.runner.requests}
+            self._by_req[req_id] = ai
         return self._by_req[req_id]
 
     def _open(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self.placement = None
-        if not self.names:
+        if self.retiring:
+            self._sweep()
+        if not self._sites:
             return
         batch = self.runner.input_batch
         n_req = batch.num_reqs
         if n_req == 0:  # a dummy / profiling run
             return
         adapters = [self._adapter_of(r) for r in batch.req_ids[:n_req]]
+        self._present = set(adapters)
         if max(adapters) < 0:
             return
         positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
@@ -107,13 +148,14 @@ class Serving:
     def _site(self, entries: list, residual: bool):
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             place = self.placement
-            if place is None:
+            mine = [e for e in entries if e[0] in self._present] if place is not None else []
+            if not mine:
                 return
             if isinstance(output, Tensor):
                 h, r = output, None
             else:
                 h, r = output[0], (output[1] if residual and len(output) > 1 else None)
-            _edit(place, h, r, entries)
+            _edit(place, h, r, mine)
 
         return hook
 
