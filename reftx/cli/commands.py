@@ -14,6 +14,7 @@ from rich.markup import escape
 from reftx.cli.docgen import first_paragraph
 from reftx.cli import launch
 from reftx.cli import report as report_cli
+from reftx.cli import serve as serve_cli
 from reftx.cli import sweep as sweep_cli
 from reftx.core.errors import ConfigError, ReftError
 
@@ -372,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     _check_parser(sub)
     report_cli.add_parser(sub)
     sweep_cli.add_parser(sub)
+    serve_cli.add_parser(sub)
     return p
 
 
