@@ -5,7 +5,8 @@ vLLM turns every request (``LLM.generate``, the OpenAI server's ``vllm_xargs``) 
 
 * a request whose ``SamplingParams.extra_args['reft']`` names an adapter the table cannot serve
   (unknown, trained on another base, damaged, a schedule vLLM cannot place) is refused there with
-  the adapter's one-line error (:class:`AdapterError`, a ValueError: the OpenAI server answers 400),
+  the adapter's one-line error (:class:`AdapterError`, a ValueError and vLLM's ``VLLMValidationError``:
+  the OpenAI server answers 400 with it),
   before it reaches the scheduler, so the engine keeps serving every other request;
 * an adapter request gets a cache salt ``reftx:<name>:<weights hash>:<prompt length>`` (after the
   user's own salt, if any). vLLM hashes the salt into the first block of the prompt, so a prefix
@@ -58,16 +59,35 @@ def salt(name: str, fingerprint: str, prompt_len: int, user: str | None) -> str:
     return f"{user}|{own}" if user else own
 
 
+_REQUEST_ERROR: list[type] = []
+
+
+def request_error(error: AdapterError) -> AdapterError:
+    """``error`` as vLLM's ``VLLMValidationError`` too: vLLM's async engine (the OpenAI server) passes
+    client errors on as a 400 with their message (``vllm/v1/engine/async_llm.py:793``) but turns any
+    other exception, a plain ValueError included, into an empty ``EngineGenerateError`` 500 (:807-820)."""
+    if not _REQUEST_ERROR:
+        from vllm.exceptions import VLLMValidationError
+
+        # parameter/value: VLLMValidationError.__str__ reads them; ValueError's __init__ runs first in the MRO
+        _REQUEST_ERROR.append(type("AdapterRequestError", (AdapterError, VLLMValidationError),
+                                   {"parameter": None, "value": None}))
+    return _REQUEST_ERROR[0](str(error))
+
+
 def admit(processor: Any, request: Any) -> Any:
     """Check the adapter ``request`` names and salt its prefix cache (see the module docstring)."""
     name = adapter_name(getattr(request, "sampling_params", None))
     if name is None:
         return request
     table = table_for(processor.vllm_config)
-    if table is None:
-        raise AdapterError(f"the request names reftx adapter {name!r}, but this engine serves none: start it with "
-                        "additional_config={'reftx': {'adapters': {name: folder}}}")
-    adapter = table.get(name)
+    try:
+        if table is None:
+            raise AdapterError(f"the request names reftx adapter {name!r}, but this engine serves none: start it "
+                               "with additional_config={'reftx': {'adapters': {name: folder}}}")
+        adapter = table.get(name)
+    except AdapterError as e:
+        raise request_error(e) from None
     ids = request.prompt_token_ids
     length = len(ids) if ids is not None else int(request.prompt_embeds.shape[0])
     request.cache_salt = salt(name, adapter.fingerprint, length, request.cache_salt)

@@ -163,7 +163,9 @@ def plan(run_dirs: list[str], named: list[str], port: int, dtype: str = "float32
     base = base_model(adapters)
     if check:
         check_adapters(adapters, base)
-    argv = [sys.executable, "-m", SERVER_MODULE, "--model", base, "--host", HOST, "--port", str(port),
+    # -P: the working directory stays off sys.path, so a stale reftx.egg-info in a checkout cannot hide the
+    # installed entry points (vLLM finds its plugins through them)
+    argv = [sys.executable, "-P", "-m", SERVER_MODULE, "--model", base, "--host", HOST, "--port", str(port),
             "--enforce-eager", "--dtype", dtype,
             "--additional-config", json.dumps({"reftx": {"adapters": adapters}}), *(extra or [])]
     env = {**os.environ, "VLLM_PLUGINS": _plugins(runtime)}
