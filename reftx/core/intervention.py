@@ -155,7 +155,8 @@ class Intervention(nn.Module):
         step such as a norm projection); the only way a primitive adds to the loss outside its
         forward (inside it: ``ctx.add_loss``);
       * ``no_decay_parameters()``: names of parameters to keep out of weight decay;
-      * ``stack_key()`` / ``forward_stacked()``: run with others of its kind at a site as one batch.
+      * ``stack_key()`` / ``stacked_params()`` / ``forward_stacked()``: run with others of its kind at a
+        site as one batch.
     """
 
     kind: ClassVar[str] = ""
@@ -174,10 +175,17 @@ class Intervention(nn.Module):
         non-None keys may run together through ``forward_stacked``. None (the default): always alone."""
         return None
 
-    def forward_stacked(self, modules: list[Intervention], h: Tensor) -> Tensor:
-        """h: (k, n, dim), block i the rows of ``modules[i]`` (``self`` is ``modules[0]``; all have this
-        ``stack_key``) -> (k, n, dim) in h's dtype, equal to ``cast_call(modules[i], h[i], ctx)`` for every
-        i. Never gets a ctx: a primitive that reads or writes one returns None from ``stack_key``."""
+    def stacked_params(self, modules: list[Intervention]) -> tuple[Tensor, ...]:
+        """The parameters of ``modules`` (all with this ``stack_key``, at any sites of the model; ``self``
+        is ``modules[0]``) stacked along a new first dimension: tensors (N, ...). Called once per
+        forward, so that the parameters of every layer are stacked together, not layer by layer."""
+        raise NotImplementedError(f"{type(self).__name__} returns a stack_key but has no stacked_params")
+
+    def forward_stacked(self, params: tuple[Tensor, ...], h: Tensor) -> Tensor:
+        """h: (k, n, dim), block i the rows of the i-th of k interventions with this ``stack_key``;
+        ``params``: their ``stacked_params``, each tensor sliced to those k (``self`` is the first of
+        them) -> (k, n, dim) in h's dtype, equal to ``cast_call(modules[i], h[i], ctx)`` for every i.
+        Never gets a ctx: a primitive that reads or writes one returns None from ``stack_key``."""
         raise NotImplementedError(f"{type(self).__name__} returns a stack_key but has no forward_stacked")
 
     def modifiers(self) -> list[Modifier]:

@@ -20,7 +20,8 @@ first run is the forward itself; every later run is a recomputation and runs und
 rotations, its enabled/disabled flag) with a throwaway ``Context``, so auxiliary losses and records
 are published once. torch's checkpoint restores the RNG state, so dropout draws the same masks.
 Under reentrant checkpointing the rotations are recomputed inside the replay by the same batched QR
-(the forward's R belongs to a graph the replay's own backward must not free), and an auxiliary loss
+(the forward's R belongs to a graph the replay's own backward must not free), as are the stacked
+parameters of reftx.engine.stacked (restacked at their first use in the replay), and an auxiliary loss
 computed inside a checkpointed layer would get no gradient: that is refused with the fix.
 """
 from __future__ import annotations
@@ -76,11 +77,11 @@ def replaying(hooks: Any, state: Any, enabled: bool, fresh_rotations: bool) -> I
     and enabled flag, the forward's rotations (``fresh_rotations``: the same batched QR again, for
     reentrant checkpointing); what the primitives publish goes to a throwaway context."""
     ctx = state.ctx
+    fresh = fresh_rotations and state.rotations
     replay = dataclasses.replace(state, ctx=Context(ctx.batch_index, ctx.batch_size, example_info=ctx.example_info),
-                                 stack=ExitStack())
+                                 stack=ExitStack(), params={} if fresh_rotations else state.params)
     before = hooks.swap(replay, enabled)
     try:
-        fresh = fresh_rotations and state.rotations
         with shared_rotations([b for b, _ in state.rotations]) if fresh else reuse_rotations(state.rotations):
             yield
     finally:

@@ -69,6 +69,8 @@ class ForwardState:
     _rows: dict[tuple, tuple[Tensor, Tensor]] = field(default_factory=dict)
     rotations: list[tuple[OrthoBasis, Tensor]] = field(default_factory=list)  # this forward's R per basis
     stacks: dict[int, tuple[Tensor, Tensor] | None] = field(default_factory=dict)  # reftx.engine.stacked
+    families: list[stacked.Family] = field(default_factory=list)  # the model's stack families
+    params: dict[int, list[tuple[Tensor, ...]]] = field(default_factory=dict)  # their stacked parameters
 
     def rows(self, spec: PositionSpec, parts: tuple[str, ...]) -> tuple[Tensor, Tensor]:
         key = (spec, parts)
@@ -127,11 +129,12 @@ class HookManager:
                 targets[id(target)] = target
                 by_site[(id(target), pre)].append((modules[g.key], g, layer))
         row_sets: dict[tuple, int] = {}
+        families: dict[Any, stacked.Family] = {}
         try:
             self._handles.append(base.register_forward_pre_hook(self._open, with_kwargs=True))
             self._handles.append(base.register_forward_hook(self._close, always_call=True))
             for (tid, pre), entries in by_site.items():
-                entries = stacked.plan(entries, row_sets)
+                entries = stacked.plan(entries, row_sets, families)
                 if pre:
                     h = targets[tid].register_forward_pre_hook(self._pre_site(entries), with_kwargs=True)
                 else:
@@ -140,6 +143,7 @@ class HookManager:
         except Exception:
             self.remove()
             raise
+        self._families = list(families.values())
 
     # -- per-call inputs: written only here, through these context managers --------------------
     @contextmanager
@@ -248,8 +252,11 @@ class HookManager:
         state = ForwardState(batch, seq, x.device, bd, window, prompt, width, explicit, ctx, ExitStack(),
                              _expand(self.only, batch, x.device))
         decoding = window is not None and window.offset >= width
-        if self.enabled and self._bases and (not decoding or self._any_decode_edit()):
-            state.rotations = state.stack.enter_context(shared_rotations(self._bases))
+        state.families = self._families
+        if self.enabled and (not decoding or self._any_decode_edit()):
+            if self._bases:
+                state.rotations = state.stack.enter_context(shared_rotations(self._bases))
+            state.params = stacked.prepare(self._families)  # outside every layer: checkpointing replays it
         if self._checkpointed and torch.is_grad_enabled():  # a checkpointed layer replays this state
             checkpointing.bind(self, self._checkpointed)
         pending.state = state

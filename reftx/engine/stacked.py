@@ -12,6 +12,12 @@ many rows and no row twice: the rows of all of them are gathered once into (k, n
 schedule order, as every other intervention does. On disjoint rows the order is irrelevant, so both
 ways compute the same edit (tests/contract/test_stacked.py). Whether a stack's rows qualify is
 decided once per forward and shared by every layer (``ForwardState.stacks``).
+
+The stacks of one key across the model form a *family* (LoReFT at the first and last positions of
+32 layers: one family of 64). Its parameters are stacked once per forward, for every layer together
+(``Intervention.stacked_params``: one ``stack`` per parameter, split into each stack's slice), when
+the forward opens (``prepare``): no layer re-stacks anything, and the backward has one node per
+parameter for the whole model instead of one per layer.
 """
 from __future__ import annotations
 
@@ -28,29 +34,55 @@ Entry = tuple[Any, Any, int]  # (intervention module, Group, layer)
 
 class Unit(list):
     """Entries of one site run in order; ``rows`` (an int) names the row set of a stack of two or
-    more (equal for stacks with the same positions at other layers), None for a single entry."""
+    more (equal for stacks with the same positions at other layers), None for a single entry. A
+    stack's parameters are slice ``index`` of its ``family``'s."""
 
     rows: int | None = None
+    family: int = -1
+    index: int = -1
 
 
-def plan(entries: list[Entry], row_sets: dict[tuple, int]) -> list[Unit]:
+class Family:
+    """The stacks of one ``stack_key`` in a model: their modules in order, and each stack's size."""
+
+    def __init__(self, number: int):
+        self.number, self.modules, self.sizes = number, [], []
+
+    def add(self, unit: Unit) -> None:
+        unit.family, unit.index = self.number, len(self.sizes)
+        self.modules += [m for m, _, _ in unit]
+        self.sizes.append(len(unit))
+
+
+def plan(entries: list[Entry], row_sets: dict[tuple, int], families: dict[Any, Family]) -> list[Unit]:
     """A site's entries, in schedule order, as units: runs of consecutive entries with one non-None
-    ``stack_key`` become one stack, every other entry a unit of its own. ``row_sets`` (shared by the
-    sites of one model) numbers the distinct position selections of the stacks."""
+    ``stack_key`` become one stack, every other entry a unit of its own. ``row_sets`` and
+    ``families`` (shared by the sites of one model) number the distinct position selections of the
+    stacks and gather the stacks of one key."""
     units: list[Unit] = []
-    last = None
+    keys: list[Any] = []
     for entry in entries:
         key = _key(entry[0])
-        if key is not None and key == last and units:
+        if key is not None and keys and key == keys[-1]:
             units[-1].append(entry)
         else:
             units.append(Unit([entry]))
-        last = key
-    for unit in units:
+            keys.append(key)
+    for unit, key in zip(units, keys):
         if len(unit) > 1:
             spec = tuple((g.positions, g.parts) for _, g, _ in unit)
             unit.rows = row_sets.setdefault(spec, len(row_sets))
+            families.setdefault(key, Family(len(families))).add(unit)
     return units
+
+
+def prepare(families: list[Family]) -> dict[int, list[tuple[Tensor, ...]]]:
+    """Once per forward: each family's parameters stacked, split into one tuple per stack."""
+    out = {}
+    for fam in families:
+        params = fam.modules[0].stacked_params(fam.modules)
+        out[fam.number] = list(zip(*(t.split(fam.sizes) for t in params)))
+    return out
 
 
 def _key(module: Any) -> Any:
@@ -96,8 +128,10 @@ def _stacked(h: Tensor, unit: Unit, state: Any) -> bool:
     first, group, layer = unit[0]
     _check_width(h, group, layer)
     b, p = rows
+    if unit.family not in state.params:  # not prepared when the forward opened
+        state.params.update(prepare([state.families[unit.family]]))
     x = h[b, p].view(len(unit), -1, h.shape[-1])
-    new = first.forward_stacked([m for m, _, _ in unit], x)
+    new = first.forward_stacked(state.params[unit.family][unit.index], x)
     h.index_put_((b, p), new.flatten(0, 1))
     return True
 
@@ -115,4 +149,4 @@ def _stack_rows(unit: Unit, state: Any, seq: int) -> tuple[Tensor, Tensor] | Non
     return b, p
 
 
-__all__ = ["Unit", "edit", "plan"]
+__all__ = ["Family", "Unit", "edit", "plan", "prepare"]

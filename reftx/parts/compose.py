@@ -209,8 +209,11 @@ class Delta(Intervention):
             return None
         return batched, self.dim, self.config
 
-    def forward_stacked(self, modules: list[Intervention], h: Tensor) -> Tensor:
-        return self.rule.stacked(modules, h)
+    def stacked_params(self, modules: list[Intervention]) -> tuple[Tensor, ...]:
+        return self.rule.stacked.params(modules)
+
+    def forward_stacked(self, params: tuple[Tensor, ...], h: Tensor) -> Tensor:
+        return self.rule.stacked.apply(self, params, h)
 
     @property
     def has_basis_gate(self) -> bool:
