@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP",
                    help="run folders, sweep folders (sweep.json) or folders of run folders")
     r.add_argument("--by", type=_list, metavar="KEY[,KEY]",
-                   help="group by dotted config keys (train.lr, interventions.0.kind) or method / name; default: "
+                   help="group by dotted config keys (train.lr, interventions.0.kind) or method (a sweep cell's method label, else the intervention kinds) / name; default: "
                         "runs that differ only in seed form a group")
     r.add_argument("--metrics", type=_list, metavar="A,B", help="the metrics to report (default: every one reported)")
     r.add_argument("--baseline", metavar="LABEL", help="compare every group with this group only (default: every pair)")

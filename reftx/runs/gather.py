@@ -46,6 +46,7 @@ class Run:
     results: dict[str, Any]
     outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
     aggregates: dict[str, str] = field(default_factory=dict)
+    sweep_method: str | None = None  # the method label of the sweep cell it was read from (sweep.json), if any
 
     @property
     def seed(self) -> Any:
@@ -148,7 +149,9 @@ def read_sweep(sweep: Path, notes: list[str]) -> list[Run]:
         elif not (folder / "results.json").is_file():
             notes.append(f"missing: {label}: no results.json")
         else:
-            runs.append(load_run(folder))
+            run = load_run(folder)
+            run.sweep_method = cell.get("method") if isinstance(cell.get("method"), str) else None
+            runs.append(run)
     return runs
 
 
@@ -173,7 +176,12 @@ def collect(paths: list[str | Path]) -> tuple[list[Run], list[str]]:
                     runs.append(load_run(d))
                 else:
                     notes.append(f"missing: {d}: no results.json (unfinished)")
-    unique = list({r.path.resolve(): r for r in runs}.values())
+    seen: dict[Path, Run] = {}
+    for r in runs:  # a run given twice counts once; the reading through its sweep (with its label) wins
+        key = r.path.resolve()
+        if key not in seen or (r.sweep_method and not seen[key].sweep_method):
+            seen[key] = r
+    unique = list(seen.values())
     if not unique:
         raise ReftError("no finished run to report: " + ("; ".join(notes) or "the folders hold none"))
     return unique, notes
@@ -219,7 +227,11 @@ class Group:
 
 
 def _value(run: Run, key: str, flat: dict[str, Any]) -> Any:
-    return run.method if key == "method" else run.config.get("name") if key == "name" else flat.get(key, "(absent)")
+    """``method``: the sweep cell's method label where the run was read from a sweep folder (so a
+    sweep's ablations of one kind stay apart), else the intervention kinds; ``name``: the run's name."""
+    if key == "method":
+        return run.sweep_method or run.method
+    return run.config.get("name") if key == "name" else flat.get(key, "(absent)")
 
 
 def _keys(runs: list[Run], by: list[str] | None) -> list[tuple]:

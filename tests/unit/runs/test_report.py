@@ -228,3 +228,24 @@ def test_learning_curve_band_by_hand():
     half = T975_2 * 0.2 / math.sqrt(3)  # both steps: s = 0.2 over 3 seeds
     assert (low[0], high[0], low[1], high[1]) == pytest.approx((1.0 - half, 1.0 + half, 0.5 - half, 0.5 + half))
     assert band([{1: 2.0}]) == ([1], [2.0], None, None)  # one seed: its line, no band
+
+
+def test_by_method_keeps_a_sweeps_methods_of_one_kind_apart(tmp_path):
+    """Two sweep methods of one intervention kind (an ablation) are two groups under --by method,
+    labelled as the sweep labels them; a run folder given outside a sweep is grouped by its kinds."""
+    sweep = tmp_path / "sweep"
+    cells = []
+    for method, right in (("brep", (8, 7, 9)), ("brep_unbounded", (5, 6, 5))):
+        for seed, n in enumerate(right):
+            folder = f"{method}-{seed}"
+            write_run(sweep / folder, config(folder, "loreft", seed, lr=1e-3 if method == "brep" else 2e-3), correct(n))
+            cells.append({"run_dir": folder, "hash": f"{method}{seed}", "method": method, "status": "done"})
+    (sweep / "sweep.json").write_text(json.dumps({"cells": cells}))
+    loose = write_run(tmp_path / "di0", config("di", "direft", 0), correct(4))
+    out = make_report([str(sweep), str(sweep / "brep-0"), str(loose)], by=["method"], out=str(tmp_path / "rep"))
+    g = {r["group"]: r for r in rows(out / "groups.csv")}
+    assert sorted(g) == ["brep", "brep_unbounded", "direft"]
+    assert (g["brep"]["n"], g["brep_unbounded"]["n"]) == ("3", "3")  # brep-0, given twice, counted once
+    assert float(g["brep"]["mean"]) == pytest.approx(0.8)
+    (p,) = [r for r in rows(out / "pairs.csv") if {r["a"], r["b"]} == {"brep", "brep_unbounded"}]
+    assert p["test"] == "McNemar exact (b=8, c=0)"  # 3 + 1 + 4 discordant, all for brep
