@@ -108,7 +108,8 @@ class RuntimeAdapters:
         async with self._lock:
             table = self.table()
             if not isinstance(name, str) or name not in table.adapters:
-                raise AdapterError(f"adapter {name!r} is not loaded; loaded: {', '.join(sorted(table.adapters)) or 'none'}")
+                loaded = ", ".join(sorted(table.adapters)) or "none"
+                raise AdapterError(f"adapter {name!r} is not loaded; loaded: {loaded}")
             adapter = table.adapters.pop(name)
             table.unloaded.add(name)
             try:
