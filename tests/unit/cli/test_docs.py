@@ -62,8 +62,10 @@ PUBLISHED = [
     *(f"quickstart interventions.0.kind=direft seed={k}" for k in range(3)),
     *(f"sweeps/persona_lora seed={k}" for k in range(3)),
     *(f"math/rl/warmup seed={k}" for k in range(3)),
-    *(f"math/rl/ppo seed={k} train.init_from=runs/math_rl/warmup/warmup-{h}/intervention"
-      for k, h in enumerate(("1fa8902c0572", "69a865cfd0fa", "702252f14060"))), "math/math_grpo_loreft output_dir=runs/issue17",
+    *(f"math/rl/{arm} seed={k} train.init_from=runs/math_rl/warmup/warmup-{h}/intervention"
+      for arm in ("ppo", "ppo_head", "grpo", "sft") for k, h in enumerate(("1fa8902c0572", "69a865cfd0fa", "702252f14060"))),
+    *(f"math/rl/ppo seed=0 train.init_from=runs/math_rl/warmup/warmup-1fa8902c0572/intervention task.dev_size=100 "
+      f"task.eval_split=dev train.objective_options.value_gradient=head train.lr={lr}" for lr in ("3e-4", "1e-3", "3e-3")), "math/math_grpo_loreft output_dir=runs/issue17",
     "math/math_nlft_change_loreft train.epochs=1 output_dir=runs/issue17",
     "math/math_carft_pooled_loreft output_dir=runs/issue17",
     "math/math_grpo_g8_loreft output_dir=runs/issue17", "math/math_sft_budget_loreft output_dir=runs/issue17",
