@@ -15,8 +15,7 @@ vLLM 0.32 loads ``vllm.endpoint_plugins`` entry points into its API server
 Errors use vLLM's own error body (``vllm/entrypoints/serve/exception_handling/error_response.py``),
 so OpenAI clients raise them as usual; the server keeps serving whatever happens here.
 """
-from __future__ import annotations
-
+# no `from __future__ import annotations`: FastAPI reads the routes' `Request` annotations as objects
 from http import HTTPStatus
 from typing import Any
 
