@@ -62,7 +62,7 @@ ADAMW: dict = {}  # extra AdamW keyword arguments (--adamw foreach|fused); defau
 class Contestant:
     def __init__(self, name: str, loss_fn, params, obj=None, optimizer=torch.optim.AdamW):
         """``optimizer``: the AdamW class or builder; reftx's is the one its training builds
-        (reftx.train.optim.adamw: foreach), unless --adamw sets one implementation for everyone."""
+        (reftx.train.optim.adamw: FlatAdamW), unless --adamw sets one implementation for everyone."""
         self.name, self.loss_fn, self.obj = name, loss_fn, obj
         self.opt = (optimizer if not ADAMW else torch.optim.AdamW)(params, lr=1e-3, weight_decay=0.0, **ADAMW)
 
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="what to time (cpu: process CPU time)")
     ap.add_argument("--adamw", choices=("default", "foreach", "fused"), default="default",
                     help="AdamW implementation for every contestant (default: torch's choice, a for-loop on CPU, "
-                         "for F0, floor and pyreft; reftx's own, foreach, for reftx)")
+                         "for F0, floor and pyreft; reftx's own, FlatAdamW, for reftx)")
     ap.add_argument("--memory", action="store_true", help="also measure peak memory, one subprocess per contestant")
     ap.add_argument("--no-pyreft", action="store_true", help="skip pyreft even if it is installed")
     ap.add_argument("--out", help="write the results as JSON here")

@@ -227,7 +227,7 @@ class _Run:
         getattr(self.objective, "prepare", lambda *_: None)(self.model, self.objective_opts)  # PPO's value head, RL's KL anchor
         groups = self.model.param_groups(cfg.weight_decay)
         self.trained = [p for g in groups for p in g["params"]]  # what gradient clipping sees
-        opt = adamw(groups, lr=cfg.lr)  # foreach: one multi-tensor update, not a loop over tensors (reftx.train.optim)
+        opt = adamw(groups, lr=cfg.lr)  # one flat update per group, not a loop over tensors (reftx.train.optim)
         if cfg.batch_size % acc.num_processes:  # accelerate splits each batch (reftx.train.loop.accelerator)
             raise ConfigError("train.batch_size", f"{cfg.batch_size} does not split over {acc.num_processes} processes, "
                               f"which each take an equal share of every batch: make it a multiple of {acc.num_processes}")
