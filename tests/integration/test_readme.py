@@ -33,7 +33,7 @@ import reftx
 import reftx.cli.commands as cli
 from reftx.core.intervention import INTERVENTIONS
 from reftx.models import loading
-from tests.integration import readme_compare  # noqa: F401 (registers its handler)
+from tests.integration import readme_compare, readme_serve  # noqa: F401 (register their handlers)
 from tests.integration.readme_env import (HANDLERS, QUICKSTART, REPO, SHORT, Env, claimed, commands, errors, handles,
                                           lm_eval_index_once, python, readme_blocks, same_weights, write_tiny30)
 
