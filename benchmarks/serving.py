@@ -68,7 +68,7 @@ def save_adapters(base: str, folder: Path, count: int) -> list[str]:
 def start(folder: Path, names: list[str], port: int, log: Path) -> subprocess.Popen:
     argv = [sys.executable, "-m", "reftx.cli", "serve", *[f"{folder / n}" for n in names], "--port", str(port),
             "--no-check", "--vllm-args=--skip-tokenizer-init --no-enable-prefix-caching --max-model-len 512 "
-            "--gpu-memory-utilization 0.05"]
+            "--gpu-memory-utilization 0.15"]
     print("server:", shlex.join(argv), file=sys.stderr)
     # the worker in the engine process (as tests/vllm does): on the shared 2-core machine vLLM's engine
     # process died during start-up with a separate worker process, with or without the plugin
@@ -80,7 +80,7 @@ def start(folder: Path, names: list[str], port: int, log: Path) -> subprocess.Po
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            sys.exit(f"the server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+            sys.exit(f"the server exited ({proc.returncode}):\n{_cause(log.read_text())}")
         try:
             if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
                 return proc
@@ -88,6 +88,14 @@ def start(folder: Path, names: list[str], port: int, log: Path) -> subprocess.Po
             time.sleep(1)
     stop(proc)
     sys.exit(f"the server did not start in 900 s:\n{log.read_text()[-3000:]}")
+
+
+def _cause(text: str) -> str:
+    """The server log from its first traceback (the root cause, which vLLM's engine core prints first),
+    up to 12,000 characters, and its last 1,500."""
+    first = text.find("Traceback")
+    head = text[first:first + 12000] if first >= 0 else ""
+    return f"{head}\n...\n{text[-1500:]}" if head else text[-3000:]
 
 
 def stop(proc: subprocess.Popen) -> None:
