@@ -6,26 +6,12 @@ tests/vllm/test_serve.py starts reftx serve and checks the tokens a request of t
 from __future__ import annotations
 
 import ast
-import json
 import shlex
 
-from reftx.engine.model import attach
 from reftx.integrations.vllm import serve
-from reftx.testing.tiny import perturb, tiny_model
+from reftx.testing.tiny import tiny_model
 from tests.integration.readme_env import REPO, Env, commands, handles
-
-SPEC = {"kind": "loreft", "rank": 2, "layers": [1], "positions": {"first": 2, "last": 2}}
-
-
-def _adapter(base, folder, base_path: str) -> None:
-    model = attach(base, [SPEC])
-    perturb(model)
-    model.save_pretrained(folder)
-    model.detach()
-    meta = json.loads((folder / "reft_config.json").read_text())
-    meta["model"]["name_or_path"] = base_path  # as from_pretrained(that folder) records it
-    (folder / "reft_config.json").write_text(json.dumps(meta))
-
+from tests.unit.integrations.test_vllm_serve import save_on_base
 
 def _call(tree: ast.AST, attr: str) -> ast.Call:
     (call,) = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
@@ -42,7 +28,7 @@ def serving(env: Env, block: str, client: str):
     base.save_pretrained(env.root / "base")
     for name in ("runs/persona-1a2b", "runs/pirate-3c4d/intervention"):  # a run folder and a save_pretrained one
         target = env.root / name / ("intervention" if name.endswith("1a2b") else "")
-        _adapter(base, target, str(env.root / "base"))
+        save_on_base(base, target, str(env.root / "base"))
     started = []
     env.monkeypatch.setattr(serve, "vllm_version", lambda: "0.32.0")  # vLLM lives in .venv-vllm
     env.monkeypatch.setattr(serve, "launch", started.append)

@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from tests.integration.test_processes import (QUICKSTART, WEIGHTS, cut_after_step_2, files, max_diff, overrides,
-                                              persona_file, reftx, rows)
+from tests.integration.test_processes import (QUICKSTART, WEIGHTS, finish, max_diff, overrides, persona_file,
+                                              reftx, resume_all, rows)
 
 pytestmark = pytest.mark.multiprocess
 
@@ -31,20 +31,10 @@ def runs(tiny_dir, tmp_path_factory):
                          log=root / f"{name}.log")
              for name, flags in (("one", []), ("fsdp", FSDP))}
     out = {name: p.wait() for name, p in procs.items()}
-    finals = {}
     for name in ("one", "fsdp"):
         assert out[name][0] == 0, f"{name}:\n{out[name][1][-4000:]}"
-        run = root / name / "quickstart"
-        finals[name] = {"files": files(run), "metrics": rows(run, "metrics.jsonl"),
-                        "results": json.loads((run / "results.json").read_text()),
-                        "samples": (run / "samples.jsonl").read_text(), "weights": root / f"{name}.safetensors"}
-        cut_after_step_2(run, finals[name]["weights"])
-    resumed = {name: reftx("run", str(QUICKSTART), *overrides(tiny_dir, data, root / name), "--resume", *flags,
-                           log=root / f"{name}-resume.log")
-               for name, flags in (("one", FSDP), ("fsdp", []))}
-    for name, p in resumed.items():
-        out[f"{name}-resume"] = p.wait()
-        assert out[f"{name}-resume"][0] == 0, f"{name} resumed:\n{out[f'{name}-resume'][1][-4000:]}"
+    finals = {name: finish(root, name) for name in ("one", "fsdp")}
+    resume_all(root, tiny_dir, data, {"one": FSDP, "fsdp": []}, out)  # each with the other set-up
     return root, out, finals
 
 

@@ -78,6 +78,26 @@ def cut_after_step_2(run: Path, keep: Path) -> None:
     shutil.rmtree(run / "checkpoints" / "step-4")
 
 
+def finish(root: Path, name: str) -> dict:
+    """Run ``root/name``'s files, metrics, results and samples as it finished; then it is cut after its
+    step-2 checkpoint (cut_after_step_2), its final weights kept as ``root/name.safetensors``."""
+    run = root / name / "quickstart"
+    state = {"files": files(run), "metrics": rows(run, "metrics.jsonl"),
+             "results": json.loads((run / "results.json").read_text()),
+             "samples": (run / "samples.jsonl").read_text(), "weights": root / f"{name}.safetensors"}
+    cut_after_step_2(run, state["weights"])
+    return state
+
+
+def resume_all(root: Path, tiny_dir: Path, data: Path, flags: dict[str, list[str]], out: dict) -> None:
+    """Resume every run ``root/name`` with ``flags[name]`` at once; each must succeed (``out[name-resume]``)."""
+    procs = {name: reftx("run", str(QUICKSTART), *overrides(tiny_dir, data, root / name), "--resume", *f,
+                         log=root / f"{name}-resume.log") for name, f in flags.items()}
+    for name, p in procs.items():
+        out[f"{name}-resume"] = p.wait()
+        assert out[f"{name}-resume"][0] == 0, f"{name} resumed:\n{out[f'{name}-resume'][1][-4000:]}"
+
+
 def launched_script(run_dir: Path, *flags: str) -> Proc:
     """tests/integration/_train_script.py in 2 processes, through `accelerate launch` itself."""
     args = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -97,20 +117,9 @@ def runs(tiny_dir, tmp_path_factory):
     out = {name: p.wait() for name, p in procs.items()}
     for name in ("one", "two"):
         assert out[name][0] == 0, f"{name}:\n{out[name][1][-4000:]}"
-    finals = {}
-    for name in ("one", "two"):
-        run = root / name / "quickstart"
-        finals[name] = {"files": files(run), "metrics": rows(run, "metrics.jsonl"),
-                        "results": json.loads((run / "results.json").read_text()),
-                        "samples": (run / "samples.jsonl").read_text(), "weights": root / f"{name}.safetensors"}
-        cut_after_step_2(run, finals[name]["weights"])
+    finals = {name: finish(root, name) for name in ("one", "two")}
     # resumed with the other number of processes
-    resumed = {name: reftx("run", str(QUICKSTART), *overrides(tiny_dir, data, root / name), "--resume",
-                           *flags, log=root / f"{name}-resume.log")
-               for name, flags in (("one", ["--num-processes", "2"]), ("two", []))}
-    for name, p in resumed.items():
-        out[f"{name}-resume"] = p.wait()
-        assert out[f"{name}-resume"][0] == 0, f"{name} resumed:\n{out[f'{name}-resume'][1][-4000:]}"
+    resume_all(root, tiny_dir, data, {"one": ["--num-processes", "2"], "two": []}, out)
     return root, out, finals
 
 

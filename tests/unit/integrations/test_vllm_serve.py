@@ -16,7 +16,8 @@ from reftx.testing.tiny import perturb, tiny_model
 SPEC = {"kind": "loreft", "rank": 2, "layers": [1], "positions": {"first": 2, "last": 2}}
 
 
-def _save(base, folder, name_or_path: str) -> None:
+def save_on_base(base, folder, name_or_path: str) -> None:
+    """A perturbed LoReFT adapter (SPEC) saved in ``folder``, recorded as trained on ``name_or_path``."""
     model = attach(base, [SPEC])
     perturb(model)
     model.save_pretrained(folder)
@@ -30,10 +31,10 @@ def _save(base, folder, name_or_path: str) -> None:
 def folders(tmp_path):
     base = tiny_model("llama")
     base.save_pretrained(tmp_path / "base")
-    _save(base, tmp_path / "run-a" / "intervention", str(tmp_path / "base"))
-    _save(base, tmp_path / "b", str(tmp_path / "base"))
-    _save(base, tmp_path / "other", "HuggingFaceTB/SmolLM2-135M")
-    _save(base, tmp_path / "damaged", str(tmp_path / "base"))
+    save_on_base(base, tmp_path / "run-a" / "intervention", str(tmp_path / "base"))
+    save_on_base(base, tmp_path / "b", str(tmp_path / "base"))
+    save_on_base(base, tmp_path / "other", "HuggingFaceTB/SmolLM2-135M")
+    save_on_base(base, tmp_path / "damaged", str(tmp_path / "base"))
     weights = tmp_path / "damaged" / "interventions.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     return tmp_path
