@@ -11,9 +11,15 @@
 #   5 quickstart   reftx run experiments/quickstart.yaml on the default model (the bundled SmolLM2 package)
 #   6 fsdp         the quickstart, 8 steps, as `reftx run --num-processes 1 --fsdp` (accelerate's FSDP2)
 #                  and as one plain process: both finish, and their weights agree
+#   7 vllm-parity  the serving plugin's parity suites (tests/vllm/test_parity.py, test_default_model.py) on
+#                  vLLM's V1 GPU model runner, eager (REFTX_VLLM_UNVERIFIED_GPU=1: unverified until this passes)
+#   8 vllm-serving benchmarks/serving.py on the default model: K = 1, 4, 16 adapters in flight, prompt-only vs base
+#                  (7 and 8 need a CUDA build of vLLM 0.32.0 in $VLLM_PYTHON, default .venv-vllm/bin/python;
+#                  without one they are skipped with that reason)
 #
 # --device cpu is the dry path (tests/integration/test_gpu_script.py runs it): tiny sizes, the same code
-# paths, fp32, no peak-memory subprocesses, and section 6 skipped (accelerate runs its FSDP only on GPUs;
+# paths, fp32, no peak-memory subprocesses, sections 7-8 skipped (on a CPU the vLLM stage, scripts/test-vllm.sh,
+# runs them) and section 6 skipped (accelerate runs its FSDP only on GPUs;
 # FSDP on CPU processes, where reftx shards the base itself, is tests/integration/test_fsdp.py).
 # Each section runs under its own time limit (4x on a CPU) and a failed one does not stop the others; the summary lists each section's status and time,
 # and the exit code is the number of sections that failed. Everything printed is also in DIR/gpu.log.
@@ -102,6 +108,18 @@ else
   section quickstart 150 "$PY" -m reftx run "${QUICK[@]}" "output_dir=$OUT/runs" train.max_steps=2 \
     train.checkpoint_every=0 task.n_eval=2 eval.max_new_tokens=4 eval.show_examples=1
   SUMMARY+=("| fsdp | skipped: accelerate runs FSDP only on GPUs | 0 |")
+fi
+
+VPY="${VLLM_PYTHON:-.venv-vllm/bin/python}"
+if [ "$DEVICE" = cpu ]; then
+  SUMMARY+=("| vllm | skipped: on a CPU the vLLM stage (scripts/test-vllm.sh) runs these | 0 |")
+elif ! "$VPY" -c "import vllm, torch, sys; sys.exit(not torch.cuda.is_available())" > /dev/null 2>&1; then
+  SUMMARY+=("| vllm | skipped: no CUDA build of vLLM in $VPY (pip install vllm==0.32.0 there) | 0 |")
+else
+  VENV=(env REFTX_VLLM_STAGE=1 REFTX_VLLM_UNVERIFIED_GPU=1)
+  section vllm-parity 240 "${VENV[@]}" VLLM_ENABLE_V1_MULTIPROCESSING=0 "$VPY" -m pytest -q -p no:cacheprovider \
+    -W ignore::DeprecationWarning tests/vllm/test_parity.py tests/vllm/test_default_model.py
+  section vllm-serving 240 "${VENV[@]}" "$VPY" benchmarks/serving.py --rounds 1 --json "$OUT/serving.json"
 fi
 
 {

@@ -18,7 +18,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     extra = shlex.split(args.vllm_args or "")
     plan = serve.plan(args.run_dirs, args.names, args.port, args.dtype, args.allow_runtime_loading, extra,
-                      check=not args.no_check)
+                      check=not args.no_check, compile=args.compile)
     for name, folder in plan.adapters.items():
         console.print(f"adapter [bold]{escape(name)}[/]: {escape(folder)}", soft_wrap=True, highlight=False)
     console.print(f"base model: {escape(plan.base)}\n{escape(plan.command())}", soft_wrap=True, highlight=False)
@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--allow-runtime-loading", action="store_true",
                    help="add POST /v1/load_reft_adapter and /v1/unload_reft_adapter (as vLLM's "
                         "VLLM_ALLOW_RUNTIME_LORA_UPDATING does for LoRA)")
+    s.add_argument("--compile", action="store_true",
+                   help="let vLLM compile the forward (default: --enforce-eager); adapters loaded at runtime may "
+                        "then only edit modules the adapters given at start edit")
     s.add_argument("--no-check", action="store_true", help="skip loading every adapter before vLLM starts")
     s.add_argument("--dry-run", action="store_true", help="print vLLM's command and exit")
     s.add_argument("--vllm-args", metavar="'OPTIONS'", help="more options for vLLM's server, as one string, "

@@ -30,7 +30,8 @@ def test_the_dry_run_goes_through_every_section(tmp_path):
     summary = out[out.index("=== summary (cpu) ==="):]
     statuses = dict(re.findall(r"^\| ([\w-]+) \| ([^|]+?) \| \d+ \|$", summary, re.M))
     assert statuses == {"overhead": "ok", "step-7b": "ok", "generate-7b": "ok", "equivalence": "ok", "quickstart": "ok",
-                        "fsdp": "skipped: accelerate runs FSDP only on GPUs"}
+                        "fsdp": "skipped: accelerate runs FSDP only on GPUs",
+                        "vllm": "skipped: on a CPU the vLLM stage (scripts/test-vllm.sh) runs these"}
     assert re.search(r"^\| tiny 32-layer 1x32 \| [\d.]+ \|.* \| ok \|$", out, re.M)  # overhead: the loss check holds
     step = {m[0]: m[1] for m in re.findall(r"^\| (F0|floor|reftx|lora|reftx\+gc) \| ([\d.]+) \|", out, re.M)}
     assert sorted(step) == sorted(["F0", "floor", "reftx", "lora", "reftx+gc"])  # every contestant timed

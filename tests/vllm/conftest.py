@@ -3,9 +3,10 @@ CI stage that runs them (scripts/test-vllm.sh sets REFTX_VLLM_STAGE=1) a missing
 failure, never a skip.
 
 One engine serves the whole module: a tiny random llama (head size 32, which vLLM's CPU attention
-supports) in fp32, eager, prefix caching on, chunked prefill with a 32-token budget (the long
-prompt is split across steps), 32-token KV blocks (the smallest the CPU attention takes), and every
-adapter the tests save, including the ones that cannot be served."""
+supports) in fp32, eager, a 64 MiB KV cache (explicit: a share of RAM fails once the test process
+has grown), prefix caching on, chunked prefill with a 32-token budget (the long prompt is split
+across steps), 32-token KV blocks (the smallest the CPU attention takes), and every adapter the
+tests save, including the ones that cannot be served."""
 from __future__ import annotations
 
 import os
@@ -23,7 +24,7 @@ except Exception as err:  # noqa: BLE001 - an import that fails for any reason
     collect_ignore_glob = ["test_*.py"]
 
 ENGINE = dict(skip_tokenizer_init=True, enforce_eager=True, dtype="float32", max_model_len=128, seed=0,
-              gpu_memory_utilization=0.05, block_size=32, enable_prefix_caching=True,
+              kv_cache_memory_bytes=64 << 20, block_size=32, enable_prefix_caching=True,
               enable_chunked_prefill=True, max_num_batched_tokens=32)
 
 

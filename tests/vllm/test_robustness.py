@@ -1,6 +1,6 @@
 """Requests naming an adapter that cannot be served get a one-line error at request time, and the
 engine keeps serving every other request; the plugin is found through its entry point; engines that
-would drop edits (compiled graphs, CUDA graphs) are refused."""
+would drop edits (CUDA graphs, piecewise compilation) or are unverified (the GPU runners) are refused."""
 from __future__ import annotations
 
 from importlib.metadata import entry_points
@@ -50,18 +50,42 @@ def test_plugin_is_registered_through_its_entry_point(llm):
     found = [ep.value for ep in entry_points(group="vllm.general_plugins") if ep.name == "reftx"]
     assert found == ["reftx.integrations.vllm:register"]
     assert CPUModelRunner.load_model.reftx and InputProcessor.process_inputs.reftx
-    assert plugin._serving and "loreft-first_last" in plugin._serving[-1].names
+    assert any("loreft-first_last" in s.names for s in plugin._serving)
 
 
-def test_compiled_or_graph_captured_engines_are_refused():
+def test_graph_captured_piecewise_or_unverified_compilation_is_refused():
     from vllm.config import CompilationConfig, CompilationMode, CUDAGraphMode
 
-    from reftx.integrations.vllm import check_eager
+    from reftx.integrations.vllm import check_compilation
 
-    check_eager(SimpleNamespace(compilation_config=CompilationConfig(mode=CompilationMode.NONE,
-                                                                      cudagraph_mode=CUDAGraphMode.NONE)))
-    for cc in (CompilationConfig(mode=CompilationMode.VLLM_COMPILE, cudagraph_mode=CUDAGraphMode.NONE),
-               CompilationConfig(mode=CompilationMode.NONE, cudagraph_mode=CUDAGraphMode.FULL)):
-        with pytest.raises(ReftError, match=r"^reftx adapters need vLLM in eager mode \(compilation mode .* would "
-                                            r"drop their edits\): pass enforce_eager=True \(--enforce-eager\)$"):
-            check_eager(SimpleNamespace(compilation_config=cc))
+    def config(mode, graphs=CUDAGraphMode.NONE):
+        return SimpleNamespace(compilation_config=CompilationConfig(mode=mode, cudagraph_mode=graphs))
+
+    assert check_compilation(config(CompilationMode.NONE)) is False
+    assert check_compilation(config(CompilationMode.DYNAMO_TRACE_ONCE)) is True  # vLLM's CPU compilation
+    assert check_compilation(config(CompilationMode.NONE), gpu=True) is False
+    refused = [(config(CompilationMode.VLLM_COMPILE), False), (config(CompilationMode.NONE, CUDAGraphMode.FULL), False),
+               (config(CompilationMode.NONE, CUDAGraphMode.PIECEWISE), False),
+               (config(CompilationMode.DYNAMO_TRACE_ONCE), True)]  # compiled on the unverified GPU runner
+    for cc, gpu in refused:
+        with pytest.raises(ReftError, match=r"^reftx adapters are verified eager and with vLLM's CPU compilation only "
+                                            r"\(compilation mode .* could drop their edits\): pass enforce_eager=True "
+                                            r"\(--enforce-eager\)$"):
+            check_compilation(cc, gpu=gpu)
+
+
+def test_the_gpu_runner_is_refused_unless_verifying_it_eager(llm, monkeypatch):
+    """vLLM's V1 GPU runner is hooked only with REFTX_VLLM_UNVERIFIED_GPU=1 (benchmarks/gpu.sh sets it)."""
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    from reftx.integrations.vllm import UNVERIFIED_GPU
+
+    runner = SimpleNamespace(vllm_config=llm.llm_engine.vllm_config)  # eager, with the reftx section
+    monkeypatch.delenv(UNVERIFIED_GPU, raising=False)
+    with pytest.raises(ReftError, match=r"^reftx adapters are served by vLLM's V1 CPU model runner only for now; "
+                                        r"vllm\.v1\.worker\.gpu_model_runner\.GPUModelRunner is not verified .*"
+                                        r"REFTX_VLLM_UNVERIFIED_GPU=1 tries the V1 GPU runner, eager\)"):
+        GPUModelRunner.load_model(runner)
+    monkeypatch.setenv(UNVERIFIED_GPU, "1")
+    with pytest.raises(AttributeError):  # past the plugin's checks, into vLLM's own load_model
+        GPUModelRunner.load_model(runner)

@@ -23,25 +23,39 @@ configured with an ``additional_config['reftx']`` section:
 ``reftx serve RUN_DIR...`` (reftx.integrations.vllm.serve) starts vLLM's own OpenAI-compatible server
 with these adapters; a request names one with ``extra_body={"vllm_xargs": {"reft": name}}``.
 
-Compilation and CUDA graphs (the plan for a GPU; what runs today is the CPU model runner, eager):
+Compilation and CUDA graphs. What runs and is tested today is the CPU model runner, eager or
+compiled; the GPU parts below are the design, refused until a GPU run proves them:
 
-* The hooks are Python: under ``torch.compile`` Dynamo would trace them with the forward's batch
-  baked in, and CUDA graphs replay kernels without running Python at all, so the edit would be
-  silently dropped. Until a GPU run proves the alternative, an engine with adapters and compilation
-  or CUDA graphs on is refused at load time with a one-line error (use ``enforce_eager=True``).
-* Piecewise graphs: the edit becomes one opaque custom op (``torch.library``, like vLLM's attention
-  op) registered in ``compilation_config.splitting_ops``, so each graph piece ends before it and
-  the op runs eagerly with the forward's placement.
-* Full graphs: per-token index buffers allocated once at the largest batch (persistent, as vLLM's
-  LoRA keeps ``token_lora_indices``) and filled before each replay; the edit is then a fixed-shape
-  masked op. A 1-token prefill chunk whose edit position changes between replays is exactly what
-  such a graph would miss, so it stays refused until tested.
-* vLLM's V2 GPU model runner keeps its batch in other structures; it is not wrapped, and an engine
-  with adapters on it is refused.
+* The hooks are Python: under ``torch.compile`` Dynamo would trace them with the traced forward's
+  batch baked in (vLLM traces once, on a dummy batch, without guards), and CUDA graphs replay
+  kernels without running Python at all, so a plain hook's edit would be silently dropped. The edit
+  is therefore one opaque custom op, ``torch.ops.reftx.vllm_edit`` (``torch.library``, as vLLM's
+  attention op; reftx.integrations.vllm.compiled): compiled, every hook only calls it, and its body
+  reads the forward's placement. On CPU, vLLM compiles the whole forward once with inductor
+  (``CompilationMode.DYNAMO_TRACE_ONCE``, vllm/platforms/cpu.py); the parity tests run there with
+  compilation on (tests/vllm/test_compiled.py). Sites are then fixed when the graph is traced: a
+  runtime-loaded adapter that edits a module no adapter edited at start is refused. vLLM saves the
+  compiled graph on disk keyed by the config's hash (AOT compile) for later engines with the same
+  config; the plugin writes the op calls it traced (``additional_config['reftx']['compiled_sites']``)
+  into that config, so a saved graph can only be reused by an engine that hooks the same sites under
+  the same op keys (vLLM 0.32's CPU path fails to reload and recompiles anyway; the key is for the
+  paths that do reload).
+* Piecewise graphs (GPU, ``CompilationMode.VLLM_COMPILE``): the same op named in
+  ``compilation_config.splitting_ops``, so each captured piece ends before it and the op runs
+  eagerly with the forward's placement. Refused until ``benchmarks/gpu.sh`` proves it.
+* Full CUDA graphs: per-token index buffers allocated once at the largest batch (persistent, as
+  vLLM's LoRA keeps ``token_lora_indices``) and filled before each replay; the edit is then a
+  fixed-shape masked op. A 1-token prefill chunk whose edit position changes between replays is
+  exactly what such a graph would miss, so every CUDA-graph mode is refused until tested.
+* vLLM's V1 GPU model runner shares the CPU runner's batch structures (the CPU runner subclasses
+  it) but is unverified: it is refused unless ``REFTX_VLLM_UNVERIFIED_GPU=1`` (eager only), which
+  ``benchmarks/gpu.sh`` sets to run the parity suite on a lent GPU. The V2 GPU model runner keeps
+  its batch in other structures; it is not wrapped, and an engine with adapters on it is refused.
 """
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 from reftx.core.errors import ReftError
@@ -58,15 +72,20 @@ def check_version(installed: str) -> None:
                         "plugin out with VLLM_PLUGINS (a list of plugin names without 'reftx')")
 
 
-def check_eager(vllm_config: Any) -> None:
-    """Refuse compiled graphs and CUDA graphs, which would drop the hooks' edits (see the docstring)."""
+def check_compilation(vllm_config: Any, gpu: bool = False) -> bool:
+    """Whether the forward is compiled (the hooks then call the opaque edit op); refuse what would drop
+    edits or is not verified (see the docstring): CUDA graphs, piecewise compilation, and any
+    compilation on the unverified GPU runner (``gpu``)."""
     from vllm.config import CompilationMode, CUDAGraphMode
 
     cc = vllm_config.compilation_config
-    if cc.mode != CompilationMode.NONE or cc.cudagraph_mode not in (None, CUDAGraphMode.NONE):
-        raise ReftError(f"reftx adapters need vLLM in eager mode (compilation mode {cc.mode.name}, cudagraph mode "
-                        f"{getattr(cc.cudagraph_mode, 'name', cc.cudagraph_mode)} would drop their edits): pass "
-                        "enforce_eager=True (--enforce-eager)")
+    graphs = cc.cudagraph_mode not in (None, CUDAGraphMode.NONE)
+    if graphs or cc.mode not in (CompilationMode.NONE, CompilationMode.DYNAMO_TRACE_ONCE) or (
+            gpu and cc.mode != CompilationMode.NONE):
+        raise ReftError(f"reftx adapters are verified eager and with vLLM's CPU compilation only (compilation mode "
+                        f"{cc.mode.name}, cudagraph mode {getattr(cc.cudagraph_mode, 'name', cc.cudagraph_mode)} "
+                        "could drop their edits): pass enforce_eager=True (--enforce-eager)")
+    return cc.mode != CompilationMode.NONE
 
 
 def _wrap_processor(cls: type) -> None:
@@ -82,7 +101,11 @@ def _wrap_processor(cls: type) -> None:
     cls.process_inputs = process_inputs
 
 
-def _wrap_runner(cls: type, supported: bool) -> None:
+UNVERIFIED_GPU = "REFTX_VLLM_UNVERIFIED_GPU"  # =1: hook the V1 GPU runner (eager) to verify it on a GPU
+
+
+def _wrap_runner(cls: type, kind: str) -> None:
+    """Wrap ``cls.load_model``; ``kind``: "cpu" (verified), "gpu" (V1 GPU runner, unverified), "v2" (refused)."""
     from reftx.integrations.vllm.frontend import table_for
     from reftx.integrations.vllm.worker import Serving
 
@@ -91,15 +114,18 @@ def _wrap_runner(cls: type, supported: bool) -> None:
     @functools.wraps(original)
     def load_model(self: Any, *args: Any, **kwargs: Any) -> Any:
         table = table_for(self.vllm_config)
-        if table is not None and not supported:
+        verifying = kind == "gpu" and os.environ.get(UNVERIFIED_GPU) == "1"
+        if table is not None and kind != "cpu" and not verifying:
             raise ReftError(f"reftx adapters are served by vLLM's V1 CPU model runner only for now; "
                             f"{cls.__module__}.{cls.__name__} is not verified (see reftx.integrations.vllm's "
-                            "docstring); on CPU unset VLLM_USE_V2_MODEL_RUNNER")
-        if table is not None:
-            check_eager(self.vllm_config)
+                            f"docstring; {UNVERIFIED_GPU}=1 tries the V1 GPU runner, eager); on CPU unset "
+                            "VLLM_USE_V2_MODEL_RUNNER")
+        compiled = table is not None and check_compilation(self.vllm_config, gpu=kind != "cpu")
         out = original(self, *args, **kwargs)
         if table is not None:
-            self.reftx_serving = Serving(self, self.model, table)  # runtime loading finds it here
+            self.reftx_serving = Serving(self, self.model, table, compiled)  # runtime loading finds it here
+            if compiled:  # vLLM keys its saved compiled graphs on this config's hash: the op calls join it
+                self.vllm_config.additional_config["reftx"]["compiled_sites"] = self.reftx_serving.graph_sites
             _serving.append(self.reftx_serving)
         return out
 
@@ -127,17 +153,17 @@ def register() -> None:
     check_version(vllm.__version__)
     if not getattr(InputProcessor.process_inputs, "reftx", False):
         _wrap_processor(InputProcessor)
-    runners = [(CPUModelRunner, True), (GPUModelRunner, False)]
+    runners = [(CPUModelRunner, "cpu"), (GPUModelRunner, "gpu")]
     try:  # the V2 runner (needs Triton): refused, never silently unhooked
         from vllm.v1.worker.gpu.model_runner import GPUModelRunner as RunnerV2
 
-        runners.append((RunnerV2, False))
+        runners.append((RunnerV2, "v2"))
     except ImportError:
         pass
-    for cls, supported in runners:
+    for cls, kind in runners:
         if "load_model" in vars(cls) and not getattr(vars(cls)["load_model"], "reftx", False):
-            _wrap_runner(cls, supported)
+            _wrap_runner(cls, kind)
     _add_worker_rpc()
 
 
-__all__ = ["TESTED_VLLM", "check_eager", "check_version", "register"]
+__all__ = ["TESTED_VLLM", "UNVERIFIED_GPU", "check_compilation", "check_version", "register"]

@@ -36,7 +36,7 @@ def adapters_config(vllm_config: Any) -> dict[str, Any] | None:
     if not isinstance(section, dict) or not isinstance(section.get("adapters"), dict):
         raise ReftError("additional_config.reftx.adapters: expected a mapping {adapter name: saved folder}, got "
                         f"{section!r}; e.g. --additional-config '{{\"reftx\": {{\"adapters\": {{\"a\": \"runs/x\"}}}}}}'")
-    unknown = sorted(set(section) - {"adapters"})
+    unknown = sorted(set(section) - {"adapters", "compiled_sites"})  # compiled_sites: the worker writes it
     if unknown:
         raise ReftError(f"additional_config.reftx.{unknown[0]}: unknown key; valid: adapters")
     return section["adapters"]

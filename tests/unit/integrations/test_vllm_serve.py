@@ -52,6 +52,8 @@ def test_names_base_and_vllm_command(folders, monkeypatch):
     assert json.loads(argv[argv.index("--additional-config") + 1]) == {"reftx": {"adapters": p.adapters}}
     assert {"reftx", "reftx_adapters"} <= set(p.env["VLLM_PLUGINS"].split(","))
     assert "reftx_adapters" not in serve.plan([str(folders / "b")], [], 8123).env["VLLM_PLUGINS"].split(",")
+    eager, compiled = (serve.plan([str(folders / "b")], [], 8123, compile=c).argv for c in (False, True))
+    assert "--enforce-eager" in eager and compiled == [a for a in eager if a != "--enforce-eager"]  # --compile
 
 
 def test_mixed_bases_are_refused_naming_the_folder(folders, monkeypatch):
