@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU figure reftx reports, in one command (under 10 minutes on one H100; nothing downloads weights):
 #
-#   bash benchmarks/gpu.sh [--device cuda|cpu] [--out DIR]
+#   bash benchmarks/gpu.sh [--device cuda|cpu] [--out DIR] [--vllm]
 #
 #   1 overhead     benchmarks/overhead.py --device cuda --memory: settings a, b, c (reftx vs the hand floor vs F0)
 #   2 step-7b      benchmarks/gpu.py train: a Llama-2-7B-architecture base, random bf16 weights, batch 4x512:
@@ -11,6 +11,7 @@
 #   5 quickstart   reftx run experiments/quickstart.yaml on the default model (the bundled SmolLM2 package)
 #   6 fsdp         the quickstart, 8 steps, as `reftx run --num-processes 1 --fsdp` (accelerate's FSDP2)
 #                  and as one plain process: both finish, and their weights agree
+# --vllm runs sections 7-8 instead of 1-6 (a second call, so each stays under 10 minutes):
 #   7 vllm-parity  the serving plugin's parity suites (tests/vllm/test_parity.py, test_default_model.py) on
 #                  vLLM's V1 GPU model runner, eager (REFTX_VLLM_UNVERIFIED_GPU=1: unverified until this passes)
 #   8 vllm-serving benchmarks/serving.py on the default model: K = 1, 4, 16 adapters in flight, prompt-only vs base
@@ -28,11 +29,13 @@ cd "$(dirname "$0")/.."
 
 DEVICE=cuda
 OUT=runs/gpu
+VLLM=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
-    *) echo "usage: bash benchmarks/gpu.sh [--device cuda|cpu] [--out DIR]" >&2; exit 2 ;;
+    --vllm) VLLM=1; shift ;;
+    *) echo "usage: bash benchmarks/gpu.sh [--device cuda|cpu] [--out DIR] [--vllm]" >&2; exit 2 ;;
   esac
 done
 case "$DEVICE" in cuda|cpu) ;; *) echo "--device must be cuda or cpu, got $DEVICE" >&2; exit 2 ;; esac
@@ -78,40 +81,44 @@ if [ "$DEVICE" = cuda ] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cud
   exit 2
 fi
 
-if [ "$DEVICE" = cuda ]; then
-  section overhead 150 "$PY" benchmarks/overhead.py --device cuda --memory --no-pyreft --out "$OUT/overhead.json"
-else
-  section overhead 150 "$PY" benchmarks/overhead.py --device cpu --threads 1 --settings c --rounds 1 --steps 1 \
-    --warmup 1 --no-pyreft --out "$OUT/overhead.json"
-fi
-section step-7b 200 "$PY" benchmarks/gpu.py train --device "$DEVICE" --shape "$SHAPE"
-section generate-7b 120 "$PY" benchmarks/gpu.py generate --device "$DEVICE" --shape "$SHAPE"
+if [ "$VLLM" = 0 ]; then
+  if [ "$DEVICE" = cuda ]; then
+    section overhead 150 "$PY" benchmarks/overhead.py --device cuda --memory --no-pyreft --out "$OUT/overhead.json"
+  else
+    section overhead 150 "$PY" benchmarks/overhead.py --device cpu --threads 1 --settings c --rounds 1 --steps 1 \
+      --warmup 1 --no-pyreft --out "$OUT/overhead.json"
+  fi
+  section step-7b 200 "$PY" benchmarks/gpu.py train --device "$DEVICE" --shape "$SHAPE"
+  section generate-7b 120 "$PY" benchmarks/gpu.py generate --device "$DEVICE" --shape "$SHAPE"
 
-SUITES=(tests/contract/test_generation.py)
-[ -f tests/contract/test_checkpointing.py ] && SUITES+=(tests/contract/test_checkpointing.py)
-if [ "$DEVICE" = cuda ]; then
-  section equivalence 150 env PYTHONPATH=benchmarks "$PY" -m pytest -q -p no:cacheprovider -p cuda_tests \
-    -W ignore::DeprecationWarning "${SUITES[@]}" -k llama
-else
-  section equivalence 150 "$PY" -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning \
-    tests/contract/test_generation.py -k "llama and batch1 and (last or gen3)"
-fi
+  SUITES=(tests/contract/test_generation.py)
+  [ -f tests/contract/test_checkpointing.py ] && SUITES+=(tests/contract/test_checkpointing.py)
+  if [ "$DEVICE" = cuda ]; then
+    section equivalence 150 env PYTHONPATH=benchmarks "$PY" -m pytest -q -p no:cacheprovider -p cuda_tests \
+      -W ignore::DeprecationWarning "${SUITES[@]}" -k llama
+  else
+    section equivalence 150 "$PY" -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning \
+      tests/contract/test_generation.py -k "llama and batch1 and (last or gen3)"
+  fi
 
-QUICK=(experiments/quickstart.yaml --no-progress)
-if [ "$DEVICE" = cuda ]; then
-  section quickstart 150 "$PY" -m reftx run "${QUICK[@]}" "output_dir=$OUT/runs"
-  SHORT=(train.max_steps=8 train.checkpoint_every=4 task.n_eval=4 eval.show_examples=0)
-  section fsdp 180 bash -c "'$PY' -m reftx run ${QUICK[*]} output_dir='$OUT/fsdp' ${SHORT[*]} --num-processes 1 --fsdp \
-    && '$PY' -m reftx run ${QUICK[*]} output_dir='$OUT/plain' ${SHORT[*]} \
-    && '$PY' benchmarks/gpu.py compare '$OUT/fsdp/quickstart' '$OUT/plain/quickstart'"
-else
-  section quickstart 150 "$PY" -m reftx run "${QUICK[@]}" "output_dir=$OUT/runs" train.max_steps=2 \
-    train.checkpoint_every=0 task.n_eval=2 eval.max_new_tokens=4 eval.show_examples=1
-  SUMMARY+=("| fsdp | skipped: accelerate runs FSDP only on GPUs | 0 |")
+  QUICK=(experiments/quickstart.yaml --no-progress)
+  if [ "$DEVICE" = cuda ]; then
+    section quickstart 150 "$PY" -m reftx run "${QUICK[@]}" "output_dir=$OUT/runs"
+    SHORT=(train.max_steps=8 train.checkpoint_every=4 task.n_eval=4 eval.show_examples=0)
+    section fsdp 180 bash -c "'$PY' -m reftx run ${QUICK[*]} output_dir='$OUT/fsdp' ${SHORT[*]} --num-processes 1 --fsdp \
+      && '$PY' -m reftx run ${QUICK[*]} output_dir='$OUT/plain' ${SHORT[*]} \
+      && '$PY' benchmarks/gpu.py compare '$OUT/fsdp/quickstart' '$OUT/plain/quickstart'"
+  else
+    section quickstart 150 "$PY" -m reftx run "${QUICK[@]}" "output_dir=$OUT/runs" train.max_steps=2 \
+      train.checkpoint_every=0 task.n_eval=2 eval.max_new_tokens=4 eval.show_examples=1
+    SUMMARY+=("| fsdp | skipped: accelerate runs FSDP only on GPUs | 0 |")
+  fi
 fi
 
 VPY="${VLLM_PYTHON:-.venv-vllm/bin/python}"
-if [ "$DEVICE" = cpu ]; then
+if [ "$VLLM" = 0 ]; then
+  :
+elif [ "$DEVICE" = cpu ]; then
   SUMMARY+=("| vllm | skipped: on a CPU the vLLM stage (scripts/test-vllm.sh) runs these | 0 |")
 elif ! "$VPY" -c "import vllm, torch, sys; sys.exit(not torch.cuda.is_available())" > /dev/null 2>&1; then
   SUMMARY+=("| vllm | skipped: no CUDA build of vLLM in $VPY (pip install vllm==0.32.0 there) | 0 |")

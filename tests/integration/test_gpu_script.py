@@ -30,8 +30,7 @@ def test_the_dry_run_goes_through_every_section(tmp_path):
     summary = out[out.index("=== summary (cpu) ==="):]
     statuses = dict(re.findall(r"^\| ([\w-]+) \| ([^|]+?) \| \d+ \|$", summary, re.M))
     assert statuses == {"overhead": "ok", "step-7b": "ok", "generate-7b": "ok", "equivalence": "ok", "quickstart": "ok",
-                        "fsdp": "skipped: accelerate runs FSDP only on GPUs",
-                        "vllm": "skipped: on a CPU the vLLM stage (scripts/test-vllm.sh) runs these"}
+                        "fsdp": "skipped: accelerate runs FSDP only on GPUs"}
     assert re.search(r"^\| tiny 32-layer 1x32 \| [\d.]+ \|.* \| ok \|$", out, re.M)  # overhead: the loss check holds
     step = {m[0]: m[1] for m in re.findall(r"^\| (F0|floor|reftx|lora|reftx\+gc) \| ([\d.]+) \|", out, re.M)}
     assert sorted(step) == sorted(["F0", "floor", "reftx", "lora", "reftx+gc"])  # every contestant timed
@@ -40,6 +39,14 @@ def test_the_dry_run_goes_through_every_section(tmp_path):
     assert (tmp_path / "runs" / "quickstart" / "results.json").is_file()
     headers = re.findall(r"^=== ([\w-]+) \(cpu\) ===$", (tmp_path / "gpu.log").read_text(), re.M)
     assert headers == ["overhead", "step-7b", "generate-7b", "equivalence", "quickstart", "summary"]  # all kept
+
+
+def test_the_vllm_part_on_a_cpu_says_why_it_is_skipped(tmp_path):
+    p = run("--device", "cpu", "--vllm", "--out", str(tmp_path), timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    summary = p.stdout[p.stdout.index("=== summary (cpu) ==="):]
+    assert re.findall(r"^\| ([\w-]+) \| ([^|]+?) \| \d+ \|$", summary, re.M) == [
+        ("vllm", "skipped: on a CPU the vLLM stage (scripts/test-vllm.sh) runs these")]
 
 
 def test_an_unknown_device_is_refused():

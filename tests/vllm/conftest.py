@@ -45,6 +45,16 @@ def tiny_base_dir(root) -> str:
     return str(root)
 
 
+_KEPT: list = []
+
+
+def keep(engine):
+    """Keep a module's own in-process engine up until the session ends: shutting an in-process engine down
+    tears down vLLM's process-wide model-parallel groups, which the session's engine (``llm``) still uses."""
+    _KEPT.append(engine)
+    return engine
+
+
 @pytest.fixture(scope="session")
 def base_dir(tmp_path_factory):
     return tiny_base_dir(tmp_path_factory.mktemp("vllm_base"))

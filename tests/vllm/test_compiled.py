@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.vllm.cases import PROMPTS, check, params, prompt, reference, save_adapter, served
-from tests.vllm.conftest import ENGINE
+from tests.vllm.conftest import ENGINE, keep
 
 SPECS = {  # every component, prompt and generated schedules, tying, a gated primitive
     "first_last": {"kind": "loreft", "rank": 2, "layers": [1, 3], "positions": {"first": 2, "last": 2}},
@@ -39,8 +39,7 @@ def compiled(base_dir, folders):
 
     served_now = {n: folders[n] for n in SPECS}
     engine = LLM(base_dir, **{**ENGINE, "enforce_eager": False}, additional_config={"reftx": {"adapters": served_now}})
-    yield engine
-    engine.llm_engine.engine_core.shutdown()
+    return keep(engine)
 
 
 def test_the_forward_is_compiled_and_hooked_through_the_op(compiled):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.vllm.cases import check, params, prompt, reference, save_adapter, served
-from tests.vllm.conftest import ENGINE
+from tests.vllm.conftest import ENGINE, keep
 
 SPECS = {
     "first_last": {"kind": "loreft", "rank": 4, "layers": [3, 15], "positions": {"first": 2, "last": 2}},
@@ -65,9 +65,7 @@ def engine(model_dir, folders):
     from vllm import LLM
 
     settings = {**ENGINE, "max_model_len": 256, "kv_cache_memory_bytes": 256 << 20}
-    llm = LLM(model_dir, **settings, additional_config={"reftx": {"adapters": folders}})
-    yield llm
-    llm.llm_engine.engine_core.shutdown()
+    return keep(LLM(model_dir, **settings, additional_config={"reftx": {"adapters": folders}}))
 
 
 def test_default_model_mixed_batch_equals_reftmodel_generate(engine, smol, folders, prompts):
