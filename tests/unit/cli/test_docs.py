@@ -57,6 +57,13 @@ def test_readme_names_the_locked_versions():
 _KE, _F05 = "train.lr=5e-3 output_dir=runs/ke", "model.name=runs/tofu_finetune_forget05/model task.options.forget=forget05"
 _SEQ = f"{_KE} recipe.mode=sequential task.n_eval=100"
 _LOGS = "task.n_train=1342 train.max_length=256 eval.max_length=256"
+_R = ("0.001", "0.002", "0.004")
+_EVIDENCE_DEV = [  # issue 30's evidence_math sweep, stage 1 (dev): experiment, arm overrides, lr key, values
+    ("loreft", "", "train.lr", _R), ("loreft", "interventions.0.kind=direft", "train.lr", _R),
+    ("lora", "", "lora.lr", ("0.0003", "0.001", "0.003")), ("lora_matched", "", "lora.lr", ("0.001", "0.003", "0.01")),
+    *(("brep", arm, "train.lr", _R) for arm in ("", "train.prefix_fraction=0.0", "interventions.0.positions=all_prompt",
+                                                 "interventions.0.bound=none")),
+]
 PUBLISHED = [
     "quickstart", "quickstart eval.repetition_penalty=1.0", "quickstart seed=1", "quickstart seed=2",
     *(f"quickstart interventions.0.kind=direft seed={k}" for k in range(3)),
@@ -92,6 +99,7 @@ PUBLISHED = [
     *(f"logs/{d}_{m}_{p}" for d in ("hdfs", "bgl") for m in ("minilm", "smollm") for p in ("loreft", "lora")),
     f"logs/hdfs_minilm_loreft {_LOGS}", f"logs/hdfs_minilm_lora {_LOGS}",
     f"logs/hdfs_minilm_loreft {_LOGS} train.epochs=2", f"logs/hdfs_minilm_lora {_LOGS} lora.epochs=2",
+    *(f"evidence/math_{f} {arm} {key}={lr} task.eval_split=dev" for f, arm, key, lrs in _EVIDENCE_DEV for lr in lrs),
 ]
 
 
