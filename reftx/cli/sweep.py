@@ -22,6 +22,7 @@ def _command(args: argparse.Namespace) -> str:
                         ("--threads", args.threads)):
         words += [flag, str(value)] if value is not None else []
     words += ["--then", *args.then] if args.then else []
+    words += ["--then-zip"] * args.then_zip
     words += ["--jobs", str(args.jobs)] if args.jobs != 1 else []
     words += ["--executor", args.executor] if args.executor != "process" else []
     words += [x for o in args.executor_options for x in ("--executor-option", o)]
@@ -60,7 +61,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     _check(args)
     command = _command(args)
-    select = parse_select(args.select, args.on, args.then)
+    select = parse_select(args.select, args.on, args.then, args.then_zip)
     try:
         sw = sweep.plan(args.experiment, args.overrides, args.grid, select, args.out, args.imports, command)
         if args.dry_run:
@@ -100,6 +101,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                                  "with --then on the experiment's own eval split")
     s.add_argument("--on", metavar="SPLIT", help="the split --select compares on (default dev: set task.dev_size)")
     s.add_argument("--then", nargs="+", action="extend", default=[], metavar="KEY=A,B",
-                   help="what runs with each chosen setting, e.g. seed=0,1,2")
+                   help="what runs with each chosen setting, e.g. seed=0,1,2 (several keys: their product)")
+    s.add_argument("--then-zip", action="store_true",
+                   help="the --then keys advance together, each with as many values, e.g. --then seed=0,1,2 "
+                        "train.init_from=a,b,c --then-zip (seed 0 from a, 1 from b, 2 from c)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars inside cells (the cell lines stay)")
     s.set_defaults(fn=cmd_sweep)

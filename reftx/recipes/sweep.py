@@ -167,7 +167,7 @@ def plan(experiment: str | Path, overrides: list[str], grid: str | Path | None =
     data = load_yaml(experiment)
     base = own.get("name") or data.get("name") or experiment.stem
     blocks = load_grid(grid, overrides)
-    then_axes = cli_axes(list(select.then))[0] if select else []  # a typo in --then fails first, too
+    then_axes = select.axes() if select else []  # a typo in --then fails first, too
     extra = [select.on_override] if select else []
     cells = []
     for block in blocks:

@@ -32,13 +32,30 @@ class Select:
     direction: str  # "max" or "min"
     on: str  # the split stage 1 is evaluated on
     then: tuple[str, ...]  # the --then items, comma lists as on the command line
+    zip: bool = False  # --then-zip: the --then keys advance together instead of forming a product
 
     @property
     def on_override(self) -> str:
         return f"task.eval_split={self.on}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "direction": self.direction, "on": self.on, "then": list(self.then)}
+        out = {"metric": self.metric, "direction": self.direction, "on": self.on, "then": list(self.then)}
+        return {**out, "zip": True} if self.zip else out  # without --then-zip: the key sweeps had before it
+
+    def axes(self) -> list:
+        """The --then cells' axes: one per key (a product), or with --then-zip one axis whose i-th option
+        holds every key's i-th value (each key needs the same number of values)."""
+        from reftx.recipes.grid import cli_axes
+
+        axes = cli_axes(list(self.then))[0]
+        if not self.zip or len(axes) < 2:
+            return axes
+        sizes = {len(a) for a in axes}
+        if len(sizes) != 1:
+            counts = ", ".join(f"{a[0][0].partition('=')[0]} {len(a)}" for a in axes)
+            raise ConfigError("--then-zip", f"advances the --then keys together, so each needs as many values: got "
+                                            f"{counts}")
+        return [[[i for option in options for i in option] for options in zip(*axes)]]
 
 
 def _direction(metric: str) -> str:
@@ -53,10 +70,10 @@ def _direction(metric: str) -> str:
                                   f"\"{metric} min\" (reftx ls metrics lists the registered ones)")
 
 
-def parse_select(text: str | None, on: str | None, then: list[str]) -> Select | None:
-    """--select's "METRIC [max|min]" with --on (default dev) and --then, or None without --select."""
+def parse_select(text: str | None, on: str | None, then: list[str], zip_then: bool = False) -> Select | None:
+    """--select's "METRIC [max|min]" with --on (default dev), --then and --then-zip, or None without --select."""
     if text is None:
-        for flag, given in (("--on", on), ("--then", then)):
+        for flag, given in (("--on", on), ("--then", then), ("--then-zip", zip_then)):
             if given:
                 raise ConfigError(flag, "belongs to a selection: add --select \"METRIC max\" (or min)")
         return None
@@ -66,7 +83,7 @@ def parse_select(text: str | None, on: str | None, then: list[str]) -> Select | 
     if not then:
         raise ConfigError("--then", "says what runs with each method's chosen setting, e.g. --then seed=0,1,2")
     direction = parts[1] if len(parts) == 2 else _direction(parts[0])
-    return Select(parts[0], direction, on or "dev", tuple(then))
+    return Select(parts[0], direction, on or "dev", tuple(then), zip_then)
 
 
 def check_metric(task: Any, metric: str) -> None:

@@ -236,10 +236,29 @@ def test_select_on_dev_then_seeds_per_method(tiny_dir, tmp_path, monkeypatch, ca
     assert _sweep(tiny_dir, tmp_path, *args) == 0 and calls == []  # resumed as a whole: nothing left to run
 
 
+def test_then_zip_pairs_each_seed_with_its_own_setting(tiny_dir, tmp_path, monkeypatch, capsys):
+    """--then-zip: seed i runs with the i-th value of every other --then key (e.g. its own warm-up), and a
+    --then key the grid sets (task.dev_size) takes the --then value in stage 2."""
+    calls = fake_runs(monkeypatch, score=lambda exp: {1e-3: 0.25, 2e-3: 0.5}[exp.train.lr])
+    args = ["task.dev_size=8", "train.lr=1e-3,2e-3", "--select", "persona_open max", "--then", "seed=0,1,2",
+            "train.warmup=0.0,0.1,0.2", "task.dev_size=0,0,0", "--then-zip"]
+    assert _sweep(tiny_dir, tmp_path, *args) == 0
+    assert [(e.train.lr, e.seed, e.train.warmup, e.task.dev_size, e.task.eval_split) for e in calls[2:]] == [
+        (2e-3, 0, 0.0, 0, None), (2e-3, 1, 0.1, 0, None), (2e-3, 2, 0.2, 0, None)]
+    assert _index(tmp_path)["selection"]["zip"] is True
+    assert "--then-zip" in _index(tmp_path)["command"]
+    bad = ["task.dev_size=8", "train.lr=1e-3", "--select", "persona_open max", "--then", "seed=0,1,2", "train.warmup=0.0,0.1",
+           "--then-zip"]
+    assert _sweep(tiny_dir, tmp_path / "bad", *bad) == 2
+    assert "--then-zip: advances the --then keys together, so each needs as many values: got seed 3, train.warmup 2" \
+        in " ".join(_text(capsys).split())
+
+
 def test_select_mistakes_are_refused_before_anything_runs(tiny_dir, tmp_path, capsys):
     for args, message in [
         (["--select", "persona_open maximum", "--then", "seed=0"], "error: --select: is \"METRIC max\" or \"METRIC min\""),
         (["--then", "seed=0,1"], "error: --then: belongs to a selection"),
+        (["--then-zip"], "error: --then-zip: belongs to a selection"),
         (["--select", "persona_opn", "--then", "seed=0"], "--select: unknown metric 'persona_opn' (did you mean "
                                                           "'persona_open'?); say which way 'persona_opn' is better"),
         (["task.dev_size=8", "--select", "persona_opn max", "--then", "seed=0"],
