@@ -60,8 +60,9 @@ _LOGS = "task.n_train=1342 train.max_length=256 eval.max_length=256"
 _R = ("0.001", "0.002", "0.004")
 _EVIDENCE_DEV = [  # issue 30's evidence_math sweep, stage 1 (dev): experiment, arm overrides, lr key, values
     ("loreft", "", "train.lr", (*_R, "0.008")), ("loreft", "interventions.0.kind=direft", "train.lr", (*_R, "0.008")),
-    ("lora", "", "lora.lr", ("0.0003", "0.001", "0.003")), ("lora_matched", "", "lora.lr", ("0.001", "0.003", "0.01")),
-    *(("brep", arm, "train.lr", _R) for arm in ("", "train.prefix_fraction=0.0", "interventions.0.positions=all_prompt",
+    ("lora", "", "lora.lr", ("0.0003", "0.001", "0.003", "0.01")),
+    ("lora_matched", "", "lora.lr", ("0.001", "0.003", "0.01", "0.03")), ("brep", "", "train.lr", (*_R, "0.008")),
+    *(("brep", arm, "train.lr", _R) for arm in ("train.prefix_fraction=0.0", "interventions.0.positions=all_prompt",
                                                  "interventions.0.bound=none")),
 ]
 PUBLISHED = [
