@@ -62,8 +62,9 @@ _EVIDENCE_DEV = [  # issue 30's evidence_math sweep, stage 1 (dev): experiment, 
     ("loreft", "", "train.lr", (*_R, "0.008")), ("loreft", "interventions.0.kind=direft", "train.lr", (*_R, "0.008")),
     ("lora", "", "lora.lr", ("0.0003", "0.001", "0.003", "0.01")),
     ("lora_matched", "", "lora.lr", ("0.001", "0.003", "0.01", "0.03")), ("brep", "", "train.lr", (*_R, "0.008")),
-    *(("brep", arm, "train.lr", _R) for arm in ("train.prefix_fraction=0.0", "interventions.0.positions=all_prompt",
-                                                 "interventions.0.bound=none")),
+    ("brep", "train.prefix_fraction=0.0", "train.lr", _R),
+    *(("brep", arm, "train.lr", (*_R, "0.008")) for arm in ("interventions.0.positions=all_prompt",
+                                                             "interventions.0.bound=none")),
 ]
 PUBLISHED = [
     "quickstart", "quickstart eval.repetition_penalty=1.0", "quickstart seed=1", "quickstart seed=2",
