@@ -135,11 +135,17 @@ def _zip_axis(zipped: Any, where: str, origins: dict[str, str], source: str) -> 
     for key, value in zipped.items():
         _add_origin(_check_key(key, f"{where}zip."), origins, f"{source} {where}zip")
         columns[key] = _values(key, value, f"{where}zip.")
-    lengths = {k: len(v) for k, v in columns.items()}
+    return zip_axes([[[spell(k, v)] for v in values] for k, values in columns.items()], list(columns), f"{where}zip")
+
+
+def zip_axes(axes: list[Axis], keys: list[str], where: str) -> Axis:
+    """One axis from one axis per key (``keys``), all of one length: option k joins option k of each
+    (a grid file's ``zip:`` and ``reftx sweep --then-zip``)."""
+    lengths = {k: len(a) for k, a in zip(keys, axes)}
     if len(set(lengths.values())) > 1:
         shown = ", ".join(f"{k} has {n}" for k, n in lengths.items())
-        raise ConfigError(f"{where}zip", f"zipped keys advance together, so their lists need one length: {shown}")
-    return [[spell(k, columns[k][i]) for k in columns] for i in range(next(iter(lengths.values())))]
+        raise ConfigError(where, f"zipped keys advance together, so their lists need one length: {shown}")
+    return [[item for option in options for item in option] for options in zip(*axes)]
 
 
 def _add_origin(key: str, origins: dict[str, str], source: str) -> None:
@@ -200,4 +206,4 @@ def load_grid(path: str | Path | None, cli: list[str] = ()) -> list[Block]:
     return blocks
 
 
-__all__ = ["Block", "cli_axes", "load_grid", "spell", "split_values"]
+__all__ = ["Block", "cli_axes", "load_grid", "spell", "split_values", "zip_axes"]

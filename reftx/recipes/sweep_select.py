@@ -45,17 +45,10 @@ class Select:
     def axes(self) -> list:
         """The --then cells' axes: one per key (a product), or with --then-zip one axis whose i-th option
         holds every key's i-th value (each key needs the same number of values)."""
-        from reftx.recipes.grid import cli_axes
+        from reftx.recipes.grid import cli_axes, zip_axes
 
-        axes = cli_axes(list(self.then))[0]
-        if not self.zip or len(axes) < 2:
-            return axes
-        sizes = {len(a) for a in axes}
-        if len(sizes) != 1:
-            counts = ", ".join(f"{a[0][0].partition('=')[0]} {len(a)}" for a in axes)
-            raise ConfigError("--then-zip", f"advances the --then keys together, so each needs as many values: got "
-                                            f"{counts}")
-        return [[[i for option in options for i in option] for options in zip(*axes)]]
+        axes, origins = cli_axes(list(self.then))
+        return [zip_axes(axes, list(origins), "--then-zip")] if self.zip and len(axes) > 1 else axes
 
 
 def _direction(metric: str) -> str:

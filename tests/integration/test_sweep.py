@@ -250,7 +250,7 @@ def test_then_zip_pairs_each_seed_with_its_own_setting(tiny_dir, tmp_path, monke
     bad = ["task.dev_size=8", "train.lr=1e-3", "--select", "persona_open max", "--then", "seed=0,1,2", "train.warmup=0.0,0.1",
            "--then-zip"]
     assert _sweep(tiny_dir, tmp_path / "bad", *bad) == 2
-    assert "--then-zip: advances the --then keys together, so each needs as many values: got seed 3, train.warmup 2" \
+    assert "--then-zip: zipped keys advance together, so their lists need one length: seed has 3, train.warmup has 2" \
         in " ".join(_text(capsys).split())
 
 
