@@ -7,7 +7,9 @@ A path given to the report is one of
   run is compared over seeds only);
 * a sweep folder: ``sweep.json`` lists its cells, ``{"cells": [{"run_dir": ..., "status": ...}, ...]}``
   (other keys are ignored); a ``run_dir`` is read as given when absolute, else relative to the sweep
-  folder, else to the working directory, so cells are found wherever they ran. A cell that is not
+  folder, else to the working directory, so cells are found wherever they ran; one that no longer
+  exists is looked for in the sweep folder under its own name (the sweep folder was copied or moved,
+  e.g. from a cluster or a worktree into the repository, with its cells inside it). A cell that is not
   ``done`` or holds no results is a missing cell: named in the report's notes, never silently
   averaged away;
 * a folder of run folders (e.g. ``runs/``): each subfolder that holds a finished run.
@@ -124,7 +126,7 @@ def load_run(folder: Path) -> Run:
 def _cell_dir(sweep: Path, run_dir: str) -> Path:
     p = Path(run_dir)
     if p.is_absolute():
-        return p
+        return p if p.exists() or not (sweep / p.name).exists() else sweep / p.name
     return sweep / p if (sweep / p).exists() or not p.exists() else p
 
 

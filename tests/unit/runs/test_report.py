@@ -249,3 +249,22 @@ def test_by_method_keeps_a_sweeps_methods_of_one_kind_apart(tmp_path):
     assert float(g["brep"]["mean"]) == pytest.approx(0.8)
     (p,) = [r for r in rows(out / "pairs.csv") if {r["a"], r["b"]} == {"brep", "brep_unbounded"}]
     assert p["test"] == "McNemar exact (b=8, c=0)"  # 3 + 1 + 4 discordant, all for brep
+
+
+def test_a_moved_sweep_folder_finds_its_cells_under_their_own_names(tmp_path):
+    """sweep.json keeps each cell's absolute run_dir; after the sweep folder is moved (from a worktree
+    or a cluster into the repository) a run_dir that no longer exists is read from the sweep folder,
+    and one that still exists elsewhere is read where it is."""
+    sweep, gone = tmp_path / "here", tmp_path / "gone"
+    cells = []
+    for seed, n in enumerate((6, 7, 8)):
+        write_run(sweep / f"loreft-{seed}", config(f"loreft-{seed}", "loreft", seed), correct(n))
+        cells.append({"run_dir": str(gone / f"loreft-{seed}"), "method": "loreft", "status": "done"})
+    write_run(tmp_path / "far" / "loreft-3", config("loreft-3", "loreft", 3), correct(9))
+    cells.append({"run_dir": str(tmp_path / "far" / "loreft-3"), "method": "loreft", "status": "done"})
+    cells.append({"run_dir": str(gone / "loreft-4"), "method": "loreft", "status": "done"})  # neither here nor there
+    (sweep / "sweep.json").write_text(json.dumps({"cells": cells}))
+    out = make_report([str(sweep)], by=["method"])
+    g = {r["group"]: r for r in rows(out / "groups.csv")}
+    assert g["loreft"]["n"] == "4" and float(g["loreft"]["mean"]) == pytest.approx(0.75)  # (6+7+8+9)/40
+    assert f"- missing: {sweep} cell 4 (?, {gone / 'loreft-4'}): no results.json" in out.joinpath("report.md").read_text()
