@@ -155,12 +155,13 @@ class Task:
     # -- provided --------------------------------------------------------------------------
     def _load_split(self, split: str) -> list[Example]:
         """A split's examples, checked, with the dev split carved out of its source."""
-        source = self._dev[0] if self._dev is not None and split in ("dev", self._dev[0]) else split
+        carved = self._dev is not None and split in ("dev", self._dev[0])  # the dev split or the one it is cut from
+        source = self._dev[0] if carved else split
         data = self.load(source)
         if not data:
             raise DataError(f"task {self.name!r}: split {source!r} is empty")
         check_prompts(data, source)
-        if self._dev is None or split not in ("dev", source):
+        if not carved:  # any other split (the test split) is the same with or without a dev split
             return data
         size = self._dev[1]
         if size >= len(data):

@@ -44,7 +44,9 @@ def weights(folder):
 def test_dev_split_is_held_out_of_training_by_a_fixed_pick():
     task = get_task("persona")
     train_all = [e.prompt for e in task.examples("train")]
+    eval_all = [e.prompt for e in task.examples("eval")]
     task.hold_out_dev("train", 8)
+    assert [e.prompt for e in task.examples("eval")] == eval_all  # the other splits lose nothing (they once lost 8)
     dev = [e.prompt for e in task.examples("dev")]
     train = [e.prompt for e in task.examples("train")]
     assert len(dev) == 8 and len(train) == len(train_all) - 8
