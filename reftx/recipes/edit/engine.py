@@ -35,6 +35,16 @@ intervention changes because it is the only one, so they are computed once with 
   balancing: w · Var_k(u_k), u_k the mean weight of basis k over the states of *every edit so
   far* (``variance_balance``), so later edits are pushed onto bases earlier ones used little.
 
+A locality term for any primitive (the fair counterpart of BaFT's gate loss for LoReFT, on the same
+prompts): ``recipe.locality_kl_weight`` = λ > 0 adds λ · KL(unedited ‖ edited) of the next-token
+distribution after a locality prompt, the mean over ``recipe.locality_kl_batch`` prompts a step
+taken in turn from the ``locality_prompts`` pool (each job starts at the pool's first prompt), the
+way ROME's v* optimisation keeps its essence prompts' distributions (kellino/rome
+``rome/compute_v.py``, ``kl_factor``; there at the subject's last token, here after the whole prompt,
+which is where the locality metric reads). Those rows ride in the slot's batch with
+``example_info["locality"] = 1`` (so BaFT's balance loss leaves them out); the unedited
+distributions are computed once.
+
 Evaluation (tasks/knowledge_edit.py): reliability, generality, locality per edit, their means,
 and the unedited model's reliability and generality. Output: ``{output_dir}/{name}-{mode}/``
 with results.json (config hash, wall time, metrics) and edits.jsonl (one line per edit and
@@ -57,6 +67,7 @@ from reftx.parts.basis_gates import locality_gate_loss, variance_balance
 from reftx.core.convert import require
 from reftx.data.encoding import Encoded, collate_train, encode, format_prompt, pad_id
 from reftx.parts.slot_bank import EDIT_POS, EDIT_SLOT, SlotBank
+from reftx.recipes.edit.locality_kl import kl_rows, locality_kl
 from reftx.core.errors import ConfigError
 from reftx.engine.hooks import capture_outputs, replay_site
 from reftx.train.loop import Job, Loop, Optim, StepLoss, accelerator
@@ -80,8 +91,10 @@ class EditOptions:
     stop_loss: float = 0.01  # an edit stops training once the NLL of its target is below this
     checkpoints: list[int] = field(default_factory=lambda: [10, 50, 100])  # sequential: evaluate after this many edits
     subject_positions: bool = False  # edit only the prompt's last subject token (needs positions: all_prompt)
-    locality_prompts: int = 0  # BaFT: known_1000 prompts whose site states feed the locality gate loss
+    locality_prompts: int = 0  # known_1000 prompts (never an evaluated one) for the locality terms: BaFT's gate loss on their site states (a basis-gated primitive), the KL term (locality_kl_weight)
     sequence_balance_weight: float = 0.0  # sequential BaFT: weight of Var_k of the basis usage over every edit so far
+    locality_kl_weight: float = 0.0  # > 0: + this weight x KL(unedited || edited) of the next-token distribution after locality prompts (any primitive; needs locality_prompts)
+    locality_kl_batch: int = 4  # locality prompts per step and edit in the KL term, taken in turn from the locality_prompts pool
     fluency_tokens: int = 0  # > 0: fluency (ROME's n-gram entropy) of greedy continuations of this many tokens of each edit's prompt and paraphrase, edited and unedited; 0: off
 
     def __post_init__(self) -> None:
@@ -90,6 +103,10 @@ class EditOptions:
         require(self.stop_loss >= 0, "stop_loss", f"must be >= 0, got {self.stop_loss}")
         require(self.locality_prompts >= 0, "locality_prompts", f"must be >= 0, got {self.locality_prompts}")
         require(self.sequence_balance_weight >= 0, "sequence_balance_weight", "must be >= 0")
+        require(self.locality_kl_weight >= 0, "locality_kl_weight", f"must be >= 0, got {self.locality_kl_weight}")
+        require(self.locality_kl_batch >= 1, "locality_kl_batch", f"must be >= 1, got {self.locality_kl_batch}")
+        require(not self.locality_kl_weight or self.locality_prompts > 0, "locality_kl_weight",
+                "needs locality_prompts > 0 (the pool its prompts come from)")
         require(self.fluency_tokens >= 0, "fluency_tokens", f"must be >= 0, got {self.fluency_tokens}")
         ok = all(n >= 1 for n in self.checkpoints) and self.checkpoints == sorted(set(self.checkpoints))
         require(ok and bool(self.checkpoints), "checkpoints", f"must be increasing counts >= 1, got {self.checkpoints}")
@@ -139,6 +156,7 @@ class _Row(Encoded):
     """An edit's training row; ``states``: its cached site states (the fast path) or None."""
 
     states: Tensor | None = None
+    kl: int = -1  # a locality row of the KL term: its prompt's index in the pool (-1: an edit row)
 
 
 class EditJob(Job):
@@ -150,6 +168,7 @@ class EditJob(Job):
         self.editor, self.index, self.edits, self.reset, self.results, self.show = editor, index, edits, reset, results, show
         self.max_steps, self.stop_loss, self.clip = editor.max_steps, editor.opts.stop_loss, editor.clip
         self.divergence_factor = editor.divergence_factor
+        self.turn = 0  # steps taken: which locality prompts the KL term reads next
 
     def start(self, slot: int) -> Optim:
         ed, mod = self.editor, self.editor.bank.slots[slot]
@@ -160,8 +179,16 @@ class EditJob(Job):
 
     def rows(self, slot: int) -> list[_Row]:
         ed = self.editor
-        return [_Row(ed.encoded[i].input_ids, ed.encoded[i].labels, ed.encoded[i].prompt_len,
+        rows = [_Row(ed.encoded[i].input_ids, ed.encoded[i].labels, ed.encoded[i].prompt_len,
                      info=ed.info(slot, ed.pos[i]), states=ed.states[i] if ed.fast else None) for i in self.edits]
+        if ed.kl_rows:
+            n, b = len(ed.kl_rows), min(ed.opts.locality_kl_batch, len(ed.kl_rows))
+            for j in (self.turn * b + i for i in range(b)):
+                row = ed.kl_rows[j % n]
+                rows.append(_Row(row.input_ids, row.labels, row.prompt_len, states=row.states, kl=j % n,
+                                 info={**ed.info(slot, ed.kl_pos[j % n]), LOCALITY: 1.0}))
+            self.turn += 1
+        return rows
 
     def on_done(self, slot: int, steps: int, loss: float, seconds: float) -> None:
         state = {n: t.detach().clone() for n, t in self.editor.bank.slots[slot].state_dict().items()}
@@ -188,14 +215,17 @@ class Editor:
         self.pad = pad_id(tokenizer)
         inner = self.bank.slots[0]
         self.gate = bool(getattr(inner, "has_basis_gate", False))
-        if (opts.locality_prompts or opts.sequence_balance_weight) and not self.gate:
-            raise ConfigError("recipe", "locality_prompts and sequence_balance_weight need a basis-gated "
-                                        f"primitive (baft), not {self.bank.config.inner!r}")
-        needs_prompt = opts.subject_positions or opts.locality_prompts or opts.sequence_balance_weight
+        gated = (opts.locality_prompts and not opts.locality_kl_weight) or opts.sequence_balance_weight
+        if gated and not self.gate:
+            raise ConfigError("recipe", "locality_prompts (without locality_kl_weight) and sequence_balance_weight "
+                                        f"need a basis-gated primitive (baft), not {self.bank.config.inner!r}; "
+                                        "for another primitive set recipe.locality_kl_weight")
+        site_losses = self.gate and (opts.locality_prompts or opts.sequence_balance_weight)
+        needs_prompt = opts.subject_positions or site_losses
         if needs_prompt and self.group.positions.mode != "all_prompt":
             raise ConfigError("interventions.0.positions", "subject positions and BaFT's site-state losses "
                                                            "need positions: all_prompt")
-        if (opts.locality_prompts or opts.sequence_balance_weight) and sites.uses_pre_hook(self.group.component):
+        if site_losses and sites.uses_pre_hook(self.group.component):
             raise ConfigError("interventions.0.component", "site-state losses need an output component")
         self.encoded = [encode(tokenizer, Example(ex.prompt, ex.target), self.max_length, chat, end_token=False)
                         for ex in examples]
@@ -204,7 +234,15 @@ class Editor:
         self.site_tuple = False  # whether the site's layer returns a tuple (set by layer_states)
         self.states = self.layer_states([e.input_ids for e in self.encoded]) if self.fast else []
         self.pool: Tensor | None = None
-        if opts.locality_prompts:
+        self.kl_rows: list[_Row] = []
+        self.kl_pos: list[int] = []
+        self.kl_ref: Tensor | None = None
+        if opts.locality_kl_weight:
+            prompts = [p for p, _ in known_prompts[: opts.locality_prompts]]
+            self.kl_pos = [self._pos(p, "") for p in prompts]
+            rows, self.kl_ref = kl_rows(self, prompts)
+            self.kl_rows = [_Row(r.input_ids, r.labels, r.prompt_len, states=st) for r, st in rows]
+        if self.gate and opts.locality_prompts:
             pool = known_prompts[: opts.locality_prompts]
             self.pool = torch.cat(self.site_states([p for p, _ in pool], [self._pos(p, s) for p, s in pool]))
         self.seq_states: list[Tensor] = []
@@ -285,12 +323,19 @@ class Editor:
         else:
             out, logits = self._target_logits(batch, sel)
         aux = out.get("aux_losses") or {}
-        tok_nll = F.cross_entropy(logits.float(), tgt[sel], reduction="none")
-        slot_of = torch.tensor(slots)[sel.nonzero()[:, 0]]
-        nll = {k: tok_nll[slot_of == k].mean() for k in sorted(rows)}
+        row_of = sel.nonzero()[:, 0]
+        slot_of = torch.tensor(slots)[row_of]
+        kl_of = torch.tensor([getattr(e, "kl", -1) for e in enc])[row_of]  # each target position's KL row (-1: none)
+        edit = kl_of < 0
+        tok_nll = F.cross_entropy(logits[edit].float(), tgt[sel][edit], reduction="none")
+        nll = {k: tok_nll[slot_of[edit] == k].mean() for k in sorted(rows)}
+        kl = (locality_kl(self.kl_ref, logits[~edit], kl_of[~edit], slot_of[~edit], self.opts.locality_kl_weight)
+              if self.kl_rows else {})
         losses = {}
         for k in sorted(rows):  # a slot's loss involves only its own slot's parameters and modifiers
             extra = self._extra(k)
+            if k in kl:
+                extra = kl[k] if extra is None else extra + kl[k]
             losses[k], _ = compose(nll[k] if extra is None else nll[k] + extra, None, [self.bank.slots[k]])
         shared, _ = compose(torch.zeros(()), aux, [])  # the shared forward's auxiliary losses, once
         return StepLoss(losses, stop={k: v.item() for k, v in nll.items()}, shared=shared)

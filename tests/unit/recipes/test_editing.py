@@ -252,6 +252,58 @@ def test_baft_site_state_losses_on_a_fresh_gate(tiny_dir):
         editor(tiny_dir, 1, kind="loreft", opts=EditOptions(locality_prompts=2))
 
 
+def _kl_by_hand(ed, slot, prompt):
+    """KL(unedited || edited) of the next-token distribution after ``prompt``, slot ``slot`` applied."""
+    ids = torch.tensor([ed.tok(prompt)["input_ids"]])
+    info = {"edit_slot": torch.tensor([float(slot)]), "locality": torch.tensor([1.0])}
+    with torch.no_grad():
+        edited = ed.model(input_ids=ids, attention_mask=torch.ones_like(ids), example_info=info).logits[0, -1]
+        with ed.model.disabled():
+            ref = ed.model.base(input_ids=ids).logits[0, -1]
+    p, q = torch.log_softmax(ref.double(), -1), torch.log_softmax(edited.double(), -1)
+    return float((p.exp() * (p - q)).sum())
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_locality_kl_term_by_hand(tiny_dir, fast):
+    """recipe.locality_kl_weight adds λ · KL(unedited || edited) after the locality prompts, taken in
+    turn from the pool, to the slot's loss; the edit rows' NLL is what it is without the term."""
+    from reftx.recipes.edit.engine import EditJob
+
+    plain = editor(tiny_dir, 2, fast=fast)
+    ed = editor(tiny_dir, 2, fast=fast, opts=EditOptions(locality_prompts=2, locality_kl_weight=3.0, locality_kl_batch=1))
+    assert ed.kl_ref.shape == (2, len(ed.tok)) and [r.labels.count(-100) for r in ed.kl_rows] == [
+        len(ed.tok(p)["input_ids"]) for p in ("Paris is in", "Rome is in")]
+    for e in (plain, ed):
+        e.bank.reset(0, 5)
+        e.bank.reset(1, 6)
+    jobs = [EditJob(e, 0, [0], False, [None], False) for e in (plain, ed)]
+    others = [EditJob(e, 1, [1, 2], False, [None], False) for e in (plain, ed)]
+    for turn, prompt in enumerate(("Paris is in", "Rome is in", "Paris is in")):  # the pool in turn, then again
+        base = plain.step_loss({0: jobs[0].rows(0), 1: others[0].rows(1)})
+        rows = {0: jobs[1].rows(0), 1: others[1].rows(1)}
+        assert [r.kl for r in rows[0]] == [-1, turn % 2] and [r.kl for r in rows[1]] == [-1, -1, turn % 2]
+        got = ed.step_loss(rows)
+        for k in (0, 1):
+            assert got.stop[k] == pytest.approx(base.stop[k], rel=1e-6)  # the NLL of the edit rows alone
+            assert float((got.losses[k] - base.losses[k]).detach()) == pytest.approx(3.0 * _kl_by_hand(ed, k, prompt), rel=1e-4)
+    with pytest.raises(ConfigError, match="locality_kl_weight: needs locality_prompts > 0"):
+        EditOptions(locality_kl_weight=1.0)
+
+
+def test_locality_kl_keeps_an_edit_off_the_locality_prompts(tiny_dir):
+    """Trained with the KL term, an edit moves the distribution after the locality prompts less."""
+    res, kls = [], []
+    for w in (0.0, 10.0):
+        ed = editor(tiny_dir, 1, steps=30, opts=EditOptions(locality_prompts=2, locality_kl_weight=w or 1e-12,
+                                                            stop_loss=0.0))
+        r = ed.train_jobs([[0]])[0]
+        ed.bank.slots[0].load_state_dict(r.state)
+        kls.append(sum(_kl_by_hand(ed, 0, p) for p in ("Paris is in", "Rome is in")))
+        res.append(r)
+    assert kls[1] < 0.5 * kls[0] and res[1].loss < 0.5
+
+
 @pytest.mark.skipif(DATA is None or not (DATA / "zsre").is_dir(), reason="shared data absent")
 def test_reftx_edit_sequential_run_and_demo(tiny_dir, tmp_path, capsys):
     args = ["edit", str(REPO / "experiments/editing/zsre_baft.yaml"), f"model.name={tiny_dir}",
