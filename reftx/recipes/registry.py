@@ -131,9 +131,9 @@ def _prerequisite(exp: Experiment, notices: list[str] | None) -> Any:
 def run_experiment(exp: Experiment, resume: bool | str | Path = False, show_progress: bool = True) -> dict[str, Any]:
     """Run ``exp`` with the recipe it names (``train`` when it names none)."""
     recipe, options = recipe_of(exp)
-    if not isinstance(resume, bool) and recipe.name != "train":
-        raise ConfigError("--resume", f"a folder (--resume RUN_DIR) resumes one run of the train recipe; recipe "
-                          f"{recipe.name!r} resumes by experiment: pass --resume alone")
+    if not isinstance(resume, bool) and recipe.name not in ("train", "edit"):
+        raise ConfigError("--resume", f"a folder (--resume RUN_DIR) resumes one run of the train or edit recipe; "
+                          f"recipe {recipe.name!r} resumes by experiment: pass --resume alone")
     return recipe.run(exp, options, resume, show_progress)
 
 
@@ -146,7 +146,7 @@ def _train(exp: Experiment, options: NoOptions, resume: bool, show_progress: boo
 def _edit(exp: Experiment, options: Any, resume: bool, show_progress: bool) -> dict[str, Any]:
     from reftx.recipes.edit.run import run_edit
 
-    return run_edit(exp, show_progress=show_progress, options=options)
+    return run_edit(exp, show_progress=show_progress, options=options, resume=resume)
 
 
 def _tofu_stage1(exp: Experiment, options: NoOptions, resume: bool, show_progress: bool) -> dict[str, Any]:

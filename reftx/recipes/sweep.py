@@ -49,6 +49,7 @@ from reftx.recipes.sweep_select import Select, check_metric, key_of
 from reftx.runs.folder import RunFolder, locked
 
 INDEX, LOG = "sweep.json", "sweep.log"
+SWEPT_RECIPES = ("train", "edit")  # one run folder per cell, the same config hash when it ran before
 
 
 @dataclass
@@ -69,7 +70,11 @@ class Cell:
 
     @property
     def run_dir(self) -> Path:
-        return self.exp.run_dir
+        """``{output_dir}/{name}``; an editing cell's ``{output_dir}/{name}-{mode}``, where the edit recipe writes."""
+        recipe = self.exp.recipe or {}
+        if recipe.get("name") != "edit":
+            return self.exp.run_dir
+        return self.exp.run_dir.with_name(f"{self.exp.run_dir.name}-{recipe.get('mode', 'single')}")
 
     def placed(self, folder: Path) -> Cell:
         return dataclasses.replace(self, exp=dataclasses.replace(self.exp, name=self.name, output_dir=str(folder)))
@@ -113,9 +118,9 @@ def validate_cell(cell: Cell, cache: dict[str, Any]) -> None:
     from reftx.recipes.train import model_config_of
 
     recipe, _ = registry.recipe_of(cell.exp)
-    if recipe.name != "train":
-        raise ConfigError("recipe.name", f"reftx sweep runs the train recipe (a resumable run folder per cell), "
-                                         f"not {recipe.name!r}: run that experiment with reftx run")
+    if recipe.name not in SWEPT_RECIPES:
+        raise ConfigError("recipe.name", f"reftx sweep runs the {' and '.join(SWEPT_RECIPES)} recipes (one run folder "
+                                         f"per cell), not {recipe.name!r}: run that experiment with reftx run")
     try:
         if cell.exp.model.name not in cache:
             cache[cell.exp.model.name] = model_config_of(cell.exp)

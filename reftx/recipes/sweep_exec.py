@@ -46,14 +46,14 @@ def child_env(threads: int) -> dict[str, str]:
 
 
 def run_inline(todo: list[tuple[Any, Any]], events: Any, fail_fast: bool, show_progress: bool) -> bool:
-    """Each cell in this process, one after the other (reftx.recipes.train.run)."""
-    from reftx.recipes import train as runner
+    """Each cell in this process, one after the other (its recipe: reftx.recipes.registry.run_experiment)."""
+    from reftx.recipes.registry import run_experiment
 
     for cell, resume in todo:
         events.start(cell)
         t0 = time.perf_counter()
         try:
-            runner.run(cell.exp, resume=resume, show_progress=show_progress)
+            run_experiment(cell.exp, resume=resume, show_progress=show_progress)
         except KeyboardInterrupt:
             events.end(cell, "pending", time.perf_counter() - t0, "interrupted (resumes from its checkpoint)")
             raise
@@ -137,11 +137,11 @@ def run_job(experiment: str, overrides: list[str], resume: str | None, imports: 
     try:
         from reftx.config.schema import load_experiment
         from reftx.core.plugins import import_modules
-        from reftx.recipes import train as runner
+        from reftx.recipes.registry import run_experiment
 
         import_modules(imports, "--import")
-        runner.run(load_experiment(experiment, overrides), resume=Path(resume) if resume else False,
-                   show_progress=False)
+        run_experiment(load_experiment(experiment, overrides), resume=Path(resume) if resume else False,
+                       show_progress=False)
     except Exception as e:  # noqa: BLE001 - reported to the sweep, which goes on
         return {"status": "failed", "wall_s": time.perf_counter() - t0, "error": one_line(e)}
     return {"status": "done", "wall_s": time.perf_counter() - t0, "error": None}

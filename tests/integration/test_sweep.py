@@ -306,3 +306,35 @@ def test_a_terminal_gets_coloured_lines_and_a_closing_table(tiny_dir, tmp_path, 
     assert "persona_open 0.2500" in table
     log = (tmp_path / "sw" / "sweep.log").read_text()
     assert "\x1b" not in log and log.count("] done    quickstart-") == 2
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "zsre").is_dir() and not os.environ.get("REFTX_DATA"),
+                    reason="shared data absent")
+def test_editing_cells_are_swept_resumed_and_reported(tiny_dir, tmp_path, capsys):
+    """An experiment of the edit recipe sweeps like a training one: each cell's folder is the edit
+    recipe's {name}-{mode}, a rerun skips finished cells, an interrupted one (config.yaml, no
+    results) runs again in place, and reftx report pairs the arms edit by edit."""
+    exp = str(REPO / "experiments/editing/zsre_loreft.yaml")
+    args = ["sweep", exp, f"model.name={tiny_dir}", "task.n_eval=3", "interventions.0.layers=[1]",
+            "train.max_steps=2", "recipe.parallel=3", "train.lr=1e-3,5e-3", "--out", str(tmp_path / "sw"),
+            "--no-progress"]
+    assert cli.main(args) == 0
+    _text(capsys)
+    cells = _index(tmp_path)["cells"]
+    assert [c["status"] for c in cells] == ["done", "done"]
+    for c in cells:
+        assert c["run_dir"] == str(tmp_path / "sw" / f"{c['cell']}-single") and c["metric_name"] == "reliability"
+        assert json.loads((tmp_path / "sw" / f"{c['cell']}-single" / "results.json").read_text())["config_hash"] == c["hash"]
+    first = tmp_path / "sw" / f"{cells[0]['cell']}-single"
+    (first / "results.json").unlink()  # interrupted before its results
+    kept = (tmp_path / "sw" / f"{cells[1]['cell']}-single" / "results.json").read_bytes()
+    assert cli.main(args) == 0
+    text = _text(capsys)
+    assert f"skip    {cells[1]['cell']}" in text and f"start   {cells[0]['cell']}" in text
+    assert (first / "results.json").is_file() and not (tmp_path / "sw" / f"{cells[0]['cell']}-single-2").exists()
+    assert (tmp_path / "sw" / f"{cells[1]['cell']}-single" / "results.json").read_bytes() == kept
+    out = cli.main(["report", str(tmp_path / "sw"), "--by", "train.lr", "--metrics", "locality",
+                    "--out", str(tmp_path / "rep")])
+    assert out == 0
+    pairs = (tmp_path / "rep" / "pairs.csv").read_text()
+    assert "paired bootstrap" in pairs and "3 examples × 1 seed pair" in pairs  # the 3 edits, paired by id

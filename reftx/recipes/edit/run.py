@@ -44,12 +44,17 @@ def _means(rows: list[dict[str, Any]], keys=EDIT_METRICS + COUNTERFACT, suffix: 
             if k in EDIT_METRICS or any(k in r for r in rows)}
 
 
-def run_edit(exp: Experiment, show_progress: bool = True, options: EditOptions | None = None) -> dict[str, Any]:
+def run_edit(exp: Experiment, show_progress: bool = True, options: EditOptions | None = None,
+             resume: bool | str | Path = False) -> dict[str, Any]:
     """Run the editing protocol of ``exp`` (the ``edit`` recipe: its ``recipe:`` options are an
     ``EditOptions``; an experiment naming no recipe is read as ``recipe: {name: edit}``) and write
     ``{output_dir}/{name}-{mode}/`` through the one run-folder writer (reftx.runs.folder.run_folder:
     locked while written; when it already holds a run, ``{name}-{mode}-2``, ... so a finished
-    run is never overwritten)."""
+    run is never overwritten). ``resume`` (``reftx run --resume [DIR]``, what ``reftx sweep`` passes for
+    an interrupted cell): the folder (DIR, else ``{name}-{mode}``) of an unfinished run of this config
+    is run again in place (an edit run keeps nothing partial, so it starts over); a finished one is
+    left as it is and its results returned."""
+    from reftx.recipes.resume import finished_results, state
     from reftx.runs.folder import run_folder
 
     if options is None:  # the recipe's options, typed by the one converter
@@ -61,7 +66,17 @@ def run_edit(exp: Experiment, show_progress: bool = True, options: EditOptions |
         options = from_dict(EditOptions, {k: v for k, v in exp.recipe.items() if k != "name"}, "recipe",
                             "option of recipe 'edit'")
     base = Path(exp.output_dir) / f"{exp.name}-{options.mode}"
-    with run_folder(base, f"reftx edit {exp.name}", say=lambda text: console.print(escape(text))) as out:
+    if resume is not False:
+        base = base if resume is True else Path(resume)
+        done = finished_results(base, exp.to_dict())
+        if done is not None:
+            console.print(f"{base} holds this run, finished: nothing to do")
+            return done
+        st = state(base, exp.to_dict())
+        if st.startswith("another config"):
+            raise ConfigError("--resume", f"{base} holds {st}, not this edit run: give its folder or run without --resume")
+    with run_folder(base, f"reftx edit {exp.name}", reuse=resume is not False,
+                    say=lambda text: console.print(escape(text))) as out:
         return _run_edit(exp, options, out, show_progress)
 
 
@@ -96,6 +111,8 @@ def _run_edit(exp: Experiment, opts: EditOptions, out: Any, show_progress: bool)
         t_eval = time.perf_counter()
         metrics.update(fluency(editor, examples, results, opts.fluency_tokens))
         clock["eval"] += time.perf_counter() - t_eval
+    # the edited model's figures first (the first is a sweep's headline), then the unedited model's
+    metrics = dict(sorted(metrics.items(), key=lambda kv: kv[0].endswith("_unedited")))
     res = {"name": exp.name, "mode": opts.mode, "config_hash": chash, "task": task.name,
            "dataset": task.options.dataset, "n_edits": len(examples), "metrics": metrics,
            "trainable_parameters_per_slot": sum(p.numel() for p in editor.bank.slots[0].parameters()),
