@@ -65,9 +65,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _expand(paths: list[str]) -> list[Path]:
+    """The experiment files of ``paths`` (default: experiments/); a folder is searched recursively, less
+    its ``sweeps/`` folders, which hold sweep grids (reftx.recipes.grid: checked by reftx sweep --dry-run)."""
     out: list[Path] = []
     for p in map(Path, paths or [str(EXPERIMENTS)]):
-        out.extend(sorted(p.rglob("*.yaml")) if p.is_dir() else [p])
+        if p.is_dir():
+            out.extend(f for f in sorted(p.rglob("*.yaml")) if "sweeps" not in f.relative_to(p).parts[:-1])
+        else:
+            out.append(p)
     return out
 
 

@@ -72,7 +72,27 @@ def validate(exp: Experiment, model_config: Any = None, notices: list[str] | Non
     if recipe.name == "sequential":
         return _validate_stages(exp, options, model_config, notices)
     check_available(exp.train.log_with)  # a tracker's package (an extra, reftx[trackers]) is installed
-    return check_run(exp, model_config, notices)
+    groups = check_run(exp, model_config, notices)
+    if recipe.name == "edit":
+        _validate_edit(exp, options, groups)
+    return groups
+
+
+def _validate_edit(exp: Experiment, options: Any, groups: list) -> None:
+    """The edit recipe's own checks: one intervention entry at one layer, and its options against its
+    primitive (built at the site's width, no weights)."""
+    from reftx.core.intervention import make_intervention
+    from reftx.engine.schedule import SPEC_KEYS
+    from reftx.recipes.edit.engine import check_edit
+
+    if len(exp.interventions) != 1:
+        raise ConfigError("interventions", f"editing needs exactly one intervention entry, got {len(exp.interventions)}")
+    if len(groups) != 1:
+        raise ConfigError("interventions.0.layers", f"editing needs one layer, got {[g.layers[0] for g in groups]}")
+    raw = exp.interventions[0]
+    probe = make_intervention(raw.get("kind", ""), {k: v for k, v in raw.items() if k not in SPEC_KEYS},
+                              groups[0].dim, "interventions.0.")
+    check_edit(options, groups[0], raw.get("kind", ""), bool(getattr(probe, "has_basis_gate", False)))
 
 
 def _validate_stages(exp: Experiment, options: Any, model_config: Any, notices: list[str] | None) -> list:

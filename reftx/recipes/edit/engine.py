@@ -112,6 +112,24 @@ class EditOptions:
         require(ok and bool(self.checkpoints), "checkpoints", f"must be increasing counts >= 1, got {self.checkpoints}")
 
 
+def check_edit(opts: EditOptions, group: Any, kind: str, gated: bool) -> None:
+    """What the recipe needs of the experiment's one intervention entry (its group: ``layers``,
+    ``positions``, ``component``; ``gated``: its primitive has a basis gate): run by ``reftx validate``
+    (reftx.recipes.registry) before anything loads, and by the Editor."""
+    if len(group.layers) != 1:
+        raise ConfigError("interventions.0.layers", f"editing needs one layer, got {list(group.layers)}")
+    if ((opts.locality_prompts and not opts.locality_kl_weight) or opts.sequence_balance_weight) and not gated:
+        raise ConfigError("recipe", "locality_prompts (without locality_kl_weight) and sequence_balance_weight "
+                                    f"need a basis-gated primitive (baft), not {kind!r}; for another primitive "
+                                    "set recipe.locality_kl_weight")
+    site_losses = gated and (opts.locality_prompts or opts.sequence_balance_weight)
+    if (opts.subject_positions or site_losses) and group.positions.mode != "all_prompt":
+        raise ConfigError("interventions.0.positions", "subject positions and BaFT's site-state losses "
+                                                       "need positions: all_prompt")
+    if site_losses and sites.uses_pre_hook(group.component):
+        raise ConfigError("interventions.0.component", "site-state losses need an output component")
+
+
 def bank_spec(spec: dict[str, Any], slots: int) -> dict[str, Any]:
     """An intervention entry rewritten as an ``slot_bank`` of ``slots`` copies of it."""
     options = {k: v for k, v in spec.items() if k not in SPEC_KEYS}
@@ -204,7 +222,7 @@ class Editor:
                  chat: bool, seed: int = 0, known_prompts: list[tuple[str, str]] = (), fast: bool = True):
         self.model, self.tok, self.examples, self.opts, self.chat, self.seed = model, tokenizer, examples, opts, chat, seed
         banks = [(g, m) for g, m in zip(model.groups, model.interventions.values()) if isinstance(m, SlotBank)]
-        if len(model.groups) != 1 or len(banks) != 1 or len(model.groups[0].layers) != 1:
+        if len(model.groups) != 1 or len(banks) != 1:
             raise ConfigError("interventions", "editing needs exactly one intervention entry at one layer")
         self.group, self.bank = banks[0]
         self.lr, self.wd, self.clip = train_cfg.lr, train_cfg.weight_decay, train_cfg.max_grad_norm
@@ -215,18 +233,7 @@ class Editor:
         self.pad = pad_id(tokenizer)
         inner = self.bank.slots[0]
         self.gate = bool(getattr(inner, "has_basis_gate", False))
-        gated = (opts.locality_prompts and not opts.locality_kl_weight) or opts.sequence_balance_weight
-        if gated and not self.gate:
-            raise ConfigError("recipe", "locality_prompts (without locality_kl_weight) and sequence_balance_weight "
-                                        f"need a basis-gated primitive (baft), not {self.bank.config.inner!r}; "
-                                        "for another primitive set recipe.locality_kl_weight")
-        site_losses = self.gate and (opts.locality_prompts or opts.sequence_balance_weight)
-        needs_prompt = opts.subject_positions or site_losses
-        if needs_prompt and self.group.positions.mode != "all_prompt":
-            raise ConfigError("interventions.0.positions", "subject positions and BaFT's site-state losses "
-                                                           "need positions: all_prompt")
-        if site_losses and sites.uses_pre_hook(self.group.component):
-            raise ConfigError("interventions.0.component", "site-state losses need an output component")
+        check_edit(opts, self.group, self.bank.config.inner, self.gate)
         self.encoded = [encode(tokenizer, Example(ex.prompt, ex.target), self.max_length, chat, end_token=False)
                         for ex in examples]
         self.pos = [self._pos(ex.prompt, ex.meta.get("subject", "")) for ex in examples]
@@ -383,4 +390,4 @@ class Editor:
         return [rows[i] for job in jobs for i in job]
 
 
-__all__ = ["EditOptions", "Editor", "JobResult", "bank_spec", "subject_position"]
+__all__ = ["EditOptions", "Editor", "JobResult", "bank_spec", "check_edit", "subject_position"]

@@ -291,6 +291,27 @@ def test_locality_kl_term_by_hand(tiny_dir, fast):
         EditOptions(locality_kl_weight=1.0)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["recipe.locality_prompts=4", "interventions.0.layers=[1]"], r"^recipe: locality_prompts \(without locality_kl_weight\) .* not 'loreft'"),
+    (["recipe.subject_positions=true", "interventions.0.positions={first: 2}", "interventions.0.layers=[1]"], r"^interventions\.0\.positions: "),
+    (["interventions.0.layers=[0, 1]"], r"^interventions\.0\.layers: editing needs one layer, got \[0, 1\]"),
+])
+def test_validate_refuses_edit_options_the_primitive_cannot_take(tiny_dir, overrides, message):
+    """reftx validate (and so reftx sweep, before any cell runs) checks the edit recipe's options
+    against the experiment's one intervention, as the Editor would after loading the model."""
+    from reftx.config.schema import load_experiment
+    from reftx.recipes import registry
+    from reftx.recipes.train import model_config_of
+
+    exp = load_experiment(REPO / "experiments/editing/zsre_loreft.yaml", [f"model.name={tiny_dir}", *overrides])
+    with pytest.raises(ConfigError, match=message):
+        registry.validate(exp, model_config_of(exp))
+    ok = load_experiment(REPO / "experiments/editing/zsre_loreft.yaml",
+                         [f"model.name={tiny_dir}", "recipe.locality_prompts=4", "recipe.locality_kl_weight=1.0",
+                          "interventions.0.layers=[1]"])
+    registry.validate(ok, model_config_of(ok))
+
+
 def test_locality_kl_keeps_an_edit_off_the_locality_prompts(tiny_dir):
     """Trained with the KL term, an edit moves the distribution after the locality prompts less."""
     res, kls = [], []
