@@ -65,15 +65,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _expand(paths: list[str]) -> list[Path]:
-    """The experiment files of ``paths`` (default: experiments/); a folder is searched recursively, less
-    its ``sweeps/`` folders, which hold sweep grids (reftx.recipes.grid: checked by reftx sweep --dry-run)."""
-    out: list[Path] = []
-    for p in map(Path, paths or [str(EXPERIMENTS)]):
-        if p.is_dir():
-            out.extend(f for f in sorted(p.rglob("*.yaml")) if "sweeps" not in f.relative_to(p).parts[:-1])
-        else:
-            out.append(p)
-    return out
+    """Experiment files in ``paths`` (default experiments/), recursively, less sweeps/ (grids: reftx sweep --dry-run)."""
+    dirs = [Path(p) for p in paths or [str(EXPERIMENTS)]]
+    return [f for p in dirs for f in ([p] if not p.is_dir() else sorted(
+        x for x in p.rglob("*.yaml") if "sweeps" not in x.relative_to(p).parts[:-1]))]
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
