@@ -66,6 +66,11 @@ _EVIDENCE_DEV = [  # issue 30's evidence_math sweep, stage 1 (dev): experiment, 
     *(("brep", arm, "train.lr", (*_R, "0.008")) for arm in ("interventions.0.positions=all_prompt",
                                                              "interventions.0.bound=none")),
 ]
+_EVIDENCE_TEST = [  # issue 30's math test stage (sweeps/evidence_math_test.yaml): experiment, arm and its dev-chosen lr
+    ("loreft", "train.lr=0.008"), ("loreft", "interventions.0.kind=direft train.lr=0.004"), ("lora", "lora.lr=0.003"),
+    ("lora_matched", "lora.lr=0.03"), ("brep", "train.lr=0.004"), ("brep", "train.prefix_fraction=0.0 train.lr=0.002"),
+    ("brep", "interventions.0.positions=all_prompt train.lr=0.008"), ("brep", "interventions.0.bound=none train.lr=0.004"),
+]
 PUBLISHED = [
     "quickstart", "quickstart eval.repetition_penalty=1.0", "quickstart seed=1", "quickstart seed=2",
     *(f"quickstart interventions.0.kind=direft seed={k}" for k in range(3)),
@@ -102,6 +107,8 @@ PUBLISHED = [
     f"logs/hdfs_minilm_loreft {_LOGS}", f"logs/hdfs_minilm_lora {_LOGS}",
     f"logs/hdfs_minilm_loreft {_LOGS} train.epochs=2", f"logs/hdfs_minilm_lora {_LOGS} lora.epochs=2",
     *(f"evidence/math_{f} {arm} {key}={lr} task.eval_split=dev" for f, arm, key, lrs in _EVIDENCE_DEV for lr in lrs),
+    *(f"evidence/math_{f} seed={k} {arm}" for f, arm in _EVIDENCE_TEST for k in range(3)),
+    *(f"evidence/math_{f} seed={k} {arm}" for f, arm in (_EVIDENCE_TEST[0], *_EVIDENCE_TEST[2:4]) for k in (3, 4)),
 ]
 
 
