@@ -5,7 +5,8 @@ A path given to the report is one of
   with its per-example outcomes from ``samples.jsonl`` (or ``edits.jsonl``): rows with an ``id``
   and ``metrics`` (reftx.eval.outcomes; rows written before they existed give none, and such a
   run is compared over seeds only);
-* a sweep folder: ``sweep.json`` lists its cells, ``{"cells": [{"run_dir": ..., "status": ...}, ...]}``
+* a sweep folder: ``sweep.json`` lists its cells (of a sweep that chose on dev, ``--select ... --then``,
+  only the ``--then`` cells: the selection cells were scored on dev, and the choice already used them), ``{"cells": [{"run_dir": ..., "status": ...}, ...]}``
   (other keys are ignored); a ``run_dir`` is read as given when absolute, else relative to the sweep
   folder, else to the working directory, so cells are found wherever they ran; one that no longer
   exists is looked for in the sweep folder under its own name (the sweep folder was copied or moved,
@@ -137,8 +138,15 @@ def read_sweep(sweep: Path, notes: list[str]) -> list[Run]:
     if not isinstance(cells, list):
         raise ReftError(f"{sweep / 'sweep.json'} has no list of cells ('cells'); it is not a reftx sweep index")
     runs = []
+    chose = isinstance(index.get("select"), dict)  # --select ... --then: the grid cells were scored on dev
+    dev = [c for c in cells if chose and isinstance(c, dict) and c.get("stage") == "grid"]
+    if dev:
+        notes.append(f"{sweep}: its {len(dev)} selection-stage cells (scored on {index['select'].get('on', 'dev')}, "
+                     "where the choice was made) are left out; the report reads its --then cells")
     for i, cell in enumerate(cells):
         where = f"{sweep} cell {i}"
+        if any(cell is c for c in dev):
+            continue
         if not isinstance(cell, dict) or not isinstance(cell.get("run_dir"), str):
             notes.append(f"missing: {where}: no run_dir in sweep.json")
             continue

@@ -268,3 +268,28 @@ def test_a_moved_sweep_folder_finds_its_cells_under_their_own_names(tmp_path):
     g = {r["group"]: r for r in rows(out / "groups.csv")}
     assert g["loreft"]["n"] == "4" and float(g["loreft"]["mean"]) == pytest.approx(0.75)  # (6+7+8+9)/40
     assert f"- missing: {sweep} cell 4 (?, {gone / 'loreft-4'}): no results.json" in out.joinpath("report.md").read_text()
+
+
+def test_a_sweep_that_chose_on_dev_is_read_by_its_then_cells(tmp_path):
+    """--select ... --then: the selection cells were scored on dev (and the choice used them), so the
+    report reads the --then cells only, and says how many it left out."""
+    sweep = tmp_path / "sweep"
+    cells = []
+    for lr, n in ((1e-3, 2), (2e-3, 3)):  # stage 1: seed 0 on dev, two learning rates
+        name = f"lo-dev-{lr}"
+        write_run(sweep / name, config(name, "loreft", 0, lr=lr), correct(n))
+        cells.append({"run_dir": name, "method": "loreft", "stage": "grid", "status": "done"})
+    for seed, n in enumerate((6, 7, 8)):
+        name = f"lo-{seed}"
+        write_run(sweep / name, config(name, "loreft", seed, lr=2e-3), correct(n))
+        cells.append({"run_dir": name, "method": "loreft", "stage": "then", "status": "done"})
+    (sweep / "sweep.json").write_text(json.dumps({"cells": cells, "select": {"metric": "accuracy", "on": "dev"}}))
+    out = make_report([str(sweep)], by=["method"])
+    g = {r["group"]: r for r in rows(out / "groups.csv")}
+    assert g["loreft"]["n"] == "3" and float(g["loreft"]["mean"]) == pytest.approx(0.7)
+    assert (f"- {sweep}: its 2 selection-stage cells (scored on dev, where the choice was made) are left out"
+            in out.joinpath("report.md").read_text())
+    index = json.loads((sweep / "sweep.json").read_text())
+    (sweep / "sweep.json").write_text(json.dumps({**index, "select": None}))  # a plain grid: every cell counts
+    with pytest.raises(ReftError, match="two runs with seed 0"):
+        make_report([str(sweep)], by=["method"])
