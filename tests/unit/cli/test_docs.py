@@ -109,6 +109,9 @@ PUBLISHED = [
     *(f"evidence/math_{f} {arm} {key}={lr} task.eval_split=dev" for f, arm, key, lrs in _EVIDENCE_DEV for lr in lrs),
     *(f"evidence/math_{f} seed={k} {arm}" for f, arm in _EVIDENCE_TEST for k in range(3)),
     *(f"evidence/math_{f} seed={k} {arm}" for f, arm in (_EVIDENCE_TEST[0], *_EVIDENCE_TEST[2:4]) for k in (3, 4)),
+    *(f"evidence/math_heft lora.lr={a} train.lr={b} task.eval_split=dev" for a in ("0.001", "0.003")
+      for b in ("0.002", "0.004", "0.008")),
+    *(f"evidence/math_heft seed={k} lora.lr=0.001 train.lr=0.002" for k in range(3)),
 ]
 
 
