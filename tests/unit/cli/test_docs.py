@@ -57,6 +57,8 @@ def test_readme_names_the_locked_versions():
 _KE, _F05 = "train.lr=5e-3 output_dir=runs/ke", "model.name=runs/tofu_finetune_forget05/model task.options.forget=forget05"
 _SEQ = f"{_KE} recipe.mode=sequential task.n_eval=100"
 _LOGS = "task.n_train=1342 train.max_length=256 eval.max_length=256"
+_LOGS_EV = {"hdfs": "task.options.duplicates=drop_ignoring_counts task.options.eval_prevalence=0.0293 task.dev_size=64",
+            "bgl": "task.dev_size=64"}  # issue 30's logs sweeps (sweeps/evidence_logs_*.yaml)
 _R = ("0.001", "0.002", "0.004")
 _EVIDENCE_DEV = [  # issue 30's evidence_math sweep, stage 1 (dev): experiment, arm overrides, lr key, values
     ("loreft", "", "train.lr", (*_R, "0.008")), ("loreft", "interventions.0.kind=direft", "train.lr", (*_R, "0.008")),
@@ -112,6 +114,11 @@ PUBLISHED = [
     *(f"evidence/math_heft lora.lr={a} train.lr={b} task.eval_split=dev" for a in ("0.001", "0.003")
       for b in ("0.002", "0.004", "0.008")),
     *(f"evidence/math_heft seed={k} lora.lr=0.001 train.lr=0.002" for k in range(3)),
+    *(f"logs/{d}_minilm_{m} {_LOGS_EV[d]} {key}={lr} task.eval_split=dev" for d in ("hdfs", "bgl")
+      for m, key in (("loreft", "train.lr"), ("lora", "lora.lr")) for lr in ("0.001", "0.003", "0.01")),
+    *(f"logs/{d}_minilm_{m} {_LOGS_EV[d]} {lr} seed={k}" for d, m, lr in (
+        ("hdfs", "loreft", "train.lr=0.01"), ("hdfs", "lora", "lora.lr=0.01"), ("bgl", "loreft", "train.lr=0.003"),
+        ("bgl", "lora", "lora.lr=0.01")) for k in range(3)),
 ]
 
 
