@@ -115,10 +115,10 @@ PUBLISHED = [
       for b in ("0.002", "0.004", "0.008")),
     *(f"evidence/math_heft seed={k} lora.lr=0.001 train.lr=0.002" for k in range(3)),
     *(f"logs/{d}_minilm_{m} {_LOGS_EV[d]} {key}={lr} task.eval_split=dev" for d in ("hdfs", "bgl")
-      for m, key in (("loreft", "train.lr"), ("lora", "lora.lr")) for lr in ("0.001", "0.003", "0.01")),
+      for m, key in (("loreft", "train.lr"), ("lora", "lora.lr")) for lr in ("0.001", "0.003", "0.01", "0.03")),
     *(f"logs/{d}_minilm_{m} {_LOGS_EV[d]} {lr} seed={k}" for d, m, lr in (
         ("hdfs", "loreft", "train.lr=0.01"), ("hdfs", "lora", "lora.lr=0.01"), ("bgl", "loreft", "train.lr=0.003"),
-        ("bgl", "lora", "lora.lr=0.01")) for k in range(3)),
+        ("bgl", "loreft", "train.lr=0.03"), ("bgl", "lora", "lora.lr=0.01")) for k in range(3)),
 ]
 
 
