@@ -70,11 +70,15 @@ class Cell:
 
     @property
     def run_dir(self) -> Path:
-        """``{output_dir}/{name}``; an editing cell's ``{output_dir}/{name}-{mode}``, where the edit recipe writes."""
-        recipe = self.exp.recipe or {}
-        if recipe.get("name") != "edit":
+        """``{output_dir}/{name}``; an editing cell's folder is the edit recipe's (reftx.recipes.edit.run.edit_folder)."""
+        from reftx.recipes.registry import recipe_of
+
+        recipe, options = recipe_of(self.exp)
+        if recipe.name != "edit":
             return self.exp.run_dir
-        return self.exp.run_dir.with_name(f"{self.exp.run_dir.name}-{recipe.get('mode', 'single')}")
+        from reftx.recipes.edit.run import edit_folder
+
+        return edit_folder(self.exp, options.mode)
 
     def placed(self, folder: Path) -> Cell:
         return dataclasses.replace(self, exp=dataclasses.replace(self.exp, name=self.name, output_dir=str(folder)))

@@ -138,14 +138,12 @@ def read_sweep(sweep: Path, notes: list[str]) -> list[Run]:
     if not isinstance(cells, list):
         raise ReftError(f"{sweep / 'sweep.json'} has no list of cells ('cells'); it is not a reftx sweep index")
     runs = []
-    chose = isinstance(index.get("select"), dict)  # --select ... --then: the grid cells were scored on dev
-    dev = [c for c in cells if chose and isinstance(c, dict) and c.get("stage") == "grid"]
-    if dev:
-        notes.append(f"{sweep}: its {len(dev)} selection-stage cells (scored on {index['select'].get('on', 'dev')}, "
-                     "where the choice was made) are left out; the report reads its --then cells")
+    select = index.get("select")  # --select ... --then: the grid cells were scored on dev, where the choice was made
+    left_out = 0
     for i, cell in enumerate(cells):
         where = f"{sweep} cell {i}"
-        if any(cell is c for c in dev):
+        if isinstance(select, dict) and isinstance(cell, dict) and cell.get("stage") == "grid":
+            left_out += 1
             continue
         if not isinstance(cell, dict) or not isinstance(cell.get("run_dir"), str):
             notes.append(f"missing: {where}: no run_dir in sweep.json")
@@ -162,6 +160,9 @@ def read_sweep(sweep: Path, notes: list[str]) -> list[Run]:
             run = load_run(folder)
             run.sweep_method = cell.get("method") if isinstance(cell.get("method"), str) else None
             runs.append(run)
+    if left_out:
+        notes.append(f"{sweep}: its {left_out} selection-stage cells (scored on {select.get('on', 'dev')}, "
+                     "where the choice was made) are left out; the report reads its --then cells")
     return runs
 
 

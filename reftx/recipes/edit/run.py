@@ -12,6 +12,7 @@ Run dir ``{output_dir}/{name}-{mode}``:
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,11 @@ def _means(rows: list[dict[str, Any]], keys=EDIT_METRICS + COUNTERFACT, suffix: 
             if k in EDIT_METRICS or any(k in r for r in rows)}
 
 
+def edit_folder(exp: Experiment, mode: str) -> Path:
+    """Where an edit run of ``exp`` in ``mode`` writes: ``{output_dir}/{name}-{mode}`` (reftx sweep's cells too)."""
+    return Path(exp.output_dir) / f"{exp.name}-{mode}"
+
+
 def run_edit(exp: Experiment, show_progress: bool = True, options: EditOptions | None = None,
              resume: bool | str | Path = False) -> dict[str, Any]:
     """Run the editing protocol of ``exp`` (the ``edit`` recipe: its ``recipe:`` options are an
@@ -54,7 +60,7 @@ def run_edit(exp: Experiment, show_progress: bool = True, options: EditOptions |
     an interrupted cell): the folder (DIR, else ``{name}-{mode}``) of an unfinished run of this config
     is run again in place (an edit run keeps nothing partial, so it starts over); a finished one is
     left as it is and its results returned."""
-    from reftx.recipes.resume import finished_results, state
+    from reftx.recipes.resume import state
     from reftx.runs.folder import run_folder
 
     if options is None:  # the recipe's options, typed by the one converter
@@ -65,14 +71,13 @@ def run_edit(exp: Experiment, show_progress: bool = True, options: EditOptions |
             raise ConfigError("recipe.name", f"reftx edit runs the edit recipe, but this experiment names {name!r}")
         options = from_dict(EditOptions, {k: v for k, v in exp.recipe.items() if k != "name"}, "recipe",
                             "option of recipe 'edit'")
-    base = Path(exp.output_dir) / f"{exp.name}-{options.mode}"
+    base = edit_folder(exp, options.mode)
     if resume is not False:
         base = base if resume is True else Path(resume)
-        done = finished_results(base, exp.to_dict())
-        if done is not None:
-            console.print(f"{base} holds this run, finished: nothing to do")
-            return done
         st = state(base, exp.to_dict())
+        if st == "finished":
+            console.print(f"{base} holds this run, finished: nothing to do")
+            return json.loads((base / "results.json").read_text())
         if st.startswith("another config"):
             raise ConfigError("--resume", f"{base} holds {st}, not this edit run: give its folder or run without --resume")
     with run_folder(base, f"reftx edit {exp.name}", reuse=resume is not False,
@@ -310,4 +315,4 @@ def _demo_table(title: str, shown: list[Example], before: list[str], after: list
     console.print(LOCALITY_NOTE, style="dim")
 
 
-__all__ = ["demo", "run_edit"]
+__all__ = ["demo", "edit_folder", "run_edit"]
