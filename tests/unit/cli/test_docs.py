@@ -57,6 +57,7 @@ def test_readme_names_the_locked_versions():
 _KE, _F05 = "train.lr=5e-3 output_dir=runs/ke", "model.name=runs/tofu_finetune_forget05/model task.options.forget=forget05"
 _SEQ = f"{_KE} recipe.mode=sequential task.n_eval=100"
 _LOGS = "task.n_train=1342 train.max_length=256 eval.max_length=256"
+_WARM = "docs/evidence/math-rl-warmup/warmup"  # issue 30 claim 7's warm-ups (sweeps/math_rl_dev.yaml starts from them)
 _LOGS_EV = {"hdfs": "task.options.duplicates=drop_ignoring_counts task.options.eval_prevalence=0.0293 task.dev_size=64",
             "bgl": "task.dev_size=64"}  # issue 30's logs sweeps (sweeps/evidence_logs_*.yaml)
 _R = ("0.001", "0.002", "0.004")
@@ -114,6 +115,11 @@ PUBLISHED = [
     *(f"evidence/math_heft lora.lr={a} train.lr={b} task.eval_split=dev" for a in ("0.001", "0.003")
       for b in ("0.002", "0.004", "0.008")),
     *(f"evidence/math_heft seed={k} lora.lr=0.001 train.lr=0.002" for k in range(3)),
+    *(f"math/rl/{arm} train.init_from={_WARM}-1fa8902c0572/intervention task.dev_size=100 train.lr={lr} "
+      "task.eval_split=dev" for arm in ("grpo", "sft") for lr in ("0.001", "0.002", "0.004")),
+    *(f"math/rl/{arm} train.lr={lr} seed={k} train.init_from={_WARM}-{h}/intervention task.dev_size=0"
+      for arm, lr in (("grpo", "0.002"), ("sft", "0.004"))
+      for k, h in enumerate(("1fa8902c0572", "69a865cfd0fa", "702252f14060"))),
     *(f"logs/{d}_minilm_{m} {_LOGS_EV[d]} {key}={lr} task.eval_split=dev" for d in ("hdfs", "bgl")
       for m, key in (("loreft", "train.lr"), ("lora", "lora.lr")) for lr in ("0.001", "0.003", "0.01", "0.03")),
     *(f"logs/{d}_minilm_{m} {_LOGS_EV[d]} {lr} seed={k}" for d, m, lr in (
