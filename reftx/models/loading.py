@@ -352,4 +352,8 @@ def load_model(
         model.config.pad_token_id = tokenizer.pad_token_id
     if device is not None:
         model = model.to(device)
+    if quantization == "bnb-nf4":
+        from reftx.models.quantization import check_cpu_nf4
+
+        check_cpu_nf4(model)
     return model.eval(), tokenizer

@@ -9,7 +9,8 @@ Schemes (``QUANTIZATION_PACKAGES`` in reftx.config.schema names the package each
 - ``bnb-nf4``: bitsandbytes 4-bit NormalFloat (``load_in_4bit=True, bnb_4bit_quant_type="nf4"``):
   blocks of 64 weights sharing a scale, computed in ``model.dtype`` (QLoRA's base format).
 
-Both run on CUDA and on the CPU (bitsandbytes 0.50.2's CPU backend; x86 with AVX2 here).
+Both run on CUDA and on the CPU (bitsandbytes 0.50.2's CPU backend). On an AVX512-BF16 CPU, bnb-nf4
+needs layer widths in whole blocks (:func:`check_cpu_nf4`, run by ``load_model``).
 transformers keeps the output head (``lm_head``, a classifier's ``score``) and the embeddings in
 float; ``model.train_modules`` are kept in float too, so they stay trainable.
 
@@ -66,6 +67,32 @@ def quantization_config(scheme: str, dtype: Any = torch.float32, keep: Iterable[
                                            bnb_4bit_compute_dtype=compute, llm_int8_skip_modules=skip)
 
 
+def check_cpu_nf4(model: torch.nn.Module) -> None:
+    """Refuse, naming the layer, a bnb-nf4 base that bitsandbytes cannot run on this CPU.
+
+    On an x86 CPU with AVX512-BF16, bitsandbytes 0.50 repacks each 4-bit weight for its own kernel
+    at the layer's first no-grad eval forward (``_convert_weight_packed_for_cpu`` in
+    bitsandbytes/functional.py). That repacking needs ``in_features`` a multiple of the 64-weight
+    block and ``out_features`` a multiple of 32; any other shape fails there with a reshape error,
+    mid-generation. Real checkpoints meet it (SmolLM2-135M: 576, 192, 1536); tiny test models may not.
+    """
+    from bitsandbytes import functional
+
+    has = getattr(functional, "has_avx512bf16", None)
+    if has is None or not has():
+        return
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        state = getattr(weight, "quant_state", None)
+        if state is None or weight.device.type != "cpu":
+            continue
+        block = getattr(state, "blocksize", 64)
+        if module.in_features % block or module.out_features % 32:
+            raise ConfigError(FIELD, f"bnb-nf4 on this CPU (AVX512-BF16) needs each linear layer's in_features "
+                              f"a multiple of {block} and out_features a multiple of 32, but {name} maps "
+                              f"{module.in_features} -> {module.out_features}: use bnb-int8, or run on a GPU")
+
+
 def weight_bytes(model: torch.nn.Module) -> int:
     """Bytes of a model's parameters and buffers as stored, quantized weights at their packed size,
     plus their scales, which transformers' ``get_memory_footprint`` leaves out: bitsandbytes' int8 row
@@ -82,4 +109,4 @@ def weight_bytes(model: torch.nn.Module) -> int:
     return sum(size for _, size in stored)  # a tensor held in two places counts once
 
 
-__all__ = ["check_scheme", "quantization_config", "weight_bytes"]
+__all__ = ["check_cpu_nf4", "check_scheme", "quantization_config", "weight_bytes"]

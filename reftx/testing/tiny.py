@@ -18,8 +18,10 @@ from transformers import (
 VOCAB = 97
 
 
-def tiny_config(model_type: str, layers: int = 4, hidden: int = 32):
-    common = dict(vocab_size=VOCAB, num_hidden_layers=layers, hidden_size=hidden, intermediate_size=2 * hidden + 8,
+def tiny_config(model_type: str, layers: int = 4, hidden: int = 32, intermediate: int | None = None):
+    """A tiny random config; ``intermediate`` (default ``2 * hidden + 8``) is the MLP width."""
+    inner = 2 * hidden + 8 if intermediate is None else intermediate
+    common = dict(vocab_size=VOCAB, num_hidden_layers=layers, hidden_size=hidden, intermediate_size=inner,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0,
                   bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
     if model_type == "llama":

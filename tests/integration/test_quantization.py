@@ -2,7 +2,10 @@
 
 Training moves the interventions and leaves the packed base as it was; the generation equivalence
 suite (tests/contract/test_generation.py) passes with its tiny models quantized; a saved run reloads
-onto the quantized base and onto the float base with identical intervention weights."""
+onto the quantized base and onto the float base with identical intervention weights.
+
+The 4-bit models here are 64 wide with an MLP of 128: bitsandbytes' CPU 4-bit kernel on AVX512-BF16
+machines needs in_features in whole blocks of 64 (reftx.models.quantization.check_cpu_nf4)."""
 from __future__ import annotations
 
 import copy
@@ -29,6 +32,24 @@ from tests.integration.test_faults import QUICKSTART, overrides
 SCHEMES = sorted(QUANTIZATION_PACKAGES)
 PACKED = {"bnb-int8": "Linear8bitLt", "bnb-nf4": "Linear4bit"}
 SPEC = [{"kind": "loreft", "rank": 4, "layers": [1, 2], "positions": {"first": 2, "last": 2}}]
+WIDE = {"hidden": 64, "intermediate": 128}  # the widths every CPU 4-bit kernel of bitsandbytes 0.50 runs
+
+
+@pytest.fixture(scope="module")
+def wide_dir(tmp_path_factory):
+    """tests.conftest's tiny_dir (SmolLM2's tokenizer, a 4-layer random llama) at the WIDE widths."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from reftx.models.loading import default_model_path
+
+    tok = AutoTokenizer.from_pretrained(default_model_path())
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=WIDE["hidden"], intermediate_size=WIDE["intermediate"],
+                      num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    d = tmp_path_factory.mktemp("wide")
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
 
 
 def packed_layers(model) -> list[str]:
@@ -37,8 +58,8 @@ def packed_layers(model) -> list[str]:
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_training_moves_interventions_and_not_the_quantized_base(tiny_dir, scheme):
-    base, _ = load_model(str(tiny_dir), quantization=scheme)
+def test_training_moves_interventions_and_not_the_quantized_base(wide_dir, scheme):
+    base, _ = load_model(str(wide_dir), quantization=scheme)
     assert {type(base.model.layers[0].mlp.up_proj).__name__} == {PACKED[scheme]}
     assert len(packed_layers(base)) == 4 * 7  # q k v o gate up down in each of the 4 layers; lm_head stays float
     frozen = {n: p.detach().clone() for n, p in base.named_parameters()}
@@ -55,8 +76,8 @@ def test_training_moves_interventions_and_not_the_quantized_base(tiny_dir, schem
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_quickstart_on_a_quantized_base_reloads_onto_quantized_and_float_bases(tiny_dir, tmp_path, scheme):
-    exp = load_experiment(QUICKSTART, overrides(tiny_dir, tmp_path, f"model.quantization={scheme}"))
+def test_quickstart_on_a_quantized_base_reloads_onto_quantized_and_float_bases(wide_dir, tmp_path, scheme):
+    exp = load_experiment(QUICKSTART, overrides(wide_dir, tmp_path, f"model.quantization={scheme}"))
     runner.run(exp, show_progress=False)
     run_dir = tmp_path / "runs" / "quickstart"
     losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -68,7 +89,7 @@ def test_quickstart_on_a_quantized_base_reloads_onto_quantized_and_float_bases(t
     assert step2 is None or any(not torch.equal(saved[k], step2[k]) for k in saved)
     quantized, _ = runner.trained_model(exp, run_dir)  # the run's own path: model.quantization applies
     assert packed_layers(quantized.base)
-    plain, _ = load_model(str(tiny_dir))
+    plain, _ = load_model(str(wide_dir))
     float_model = reftx.ReftModel.from_pretrained(plain, run_dir / "intervention")
     assert not packed_layers(float_model.base)
     for model in (quantized, float_model):
@@ -109,7 +130,8 @@ def test_generation_suite_on_a_quantized_base(scheme, saved_tiny, monkeypatch):
         key = (model_type, seed, tuple(sorted(kw.items())))
         if key not in loaded:
             folder = tempfile.mkdtemp(dir=saved_tiny)
-            original(model_type, seed, **kw).save_pretrained(folder)
+            widths = WIDE if scheme == "bnb-nf4" else {}  # int8's float16 casts stay within tolerance at 32 wide
+            original(model_type, seed, **{**widths, **kw}).save_pretrained(folder)
             loaded[key] = AutoModelForCausalLM.from_pretrained(
                 folder, dtype=torch.float32, quantization_config=quantization_config(scheme)).eval()
         return copy.deepcopy(loaded[key])

@@ -89,3 +89,38 @@ def test_missing_backend_says_what_to_install(monkeypatch):
     with pytest.raises(ConfigError, match=r"^model\.quantization: bnb-nf4 needs the bitsandbytes package, which "
                                           r"is not installed: pip install 'reftx\[quant\]'$"):
         load_model("/nonexistent/never-read", quantization="bnb-nf4")  # refused before any file is read
+
+
+def _with_tokenizer(model, folder: Path) -> str:
+    """``model`` saved to ``folder`` beside SmolLM2's tokenizer, so load_model can read it."""
+    from transformers import AutoTokenizer
+
+    from reftx.models.loading import default_model_path
+
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(default_model_path()).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("avx512bf16", [True, False])
+def test_nf4_shapes_bitsandbytes_cannot_repack_on_this_cpu_are_refused_at_load(tmp_path, monkeypatch, avx512bf16):
+    """On AVX512-BF16 CPUs bitsandbytes repacks 4-bit weights in blocks of 64 inputs and 32 outputs at
+    the first eval forward; the tiny model's q_proj (32 inputs) cannot be, so load_model refuses it by
+    name. Without that kernel the same model loads, and a 64/128-wide one loads either way."""
+    from bitsandbytes import functional
+
+    monkeypatch.setattr(functional, "has_avx512bf16", lambda: avx512bf16)
+    narrow = _with_tokenizer(tiny_model("llama"), tmp_path / "narrow")
+    if avx512bf16:
+        with pytest.raises(ConfigError, match=r"^model\.quantization: bnb-nf4 on this CPU \(AVX512-BF16\) needs each "
+                                              r"linear layer's in_features a multiple of 64 and out_features a "
+                                              r"multiple of 32, but model\.layers\.0\.self_attn\.q_proj maps 32 -> 32: "
+                                              r"use bnb-int8, or run on a GPU$"):
+            load_model(narrow, quantization="bnb-nf4")
+    else:
+        assert quant.weight_bytes(load_model(narrow, quantization="bnb-nf4")[0]) == NF4
+    assert load_model(narrow, quantization="bnb-int8")[0]  # int8 has no such repacking
+    wide, _ = load_model(_with_tokenizer(tiny_model("llama", hidden=64, intermediate=128), tmp_path / "wide"),
+                         quantization="bnb-nf4")
+    with torch.no_grad():  # the forward that repacks where the kernel exists
+        assert torch.isfinite(wide(input_ids=torch.tensor([[3, 4, 5]])).logits).all()
