@@ -10,7 +10,9 @@ The folders are the layers (README, "Layout"); imports point down only:
 core < config < models < engine < parts, data < eval < train < zoo (reftx.methods, reftx.tasks)
 < integrations < runs < recipes < cli.
 """
-from reftx.core import compat
+from reftx.core import compat, quiet
+
+quiet.install()  # before peft (and with it bitsandbytes) is first imported
 from reftx.core.version import __version__
 from reftx.core.errors import ConfigError, DataError, ReftError
 from reftx.core.intervention import Context, Intervention, available_interventions, register_intervention

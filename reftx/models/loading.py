@@ -332,7 +332,7 @@ def load_model(
     auto = {"causal-lm": transformers.AutoModelForCausalLM,
             "sequence-classification": transformers.AutoModelForSequenceClassification}[task]
     if quantization is not None:
-        from reftx.models.quantization import quantization_config
+        from reftx.models.quantization import check_cpu_nf4, quantization_config
 
         kwargs["quantization_config"] = quantization_config(quantization, torch_dtype, train_modules)
         if device is not None:  # quantized where it will run: bitsandbytes weights are not moved after packing
@@ -353,7 +353,5 @@ def load_model(
     if device is not None:
         model = model.to(device)
     if quantization == "bnb-nf4":
-        from reftx.models.quantization import check_cpu_nf4
-
-        check_cpu_nf4(model)
+        check_cpu_nf4(model)  # noqa: F821 (imported above whenever quantization is set)
     return model.eval(), tokenizer
