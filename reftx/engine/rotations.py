@@ -36,6 +36,7 @@ class OrthoBasis(nn.Module):
         self.weight = nn.Parameter(torch.empty(dim, rank))
         nn.init.orthogonal_(self.weight)
         self._cached: Tensor | None = None
+        self._slot: tuple[Tensor, int] | None = None  # (the forward's batched R, this basis's index in it)
 
     def matrix(self) -> Tensor:
         """R, shape (rank, dim)."""
@@ -49,29 +50,51 @@ def shared_rotations(bases: Iterable[OrthoBasis]) -> Iterator[list[tuple[OrthoBa
     """Orthonormalise every basis in one batched QR per (shape, dtype, device) for one forward;
     yields the (basis, R) pairs, which ``reuse_rotations`` puts back for a checkpointed layer's
     recomputation (reftx.engine.checkpointing)."""
-    buckets: dict[tuple, list[OrthoBasis]] = defaultdict(list)
+    buckets: dict[tuple, list[tuple[OrthoBasis, Tensor]]] = defaultdict(list)
     for b in bases:
         w = b.weight
-        buckets[(tuple(w.shape), w.dtype, w.device)].append(b)
+        buckets[(tuple(w.shape), w.dtype, w.device)].append((b, w))
     pairs: list[tuple[OrthoBasis, Tensor]] = []
-    for group in buckets.values():
-        rs = orthonormalize(torch.stack([b.weight for b in group]))
+    slots: list[tuple[Tensor, int]] = []
+    for bucket in buckets.values():
+        group = [b for b, _ in bucket]
+        rs = orthonormalize(torch.stack([w for _, w in bucket]))
         pairs += zip(group, rs.unbind(0))
-    with reuse_rotations(pairs):
+        slots += [(rs, i) for i in range(len(group))]
+    with reuse_rotations(pairs, slots):
         yield pairs
 
 
 @contextmanager
-def reuse_rotations(pairs: list[tuple[OrthoBasis, Tensor]]) -> Iterator[list[tuple[OrthoBasis, Tensor]]]:
-    """Within the block, each basis of ``pairs`` returns its given R; afterwards what it returned before."""
-    before = [(b, b._cached) for b, _ in pairs]
+def reuse_rotations(pairs: list[tuple[OrthoBasis, Tensor]],
+                    slots: list[tuple[Tensor, int]] | None = None) -> Iterator[list[tuple[OrthoBasis, Tensor]]]:
+    """Within the block, each basis of ``pairs`` returns its given R (and ``stacked_matrices`` finds
+    it in its ``slots`` entry: the batched R it is a row of); afterwards what it returned before.
+    The attributes are written to the modules' ``__dict__`` directly: ``nn.Module.__setattr__`` was
+    a visible share of a forward with 64 bases (benchmarks/README.md, setting c)."""
+    slots = slots or [None] * len(pairs)
+    before = [(b.__dict__, b._cached, b.__dict__.get("_slot")) for b, _ in pairs]
     try:
-        for b, r in pairs:
-            b._cached = r
+        for (b, r), slot in zip(pairs, slots):
+            d = b.__dict__
+            d["_cached"], d["_slot"] = r, slot
         yield pairs
     finally:
-        for b, r in before:
-            b._cached = r
+        for d, r, slot in before:
+            d["_cached"], d["_slot"] = r, slot
 
 
-__all__ = ["OrthoBasis", "orthonormalize", "reuse_rotations", "shared_rotations"]
+def stacked_matrices(bases: list[OrthoBasis]) -> Tensor:
+    """The R of each of ``bases``, stacked: (N, r, d). Where this forward orthonormalised them together
+    and in this order (``shared_rotations``), that is a slice of the batched QR's output itself, the
+    same values as stacking them again without the copy and its backward node; else a ``stack``."""
+    slot = bases[0].__dict__.get("_slot")  # any basis kind: only an OrthoBasis in a forward has one
+    if slot is not None:
+        rs, start = slot
+        slots = [b.__dict__.get("_slot") for b in bases]
+        if all(s is not None and s[0] is rs and s[1] == start + i for i, s in enumerate(slots)):
+            return rs[start:start + len(bases)]
+    return torch.stack([b.matrix() for b in bases])
+
+
+__all__ = ["OrthoBasis", "orthonormalize", "reuse_rotations", "shared_rotations", "stacked_matrices"]

@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from reftx.engine.rotations import stacked_matrices
+
 Params = tuple[Tensor, ...]
 
 
@@ -42,7 +44,7 @@ def stacked_subspace(source: str, subtract: bool) -> Batched:
         return source == "linear" and subtract and isinstance(m.act, nn.Identity)
 
     def params(mods: list[Any]) -> Params:
-        basis = _stack(mods, lambda m: m.basis.matrix())  # (N, r, d)
+        basis = stacked_matrices([m.basis for m in mods])  # (N, r, d): the forward's batched QR where it can
         bias = _stack(mods, lambda m: m.source.bias).unsqueeze(1)  # (N, 1, r)
         if source != "linear":
             return basis, bias

@@ -116,7 +116,9 @@ PUBLISHED = [
       for b in ("0.002", "0.004", "0.008")),
     *(f"evidence/math_heft seed={k} lora.lr=0.001 train.lr=0.002" for k in range(3)),
     *(f"math/rl/{arm} train.init_from={_WARM}-1fa8902c0572/intervention task.dev_size=100 train.lr={lr} "
-      "task.eval_split=dev" for arm in ("grpo", "sft") for lr in ("0.001", "0.002", "0.004")),
+      "task.eval_split=dev" for arm, lrs in (("grpo", _R), ("sft", (*_R, "0.008"))) for lr in lrs),
+    *(f"math/rl/ppo_head seed={k} train.init_from={_WARM}-{h}/intervention"
+      for k, h in enumerate(("1fa8902c0572", "69a865cfd0fa", "702252f14060"))),
     *(f"math/rl/{arm} train.lr={lr} seed={k} train.init_from={_WARM}-{h}/intervention task.dev_size=0"
       for arm, lr in (("grpo", "0.002"), ("sft", "0.004"))
       for k, h in enumerate(("1fa8902c0572", "69a865cfd0fa", "702252f14060"))),
