@@ -8,7 +8,9 @@ tensor's step count back), and ``fused=True`` rounds differently from the loop (
 step). So reftx's AdamW keeps each parameter group's moments in **one flat tensor** (each
 parameter's ``exp_avg`` / ``exp_avg_sq`` / ``step`` in its state is a view into it) and runs torch's
 own per-tensor update (``torch.optim.adam.adam``, as ``AdamW.step`` calls it) once on the whole
-group: the parameters and gradients concatenated, updated, and copied back. Elementwise ops give
+group: the gradients concatenated, and the parameters updated in place in one flat tensor, which
+their data are views of from the group's first step on (a parameter subclass, such as FSDP's
+``FlatParameter``, keeps its own data: its group is concatenated, updated and copied back). Elementwise ops give
 each element what they give it in a tensor of its own, so the result is the loop's bit for bit
 (tests/unit/train/test_optim.py), and the state dict is the loop's, so a checkpoint written by
 either resumes under the other.
@@ -37,7 +39,17 @@ class _Flat:
     def __init__(self, group: dict, state: dict, step: float, m: Tensor, v: Tensor):
         self.group_params, self.state = group["params"], state
         self.params = list(group["params"])
-        self.views, self.sizes = [p.view(-1) for p in self.params], [p.numel() for p in self.params]
+        self.sizes = [p.numel() for p in self.params]
+        # Plain parameters move into one flat tensor (each parameter's data a view of it), so the update
+        # runs on them in place; a subclass (FSDP's FlatParameter) may re-point its own data, so its
+        # group is concatenated and copied back each step instead.
+        self.owned = all(type(p) is torch.nn.Parameter for p in self.params)
+        if self.owned:
+            self.flat = flatten([p.detach() for p in self.params])
+            with torch.no_grad():
+                for p, view in zip(self.params, unflatten(self.flat, self.params)):
+                    p.data = view
+        self.views = [p.view(-1) for p in self.params]
         self.ptrs = [p.data_ptr() for p in self.params]  # the views hold while these do
         self.m, self.v = m, v
         self.step = torch.tensor(step, dtype=_get_scalar_dtype())
@@ -55,7 +67,7 @@ class _Flat:
         grads = [p.grad for p in self.params]
         if any(g is None for g in grads) or [p.data_ptr() for p in self.params] != self.ptrs:
             return False
-        flat_p, flat_g = torch.cat(self.views), flatten(grads)
+        flat_p, flat_g = self.flat if self.owned else torch.cat(self.views), flatten(grads)
         if flat_p.dtype != self.m.dtype or flat_p.device != self.m.device or flat_g.dtype != flat_p.dtype:
             return False
         beta1, beta2 = group["betas"]
@@ -63,7 +75,8 @@ class _Flat:
              has_complex=False, beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
              eps=group["eps"], maximize=group["maximize"], capturable=False, differentiable=False, fused=None,
              decoupled_weight_decay=group["decoupled_weight_decay"])
-        torch._foreach_copy_(self.views, list(flat_p.split(self.sizes)))
+        if not self.owned:
+            torch._foreach_copy_(self.views, list(flat_p.split(self.sizes)))
         self.steps.fill_(self.step)
         return True
 

@@ -73,6 +73,33 @@ def test_flat_equals_the_loop_on_odd_sizes_and_grad_scales():
         assert all(torch.equal(loop.state[p][k], flat.state[q][k]) for k in ("step", "exp_avg", "exp_avg_sq"))
 
 
+class _OwnData(torch.nn.Parameter):
+    """A parameter subclass that manages its own data (as FSDP's FlatParameter does)."""
+
+
+@pytest.mark.parametrize("cls", [torch.nn.Parameter, _OwnData])
+def test_plain_parameters_live_in_the_flat_tensor_and_subclasses_keep_their_data(cls):
+    g = torch.Generator().manual_seed(0)
+    init = [torch.randn(s, generator=g) for s in ((4, 3), (5,), (2, 2))]
+    a = [torch.nn.Parameter(t.clone()) for t in init]
+    b = [cls(t.clone()) for t in init]
+    loop, flat = torch.optim.AdamW(a, lr=1e-2, foreach=False), adamw(b, lr=1e-2)
+    before = [q.data_ptr() for q in b]
+    for _ in range(3):
+        for p, q in zip(a, b):
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.clone()
+        loop.step()
+        flat.step()
+    record = flat._flat[0]
+    assert all(torch.equal(p, q) for p, q in zip(a, b))  # bit for bit either way
+    if cls is torch.nn.Parameter:  # views of one tensor, updated in place: nothing concatenated or copied back
+        assert record.owned and all(q.untyped_storage().data_ptr() == record.flat.data_ptr() for q in b)
+        assert torch.equal(record.flat, torch.cat([q.detach().view(-1) for q in b]))
+    else:
+        assert not record.owned and [q.data_ptr() for q in b] == before
+
+
 def test_a_missing_gradient_takes_torchs_step_and_stays_exact():
     """A step where one tensor has no gradient: that group runs torch's step (the tensor's state is
     left alone), step counts then differ and the group stays off the flat path; equal to the loop."""
