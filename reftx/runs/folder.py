@@ -144,6 +144,13 @@ class RunFolder:
             rel = Path(name).with_name(f"{Path(name).stem}-{k}{Path(name).suffix}")
         return rel.as_posix()
 
+    def log(self, line: str, name: str = "progress.log") -> None:
+        """Append ``line``, timestamped, to ``name``: progress of long work that prints nothing else
+        (``reftx edit`` with progress bars off, as a sweep runs it). Appended and flushed line by line,
+        so it shows how far an interrupted run got."""
+        with open(self.path / name, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
     def jsonl(self, name: str, rows: list[dict[str, Any]]) -> Path:
         return self.text(name, "".join(json.dumps(r) + "\n" for r in rows))
 

@@ -213,6 +213,10 @@ class EditJob(Job):
         self.results[self.index] = JobResult(state, steps, loss, seconds)
         if self.show:
             console.print(f"  job {self.index}: {steps} steps, loss {loss:.4f}")
+        if self.editor.log is not None:
+            done = sum(r is not None for r in self.results)
+            self.editor.log(f"job {self.index} ({done}/{len(self.results)} done): {steps} steps, loss {loss:.4f}, "
+                            f"{seconds:.1f}s")
 
 
 class Editor:
@@ -228,6 +232,7 @@ class Editor:
         self.lr, self.wd, self.clip = train_cfg.lr, train_cfg.weight_decay, train_cfg.max_grad_norm
         self.divergence_factor = train_cfg.divergence_factor
         self.acc: Any = None
+        self.log: Any = None  # a callable taking one line of progress (reftx.runs.folder.RunFolder.log)
         self.max_steps = train_cfg.max_steps or 100
         self.max_length = train_cfg.max_length
         self.pad = pad_id(tokenizer)

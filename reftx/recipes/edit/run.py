@@ -105,6 +105,7 @@ def _run_edit(exp: Experiment, opts: EditOptions, out: Any, show_progress: bool)
     model = attach(base, [bank_spec(exp.interventions[0], 1 if opts.mode == "sequential" else opts.parallel)])
     known = [(k.prompt, k.subject) for k in task.known()] if opts.locality_prompts else []
     editor = Editor(model, tok, examples, opts, exp.train, chat, exp.seed, known)
+    editor.log = out.log
     t_eval = time.perf_counter()
     before, reference = unedited_scores(model, tok, examples, chat)
     clock = {"eval": time.perf_counter() - t_eval}

@@ -337,6 +337,8 @@ def test_reftx_edit_sequential_run_and_demo(tiny_dir, tmp_path, capsys):
     assert {"reliability@2", "generality@2", "locality@4", "reliability_unedited", "steps_mean"} <= set(res["metrics"])
     lines = [json.loads(x) for x in (run / "edits.jsonl").read_text().splitlines()]
     assert [x["after"] for x in lines] == [2, 2, 4, 4, 4, 4] and all(1 <= x["steps"] <= 3 for x in lines)
+    progress = (run / "progress.log").read_text().splitlines()  # one timestamped line per trained job
+    assert [line.split(" ", 2)[2].split(":")[0] for line in progress] == ["job 0 (1/1 done)"] * 4
     # the same command again: the one run-folder writer picks the next free folder, the first is untouched
     first = (run / "results.json").read_bytes()
     assert cli.main(args) == 0
