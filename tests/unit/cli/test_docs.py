@@ -61,6 +61,10 @@ _WARM = "docs/evidence/math-rl-warmup/warmup"  # issue 30 claim 7's warm-ups (sw
 _LOGS_EV = {"hdfs": "task.options.duplicates=drop_ignoring_counts task.options.eval_prevalence=0.0293 task.dev_size=64",
             "bgl": "task.dev_size=64"}  # issue 30's logs sweeps (sweeps/evidence_logs_*.yaml)
 _R = ("0.001", "0.002", "0.004")
+_EDIT_EV = {"loreft": ("loreft", ""), "loreft_kl": ("loreft", "recipe.locality_prompts=32 recipe.locality_kl_weight=1.0"),
+            "baft_noloc": ("baft", "interventions.0.locality_weight=0.0 recipe.locality_prompts=0"),
+            "baft": ("baft", "")}  # issue 30 claim 4's arms (sweeps/evidence_edit_*.yaml): experiment, overrides
+_EDIT_DONE = [("counterfact", arm) for arm in _EDIT_EV] + [("zsre", arm) for arm in ("loreft", "baft_noloc", "baft")]
 _EVIDENCE_DEV = [  # issue 30's evidence_math sweep, stage 1 (dev): experiment, arm overrides, lr key, values
     ("loreft", "", "train.lr", (*_R, "0.008")), ("loreft", "interventions.0.kind=direft", "train.lr", (*_R, "0.008")),
     ("lora", "", "lora.lr", ("0.0003", "0.001", "0.003", "0.01")),
@@ -122,6 +126,8 @@ PUBLISHED = [
     *(f"math/rl/{arm} train.lr={lr} seed={k} train.init_from={_WARM}-{h}/intervention task.dev_size=0"
       for arm, lr in (("grpo", "0.002"), ("sft", "0.004"))
       for k, h in enumerate(("1fa8902c0572", "69a865cfd0fa", "702252f14060"))),
+    *(f"editing/{d}_{_EDIT_EV[arm][0]} seed={k} task.n_eval=100 {_EDIT_EV[arm][1]}".strip()
+      for d, arm in _EDIT_DONE for k in range(3)),
     *(f"logs/{d}_minilm_{m} {_LOGS_EV[d]} {key}={lr} task.eval_split=dev" for d in ("hdfs", "bgl")
       for m, key in (("loreft", "train.lr"), ("lora", "lora.lr")) for lr in ("0.001", "0.003", "0.01", "0.03")),
     *(f"logs/{d}_minilm_{m} {_LOGS_EV[d]} {lr} seed={k}" for d, m, lr in (
