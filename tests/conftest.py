@@ -43,19 +43,23 @@ def answer_data(n: int = 16, t: int = 10, seed: int = 0):
     return ids, torch.ones_like(ids), labels
 
 
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    """A 4-layer random llama (hidden 32) saved with SmolLM2's tokenizer (so chat templates work),
-    for end-to-end runs through the real tokenizer: pass it as model.name."""
+def save_tiny_llama(folder, hidden: int = 32, intermediate: int = 64):
+    """A 4-layer random llama of these widths saved to ``folder`` with SmolLM2's tokenizer (so chat
+    templates work), for end-to-end runs through the real tokenizer: pass the folder as model.name."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from reftx.models.loading import default_model_path
 
     tok = AutoTokenizer.from_pretrained(default_model_path())
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=4,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
-    d = tmp_path_factory.mktemp("tiny")
-    LlamaForCausalLM(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """save_tiny_llama at hidden 32 (MLP 64)."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny"))

@@ -353,5 +353,5 @@ def load_model(
     if device is not None:
         model = model.to(device)
     if quantization == "bnb-nf4":
-        check_cpu_nf4(model)  # noqa: F821 (imported above whenever quantization is set)
+        check_cpu_nf4(model)  # imported above, with quantization_config
     return model.eval(), tokenizer

@@ -26,7 +26,7 @@ from reftx.engine.model import WEIGHTS_NAME
 from reftx.models.loading import load_model
 from reftx.models.quantization import quantization_config
 from reftx.recipes import train as runner
-from tests.conftest import answer_data, torch_train
+from tests.conftest import answer_data, save_tiny_llama, torch_train
 from tests.integration.test_faults import QUICKSTART, overrides
 
 SCHEMES = sorted(QUANTIZATION_PACKAGES)
@@ -37,19 +37,8 @@ WIDE = {"hidden": 64, "intermediate": 128}  # the widths every CPU 4-bit kernel 
 
 @pytest.fixture(scope="module")
 def wide_dir(tmp_path_factory):
-    """tests.conftest's tiny_dir (SmolLM2's tokenizer, a 4-layer random llama) at the WIDE widths."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from reftx.models.loading import default_model_path
-
-    tok = AutoTokenizer.from_pretrained(default_model_path())
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=WIDE["hidden"], intermediate_size=WIDE["intermediate"],
-                      num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
-    d = tmp_path_factory.mktemp("wide")
-    LlamaForCausalLM(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    """tests.conftest's tiny_dir at the WIDE widths."""
+    return save_tiny_llama(tmp_path_factory.mktemp("wide"), WIDE["hidden"], WIDE["intermediate"])
 
 
 def packed_layers(model) -> list[str]:
