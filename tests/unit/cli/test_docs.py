@@ -124,8 +124,10 @@ PUBLISHED = [
     *(f"math/rl/ppo_head seed={k} train.init_from={_WARM}-{h}/intervention"
       for k, h in enumerate(("1fa8902c0572", "69a865cfd0fa", "702252f14060"))),
     *(f"math/rl/{arm} train.lr={lr} seed={k} train.init_from={_WARM}-{h}/intervention task.dev_size=0"
-      for arm, lr in (("grpo", "0.002"), ("sft", "0.004"))
+      for arm, lr in (("grpo", "0.002"), ("sft", "0.004"), ("carft", "0.001"))
       for k, h in enumerate(("1fa8902c0572", "69a865cfd0fa", "702252f14060"))),
+    *(f"math/rl/carft train.init_from={_WARM}-1fa8902c0572/intervention task.dev_size=100 train.lr={lr} "
+      "task.eval_split=dev" for lr in _R),
     *(f"editing/{d}_{_EDIT_EV[arm][0]} seed={k} task.n_eval=100 {_EDIT_EV[arm][1]}".strip()
       for d, arm in _EDIT_DONE for k in range(3)),
     *(f"logs/{d}_minilm_{m} {_LOGS_EV[d]} {key}={lr} task.eval_split=dev" for d in ("hdfs", "bgl")
