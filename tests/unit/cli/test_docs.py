@@ -64,7 +64,7 @@ _R = ("0.001", "0.002", "0.004")
 _EDIT_EV = {"loreft": ("loreft", ""), "loreft_kl": ("loreft", "recipe.locality_prompts=32 recipe.locality_kl_weight=1.0"),
             "baft_noloc": ("baft", "interventions.0.locality_weight=0.0 recipe.locality_prompts=0"),
             "baft": ("baft", "")}  # issue 30 claim 4's arms (sweeps/evidence_edit_*.yaml): experiment, overrides
-_EDIT_DONE = [("counterfact", arm) for arm in _EDIT_EV] + [("zsre", arm) for arm in ("loreft", "baft_noloc", "baft")]
+_EDIT_DONE = [(d, arm) for d in ("counterfact", "zsre") for arm in _EDIT_EV]
 _EVIDENCE_DEV = [  # issue 30's evidence_math sweep, stage 1 (dev): experiment, arm overrides, lr key, values
     ("loreft", "", "train.lr", (*_R, "0.008")), ("loreft", "interventions.0.kind=direft", "train.lr", (*_R, "0.008")),
     ("lora", "", "lora.lr", ("0.0003", "0.001", "0.003", "0.01")),
@@ -128,6 +128,8 @@ PUBLISHED = [
       for k, h in enumerate(("1fa8902c0572", "69a865cfd0fa", "702252f14060"))),
     *(f"math/rl/carft train.init_from={_WARM}-1fa8902c0572/intervention task.dev_size=100 train.lr={lr} "
       "task.eval_split=dev" for lr in _R),
+    *(f"math/rl/{arm} task.dev_size=100 train.lr={lr} task.eval_split=dev" for arm in ("nlft", "sft50") for lr in _R),
+    *(f"math/rl/{arm} train.lr=0.004 seed={k} task.dev_size=0" for arm in ("nlft", "sft50") for k in range(3)),
     *(f"editing/{d}_{_EDIT_EV[arm][0]} seed={k} task.n_eval=100 {_EDIT_EV[arm][1]}".strip()
       for d, arm in _EDIT_DONE for k in range(3)),
     *(f"logs/{d}_minilm_{m} {_LOGS_EV[d]} {key}={lr} task.eval_split=dev" for d in ("hdfs", "bgl")
