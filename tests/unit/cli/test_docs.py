@@ -136,6 +136,8 @@ PUBLISHED = [
     *(f"math/rl/{arm} train.lr=0.004 seed={k} task.dev_size=0" for arm in ("nlft", "sft50") for k in range(3)),
     *(f"editing/{d}_{_EDIT_EV[arm][0]} seed={k} task.n_eval=100 {_EDIT_EV[arm][1]}".strip()
       for d, arm in _EDIT_DONE for k in range(3)),
+    *(f"editing/counterfact_{m} seed={k} task.n_eval=50 recipe.mode=sequential 'recipe.checkpoints=[10, 50]' {arm}".strip()
+      for m, arm in (("loreft", ""), ("baft", "interventions.0.basis_gate_input=unit")) for k in range(3)),
     *(f"logs/{d}_minilm_{m} {_LOGS_EV[d]} {key}={lr} task.eval_split=dev" for d in ("hdfs", "bgl")
       for m, key in (("loreft", "train.lr"), ("lora", "lora.lr")) for lr in ("0.001", "0.003", "0.01", "0.03")),
     *(f"logs/{d}_minilm_{m} {_LOGS_EV[d]} {lr} seed={k}" for d, m, lr in (
