@@ -131,7 +131,7 @@ PUBLISHED = [
     *(f"math/rl/{arm} task.dev_size=100 train.lr={lr} task.eval_split=dev" for arm in ("nlft", "sft50") for lr in _R),
     *(f"math/rl/warmup seed={k}" for k in (3, 4)),  # claim 7's seeds 3, 4 (sweeps/evidence_rl_more_seeds.yaml)
     *(f"math/rl/{arm} task.dev_size=0 seed={k} train.init_from=docs/evidence/math-rl-warmup-more/warmup-{h}/intervention "
-      f"train.lr={lr}" for arm, lr in (("grpo", "0.002"), ("carft", "0.001"))
+      f"train.lr={lr}" for arm, lr in (("grpo", "0.002"), ("carft", "0.001"), ("sft", "0.004"))
       for k, h in ((3, "eed007c2cb35"), (4, "6e9aef00b18b"))),
     *(f"math/rl/{arm} train.lr=0.004 seed={k} task.dev_size=0" for arm in ("nlft", "sft50") for k in range(3)),
     *(f"editing/{d}_{_EDIT_EV[arm][0]} seed={k} task.n_eval=100 {_EDIT_EV[arm][1]}".strip()
