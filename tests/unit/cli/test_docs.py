@@ -64,7 +64,6 @@ _R = ("0.001", "0.002", "0.004")
 _EDIT_EV = {"loreft": ("loreft", ""), "loreft_kl": ("loreft", "recipe.locality_prompts=32 recipe.locality_kl_weight=1.0"),
             "baft_noloc": ("baft", "interventions.0.locality_weight=0.0 recipe.locality_prompts=0"),
             "baft": ("baft", "")}  # issue 30 claim 4's arms (sweeps/evidence_edit_*.yaml): experiment, overrides
-_EDIT_DONE = [(d, arm) for d in ("counterfact", "zsre") for arm in _EDIT_EV]
 _EVIDENCE_DEV = [  # issue 30's evidence_math sweep, stage 1 (dev): experiment, arm overrides, lr key, values
     ("loreft", "", "train.lr", (*_R, "0.008")), ("loreft", "interventions.0.kind=direft", "train.lr", (*_R, "0.008")),
     ("lora", "", "lora.lr", ("0.0003", "0.001", "0.003", "0.01")),
@@ -120,14 +119,12 @@ PUBLISHED = [
       for b in ("0.002", "0.004", "0.008")),
     *(f"evidence/math_heft seed={k} lora.lr=0.001 train.lr=0.002" for k in range(3)),
     *(f"math/rl/{arm} train.init_from={_WARM}-1fa8902c0572/intervention task.dev_size=100 train.lr={lr} "
-      "task.eval_split=dev" for arm, lrs in (("grpo", _R), ("sft", (*_R, "0.008"))) for lr in lrs),
+      "task.eval_split=dev" for arm, lrs in (("grpo", _R), ("sft", (*_R, "0.008")), ("carft", _R)) for lr in lrs),
     *(f"math/rl/ppo_head seed={k} train.init_from={_WARM}-{h}/intervention"
       for k, h in enumerate(("1fa8902c0572", "69a865cfd0fa", "702252f14060"))),
     *(f"math/rl/{arm} train.lr={lr} seed={k} train.init_from={_WARM}-{h}/intervention task.dev_size=0"
       for arm, lr in (("grpo", "0.002"), ("sft", "0.004"), ("carft", "0.001"))
       for k, h in enumerate(("1fa8902c0572", "69a865cfd0fa", "702252f14060"))),
-    *(f"math/rl/carft train.init_from={_WARM}-1fa8902c0572/intervention task.dev_size=100 train.lr={lr} "
-      "task.eval_split=dev" for lr in _R),
     *(f"math/rl/{arm} task.dev_size=100 train.lr={lr} task.eval_split=dev" for arm in ("nlft", "sft50") for lr in _R),
     *(f"math/rl/warmup seed={k}" for k in (3, 4)),  # claim 7's seeds 3, 4 (sweeps/evidence_rl_more_seeds.yaml)
     *(f"math/rl/{arm} task.dev_size=0 seed={k} train.init_from=docs/evidence/math-rl-warmup-more/warmup-{h}/intervention "
@@ -135,7 +132,7 @@ PUBLISHED = [
       for k, h in ((3, "eed007c2cb35"), (4, "6e9aef00b18b"))),
     *(f"math/rl/{arm} train.lr=0.004 seed={k} task.dev_size=0" for arm in ("nlft", "sft50") for k in range(3)),
     *(f"editing/{d}_{_EDIT_EV[arm][0]} seed={k} task.n_eval=100 {_EDIT_EV[arm][1]}".strip()
-      for d, arm in _EDIT_DONE for k in range(3)),
+      for d in ("counterfact", "zsre") for arm in _EDIT_EV for k in range(3)),
     *(f"editing/counterfact_{m} seed={k} task.n_eval=50 recipe.mode=sequential 'recipe.checkpoints=[10, 50]' {arm}".strip()
       for m, arm in (("loreft", ""), ("baft", "interventions.0.basis_gate_input=unit")) for k in range(3)),
     *(f"logs/{d}_minilm_{m} {_LOGS_EV[d]} {key}={lr} task.eval_split=dev" for d in ("hdfs", "bgl")
